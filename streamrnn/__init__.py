@@ -1,0 +1,3 @@
+"""streamrnn: stateful recurrent forecasts for reactor streams."""
+
+__version__ = "0.1.0"

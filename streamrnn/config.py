@@ -1,0 +1,209 @@
+"""Settings: a TOML file, overridden by ``STREAMRNN_`` environment variables (nested with ``__``).
+
+The defaults serve the built-in reactor simulator, so ``streamrnn`` runs with no file at all.
+A wrong value fails at start with a message naming the field (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from streamrnn import simulator
+
+_toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("streamrnn_toml", default=None)
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names every offending field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Section):
+    """The recurrent core as ``torch.nn.RNN``/``LSTM``/``GRU`` take it, plus the forecast head."""
+
+    kind: Literal["rnn", "lstm", "gru"] = "gru"
+    nonlinearity: Literal["tanh", "relu"] = "tanh"
+    hidden_size: int = Field(64, ge=1, le=4096)
+    num_layers: int = Field(2, ge=1, le=16)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bias: bool = True
+    bidirectional: bool = False
+    head_hidden: int = Field(64, ge=1, le=4096)
+    centre_halflife: float = Field(128.0, ge=1.0, description="steps: inputs enter as deviations from a running mean of this half-life")
+
+    @field_validator("bidirectional")
+    @classmethod
+    def _causal(cls, v: bool) -> bool:
+        if v:
+            raise ValueError(
+                "bidirectional networks are refused: a stream is forecast as it arrives, and the "
+                "backward direction would need frames that have not arrived yet"
+            )
+        return v
+
+
+class FeatureSettings(_Section):
+    """What is read, what is forecast, and on which grid."""
+
+    inputs: list[str] = Field(default_factory=lambda: list(simulator.AUXILIARIES))
+    targets: list[str] = Field(default_factory=lambda: list(simulator.FEATURES))
+    period: float = Field(simulator.PERIOD, gt=0, description="seconds between two steps")
+    horizon: int = Field(10, ge=1, le=1000, description="forecast steps H")
+
+    @field_validator("inputs", "targets")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must name at least one feature")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate names in {v}")
+        for name in v:
+            if not name or any(c in name for c in "/+#\x00") or name != name.strip():
+                raise ValueError(f"{name!r} is not a valid feature name (no '/', '+', '#', blanks)")
+        return v
+
+
+class RingSettings(_Section):
+    size: int = Field(4096, ge=16, le=10_000_000, description="frames kept per stream")
+
+
+class StreamSettings(_Section):
+    max_streams: int = Field(1000, ge=1, le=1_000_000)
+    idle_timeout: float = Field(3600.0, gt=0, description="seconds without a frame before a stream is evicted")
+
+
+class TrainerSettings(_Section):
+    retrain_every: int = Field(1000, ge=1, description="frames (all streams) between two retrains")
+    min_frames: int = Field(256, ge=8, description="frames in the rings before the first retrain")
+    window: int = Field(64, ge=2, description="truncated-BPTT window L, in steps")
+    segment_windows: int = Field(4, ge=1, description="windows per contiguous segment (hidden carried)")
+    burn_in: int = Field(8, ge=0, description="first steps of a segment that do not count in the loss")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    clip: float = Field(1.0, gt=0, description="gradient norm clip")
+    max_epochs: int = Field(30, ge=1)
+    patience: int = Field(4, ge=1, description="epochs without validation gain before stopping")
+    max_steps: int = Field(300, ge=1, description="optimiser steps per retrain at most")
+    max_seconds: float = Field(30.0, gt=0, description="wall-clock budget of one retrain")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="tail of the training part for early stop")
+    holdout_fraction: float = Field(0.15, gt=0, lt=0.5, description="most recent part, for champion/challenger")
+    rewarm: int = Field(512, ge=1, description="frames replayed per stream to warm a promoted model")
+    key_dropout: float = Field(0.5, ge=0, le=1, description="share of key samples hidden to train the nowcast")
+    seed: int = 0
+    threads: int = Field(0, ge=0, description="torch threads for training; 0 keeps torch's default")
+
+
+class EvaluatorSettings(_Section):
+    coverage: float = Field(0.9, gt=0, lt=1, description="nominal coverage of the interval bands")
+    residuals: int = Field(500, ge=10, description="recent absolute errors kept per target and step")
+    live_window: int = Field(1000, ge=10, description="scored forecasts that 'live' scores mostly reflect")
+
+
+class MqttSettings(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+
+class Settings(BaseSettings):
+    """Everything streamrnn reads at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMRNN_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    ring: RingSettings = Field(default_factory=RingSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    evaluator: EvaluatorSettings = Field(default_factory=EvaluatorSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+
+    @model_validator(mode="after")
+    def _fits(self) -> Settings:
+        needed = self.trainer.window + self.features.horizon
+        if self.ring.size < 2 * needed:
+            raise ValueError(
+                f"ring.size ({self.ring.size}) must hold at least two windows plus the horizon "
+                f"(2 x (trainer.window + features.horizon) = {2 * needed})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def target_only(self) -> list[str]:
+        """Targets that are not inputs: the rarely measured key variables."""
+        return [t for t in self.features.targets if t not in self.features.inputs]
+
+    @property
+    def channels(self) -> list[str]:
+        """What the model reads, in order: the inputs, then the target-only features."""
+        return self.features.inputs + self.target_only
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data, secrets masked."""
+        data = json.loads(self.model_dump_json())
+        if self.mqtt.password is not None:
+            data["mqtt"]["password"] = "**********"
+        return data
+
+
+def load(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``path`` (TOML) and the environment; raise :class:`ConfigError` if wrong."""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+    token = _toml_path.set(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, path)) from None
+    except ValueError as e:  # a TOML syntax error surfaces here
+        raise ConfigError(f"{path}: {e}") from None
+    finally:
+        _toml_path.reset(token)
+
+
+def format_errors(e: ValidationError, path: Path | None = None) -> str:
+    """One line per invalid field: ``section.field: reason (got value)``."""
+    where = f" in {path}" if path else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        if err["type"] == "extra_forbidden":
+            msg, got = "unknown setting", ""
+        lines.append(f"  {field}: {msg}{got}")
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""The network: normalisation buffers -> recurrent core -> direct multi-step head.
+
+Input per step: each channel's last observed value (engineering units, NaN if never seen), the
+channel's slow running mean for this stream (``centre``: the value is fed as its deviation from it,
+so a process that drifts to levels never trained on still looks familiar), and a mask of which
+channels were observed in this frame. Output per step: the *change* from each target's last
+observed value for steps 0..H (step 0 is the nowcast of a target that is not an input), in units of
+that target's typical k-step change (``dscale``, the persistence error), so every target and step
+weighs alike in training. The head's last layer starts at zero, so an untrained model is exactly
+the persistence forecast.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from streamrnn import __version__
+from streamrnn.atomic import write_bytes
+
+FORMAT = 1
+CLAMP = 10.0  # normalised inputs are clipped here, so one wild value cannot saturate the state
+BOUND = 4.0  # predicted changes are bounded softly to this many typical changes
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the network; saved inside every model file."""
+
+    kind: str
+    channels: tuple[str, ...]
+    targets: tuple[str, ...]
+    horizon: int
+    hidden_size: int = 64
+    num_layers: int = 2
+    nonlinearity: str = "tanh"
+    dropout: float = 0.0
+    bias: bool = True
+    head_hidden: int = 64
+    n_inputs: int = -1  # channels[:n_inputs] are inputs, the rest target-only; -1: all are inputs
+    centre_halflife: float = 128.0  # steps: half-life of the running mean inputs are centred on
+    target_index: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        missing = [t for t in self.targets if t not in self.channels]
+        if missing:
+            raise ValueError(f"targets {missing} are not among the model's channels")
+        object.__setattr__(self, "channels", tuple(self.channels))
+        object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "target_index", tuple(self.channels.index(t) for t in self.targets))
+        if self.n_inputs < 0:
+            object.__setattr__(self, "n_inputs", len(self.channels))
+
+    @property
+    def target_only(self) -> tuple[bool, ...]:
+        """Per target: True if it is not an input (a rarely measured key variable)."""
+        return tuple(i >= self.n_inputs for i in self.target_index)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ModelSpec:
+        m = settings.model
+        return cls(
+            kind=m.kind, channels=tuple(settings.channels), targets=tuple(settings.features.targets),
+            horizon=settings.features.horizon, hidden_size=m.hidden_size, num_layers=m.num_layers,
+            nonlinearity=m.nonlinearity, dropout=m.dropout, bias=m.bias, head_hidden=m.head_hidden,
+            n_inputs=len(settings.features.inputs), centre_halflife=m.centre_halflife,
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("target_index")
+        d["channels"], d["targets"] = list(self.channels), list(self.targets)
+        return d
+
+    @property
+    def centre_alpha(self) -> float:
+        return 1.0 - 0.5 ** (1.0 / self.centre_halflife)
+
+    @property
+    def state_layers(self) -> int:
+        """Tensors in the hidden state: 2 for an LSTM (h and c), else 1."""
+        return 2 if self.kind == "lstm" else 1
+
+
+class StreamRNN(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        c, t = len(spec.channels), len(spec.targets)
+        rnn_cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[spec.kind]
+        kwargs: dict[str, Any] = {"nonlinearity": spec.nonlinearity} if spec.kind == "rnn" else {}
+        dropout = spec.dropout if spec.num_layers > 1 else 0.0
+        self.rnn = rnn_cls(2 * c, spec.hidden_size, spec.num_layers, bias=spec.bias, batch_first=True, dropout=dropout, **kwargs)
+        self.fc1 = nn.Linear(spec.hidden_size, spec.head_hidden)
+        self.fc2 = nn.Linear(spec.head_hidden, (spec.horizon + 1) * t)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+        self.register_buffer("mean", torch.zeros(c))  # input normalisation per channel
+        self.register_buffer("std", torch.ones(c))
+        self.register_buffer("dscale", torch.ones(spec.horizon + 1, t))  # output scale per step, target
+
+    def init_hidden(self, batch: int) -> Tensor:
+        """A blank state: (state_layers, num_layers, batch, hidden)."""
+        s = self.spec
+        return torch.zeros(s.state_layers, s.num_layers, batch, s.hidden_size, device=self.mean.device)
+
+    def forward(self, held: Tensor, centre: Tensor, mask: Tensor, hidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """held, centre, mask: (B, T, C) -> changes/dscale (B, T, H+1, targets), hidden (state_layers, layers, B, hidden)."""
+        dev = ((held - centre) / self.std).clamp(-CLAMP, CLAMP).nan_to_num(0.0)  # (B, T, C)
+        x = torch.cat([dev, mask.to(dev.dtype)], dim=-1)  # (B, T, 2C)
+        if hidden is None:
+            hidden = self.init_hidden(held.shape[0])
+        state = (hidden[0].contiguous(), hidden[1].contiguous()) if self.spec.kind == "lstm" else hidden[0]
+        out, state = self.rnn(x, state)  # (B, T, hidden)
+        new = torch.stack(state) if self.spec.kind == "lstm" else state.unsqueeze(0)
+        y = self.fc2(torch.relu(self.fc1(out)))  # (B, T, (H+1) * targets)
+        y = BOUND * torch.tanh(y / BOUND)  # exactly 0 at init: persistence
+        return y.unflatten(-1, (self.spec.horizon + 1, len(self.spec.targets))), new
+
+    @torch.no_grad()
+    def set_normalisation(self, mean: Tensor, std: Tensor, dscale: Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+        self.dscale.copy_(dscale)
+
+
+def build(spec: ModelSpec, seed: int | None = None) -> StreamRNN:
+    """A fresh, untrained model (the persistence forecast until it learns)."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return StreamRNN(spec).eval()
+    return StreamRNN(spec).eval()
+
+
+def to_bytes(model: StreamRNN, version: int) -> bytes:
+    """The self-contained model file: spec, weights, normalisation and version; no pickled objects."""
+    payload = {
+        "format": FORMAT,
+        "streamrnn": __version__,
+        "version": int(version),
+        "spec": model.spec.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def save(path: str | Path, model: StreamRNN, version: int) -> None:
+    write_bytes(path, to_bytes(model, version))
+
+
+def load(path: str | Path | io.BytesIO, device: str | torch.device = "cpu") -> tuple[StreamRNN, int]:
+    """Load a model file with ``weights_only=True``; return (model in eval mode, version)."""
+    payload = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a streamrnn model file of format {FORMAT}")
+    model = StreamRNN(ModelSpec(**payload["spec"])).to(device)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), int(payload["version"])
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` takes CUDA where it is present; ``cuda`` without CUDA is an error, not a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device = 'cuda' but torch sees no CUDA device (set device = 'auto' or 'cpu')")
+    return torch.device(name)

@@ -1,0 +1,258 @@
+"""``streamrnn replay``: a CSV through the engine, in order, one frame at a time, retraining as in production.
+
+The file is read in full first (it is a file, not a stream), but the engine sees each row only
+when its turn comes: no forecast is made with a value from a later row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from streamrnn.atomic import write_text
+from streamrnn.config import Settings
+from streamrnn.engine import Engine, Frame, Forecast
+from streamrnn.evaluator import finite_or_none
+
+
+@dataclass
+class Table:
+    """A CSV as columns: event times, stream ids and the numeric columns (NaN where empty)."""
+
+    ts: np.ndarray
+    streams: list[str]
+    columns: list[str]
+    values: np.ndarray  # (rows, columns)
+    period: float
+
+
+def _time(cell: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        dt = datetime.fromisoformat(cell.strip())
+        return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _number(cell: str) -> float:
+    cell = cell.strip()
+    return float(cell) if cell and cell.lower() not in ("nan", "na", "null", "none") else math.nan
+
+
+def read_table(path: str | Path, time_column: str | None = "", stream_column: str | None = None, period: float | None = None, sampled: list[str] = ()) -> Table:
+    """Read ``path``; ``time_column`` '' means the first column, None means rows are ``period`` apart.
+
+    Columns in ``sampled`` are sample-and-hold instruments (analysers): a value equal to the row
+    before it in the same stream is not a new measurement and becomes missing.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise ValueError(f"{path}: no data rows")
+    header = [h.strip() for h in rows[0]]
+    body = [r for r in rows[1:] if r]
+    if time_column == "":
+        time_column = header[0]
+    for name in (time_column, stream_column):
+        if name is not None and name not in header:
+            raise ValueError(f"{path}: no column {name!r} (columns: {', '.join(header)})")
+    skip = {time_column, stream_column}
+    candidates = [(i, h) for i, h in enumerate(header) if h not in skip]
+    numeric, cols = [], []
+    for i, h in candidates:
+        try:
+            col = [_number(r[i]) for r in body]
+        except (ValueError, IndexError):
+            continue  # not a numeric column
+        numeric.append(col)
+        cols.append(h)
+    values = np.array(numeric, dtype=np.float64).T.reshape(len(body), len(cols))
+    streams = [r[header.index(stream_column)] for r in body] if stream_column else ["stream"] * len(body)
+    if time_column is None:
+        if not period:
+            raise ValueError("--period is needed when the file has no time column")
+        per_stream: dict[str, int] = {}
+        ts = np.empty(len(body))
+        for j, s in enumerate(streams):
+            n = per_stream.get(s, 0)
+            ts[j], per_stream[s] = n * period, n + 1
+    else:
+        ti = header.index(time_column)
+        ts = np.array([_time(r[ti]) for r in body])
+    if not period:
+        diffs = np.diff(np.unique(ts))
+        if not len(diffs):
+            raise ValueError(f"{path}: cannot infer the period from one time stamp; give --period")
+        period = float(np.median(diffs))
+    unknown = [c for c in sampled if c not in cols]
+    if unknown:
+        raise ValueError(f"--sampled names columns that are not numeric columns of {path}: {unknown}")
+    for c in sampled:
+        j = cols.index(c)
+        last: dict[str, float] = {}
+        for r, s in enumerate(streams):
+            v = values[r, j]
+            if v == last.get(s):
+                values[r, j] = math.nan
+            elif not math.isnan(v):
+                last[s] = v
+    return Table(ts, streams, cols, values, period)
+
+
+def _progress(done: int, total: int, start: float, out: TextIO) -> None:
+    width = 30
+    fill = int(width * done / max(total, 1))
+    rate = done / max(time.perf_counter() - start, 1e-9)
+    out.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} frames {rate:,.0f}/s")
+    out.flush()
+
+
+def replay(table: Table, settings: Settings, out: str | Path | None = None, progress: bool = False) -> dict:
+    """Stream ``table`` through a fresh engine; write forecasts to ``out``; return the report."""
+    engine = Engine(settings)
+    index = [table.columns.index(c) for c in engine.channels]
+    order = np.lexsort((np.arange(len(table.ts)), table.ts))  # by time, ties in file order
+    sink = open(out, "w", newline="") if out else None
+    writer = csv.writer(sink) if sink else None
+    if writer:
+        writer.writerow(["stream", "ts", "target", "step", "value", "lower", "upper"])
+    start, last_draw = time.perf_counter(), 0.0
+    total = len(order)
+    try:
+        i = 0
+        while i < total:
+            j = i
+            tick = table.ts[order[i]]
+            while j < total and table.ts[order[j]] == tick:
+                j += 1
+            frames = [Frame(table.streams[r], float(table.ts[r]), table.values[r, index]) for r in order[i:j]]
+            for fc in engine.step(frames):
+                if writer:
+                    _write(writer, fc)
+            if engine.retrain_due:
+                engine.retrain()
+            i = j
+            if progress and time.perf_counter() - last_draw > 0.2:
+                _progress(i, total, start, sys.stderr)
+                last_draw = time.perf_counter()
+    finally:
+        if sink:
+            sink.close()
+    if progress:
+        _progress(total, total, start, sys.stderr)
+        sys.stderr.write("\n")
+    return report(engine, time.perf_counter() - start)
+
+
+def _write(writer: csv.writer, fc: Forecast) -> None:
+    for j, target in enumerate(fc.targets):
+        for k in range(fc.values.shape[0]):
+            cells = (fc.values[k, j], fc.lower[k, j], fc.upper[k, j])
+            writer.writerow([fc.stream, f"{fc.ts:.6f}", target, k + 1, *("" if math.isnan(c) else f"{c:.6g}" for c in cells)])
+
+
+def report(engine: Engine, seconds: float) -> dict:
+    """The replay's report: frames, time, retrain outcomes and per-target scores by horizon."""
+    sc = engine.evaluator.scores()
+    h = engine.spec.horizon
+    targets = {}
+    for j, name in enumerate(engine.spec.targets):
+        col = lambda key: [finite_or_none(x) for x in sc[key][:, j]]  # noqa: E731
+        targets[name] = {
+            "horizons": list(range(1, h + 1)),
+            "n": [int(x) for x in sc["n"][:, j]],
+            "mse": col("mse"),
+            "mae": col("mae"),
+            "persistence_mse": col("persistence_mse"),
+            "persistence_mae": col("persistence_mae"),
+            "skill": col("skill"),
+            "coverage": col("coverage"),
+        }
+    outcomes = {k: engine.counts[f"retrain_{k}"] for k in ("promoted", "rejected", "failed")}
+    return {
+        "frames": engine.frames_seen,
+        "seconds": round(seconds, 3),
+        "frames_per_second": round(engine.frames_seen / max(seconds, 1e-9), 1),
+        "streams": len(engine.rings),
+        "model": {"kind": engine.spec.kind, "version": engine.version},
+        "retrains": outcomes,
+        "retrain_seconds": round(sum(r.report.seconds for r in engine.results), 3),
+        "coverage_nominal": engine.settings.evaluator.coverage,
+        "targets": targets,
+    }
+
+
+def mean_skill(rep: dict, target: str) -> float:
+    """Skill of ``target`` averaged over the horizons that were scored."""
+    vals = [s for s in rep["targets"][target]["skill"] if s is not None]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def format_table(rep: dict) -> str:
+    """A plain-text table of skill per target and horizon."""
+    lines = [f"{rep['frames']} frames in {rep['seconds']:.1f} s ({rep['frames_per_second']:,.0f}/s); "
+             f"retrains: {rep['retrains']['promoted']} promoted, {rep['retrains']['rejected']} rejected, "
+             f"{rep['retrains']['failed']} failed; model {rep['model']['kind']} v{rep['model']['version']}"]  # fmt: skip
+    fmt = lambda x, p=4: "-" if x is None else f"{x:.{p}g}"  # noqa: E731
+    for name, t in rep["targets"].items():
+        lines.append("")
+        lines.append(f"{name}: mean skill {mean_skill(rep, name):+.3f}")
+        lines.append(f"  {'step':>4} {'n':>7} {'MSE':>10} {'persist.MSE':>11} {'skill':>7} {'coverage':>8}")
+        for k, h in enumerate(t["horizons"]):
+            skill = t["skill"][k]
+            lines.append(
+                f"  {h:>4} {t['n'][k]:>7} {fmt(t['mse'][k]):>10} {fmt(t['persistence_mse'][k]):>11} "
+                f"{'-' if skill is None else f'{skill:+.3f}':>7} {fmt(t['coverage'][k], 3):>8}"
+            )
+    return "\n".join(lines)
+
+
+def write_report(path: str | Path, rep: dict) -> None:
+    write_text(path, json.dumps(rep, indent=2) + "\n")
+
+
+def plot(path: str | Path, forecasts_csv: str | Path, rep: dict, table: Table, target: str, step: int) -> None:
+    """Truth, the step-``step`` forecast and its band for ``target``, and skill by horizon."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise RuntimeError("--plot needs matplotlib: pip install 'streamrnn[plot]'") from e
+    stream = table.streams[0]
+    ts, val, lo, hi = [], [], [], []
+    with open(forecasts_csv, newline="") as f:
+        for r in csv.DictReader(f):
+            if r["stream"] == stream and r["target"] == target and int(r["step"]) == step:
+                ts.append(float(r["ts"]) + step * table.period)
+                val.append(_number(r["value"]))
+                lo.append(_number(r["lower"]))
+                hi.append(_number(r["upper"]))
+    keep = [i for i, s in enumerate(table.streams) if s == stream]
+    truth = table.values[keep, table.columns.index(target)]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(11, 7), gridspec_kw={"height_ratios": [2, 1]})
+    a.plot(table.ts[keep], truth, ".", ms=2, color="black", label="truth")
+    a.plot(ts, val, lw=0.8, color="tab:blue", label=f"forecast, step {step}")
+    a.fill_between(ts, lo, hi, color="tab:blue", alpha=0.2, lw=0, label=f"{rep['coverage_nominal']:.0%} band")
+    a.set_title(f"{target} ({stream})")
+    a.legend(loc="upper left")
+    for name, t in rep["targets"].items():
+        b.plot(t["horizons"], [math.nan if s is None else s for s in t["skill"]], marker="o", ms=3, label=name)
+    b.axhline(0.0, color="grey", lw=0.8)
+    b.set_xlabel("step")
+    b.set_ylabel("skill vs persistence")
+    if len(rep["targets"]) <= 8:
+        b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,115 @@
+"""Hidden-state bank: one recurrent state and one set of held values per stream, stepped as a batch.
+
+Streams map to rows of preallocated tensors. A step gathers the rows of the streams whose frame
+closed, runs the model once over them, and writes the new state back, detached (inference mode):
+``output, hidden = model(x, hidden); hidden = hidden.detach()`` without ever building a graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from streamrnn.model import StreamRNN
+
+
+class StreamCapError(RuntimeError):
+    """A new stream would exceed ``streams.max_streams``."""
+
+
+class HiddenBank:
+    """Per-stream rows: hidden state (torch, on the model's device) and last observed values (numpy)."""
+
+    def __init__(self, model: StreamRNN, channels: int, max_streams: int, idle_timeout: float) -> None:
+        self.max_streams, self.idle_timeout, self.channels = max_streams, idle_timeout, channels
+        self.rows: dict[str, int] = {}
+        self.names: list[str | None] = []
+        self._free: list[int] = []
+        self.last_seen = np.zeros(0)
+        self.held = np.zeros((0, channels))  # last observed value per channel, NaN if never seen
+        self.centre = np.zeros((0, channels))  # running mean of the observed values, NaN if never seen
+        self.alpha = model.spec.centre_alpha
+        self.hidden = model.init_hidden(0)  # (state_layers, layers, rows, hidden)
+        self._grow(min(16, max_streams))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def capacity(self) -> int:
+        return len(self.names)
+
+    def _grow(self, capacity: int) -> None:
+        extra = capacity - self.capacity
+        self.names.extend([None] * extra)
+        self._free.extend(range(capacity - 1, capacity - extra - 1, -1))
+        self.last_seen = np.concatenate([self.last_seen, np.zeros(extra)])
+        self.held = np.concatenate([self.held, np.full((extra, self.channels), np.nan)])
+        self.centre = np.concatenate([self.centre, np.full((extra, self.channels), np.nan)])
+        pad = self.hidden.new_zeros(*self.hidden.shape[:2], extra, self.hidden.shape[3])
+        self.hidden = torch.cat([self.hidden, pad], dim=2)
+
+    def row(self, stream: str, now: float) -> tuple[int, bool]:
+        """The row of ``stream`` (created if new) and whether it is new; raises StreamCapError at the cap."""
+        r = self.rows.get(stream)
+        if r is not None:
+            self.last_seen[r] = now
+            return r, False
+        if not self._free:
+            if self.capacity >= self.max_streams:
+                raise StreamCapError(f"stream {stream!r} refused: {self.max_streams} streams active (streams.max_streams)")
+            self._grow(min(2 * self.capacity, self.max_streams))
+        r = self._free.pop()
+        self.rows[stream], self.names[r] = r, stream
+        self.last_seen[r] = now
+        self.held[r] = np.nan
+        self.centre[r] = np.nan
+        self.hidden[:, :, r] = 0.0
+        return r, True
+
+    def idle(self, now: float) -> list[str]:
+        """Streams not seen for ``idle_timeout`` seconds."""
+        return [s for s, r in self.rows.items() if now - self.last_seen[r] > self.idle_timeout]
+
+    def remove(self, stream: str) -> int:
+        r = self.rows.pop(stream)
+        self.names[r] = None
+        self._free.append(r)
+        return r
+
+    def observe(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Hold the fresh values of ``values`` (B, C) for ``rows`` and move their running means."""
+        fresh = np.isfinite(values)
+        self.held[rows] = np.where(fresh, values, self.held[rows])
+        self.centre[rows] = ewm_update(self.centre[rows], values, self.alpha)
+
+    @torch.inference_mode()
+    def step(self, model: StreamRNN, rows: Sequence[int], mask: np.ndarray) -> np.ndarray:
+        """One batched step for ``rows`` (held values already updated); returns deltas (B, H+1, targets)."""
+        device = self.hidden.device
+        idx = torch.as_tensor(np.asarray(rows), device=device)
+        held = torch.as_tensor(self.held[rows], dtype=torch.float32, device=device).unsqueeze(1)  # (B, 1, C)
+        centre = torch.as_tensor(self.centre[rows], dtype=torch.float32, device=device).unsqueeze(1)
+        m = torch.as_tensor(mask, device=device).unsqueeze(1)  # (B, 1, C)
+        out, new = model(held, centre, m, self.hidden.index_select(2, idx))
+        self.hidden.index_copy_(2, idx, new)
+        return out[:, 0].double().cpu().numpy()
+
+    def reset_hidden(self, model: StreamRNN) -> None:
+        """Blank states shaped for ``model`` (after a swap to a model of another shape or device)."""
+        self.hidden = model.init_hidden(self.capacity)
+
+    @property
+    def streams(self) -> list[str]:
+        return list(self.rows)
+
+
+def ewm_update(centre: np.ndarray, values: np.ndarray, alpha: float) -> np.ndarray:
+    """One step of the running mean: moves toward observed values, starts at the first one, holds otherwise."""
+    fresh = np.isfinite(values)
+    start = fresh & ~np.isfinite(centre)
+    moved = np.where(fresh, centre + alpha * (values - centre), centre)
+    return np.where(start, values, moved)
