@@ -122,8 +122,8 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="simulate reactors and replay them, printing the skill table")
     d.add_argument("--config", type=Path)
-    d.add_argument("--streams", type=int, default=3)
-    d.add_argument("--steps", type=int, default=4000)
+    d.add_argument("--streams", type=int, default=2)
+    d.add_argument("--steps", type=int, default=3000)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
     return p

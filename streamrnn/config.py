@@ -83,7 +83,7 @@ class StreamSettings(_Section):
 
 class TrainerSettings(_Section):
     retrain_every: int = Field(1000, ge=1, description="frames (all streams) between two retrains")
-    min_frames: int = Field(256, ge=8, description="frames in the rings before the first retrain")
+    min_frames: int = Field(256, ge=8, description="frames of the fullest stream before the first retrain")
     window: int = Field(64, ge=2, description="truncated-BPTT window L, in steps")
     segment_windows: int = Field(4, ge=1, description="windows per contiguous segment (hidden carried)")
     burn_in: int = Field(8, ge=0, description="first steps of a segment that do not count in the loss")

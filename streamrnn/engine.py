@@ -85,7 +85,7 @@ class Engine:
         self._last_tick: dict[int, int] = {}
         self.counts: Counter[str] = Counter()
         self.frames_seen = 0
-        self._next_retrain = settings.trainer.min_frames
+        self._next_retrain = 0
         self._last_evict = -math.inf
         self.results: list[RetrainResult] = []
 
@@ -166,7 +166,11 @@ class Engine:
     # -- learning ---------------------------------------------------------------------------
     @property
     def retrain_due(self) -> bool:
-        return self.frames_seen >= self._next_retrain
+        """Time to retrain: ``retrain_every`` frames since the last (sooner while the rings fill), once
+        some stream holds ``trainer.min_frames``."""
+        if self.frames_seen < self._next_retrain:
+            return False
+        return max((r.count for r in self.rings.values()), default=0) >= self.settings.trainer.min_frames
 
     def snapshot(self) -> Snapshot:
         """Copies of every ring, for a trainer that may run elsewhere; schedules the next retrain."""

@@ -1,0 +1,124 @@
+"""The contract every model kind honours: stateful stepping == one pass; untrained == persistence."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import sine_frames, small_settings
+from streamrnn import model as M
+from streamrnn.engine import Engine, Frame
+from streamrnn.trainer import centres, fill
+
+KINDS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
+
+
+def trained_like(settings) -> M.StreamRNN:
+    """A model with random, non-zero head weights, so its outputs are not all zero."""
+    m = M.build(M.ModelSpec.from_settings(settings), seed=1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0.0, 0.3)
+        m.set_normalisation(torch.zeros(4), torch.ones(4), torch.full_like(m.dscale, 0.5))
+    return m
+
+
+@pytest.mark.parametrize("kind,nl", KINDS)
+def test_step_by_step_equals_one_pass(kind, nl):
+    settings = small_settings(model={"kind": kind, "nonlinearity": nl})
+    m = trained_like(settings)
+    x = torch.randn(3, 50, 4)
+    mask = torch.rand(3, 50, 4) > 0.3
+    x[~mask] = float("nan")
+    held = torch.as_tensor(np.stack([fill(v) for v in x.numpy()]))
+    centre = torch.as_tensor(np.stack([centres(v, m.spec.centre_alpha) for v in x.numpy()]), dtype=torch.float32)
+    with torch.no_grad():
+        full, h_full = m(held, centre, mask)
+        h, steps = None, []
+        for t in range(50):
+            out, h = m(held[:, t : t + 1], centre[:, t : t + 1], mask[:, t : t + 1], h)
+            h = h.detach()
+            steps.append(out)
+    assert full.shape == (3, 50, settings.features.horizon + 1, 2)
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    assert torch.allclose(h, h_full, atol=1e-5)
+    assert full.abs().max() > 1e-3  # the comparison is not between zeros
+
+
+@pytest.mark.parametrize("kind,nl", KINDS)
+def test_engine_streams_interleaved_equal_separate_passes(kind, nl):
+    """Several streams stepped in one batch, in a shuffled order, give each stream's own one-pass output."""
+    settings = small_settings(model={"kind": kind, "nonlinearity": nl})
+    m = trained_like(settings)
+    engine = Engine(settings, model=m)
+    frames = sine_frames(40, streams=3)
+    rng = np.random.default_rng(0)
+    got: dict[str, list[np.ndarray]] = {}
+    for t in range(40):
+        batch = [Frame(s, ts, v) for s, ts, v in frames[3 * t : 3 * t + 3]]
+        rng.shuffle(batch)
+        cut = rng.integers(0, 4)  # sometimes split a tick into two batches
+        for part in (batch[:cut], batch[cut:]):
+            for fc in engine.step(part):
+                got.setdefault(fc.stream, []).append(fc.values)
+    std = m.dscale.double().numpy()
+    for s in ("s0", "s1", "s2"):
+        raw = np.stack([v for name, _, v in frames if name == s])
+        held = fill(raw)
+        with torch.no_grad():
+            out, _ = m(torch.as_tensor(held, dtype=torch.float32)[None], torch.as_tensor(centres(raw, m.spec.centre_alpha), dtype=torch.float32)[None], torch.as_tensor(np.isfinite(raw))[None])
+        base = held[:, [0, 3]]
+        want = base[:, None, :] + out[0, :, 1:].double().numpy() * std[1:]
+        np.testing.assert_allclose(np.stack(got[s]), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind,nl", KINDS)
+def test_untrained_model_is_persistence(kind, nl):
+    engine = Engine(small_settings(model={"kind": kind, "nonlinearity": nl}))
+    held = np.full(4, np.nan)
+    for s, ts, v in sine_frames(60):
+        fc = engine.step([Frame(s, ts, v)])[0]
+        held = np.where(np.isfinite(v), v, held)
+        persistence = np.broadcast_to(held[[0, 3]], fc.values.shape)
+        assert np.array_equal(fc.values, persistence, equal_nan=True)
+        assert np.array_equal(fc.now, held[[0, 3]], equal_nan=True)
+
+
+def test_bidirectional_is_refused():
+    from streamrnn.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.bidirectional: .*cannot|model\.bidirectional: .*future|frames that have not arrived"):
+        small_settings(model={"bidirectional": True})
+
+
+def test_saved_model_is_self_contained_and_loads_without_pickles(tmp_path):
+    settings = small_settings(model={"kind": "lstm"})
+    m = trained_like(settings)
+    path = tmp_path / "model.pt"
+    M.save(path, m, version=7)
+    loaded, version = M.load(path)
+    assert version == 7 and loaded.spec == m.spec
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+    # weights_only refuses an arbitrary pickled object in place of a model file
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    buf = io.BytesIO()
+    torch.save({"format": 1, "x": Evil()}, buf)
+    buf.seek(0)
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+        M.load(buf)
+
+
+def test_device_auto_is_cpu_without_cuda():
+    if torch.cuda.is_available():
+        assert M.resolve_device("auto").type == "cuda"
+    else:
+        assert M.resolve_device("auto").type == "cpu"
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            M.resolve_device("cuda")

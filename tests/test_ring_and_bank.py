@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from conftest import small_settings
+from streamrnn.engine import Engine, Frame
+from streamrnn.ring import Ring
+
+
+def test_ring_keeps_the_last_n_in_order():
+    r = Ring(8, 2)
+    for t in range(20):
+        r.append(float(t), np.array([t, -t], dtype=np.float32))
+    ts, v = r.last()
+    assert list(ts) == list(range(12, 20)) and list(v[:, 0]) == list(range(12, 20))
+    ts, _ = r.last(3)
+    assert list(ts) == [17, 18, 19]
+    assert list(r.since(17.0)[0]) == [18, 19]
+
+
+def test_ring_memory_is_constant_over_ten_times_its_capacity():
+    r = Ring(1000, 14)
+    row = np.ones(14)
+    for t in range(1000):
+        r.append(float(t), row)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for t in range(1000, 11_000):
+        r.append(float(t), row)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename") if "ring.py" in str(s.traceback))
+    assert grown < 1024  # a counter's int object, not the frames
+    assert r.nbytes == 1000 * 14 * 4 + 1000 * 8 and len(r) == 1000 and r.count == 11_000
+
+
+def test_engine_memory_is_constant_once_rings_are_full():
+    engine = Engine(small_settings(ring={"size": 200}, trainer={"min_frames": 10**9}))
+    v = np.array([1.0, 2.0, 3.0, np.nan])
+    for t in range(400):
+        engine.step([Frame("s", float(t), v)])
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for t in range(400, 2400):
+        engine.step([Frame("s", float(t), v)])
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 64 * 1024, grown
+
+
+def test_stream_cap_holds_and_idle_streams_are_evicted():
+    engine = Engine(small_settings(streams={"max_streams": 3, "idle_timeout": 10.0}))
+    v = np.array([1.0, 2.0, 3.0, np.nan])
+    out = engine.step([Frame(f"s{i}", 0.0, v) for i in range(5)])
+    assert sorted(f.stream for f in out) == ["s0", "s1", "s2"]
+    assert engine.counts["refused"] == 2 and len(engine.streams) == 3
+    # s0 keeps talking; the others go quiet and are evicted, which frees room for new streams
+    for t in range(1, 30):
+        engine.step([Frame("s0", float(t), v)])
+    assert engine.streams == ["s0"] and engine.counts["evicted"] == 2
+    out = engine.step([Frame("s9", 30.0, v), Frame("s8", 30.0, v)])
+    assert {f.stream for f in out} == {"s9", "s8"}
+    assert len(engine.streams) <= 3
+
+
+def test_late_and_duplicate_frames_are_dropped():
+    engine = Engine(small_settings())
+    v = np.array([1.0, 2.0, 3.0, np.nan])
+    assert len(engine.step([Frame("s", 5.0, v)])) == 1
+    assert engine.step([Frame("s", 5.0, v)]) == [] and engine.step([Frame("s", 4.0, v)]) == []
+    assert engine.counts["late"] == 2
+
+
+def test_hidden_state_is_never_part_of_a_graph():
+    engine = Engine(small_settings())
+    for t in range(5):
+        engine.step([Frame("s", float(t), np.array([1.0, 2.0, 3.0, 4.0]))])
+    assert not engine.bank.hidden.requires_grad and engine.bank.hidden.grad_fn is None
