@@ -202,7 +202,7 @@ def format_errors(e: ValidationError, path: Path | None = None) -> str:
     for err in e.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        got = "" if err["type"] == "missing" or not err["loc"] else f" (got {err.get('input')!r})"
         if err["type"] == "extra_forbidden":
             msg, got = "unknown setting", ""
         lines.append(f"  {field}: {msg}{got}")
