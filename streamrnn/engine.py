@@ -238,13 +238,15 @@ class Engine:
     @torch.inference_mode()
     def rewarm(self) -> None:
         """Run the serving model over the last ``trainer.rewarm`` frames of every stream, batched by length."""
-        by_len: dict[int, list[int]] = {}
+        by_len: dict[int, list[tuple[int, np.ndarray]]] = {}
         for row in self.bank.rows.values():
-            by_len.setdefault(len(self.rings[row].last(self.settings.trainer.rewarm)[0]), []).append(row)
-        for length, rows in by_len.items():
+            recent = self.rings[row].last(self.settings.trainer.rewarm)[1]
+            by_len.setdefault(len(recent), []).append((row, recent))
+        for length, group in by_len.items():
             if length == 0:
                 continue
-            vals = np.stack([self.rings[r].last(self.settings.trainer.rewarm)[1] for r in rows])  # (B, T, C)
+            rows = [r for r, _ in group]
+            vals = np.stack([v for _, v in group])  # (B, T, C)
             held = np.stack([trainer.fill(v) for v in vals])
             centre = np.stack([trainer.centres(v, self.spec.centre_alpha) for v in vals])
             f32 = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
