@@ -3,13 +3,12 @@
 Per batch of closed frames: score the forecasts their values resolve, keep the frames in the rings,
 step the hidden states of those streams as one batch, turn the outputs into forecasts in engineering
 units with conformal bands, and keep them for scoring. Retraining is offered, not forced: the caller
-asks ``retrain_due`` and runs ``retrain()`` in line (replay) or ``snapshot()`` -> trainer ->
-``consider()`` in the background (the daemon).
+asks ``retrain_due`` and runs ``retrain()`` in line (replay), or takes a ``snapshot()``, has
+``trainer.retrain`` run on it elsewhere, and ``adopt()``s the verdict between two steps (the daemon).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections import Counter
@@ -25,7 +24,7 @@ from streamrnn.evaluator import Evaluator
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
 from streamrnn.ring import Ring
 from streamrnn.state import HiddenBank, StreamCapError
-from streamrnn.trainer import Snapshot, TrainReport
+from streamrnn.trainer import Snapshot, TrainReport, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -168,90 +167,80 @@ class Engine:
     def retrain_due(self) -> bool:
         """Time to retrain: ``retrain_every`` frames since the last (sooner while the rings fill), once
         some stream holds ``trainer.min_frames``."""
-        if self.frames_seen < self._next_retrain:
-            return False
+        return self.settings.trainer.enabled and self.frames_seen >= self._next_retrain and self.retrain_ready
+
+    @property
+    def retrain_ready(self) -> bool:
+        """Some stream holds ``trainer.min_frames``: enough to fit on."""
         return max((r.count for r in self.rings.values()), default=0) >= self.settings.trainer.min_frames
 
     def snapshot(self) -> Snapshot:
         """Copies of every ring, for a trainer that may run elsewhere; schedules the next retrain."""
-        names, values, ts = [], [], []
+        names, values, ts, counts = [], [], [], []
         for stream, row in self.bank.rows.items():
             t, v = self.rings[row].last()
             names.append(stream)
             values.append(v)
             ts.append(t)
+            counts.append(self.rings[row].count)
         # Retrain sooner while the rings fill (at 2x, 4x ... the first), then every retrain_every.
         self._next_retrain = self.frames_seen + min(max(self.frames_seen, 1), self.settings.trainer.retrain_every)
-        return Snapshot(names, values, ts, self.settings.trainer.holdout_fraction)
+        return Snapshot(names, values, ts, self.settings.trainer.holdout_fraction, counts)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
+    def next_seed(self) -> int:
+        """The seed of the next retrain: a function of how many came before, so replays repeat."""
+        return self.settings.trainer.seed + len(self.results) + 1
+
     def retrain(self) -> RetrainResult:
-        """Snapshot, fit and judge in line (deterministic: used by replay and tests)."""
+        """Snapshot, fit, judge and adopt in line (deterministic: used by replay and tests)."""
         snap = self.snapshot()
-        seed = self.settings.trainer.seed + len(self.results) + 1
-        state, report = trainer.train(snap, self.spec, self.state_dict(), self.settings.trainer, seed=seed)
-        return self.consider(snap, state, report)
+        verdict = trainer.retrain(snap, self.spec, self.state_dict(), self.settings.trainer, seed=self.next_seed())
+        return self.adopt(snap, verdict)
 
-    def consider(self, snap: Snapshot, state: dict[str, torch.Tensor] | None, report: TrainReport) -> RetrainResult:
-        """Champion/challenger on the snapshot's held-out tail, with persistence as a standing contender.
-
-        The candidate is served only if its error is lower than both the champion's and the
-        persistence forecast's. A champion that has fallen behind persistence is replaced by it.
-        """
-        if state is None:
-            result = RetrainResult("failed", report, version=self.version)
-            log.warning("retrain failed: %s", report.error)
+    def adopt(self, snap: Snapshot, verdict: Verdict) -> RetrainResult:
+        """Act on a retrain's verdict between two steps: swap the model it names in, or keep serving."""
+        if verdict.serve is not None and verdict.state is not None and verdict.hidden is not None:
+            model = StreamRNN(self.spec)
+            model.load_state_dict({k: torch.as_tensor(v) for k, v in verdict.state.items()})
+            self._swap(model, snap, torch.as_tensor(verdict.hidden))
+            if verdict.serve == "persistence":
+                self.counts["fallback_persistence"] += 1
+                log.info("champion behind persistence on the held-out tail (%.4g > %.4g): serving persistence", verdict.champion_error, verdict.persistence_error)
+        result = RetrainResult(verdict.outcome, verdict.report, verdict.champion_error, verdict.challenger_error, self.version)
+        result.extra["persistence_error"] = verdict.persistence_error
+        if verdict.outcome == "failed":
+            log.warning("retrain failed: %s", verdict.report.error)
         else:
-            candidate = StreamRNN(self.spec)
-            candidate.load_state_dict(state)
-            candidate.eval()
-            raws = [v.astype(np.float64) for v in snap.values]
-            scale = trainer.change_scale(raws, self.spec, [None] * len(raws))
-            err = lambda m: trainer.holdout_error(m, snap, scale)  # noqa: E731
-            new, old, base = err(candidate), err(copy.deepcopy(self.model).cpu()), err(build(self.spec))
-            best_other = min(x for x in (old, base) if math.isfinite(x)) if math.isfinite(old) or math.isfinite(base) else math.inf
-            if math.isfinite(new) and new < best_other:
-                self.promote(candidate)
-                result = RetrainResult("promoted", report, old, new, self.version)
-            else:
-                result = RetrainResult("rejected", report, old, new, self.version)
-                if math.isfinite(base) and base < old:
-                    self.promote(build(self.spec))
-                    self.counts["fallback_persistence"] += 1
-                    log.info("champion behind persistence on the held-out tail (%.4g > %.4g): serving persistence", old, base)
-            result.extra["persistence_error"] = base
-            log.info("retrain %s: holdout error %.4g (champion %.4g, persistence %.4g), version %d", result.outcome, new, old, base, self.version)
-        self.counts[f"retrain_{result.outcome}"] += 1
+            log.info("retrain %s: holdout error %.4g (champion %.4g, persistence %.4g), version %d", verdict.outcome, verdict.challenger_error, verdict.champion_error, verdict.persistence_error, self.version)
+        self.counts[f"retrain_{verdict.outcome}"] += 1
         self.results.append(result)
         return result
 
-    def promote(self, model: StreamRNN) -> None:
-        """Serve ``model`` from the next step on, its hidden states re-warmed over each stream's recent frames."""
+    def _swap(self, model: StreamRNN, snap: Snapshot, hidden: torch.Tensor) -> None:
+        """Serve ``model`` from the next step on. Each stream starts from the state the model reached
+        at the end of the snapshot, advanced over the frames that arrived since; a stream the snapshot
+        lacks is warmed over its recent frames from a blank state."""
         self.model = model.to(self.device).eval()
         self.version += 1
         self._std_t = self._target_std()
         self.bank.reset_hidden(self.model)
-        self.rewarm()
-
-    @torch.inference_mode()
-    def rewarm(self) -> None:
-        """Run the serving model over the last ``trainer.rewarm`` frames of every stream, batched by length."""
-        by_len: dict[int, list[tuple[int, np.ndarray]]] = {}
-        for row in self.bank.rows.values():
-            recent = self.rings[row].last(self.settings.trainer.rewarm)[1]
-            by_len.setdefault(len(recent), []).append((row, recent))
-        for length, group in by_len.items():
-            if length == 0:
-                continue
-            rows = [r for r, _ in group]
-            vals = np.stack([v for _, v in group])  # (B, T, C)
-            held = np.stack([trainer.fill(v) for v in vals])
-            centre = np.stack([trainer.centres(v, self.spec.centre_alpha) for v in vals])
-            f32 = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
-            _, hidden = self.model(f32(held), f32(centre), torch.as_tensor(np.isfinite(vals), device=self.device))
-            self.bank.hidden[:, :, torch.as_tensor(rows, device=self.device)] = hidden
+        at = {name: i for i, name in enumerate(snap.streams)}
+        rows, recent, feed = list(self.bank.rows.values()), [], []
+        start = self.model.init_hidden(len(rows))
+        for j, (stream, row) in enumerate(self.bank.rows.items()):
+            ring, i = self.rings[row], at.get(stream)
+            recent.append(ring.last(self.settings.trainer.rewarm)[1])
+            if i is not None and snap.counts[i] <= ring.count:
+                start[:, :, j] = hidden[:, :, i].to(self.device)
+                feed.append(ring.count - snap.counts[i])  # only the frames since the snapshot
+            else:
+                feed.append(len(recent[-1]))  # new since the snapshot: warm from blank
+        if rows:
+            warmed = trainer.warm(self.model, recent, self.settings.trainer.rewarm, start, feed)
+            self.bank.hidden[:, :, torch.as_tensor(rows, device=self.device)] = warmed
 
     # -- reading ----------------------------------------------------------------------------
     @property
@@ -266,3 +255,4 @@ class Engine:
             if x is not None:
                 v[i] = x
         return Frame(stream, ts, v)
+

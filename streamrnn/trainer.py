@@ -1,4 +1,4 @@
-"""Fits a challenger on a snapshot of the rings: (snapshot, weights, settings) -> (candidate, report).
+"""Fits a challenger on a snapshot of the rings and judges it: (snapshot, weights, settings) -> verdict.
 
 Truncated BPTT: each stream is cut into contiguous segments of ``segment_windows`` windows of L
 steps; a batch of segments is run window by window with the hidden state carried and detached
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from streamrnn.config import TrainerSettings
-from streamrnn.model import ModelSpec, StreamRNN
+from streamrnn.model import ModelSpec, StreamRNN, build
 from streamrnn.state import ewm_update
 
 _VAL_CHUNK = 64  # streams per batch when running whole sequences
@@ -36,6 +36,7 @@ class Snapshot:
     values: list[np.ndarray]
     ts: list[np.ndarray]
     holdout_fraction: float = 0.15
+    counts: list[int] = field(default_factory=list)  # frames ever appended to each ring, at the snapshot
 
     @property
     def frames(self) -> int:
@@ -316,3 +317,96 @@ def holdout_error(model: StreamRNN, snapshot: Snapshot, scale: np.ndarray) -> fl
         parts.append(p)
     ratio = model.dscale / torch.as_tensor(scale, dtype=torch.float32)
     return run_loss(model, parts, slice(1, None), ratio[1:])
+
+
+@dataclass
+class Verdict:
+    """What one retrain concluded, in plain arrays so that it can cross a process boundary.
+
+    ``serve`` names the model to swap in ("challenger", or "persistence" when the champion fell
+    behind it), None to keep the champion; ``state`` holds its weights and ``hidden`` its recurrent
+    state at the end of the snapshot, (state_layers, layers, streams, hidden), streams in snapshot order.
+    """
+
+    outcome: str  # "promoted", "rejected" or "failed"
+    report: TrainReport
+    serve: str | None = None
+    state: dict[str, np.ndarray] | None = None
+    hidden: np.ndarray | None = None
+    champion_error: float = float("nan")
+    challenger_error: float = float("nan")
+    persistence_error: float = float("nan")
+
+
+def retrain(snapshot: Snapshot, spec: ModelSpec, champion: dict[str, Tensor], settings: TrainerSettings, seed: int = 0) -> Verdict:
+    """Fit a challenger from the champion's weights, then judge it; never raises."""
+    state, report = train(snapshot, spec, champion, settings, seed)
+    if state is None:
+        return Verdict("failed", report)
+    return judge(snapshot, spec, champion, state, report, settings, seed)
+
+
+def judge(snapshot: Snapshot, spec: ModelSpec, champion: dict[str, Tensor], challenger: dict[str, Tensor], report: TrainReport, settings: TrainerSettings, seed: int = 0) -> Verdict:
+    """Champion, challenger and persistence on the snapshot's held-out tail; the best is served.
+
+    The challenger wins only with an error below both others. A champion that has fallen behind
+    persistence is replaced by it. The model to serve is warmed over the snapshot's last
+    ``settings.rewarm`` frames here, away from serving, so the swap costs the engine only the
+    frames that arrived since.
+    """
+    try:
+        start = time.perf_counter()
+        models = {"challenger": _model(spec, challenger), "champion": _model(spec, champion), "persistence": build(spec, seed=seed)}
+        raws = [v.astype(np.float64) for v in snapshot.values]
+        scale = change_scale(raws, spec, [None] * len(raws))
+        err = {name: holdout_error(m, snapshot, scale) for name, m in models.items()}
+        verdict = Verdict("rejected", report, champion_error=err["champion"], challenger_error=err["challenger"], persistence_error=err["persistence"])
+        others = [e for e in (err["champion"], err["persistence"]) if np.isfinite(e)]
+        if np.isfinite(err["challenger"]) and err["challenger"] < min(others, default=np.inf):
+            verdict.outcome, verdict.serve = "promoted", "challenger"
+        elif np.isfinite(err["persistence"]) and err["persistence"] < err["champion"]:
+            verdict.serve = "persistence"
+        if verdict.serve:
+            model = models[verdict.serve]
+            verdict.state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+            verdict.hidden = warm(model, snapshot.values, settings.rewarm).cpu().numpy()
+        report.seconds += time.perf_counter() - start
+        return verdict
+    except Exception as e:  # as in train(): a failure is a verdict, never a crash
+        report.status, report.error = "failed", f"judging: {type(e).__name__}: {e}"
+        return Verdict("failed", report)
+
+
+def _model(spec: ModelSpec, state: dict[str, Tensor]) -> StreamRNN:
+    m = StreamRNN(spec)
+    m.load_state_dict(state)
+    return m.eval()
+
+
+@torch.inference_mode()
+def warm(model: StreamRNN, values: list[np.ndarray], frames: int, start: Tensor | None = None, feed: list[int] | None = None) -> Tensor:
+    """The recurrent state of ``model`` after the last ``frames`` of each stream's ``values``.
+
+    ``start`` (state_layers, layers, streams, hidden) is the state before them, blank if None.
+    With ``feed``, only the last feed[i] of those frames are run for stream i (the state already
+    holds the earlier ones); held values and running means still come from the whole window.
+    Streams run as batches of equal length. Returns the states in the order given.
+    """
+    device = next(model.buffers()).device
+    out = model.init_hidden(len(values)) if start is None else start.clone().to(device)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, v in enumerate(values):
+        n = min(len(v), frames)
+        groups.setdefault((n, n if feed is None else min(feed[i], n)), []).append(i)
+    for (length, n), idx in groups.items():
+        if n == 0:
+            continue
+        vals = np.stack([values[i][-length:] for i in idx])  # (B, T, C)
+        held = np.stack([fill(v) for v in vals])[:, -n:]
+        centre = np.stack([centres(v, model.spec.centre_alpha) for v in vals])[:, -n:]
+        f32 = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+        sel = torch.as_tensor(idx, device=device)
+        mask = torch.as_tensor(np.isfinite(vals[:, -n:]), device=device)
+        _, hidden = model(f32(held), f32(centre), mask, out.index_select(2, sel))
+        out[:, :, sel] = hidden
+    return out

@@ -98,7 +98,7 @@ def test_a_worse_challenger_is_rejected_and_serving_unchanged():
     bad = {k: v.clone() for k, v in champion.items()}
     bad["fc2.bias"] += 3.0  # a constant large change at every step: far worse than the champion
     state, rep = bad, trainer.TrainReport(status="ok")
-    result = engine.consider(snap, state, rep)
+    result = engine.adopt(snap, trainer.judge(snap, engine.spec, champion, state, rep, engine.settings.trainer))
     assert result.outcome == "rejected" and result.challenger_error > result.champion_error
     assert engine.version == 1
     for k, v in engine.state_dict().items():
