@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -82,7 +83,10 @@ class StreamSettings(_Section):
 
 
 class TrainerSettings(_Section):
+    enabled: bool = Field(True, description="retrain at all (off: serve the starting model as it is)")
     retrain_every: int = Field(1000, ge=1, description="frames (all streams) between two retrains")
+    interval: float | None = Field(None, gt=0, description="daemon: also retrain after this many seconds of wall time")
+    deadline: float = Field(300.0, gt=0, description="daemon: a retrain still running after this many seconds is killed")
     min_frames: int = Field(256, ge=8, description="frames of the fullest stream before the first retrain")
     window: int = Field(64, ge=2, description="truncated-BPTT window L, in steps")
     segment_windows: int = Field(4, ge=1, description="windows per contiguous segment (hidden carried)")
@@ -109,11 +113,91 @@ class EvaluatorSettings(_Section):
     live_window: int = Field(1000, ge=10, description="scored forecasts that 'live' scores mostly reflect")
 
 
+class FrameSettings(_Section):
+    """How sensor readings become frames on the ``features.period`` grid (see frames.py)."""
+
+    lateness: float | None = Field(None, ge=0, description="event-time seconds a tick waits for late readings; default half a period")
+    max_hold: float | None = Field(None, gt=0, description="seconds a reading stays valid for later ticks; default one period")
+    idle_close: float = Field(2.0, gt=0, description="wall-clock seconds of silence after which a stream's open ticks close")
+    max_abs: float = Field(1e12, gt=0, description="readings of larger magnitude are refused as out of range")
+
+
 class MqttSettings(_Section):
+    """The broker connection and the topic templates (``{stream}``, ``{feature}``, ``{instance}``)."""
+
     url: str = "mqtt://127.0.0.1:1883"
+    instance: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="names this daemon in its client id and status topic")
+    client_id: str | None = Field(None, max_length=128, description="default streamrnn-{instance}; fixed, so the broker keeps the session")
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
+    sensor_topic: str = "plant/{stream}/sensors/{feature}"
+    frame_topic: str | None = "plant/{stream}/frame"
+    forecast_topic: str = "plant/{stream}/forecast"
+    status_topic: str = "streamrnn/{instance}/status"
+    qos: Literal[0, 1, 2] = 1
+    keepalive: int = Field(30, ge=5, le=3600)
+    reconnect_min: float = Field(0.5, gt=0, description="seconds before the first reconnect attempt")
+    reconnect_max: float = Field(30.0, gt=0, description="cap of the exponential, jittered reconnect backoff")
+    max_payload: int = Field(65536, ge=64, description="bytes; larger payloads are refused")
+    queue_size: int = Field(100_000, ge=1, description="messages held between the network thread and the engine")
+    max_inflight: int = Field(1000, ge=1, le=65000, description="forecasts on the wire not yet acknowledged by the broker")
+    out_queue: int = Field(50_000, ge=1, le=65000, description="forecasts held by the client, e.g. while disconnected (MQTT ids are 16 bits)")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not u.hostname:
+            raise ValueError("must look like mqtt://host:port (or mqtts:// for TLS)")
+        try:
+            u.port
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _templates(self) -> MqttSettings:
+        for name, need in (("sensor_topic", ("{stream}", "{feature}")), ("frame_topic", ("{stream}",)), ("forecast_topic", ("{stream}",))):
+            tpl = getattr(self, name)
+            if tpl is None:
+                continue
+            for part in need:
+                if tpl.count(part) != 1:
+                    raise ValueError(f"{name} {tpl!r} must contain {part} exactly once")
+            for level in tpl.split("/"):
+                if level not in need and any(c in level for c in "{}+#"):
+                    raise ValueError(f"{name} {tpl!r}: a placeholder must fill a whole topic level")
+        if "{stream}" in self.status_topic or any(c in self.status_topic for c in "+#"):
+            raise ValueError(f"status_topic {self.status_topic!r} may use only {{instance}}")
+        if self.reconnect_max < self.reconnect_min:
+            raise ValueError("reconnect_max must not be below reconnect_min")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        u = urlsplit(self.url)
+        return u.port or (8883 if u.scheme in ("mqtts", "ssl") else 1883)
+
+    def secret(self) -> str | None:
+        """The password, from ``password`` or the first line of ``password_file``."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text().splitlines()[0] if self.password_file.stat().st_size else ""
+        return None
+
+
+class DaemonSettings(_Section):
+    grace: float = Field(10.0, gt=0, description="seconds to finish the frames in hand after SIGTERM")
+    log_format: Literal["logfmt", "json"] = "logfmt"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    metrics_host: str = Field("127.0.0.1", description="address of the /metrics, /healthz, /readyz endpoint")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="port of that endpoint; none: not served")
 
 
 class Settings(BaseSettings):
@@ -133,7 +217,9 @@ class Settings(BaseSettings):
     streams: StreamSettings = Field(default_factory=StreamSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
     evaluator: EvaluatorSettings = Field(default_factory=EvaluatorSettings)
+    frames: FrameSettings = Field(default_factory=FrameSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
 
     @model_validator(mode="after")
     def _fits(self) -> Settings:
@@ -144,6 +230,16 @@ class Settings(BaseSettings):
                 f"(2 x (trainer.window + features.horizon) = {2 * needed})"
             )
         return self
+
+    @property
+    def lateness(self) -> float:
+        f = self.frames
+        return f.lateness if f.lateness is not None else self.features.period / 2
+
+    @property
+    def max_hold(self) -> float:
+        f = self.frames
+        return f.max_hold if f.max_hold is not None else self.features.period
 
     @classmethod
     def settings_customise_sources(

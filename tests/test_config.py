@@ -77,3 +77,33 @@ def test_invalid_config_fails_the_command_with_exit_2(tmp_path, capsys):
     p.write_text("[ring]\nsize = 1\n")
     assert cli.main(["config", "--config", str(p)]) == 2
     assert "ring.size" in capsys.readouterr().err
+
+
+def test_the_example_file_loads_and_names_every_section():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "deploy" / "streamrnn.example.toml"
+    s = config.load(path)
+    text = path.read_text()
+    for section in config.Settings.model_fields:
+        if section != "device":
+            assert f"[{section}]" in text, section
+    assert s.mqtt.sensor_topic == "plant/{stream}/sensors/{feature}"
+
+
+@pytest.mark.parametrize(
+    "mqtt, field",
+    [
+        ({"url": "http://broker:1883"}, "mqtt.url"),
+        ({"url": "mqtt://broker:99999"}, "mqtt.url"),
+        ({"sensor_topic": "plant/{stream}/sensors"}, "mqtt"),
+        ({"sensor_topic": "plant/x{stream}/sensors/{feature}"}, "mqtt"),
+        ({"forecast_topic": "plant/+/{stream}"}, "mqtt"),
+        ({"instance": "a b"}, "mqtt.instance"),
+        ({"qos": 3}, "mqtt.qos"),
+    ],
+)
+def test_bad_mqtt_settings_fail_naming_the_field(mqtt, field):
+    with pytest.raises(config.ConfigError) as e:
+        config.load(None, mqtt=mqtt)
+    assert f"  {field}" in str(e.value), str(e.value)

@@ -1,0 +1,114 @@
+"""Frame assembly: readings that arrive one sensor at a time, in any order, become frames on a grid.
+
+Tick t of a stream stands for time ``t * period``. Its frame holds, per feature, the newest reading
+with ``ts <= t * period`` that is younger than ``max_hold`` (sample-and-hold), NaN where there is
+none; a tick that would hold nothing at all yields no frame. A tick closes
+
+- by event time, once a reading of the same stream is more than ``lateness`` seconds past it, or
+- by the wall clock, once its stream has sent nothing for ``idle_close`` seconds (it went quiet),
+
+and a reading for a tick that has closed is late: counted and dropped, never folded into a frame
+that was already forecast from. Frames come out in tick order per stream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+
+from streamrnn.engine import Frame
+from streamrnn.payload import Reading, Rejected
+
+_EPS = 1e-6  # of a tick: ts that float arithmetic put a hair off the grid still lands on it
+
+
+class _Stream:
+    __slots__ = ("pending", "held", "held_ts", "closed", "watermark", "wall")
+
+    def __init__(self, channels: int) -> None:
+        self.pending: list[Reading] = []
+        self.held = np.full(channels, np.nan)
+        self.held_ts = np.full(channels, -np.inf)
+        self.closed: int | None = None  # last closed tick
+        self.watermark = -math.inf  # newest ts seen
+        self.wall = 0.0  # wall-clock time of the last reading
+
+
+class Assembler:
+    """Per-stream frame assembly; ``counts`` holds ``late`` and ``capacity`` refusals."""
+
+    def __init__(self, channels: int, period: float, lateness: float, max_hold: float, idle_close: float, max_streams: int, forget_after: float) -> None:
+        self.channels, self.period, self.lateness, self.max_hold = channels, period, lateness, max_hold
+        self.idle_close, self.max_streams, self.forget_after = idle_close, max_streams, forget_after
+        self.streams: dict[str, _Stream] = {}
+        self.counts: Counter[str] = Counter()
+
+    def tick(self, ts: float) -> int:
+        """The first tick at or after ``ts``: where a reading is first used."""
+        return math.ceil(ts / self.period - _EPS)
+
+    def add(self, r: Reading, wall: float) -> list[Frame]:
+        """Take one reading; return the frames its event time closed. Raises Rejected at the stream cap."""
+        st = self.streams.get(r.stream)
+        if st is None:
+            if len(self.streams) >= self.max_streams:
+                raise Rejected("capacity", f"stream {r.stream!r} refused: {self.max_streams} streams open (streams.max_streams)")
+            st = self.streams[r.stream] = _Stream(self.channels)
+        st.wall = wall
+        if st.closed is not None and self.tick(r.ts) <= st.closed:
+            self.counts["late"] += 1
+            return []
+        st.pending.append(r)
+        if r.ts <= st.watermark:
+            return []
+        st.watermark = r.ts
+        last = math.ceil((r.ts - self.lateness) / self.period - _EPS) - 1  # ticks with t*p + lateness < ts
+        return self._close(r.stream, st, last)
+
+    def expire(self, wall: float) -> list[Frame]:
+        """Close every tick of the streams silent for ``idle_close`` seconds; forget long-silent ones."""
+        out: list[Frame] = []
+        for name, st in list(self.streams.items()):
+            quiet = wall - st.wall
+            if st.pending and quiet >= self.idle_close:
+                out += self._close(name, st, self.tick(st.watermark))
+            elif not st.pending and quiet > self.forget_after:
+                del self.streams[name]
+        return out
+
+    def flush(self) -> list[Frame]:
+        """Close everything in hand (at shutdown)."""
+        return [f for name, st in self.streams.items() if st.pending for f in self._close(name, st, self.tick(st.watermark))]
+
+    def forget(self, stream: str) -> None:
+        self.streams.pop(stream, None)
+
+    @property
+    def pending(self) -> int:
+        return sum(len(st.pending) for st in self.streams.values())
+
+    def _close(self, name: str, st: _Stream, last: int) -> list[Frame]:
+        if st.closed is not None and last <= st.closed:
+            return []
+        st.pending.sort(key=lambda r: r.ts)
+        pending, i, out = st.pending, 0, []
+        t = st.closed + 1 if st.closed is not None else self.tick(pending[0].ts) if pending else last + 1
+        while t <= last:
+            while i < len(pending) and self.tick(pending[i].ts) <= t:
+                r = pending[i]
+                st.held[r.feature], st.held_ts[r.feature] = r.value, r.ts
+                i += 1
+            alive = t * self.period - st.held_ts < self.max_hold
+            if alive.any():
+                out.append(Frame(name, t * self.period, np.where(alive, st.held, np.nan)))
+            if (t + 1) * self.period - st.held_ts.max() < self.max_hold:
+                t += 1  # a held value still counts at the next tick
+            elif i < len(pending):
+                t = max(t + 1, self.tick(pending[i].ts))  # skip the empty ticks
+            else:
+                break
+        st.pending = pending[i:]
+        st.closed = last
+        return out

@@ -1,0 +1,144 @@
+"""Payload parsing: an MQTT message (topic, bytes) -> readings (stream, feature, ts, value), or a refusal.
+
+Two kinds of topic, from templates: one sensor per message (``plant/{stream}/sensors/{feature}``,
+payload ``{"ts": 1767225610.0, "value": 3.2}`` or a bare number, stamped with its arrival time) and
+a whole frame per message (``plant/{stream}/frame``, payload ``{"ts": ..., "<feature>": value, ...}``).
+Anything else is refused with a reason from :data:`REASONS`, which the daemon counts and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+REASONS = ("oversize", "topic", "stream", "feature", "json", "type", "nonfinite", "range", "ts")
+STREAM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+TS_MIN, TS_MAX = 0.0, 1e11  # 1970 .. year 5138: a ts outside is a unit or encoding error
+
+
+class Rejected(ValueError):
+    """A message that cannot become readings; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    stream: str
+    feature: int  # index into the channels
+    ts: float
+    value: float
+
+
+def _template(tpl: str) -> re.Pattern[str]:
+    parts = []
+    for level in tpl.split("/"):
+        if level == "{stream}":
+            parts.append("(?P<stream>[^/]+)")
+        elif level == "{feature}":
+            parts.append("(?P<feature>[^/]+)")
+        else:
+            parts.append(re.escape(level))
+    return re.compile("^" + "/".join(parts) + "$")
+
+
+def subscription(tpl: str) -> str:
+    """The MQTT filter a topic template subscribes to: each placeholder level becomes ``+``."""
+    return "/".join("+" if level in ("{stream}", "{feature}") else level for level in tpl.split("/"))
+
+
+class Parser:
+    """Turns messages into readings for the channels the model reads (inputs, then key variables)."""
+
+    def __init__(self, channels: list[str] | tuple[str, ...], sensor_topic: str, frame_topic: str | None, max_payload: int, max_abs: float) -> None:
+        self.index = {name: i for i, name in enumerate(channels)}
+        self.sensor = _template(sensor_topic)
+        self.frame = _template(frame_topic) if frame_topic else None
+        self.max_payload, self.max_abs = max_payload, max_abs
+
+    def parse(self, topic: str, payload: bytes, arrival: float) -> list[Reading]:
+        """Readings of one message; raises :class:`Rejected`."""
+        if len(payload) > self.max_payload:
+            raise Rejected("oversize", f"{len(payload)} bytes > mqtt.max_payload {self.max_payload}")
+        m = self.sensor.match(topic)
+        if m is not None:
+            stream = self._stream(m["stream"])
+            feature = self.index.get(m["feature"])
+            if feature is None:
+                raise Rejected("feature", f"unknown feature {m['feature'][:64]!r}")
+            ts, value = self._sensor_payload(payload, arrival)
+            return [Reading(stream, feature, ts, value)]
+        m = self.frame.match(topic) if self.frame else None
+        if m is not None:
+            return self._frame(self._stream(m["stream"]), payload, arrival)
+        raise Rejected("topic", f"topic {topic[:128]!r} matches no template")
+
+    @staticmethod
+    def _stream(name: str) -> str:
+        if not STREAM_RE.match(name):
+            raise Rejected("stream", f"stream id {name[:64]!r} is not [A-Za-z0-9_.:-]{{1,128}}")
+        return name
+
+    def _sensor_payload(self, payload: bytes, arrival: float) -> tuple[float, float]:
+        doc = _json(payload)
+        if isinstance(doc, dict):
+            unknown = set(doc) - {"ts", "value"}
+            if "value" not in doc or unknown:
+                raise Rejected("type", f"a sensor object has 'value' and optionally 'ts', got keys {sorted(doc)[:8]}")
+            return self._ts(doc.get("ts"), arrival), self._number(doc["value"])
+        return arrival, self._number(doc)
+
+    def _frame(self, stream: str, payload: bytes, arrival: float) -> list[Reading]:
+        doc = _json(payload)
+        if not isinstance(doc, dict):
+            raise Rejected("type", f"a frame is a JSON object of feature -> value, got {type(doc).__name__}")
+        ts = self._ts(doc.get("ts"), arrival)
+        out = []
+        for name, raw in doc.items():
+            if name == "ts":
+                continue
+            feature = self.index.get(name)
+            if feature is None:
+                raise Rejected("feature", f"unknown feature {name[:64]!r} in frame")
+            if raw is None:
+                continue  # explicitly missing
+            out.append(Reading(stream, feature, ts, self._number(raw)))
+        return out
+
+    def _number(self, x: object) -> float:
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise Rejected("type", f"a value must be a number, got {type(x).__name__}")
+        try:
+            v = float(x)
+        except OverflowError:
+            raise Rejected("range", "integer too large for a float") from None
+        if not math.isfinite(v):
+            raise Rejected("nonfinite", f"value {v}")
+        if abs(v) > self.max_abs:
+            raise Rejected("range", f"|{v:g}| > frames.max_abs {self.max_abs:g}")
+        return v
+
+    @staticmethod
+    def _ts(x: object, arrival: float) -> float:
+        if x is None:
+            return arrival
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise Rejected("ts", f"ts must be unix seconds, got {type(x).__name__}")
+        try:
+            ts = float(x)
+        except OverflowError:
+            raise Rejected("ts", "ts too large") from None
+        if not (TS_MIN < ts < TS_MAX):  # also refuses NaN and infinities
+            raise Rejected("ts", f"ts {ts} is not unix seconds")
+        return ts
+
+
+def _json(payload: bytes) -> object:
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise Rejected("json", f"malformed JSON: {str(e)[:80]}") from None

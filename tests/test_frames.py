@@ -1,0 +1,102 @@
+import random
+
+import numpy as np
+import pytest
+
+from streamrnn.frames import Assembler
+from streamrnn.payload import Reading, Rejected
+
+P = 10.0
+T0 = 1767225600.0  # a tick
+
+
+def asm(**kw):
+    base = dict(channels=3, period=P, lateness=P / 2, max_hold=P, idle_close=2.0, max_streams=10, forget_after=3600.0)
+    return Assembler(**{**base, **kw})
+
+
+def grid(ticks, streams=("s",), channels=3):
+    """Readings on the grid: value = 100 * tick + channel."""
+    return [Reading(s, c, T0 + k * P, 100.0 * k + c) for k in range(ticks) for s in streams for c in range(channels)]
+
+
+def run(a, readings, wall=0.0):
+    frames = []
+    for r in readings:
+        frames += a.add(r, wall)
+    return frames + a.expire(wall + 10.0)
+
+
+def test_one_frame_per_tick_in_order_and_the_last_closes_by_the_wall_clock():
+    a = asm()
+    frames = []
+    for r in grid(5):
+        frames += a.add(r, 0.0)
+    assert [f.ts for f in frames] == [T0 + k * P for k in range(4)]  # tick 4 waits for later readings
+    assert a.expire(1.0) == []  # not quiet long enough
+    last = a.expire(2.5)
+    assert [f.ts for f in last] == [T0 + 4 * P]
+    for k, f in enumerate(frames + last):
+        np.testing.assert_array_equal(f.values, [100.0 * k, 100.0 * k + 1, 100.0 * k + 2])
+
+
+def test_shuffled_arrivals_within_the_lateness_give_the_same_frames():
+    readings = grid(50, streams=("a", "b"))
+    want = run(asm(lateness=2 * P), readings)
+    rng = random.Random(3)
+    jittered = sorted(readings, key=lambda r: r.ts + rng.uniform(0, 1.9 * P))  # out of order by < lateness
+    got = run(asm(lateness=2 * P), jittered)
+    key = lambda f: (f.stream, f.ts)  # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, want)) and len(got) == 100
+    by = {key(f): f.values for f in want}
+    for f in got:
+        np.testing.assert_array_equal(f.values, by[key(f)])
+
+
+def test_a_late_reading_is_counted_and_not_folded_in():
+    a = asm()
+    frames = run(a, grid(3))
+    late = a.add(Reading("s", 0, T0 + P, -1.0), 20.0)  # tick 1 closed long ago
+    assert late == [] and a.counts["late"] == 1
+    assert all(f.values[0] != -1.0 for f in frames)
+
+
+def test_sample_and_hold_up_to_max_hold_then_missing():
+    a = asm(max_hold=3 * P)
+    readings = [Reading("s", 0, T0, 1.0)] + [Reading("s", 1, T0 + k * P, float(k)) for k in range(6)]
+    frames = run(a, readings)
+    assert len(frames) == 6
+    held = [f.values[0] for f in frames]
+    assert held[:3] == [1.0, 1.0, 1.0] and all(np.isnan(held[3:]))  # age 0, 10, 20 held; 30 is too old
+    assert all(np.isnan(f.values[2]) for f in frames)  # never seen
+
+
+def test_default_hold_puts_a_rare_sample_in_its_own_tick_only():
+    a = asm()
+    readings = grid(6, channels=2) + [Reading("s", 2, T0 + 2 * P, 7.0)]
+    frames = run(a, sorted(readings, key=lambda r: r.ts))
+    keys = [f.values[2] for f in frames]
+    assert keys[2] == 7.0 and np.isnan(np.delete(keys, 2)).all()
+
+
+def test_off_grid_readings_go_to_the_next_tick():
+    a = asm()
+    frames = run(a, [Reading("s", 0, T0 + 3.0, 1.0), Reading("s", 0, T0 + 7.0, 2.0), Reading("s", 0, T0 + 12.0, 3.0)])
+    assert [(f.ts, f.values[0]) for f in frames] == [(T0 + P, 2.0), (T0 + 2 * P, 3.0)]  # the newest before the tick
+
+
+def test_a_gap_yields_no_empty_frames():
+    a = asm()
+    frames = run(a, [Reading("s", 0, T0, 1.0), Reading("s", 0, T0 + 10_000 * P, 2.0)])
+    assert [f.ts for f in frames] == [T0, T0 + 10_000 * P]
+
+
+def test_streams_are_capped_and_flush_closes_everything():
+    a = asm(max_streams=2)
+    a.add(Reading("a", 0, T0, 1.0), 0.0)
+    a.add(Reading("b", 0, T0, 1.0), 0.0)
+    with pytest.raises(Rejected) as e:
+        a.add(Reading("c", 0, T0, 1.0), 0.0)
+    assert e.value.reason == "capacity"
+    assert sorted(f.stream for f in a.flush()) == ["a", "b"]
+    assert a.pending == 0
