@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import random
+import signal
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from streamrnn import __version__, config, simulator
@@ -26,16 +31,70 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    if not args.csv:
-        print("streamrnn simulate: --csv is required (publishing to MQTT comes with the daemon)", file=sys.stderr)
+    if args.csv:
+        steps = args.steps or 5000
+        rows = simulator.write_csv(args.csv, steps, args.streams, args.seed, args.key_every)
+        print(f"wrote {rows} rows ({args.streams} streams x {steps} steps) to {args.csv}")
+        return 0
+    if not args.broker:
+        print("streamrnn simulate: give --csv FILE or --broker mqtt://host:port", file=sys.stderr)
         return 2
-    rows = simulator.write_csv(args.csv, args.steps, args.streams, args.seed, args.key_every)
-    print(f"wrote {rows} rows ({args.streams} streams x {args.steps} steps) to {args.csv}")
+    from streamrnn.mqtt import Publisher
+
+    settings = _settings(args)
+    tpl = settings.mqtt.sensor_topic
+    pub = Publisher(args.broker, f"streamrnn-sim-{os.getpid()}")
+    reactor = simulator.Reactor(args.streams, args.seed, args.key_every)
+    names = simulator.stream_names(args.streams)
+    topics = [[tpl.format(stream=s, feature=f) for f in simulator.FEATURES] for s in names]
+    rng = random.Random(args.seed)
+    start, sent, step = time.monotonic(), 0, 0
+    stop = _stop_on_signals()
+    print(f"publishing {args.streams} reactors x {len(simulator.FEATURES)} sensors at {args.rate:g} frames/s to {args.broker}", flush=True)
+    try:
+        while not stop.is_set() and (args.steps is None or step < args.steps) and (args.duration is None or time.monotonic() - start < args.duration):
+            ts, values = reactor.step()
+            batch = [(topics[i][j], v) for i in range(args.streams) for j, v in enumerate(values[i]) if v == v]
+            rng.shuffle(batch)  # sensors do not report in a fixed order
+            for topic, v in batch:
+                pub.publish(topic, json.dumps({"ts": ts, "value": v}).encode())
+            sent += len(batch)
+            step += 1
+            stop.wait(max(0.0, start + step / args.rate - time.monotonic()))
+    finally:
+        pub.close()
+    print(f"published {sent} messages, {step} frames per stream", flush=True)
     return 0
 
 
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *a: stop.set())
+    return stop
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from streamrnn import logs, model
+    from streamrnn.daemon import Daemon
+
+    overrides: dict[str, dict[str, object]] = {}
+    if args.broker:
+        overrides.setdefault("mqtt", {})["url"] = args.broker
+    if args.instance:
+        overrides.setdefault("mqtt", {})["instance"] = args.instance
+    if args.metrics_port is not None:
+        overrides.setdefault("daemon", {})["metrics_port"] = args.metrics_port
+    settings = _settings(args, **overrides)
+    logs.setup(settings.daemon.log_format, args.log_level or settings.daemon.log_level)
+    start, version = None, 0
+    if args.model:
+        start, version = model.load(args.model)
+    return Daemon(settings, start, version).run()
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streamrnn import replay
+    from streamrnn import model, replay
 
     time_column = None if args.time_column == "none" else args.time_column
     table = replay.read_table(args.data, time_column, args.stream_column, args.period, _csv_list(args.sampled or ""))
@@ -56,7 +115,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.plot and not out:
         tmp = tempfile.TemporaryDirectory()
         out = Path(tmp.name) / "forecasts.csv"
-    rep = replay.replay(table, settings, out, progress=not args.quiet and sys.stderr.isatty())
+    start, version = model.load(args.model) if args.model else (None, 0)
+    rep = replay.replay(table, settings, out, progress=not args.quiet and sys.stderr.isatty(), save_model=args.save_model, start=start, version=version)
     print(replay.format_table(rep))
     if args.report:
         replay.write_report(args.report, rep)
@@ -69,33 +129,33 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Simulate a few reactors and replay them through the engine: a working forecast in a minute."""
-    from streamrnn import replay
+    """A broker, simulated reactors and the daemon, forecasts live in the terminal."""
+    from streamrnn import demo
 
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "reactor.csv"
-        rows = simulator.write_csv(data, args.steps, args.streams, args.seed)
-        print(f"simulated {args.streams} reactors x {args.steps} steps ({rows} rows); replaying through the engine ...", flush=True)
-        settings = config.load(args.config)
-        table = replay.read_table(data, "ts", "stream", settings.features.period)
-        rep = replay.replay(table, settings, progress=sys.stderr.isatty())
-    print(replay.format_table(rep))
-    return 0
+    try:
+        return demo.run(args.broker, args.streams, args.rate, args.duration, args.config)
+    except (RuntimeError, TimeoutError, ConnectionError) as e:
+        print(f"streamrnn demo: {e}", file=sys.stderr)
+        return 1
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrnn", description=__doc__)
     p.add_argument("--version", action="version", version=f"streamrnn {__version__}")
-    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument("--log-level", help="debug, info, warning or error (run: daemon.log_level; others: warning)")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     c.add_argument("--config", type=Path, help="TOML file (STREAMRNN_* variables override it)")
     c.set_defaults(func=cmd_config)
 
-    s = sub.add_parser("simulate", help="simulate the reactor")
+    s = sub.add_parser("simulate", help="simulate reactors: to a CSV, or live to an MQTT broker")
     s.add_argument("--csv", type=Path, help="write frames to this CSV")
-    s.add_argument("--steps", type=int, default=5000)
+    s.add_argument("--broker", help="publish each sensor to its topic on this broker, mqtt://host:port")
+    s.add_argument("--config", type=Path, help="TOML file: the sensor topic template")
+    s.add_argument("--rate", type=float, default=1.0, help="frames per second of wall time (each one period apart in event time)")
+    s.add_argument("--duration", type=float, help="seconds to run (default: until stopped)")
+    s.add_argument("--steps", type=int, help="frames per stream (default: 5000 to a CSV, unbounded live)")
     s.add_argument("--streams", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--key-every", type=int, default=30, help="steps between two lab samples of the key variable")
@@ -114,24 +174,35 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="trainer seed")
     r.add_argument("--out", type=Path, help="forecasts CSV: stream,ts,target,step,value,lower,upper")
     r.add_argument("--report", type=Path, help="JSON report")
+    r.add_argument("--save-model", type=Path, help="write the final serving model here (for streamrnn run --model)")
+    r.add_argument("--model", type=Path, help="start from these weights instead of an untrained model")
     r.add_argument("--plot", type=Path, help="PNG: truth, forecast and band; skill by horizon")
     r.add_argument("--plot-target", help="target to plot (default: the last)")
     r.add_argument("--plot-step", type=int, default=1, help="forecast step to plot")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_replay)
 
-    d = sub.add_parser("demo", help="simulate reactors and replay them, printing the skill table")
+    d = sub.add_parser("demo", help="broker + simulated reactors + daemon, forecasts live in the terminal")
     d.add_argument("--config", type=Path)
-    d.add_argument("--streams", type=int, default=2)
-    d.add_argument("--steps", type=int, default=3000)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--broker", help="use this broker (default: start an embedded one on loopback)")
+    d.add_argument("--streams", type=int, default=3)
+    d.add_argument("--rate", type=float, default=10.0, help="simulated frames per second per reactor")
+    d.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
     d.set_defaults(func=cmd_demo)
+
+    n = sub.add_parser("run", help="the daemon: sensors in over MQTT, forecasts out")
+    n.add_argument("--config", type=Path, help="TOML file (STREAMRNN_* variables override it)")
+    n.add_argument("--broker", help="mqtt://host:port (overrides mqtt.url)")
+    n.add_argument("--instance", help="overrides mqtt.instance (client id and status topic)")
+    n.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port (0: any free one)")
+    n.add_argument("--model", type=Path, help="start from these weights (saved by replay --save-model)")
+    n.set_defaults(func=cmd_run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s")
+    logging.basicConfig(level=(args.log_level or "warning").upper(), format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s")
     try:
         return args.func(args)
     except config.ConfigError as e:

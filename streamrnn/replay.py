@@ -18,6 +18,7 @@ from typing import TextIO
 
 import numpy as np
 
+from streamrnn import model
 from streamrnn.atomic import write_text
 from streamrnn.config import Settings
 from streamrnn.engine import Engine, Frame, Forecast
@@ -116,9 +117,10 @@ def _progress(done: int, total: int, start: float, out: TextIO) -> None:
     out.flush()
 
 
-def replay(table: Table, settings: Settings, out: str | Path | None = None, progress: bool = False) -> dict:
-    """Stream ``table`` through a fresh engine; write forecasts to ``out``; return the report."""
-    engine = Engine(settings)
+def replay(table: Table, settings: Settings, out: str | Path | None = None, progress: bool = False, save_model: str | Path | None = None, start: model.StreamRNN | None = None, version: int = 0) -> dict:
+    """Stream ``table`` through a fresh engine (serving ``start`` first, if given); write forecasts
+    to ``out``; return the report. ``save_model``: where to write the final serving model."""
+    engine = Engine(settings, start, version)
     index = [table.columns.index(c) for c in engine.channels]
     order = np.lexsort((np.arange(len(table.ts)), table.ts))  # by time, ties in file order
     sink = open(out, "w", newline="") if out else None
@@ -150,6 +152,8 @@ def replay(table: Table, settings: Settings, out: str | Path | None = None, prog
     if progress:
         _progress(total, total, start, sys.stderr)
         sys.stderr.write("\n")
+    if save_model:
+        model.save(save_model, engine.model, engine.version)
     return report(engine, time.perf_counter() - start)
 
 
@@ -157,7 +161,7 @@ def _write(writer: csv.writer, fc: Forecast) -> None:
     for j, target in enumerate(fc.targets):
         for k in range(fc.values.shape[0]):
             cells = (fc.values[k, j], fc.lower[k, j], fc.upper[k, j])
-            writer.writerow([fc.stream, f"{fc.ts:.6f}", target, k + 1, *("" if math.isnan(c) else f"{c:.6g}" for c in cells)])
+            writer.writerow([fc.stream, f"{fc.ts:.6f}", target, k + 1, *("" if math.isnan(c) else f"{c:.7g}" for c in cells)])
 
 
 def report(engine: Engine, seconds: float) -> dict:

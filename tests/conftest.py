@@ -49,3 +49,177 @@ def sine_frames(n: int, streams: int = 1, key_every: int = 5, seed: int = 0) -> 
             key = 2.0 + np.sin(0.2 * (t - 3) + ph) if (t + s) % key_every == 0 else np.nan
             out.append((f"s{s}", float(t), np.array([a, b, c, key])))
     return out
+
+
+# -- a real broker and a real daemon ------------------------------------------------------------
+import getpass  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+
+from streamrnn.mqtt import Subscriber  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None)
+
+
+class Mosquitto:
+    """A mosquitto on a free loopback port, with persistence in a folder of the test's; stopped by pid."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+            f"persistence true\npersistence_location {self.dir}/\nautosave_interval 1\n"
+            "max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\n"
+            f"user {getpass.getuser()}\n"  # as root, mosquitto would drop to a user that cannot write here
+        )
+        self.conf = conf
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> Mosquitto:
+        with open(self.dir / "mosquitto.log", "a") as log:
+            self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    if mosquitto_binary() is None:
+        pytest.fail("mosquitto is not installed: apt-get install mosquitto (CI installs it)")
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    yield broker
+    broker.stop()
+
+
+def write_config(path: Path, **sections: dict) -> Path:
+    """A TOML file from nested dicts (values: str, bool, numbers, lists of str)."""
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, str)):
+            return json.dumps(v)
+        return repr(v)
+
+    lines = []
+    for name, fields in sections.items():
+        if isinstance(fields, dict):
+            lines.append(f"[{name}]")
+            lines += [f"{k} = {value(v)}" for k, v in fields.items()]
+        else:
+            lines.insert(0, f"{name} = {value(fields)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class DaemonProcess:
+    """``python -m streamrnn run`` as a child process, with its log in a file."""
+
+    def __init__(self, workdir: Path, broker_url: str, config: Path | None = None, model: Path | None = None, instance: str = "test") -> None:
+        self.dir, self.url, self.instance = workdir, broker_url, instance
+        self.metrics_port = free_port()
+        self.log_path = workdir / f"daemon-{instance}.log"
+        args = [sys.executable, "-m", "streamrnn", "run", "--broker", broker_url, "--metrics-port", str(self.metrics_port), "--instance", instance]
+        if config:
+            args += ["--config", str(config)]
+        if model:
+            args += ["--model", str(model)]
+        self.args = args
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> DaemonProcess:
+        status = Subscriber(self.url, f"t-status-{self.instance}-{time.monotonic_ns()}", [f"streamrnn/{self.instance}/status"])
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+                try:
+                    msg = status.messages.get(timeout=0.2)
+                except Exception:
+                    continue
+                if msg.payload == b"online":
+                    return self
+            raise TimeoutError(f"daemon not online after {timeout} s:\n{self.log()}")
+        finally:
+            status.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def metrics(self) -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+
+    def sample(self, name: str, **labels: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for fam in text_string_to_metric_families(self.metrics()):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+        raise KeyError(f"{name}{labels} not exported")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def daemons(tmp_path):
+    """Start daemons with ``daemons(url, ...)``; whatever is left running is killed at the end."""
+    started: list[DaemonProcess] = []
+
+    def start(url: str, **kw) -> DaemonProcess:
+        d = DaemonProcess(tmp_path, url, **kw).start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.kill()

@@ -1,0 +1,131 @@
+"""Background retraining in a child process: serving never waits for it, and nothing it does can
+stall, crash or corrupt the daemon.
+
+The child is spawned (a fresh interpreter, no state shared with the engine), runs at a lower CPU
+priority with its own thread count, and sends back a :class:`~streamrnn.trainer.Verdict` of plain
+arrays. A child that dies, or runs past ``trainer.deadline``, becomes a failed verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from streamrnn import trainer
+from streamrnn.config import TrainerSettings
+from streamrnn.model import ModelSpec
+from streamrnn.trainer import Snapshot, TrainReport, Verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    snapshot: Snapshot
+    process: mp.process.BaseProcess
+    conn: Connection
+    started: float
+
+
+def _work(conn: Connection, parent: int) -> None:
+    import torch
+
+    threading.Thread(target=_orphan_watch, args=(parent,), daemon=True).start()
+    try:
+        os.nice(10)  # the engine's step comes first
+    except OSError:
+        pass  # not permitted: still correct, only less polite
+    snapshot, spec, champion, settings, seed = conn.recv()
+    torch.set_num_threads(settings.threads or 1)
+    state = {k: torch.as_tensor(v) for k, v in champion.items()}
+    verdict = trainer.retrain(snapshot, spec, state, settings, seed)
+    try:
+        conn.send(verdict)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the daemon is gone; so is the reason to report
+    conn.close()
+
+
+def _orphan_watch(parent: int) -> None:
+    """End the trainer when the daemon that started it dies (even by kill -9)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+class Retrainer:
+    """At most one retrain at a time; ``poll()`` between steps returns its verdict once there is one."""
+
+    def __init__(self, settings: TrainerSettings) -> None:
+        self.settings = settings
+        self.ctx = mp.get_context("spawn")
+        self.job: Job | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    def start(self, snapshot: Snapshot, spec: ModelSpec, champion: dict, seed: int) -> None:
+        """Fit on ``snapshot`` from the champion's weights (numpy arrays) in a child process."""
+        if self.job is not None:
+            raise RuntimeError("a retrain is already running")
+        parent, child = self.ctx.Pipe()
+        p = self.ctx.Process(target=_work, args=(child, os.getpid()), name="streamrnn-trainer", daemon=True)
+        p.start()  # with nothing big to pass, this returns before the child has imported anything
+        child.close()
+        # the snapshot goes over the pipe from a thread: the child reads it only once torch is
+        # imported, and the engine thread must not wait for that
+        threading.Thread(target=_send, args=(parent, (snapshot, spec, champion, self.settings, seed)), name="trainer-send", daemon=True).start()
+        self.job = Job(snapshot, p, parent, time.monotonic())
+        log.info("retrain started", extra={"pid": p.pid, "streams": len(snapshot.streams), "frames": snapshot.frames, "seed": seed})
+
+    def poll(self) -> tuple[Snapshot, Verdict, float] | None:
+        """The finished job's (snapshot, verdict, seconds), or None while it runs."""
+        job = self.job
+        if job is None:
+            return None
+        elapsed = time.monotonic() - job.started
+        verdict: Verdict | None = None
+        if job.conn.poll():
+            try:
+                verdict = job.conn.recv()
+            except (EOFError, OSError) as e:
+                verdict = _failed(f"trainer process ended without a verdict (exit code {job.process.exitcode}): {e}")
+        elif not job.process.is_alive():
+            job.process.join(0.1)
+            if job.conn.poll():
+                return self.poll()
+            verdict = _failed(f"trainer process died (exit code {job.process.exitcode})")
+        elif elapsed > self.settings.deadline:
+            verdict = _failed(f"trainer passed its deadline of {self.settings.deadline:g} s and was killed")
+        if verdict is None:
+            return None
+        self._end(job)
+        return job.snapshot, verdict, elapsed
+
+    def close(self) -> None:
+        if self.job is not None:
+            self._end(self.job)
+
+    def _end(self, job: Job) -> None:
+        if job.process.is_alive():
+            job.process.kill()
+        job.process.join(5)
+        job.conn.close()
+        self.job = None
+
+
+def _send(conn: Connection, job: tuple) -> None:
+    try:
+        conn.send(job)
+    except OSError as e:  # the child died first: poll() reports it
+        log.warning("could not hand the snapshot to the trainer", extra={"error": str(e)})
+
+
+def _failed(error: str) -> Verdict:
+    return Verdict("failed", TrainReport(status="failed", error=error))
