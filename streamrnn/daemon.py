@@ -145,11 +145,17 @@ class Daemon:
                 frames += self.assembler.add(reading, wall)
             return frames
         except Rejected as e:
-            self.metrics.dropped.labels(e.reason).inc()
-            suppressed = self._rejects.allow(e.reason)
-            if suppressed is not None:
-                log.warning("message refused", extra={"reason": e.reason, "detail": str(e), "topic": msg.topic[:200], "suppressed_before": suppressed})
-            return []
+            self._refuse(e.reason, msg, str(e))
+        except Exception as e:  # a bug must cost one message, never the daemon
+            self._refuse("internal", msg, f"{type(e).__name__}: {e}", exc_info=True)
+        return []
+
+    def _refuse(self, reason: str, msg: Message, detail: str, exc_info: bool = False) -> None:
+        self.metrics.dropped.labels(reason).inc()
+        suppressed = self._rejects.allow(reason)
+        if suppressed is not None:
+            level = logging.ERROR if exc_info else logging.WARNING
+            log.log(level, "message refused", exc_info=exc_info, extra={"reason": reason, "detail": detail, "topic": msg.topic[:200], "suppressed_before": suppressed})
 
     def _serve(self, frames: list[Frame]) -> None:
         if not frames:

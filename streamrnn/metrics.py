@@ -18,7 +18,7 @@ from streamrnn import __version__
 from streamrnn.payload import REASONS
 
 _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-DROP_REASONS = (*REASONS, "capacity", "late", "queue_full", "refused")
+DROP_REASONS = (*REASONS, "capacity", "late", "queue_full", "refused", "internal")
 
 
 class Metrics:

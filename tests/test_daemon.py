@@ -334,3 +334,42 @@ def retained(url: str, topic: str) -> bytes | None:
         return None
     finally:
         sub.close()
+
+
+def test_a_bug_in_handling_one_message_costs_that_message_only(mosquitto, monkeypatch):
+    """In process, to plant the bug: the parser raises on one stream; the rest is served."""
+    import threading
+
+    from streamrnn.daemon import Daemon
+
+    settings = config.load(None, mqtt={"url": mosquitto.url, "instance": "inproc"}, trainer={"enabled": False})
+    daemon = Daemon(settings)
+    real = daemon.parser.parse
+
+    def buggy(topic, payload, arrival):
+        if "/reactor-02/" in topic:
+            raise KeyError("planted")
+        return real(topic, payload, arrival)
+
+    monkeypatch.setattr(daemon.parser, "parse", buggy)
+    sub = Subscriber(mosquitto.url, "t-forecasts", ["plant/+/forecast"])
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not daemon.ready():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        rows = sim_rows(streams=2, steps=20)
+        pub = Publisher(mosquitto.url, "t-sensors")
+        publish_rows(pub, rows)
+        pub.close()
+        got = collect(sub, 20, timeout=20)
+        assert {m["stream"] for m in got} == {"reactor-01"} and len(got) == 20
+        errors = daemon.metrics.dropped.labels("internal")._value.get()
+        assert errors == sum(np.isfinite(v).sum() for _, s, v in rows if s == "reactor-02")
+    finally:
+        daemon.stop()
+        thread.join(30)
+        sub.close()
+    assert not thread.is_alive()
