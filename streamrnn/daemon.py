@@ -190,12 +190,9 @@ class Daemon:
         m.queue.set(self.inbox.qsize())
         m.streams.set(len(self.engine.streams))
         m.connected.set(1 if self.link.connected else 0)
-        self._sync("link", self.link.counts, {"queue_full": m.dropped.labels("queue_full")})
+        self._sync("link", self.link.counts, {"queue_full": m.dropped.labels("queue_full"), "reconnects": m.reconnects})
         self._sync("assembler", self.assembler.counts, {"late": m.dropped.labels("late")})
         self._sync("engine", self.engine.counts, {"refused": m.dropped.labels("refused"), "late": m.dropped.labels("late")})
-        reconnects = max(0, self.link.counts["connects"] - 1)
-        m.reconnects.inc(reconnects - self._synced.setdefault("reconnects", Counter())["n"])
-        self._synced["reconnects"]["n"] = reconnects
         ready = self.ready()
         if ready != self._was_ready:
             log.info("ready" if ready else "not ready", extra={"connected": self.link.connected, "subscribed": self.link.subscribed})

@@ -57,7 +57,7 @@ class Link:
         self.cfg, self.subscriptions, self.inbox, self.block = cfg, subscriptions, inbox, block
         self.status_topic = cfg.status_topic.format(instance=cfg.instance)
         self.client_id = cfg.client_id or f"streamrnn-{cfg.instance}"
-        self.counts: Counter[str] = Counter()  # queue_full, connects, disconnects, publish failures
+        self.counts: Counter[str] = Counter()  # queue_full, connects, reconnects, disconnects, publish_<reason>
         self.connected = self.subscribed = False
         self.last_error: str | None = None
         self._intake = True
@@ -148,6 +148,8 @@ class Link:
         self._session += 1
         self.connected, self.last_error = True, None
         self.counts["connects"] += 1
+        if self.counts["connects"] > 1:
+            self.counts["reconnects"] += 1
         resumed = bool(getattr(flags, "session_present", False))
         log.info("connected", extra={"broker": self.cfg.url, "client_id": self.client_id, "session_present": resumed})
         result, mid = client.subscribe([(t, self.cfg.qos) for t in self.subscriptions])
