@@ -63,7 +63,7 @@ class Link:
         self._intake = True
         self._session = 0
         self._pending_subs: set[int] = set()
-        self._outstanding: deque[paho.MQTTMessageInfo] = deque()
+        self._outstanding: deque[paho.MQTTMessageInfo] = deque(maxlen=cfg.out_queue)  # waited for at shutdown
         self._lock = threading.Lock()
 
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False, protocol=paho.MQTTv311, manual_ack=True)
