@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -54,7 +55,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         while not stop.is_set() and (args.steps is None or step < args.steps) and (args.duration is None or time.monotonic() - start < args.duration):
             ts, values = reactor.step()
-            batch = [(topics[i][j], v) for i in range(args.streams) for j, v in enumerate(values[i]) if v == v]
+            batch = [(topics[i][j], v) for i in range(args.streams) for j, v in enumerate(values[i]) if math.isfinite(v)]
             rng.shuffle(batch)  # sensors do not report in a fixed order
             for topic, v in batch:
                 pub.publish(topic, json.dumps({"ts": ts, "value": v}).encode())
