@@ -67,20 +67,22 @@ class TrainReport:
 
 
 def fill(values: np.ndarray) -> np.ndarray:
-    """Sample-and-hold along time: each NaN takes the last finite value above it (NaN before the first)."""
-    n = len(values)
+    """Sample-and-hold along time (axis -2 of (..., T, C)): each NaN takes the last finite value
+    before it (NaN before the first)."""
+    n = values.shape[-2]
     idx = np.where(np.isfinite(values), np.arange(n)[:, None], 0)
-    np.maximum.accumulate(idx, axis=0, out=idx)
-    return np.take_along_axis(values, idx, axis=0)
+    np.maximum.accumulate(idx, axis=-2, out=idx)
+    return np.take_along_axis(values, idx, axis=-2)
 
 
 def centres(values: np.ndarray, alpha: float) -> np.ndarray:
-    """The running mean after each frame, exactly as the hidden-state bank keeps it while serving."""
+    """The running mean after each frame (axis -2 of (..., T, C)), exactly as the hidden-state bank
+    keeps it while serving; a batch of streams is one loop over time."""
     out = np.empty_like(values, dtype=np.float64)
-    c = np.full(values.shape[1], np.nan)
-    for t in range(len(values)):
-        c = ewm_update(c, values[t], alpha)
-        out[t] = c
+    c = np.full(values.shape[:-2] + values.shape[-1:], np.nan)
+    for t in range(values.shape[-2]):
+        c = ewm_update(c, values[..., t, :], alpha)
+        out[..., t, :] = c
     return out
 
 
@@ -402,8 +404,8 @@ def warm(model: StreamRNN, values: list[np.ndarray], frames: int, start: Tensor 
         if n == 0:
             continue
         vals = np.stack([values[i][-length:] for i in idx])  # (B, T, C)
-        held = np.stack([fill(v) for v in vals])[:, -n:]
-        centre = np.stack([centres(v, model.spec.centre_alpha) for v in vals])[:, -n:]
+        held = fill(vals)[:, -n:]
+        centre = centres(vals, model.spec.centre_alpha)[:, -n:]
         f32 = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
         sel = torch.as_tensor(idx, device=device)
         mask = torch.as_tensor(np.isfinite(vals[:, -n:]), device=device)
