@@ -174,22 +174,20 @@ class MqttSettings(_Section):
             raise ValueError("reconnect_max must not be below reconnect_min")
         return self
 
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        u = urlsplit(self.url)
-        return u.port or (8883 if u.scheme in ("mqtts", "ssl") else 1883)
-
     def secret(self) -> str | None:
         """The password, from ``password`` or the first line of ``password_file``."""
         if self.password is not None:
             return self.password.get_secret_value()
         if self.password_file is not None:
-            return self.password_file.read_text().splitlines()[0] if self.password_file.stat().st_size else ""
+            return (self.password_file.read_text().splitlines() or [""])[0]
         return None
+
+
+def broker_address(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of an ``mqtt://`` or ``mqtts://`` URL, with the standard ports as defaults."""
+    u = urlsplit(url)
+    tls = u.scheme in ("mqtts", "ssl")
+    return u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883), tls
 
 
 class DaemonSettings(_Section):

@@ -61,8 +61,8 @@ class Daemon:
         self._was_ready = False
 
     def ready(self) -> bool:
-        """Connected, subscribed and a model loaded: what ``/readyz`` reports."""
-        return self.link.ready and self.engine.model is not None and not self.stopping.is_set()
+        """Connected and subscribed, and not stopping (the model is loaded before we connect): ``/readyz``."""
+        return self.link.ready and not self.stopping.is_set()
 
     def stop(self) -> None:
         self.stopping.set()

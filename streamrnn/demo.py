@@ -8,6 +8,7 @@ reads the retrain counts from the daemon's /metrics. Ctrl-C stops everything, ch
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import queue
 import signal
@@ -148,8 +149,6 @@ class Demo:
 
 
 def message_doc(payload: bytes) -> dict | None:
-    import json
-
     try:
         doc = json.loads(payload)
     except ValueError:

@@ -20,12 +20,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from streamrnn.config import MqttSettings
+from streamrnn.config import MqttSettings, broker_address
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,6 @@ class Link:
         self.client_id = cfg.client_id or f"streamrnn-{cfg.instance}"
         self.counts: Counter[str] = Counter()  # queue_full, connects, reconnects, disconnects, publish_<reason>
         self.connected = self.subscribed = False
-        self.last_error: str | None = None
         self._intake = True
         self._session = 0
         self._pending_subs: set[int] = set()
@@ -71,13 +69,14 @@ class Link:
         c.enable_logger(logging.getLogger("paho"))
         if cfg.username is not None:
             c.username_pw_set(cfg.username, cfg.secret())
-        if cfg.url.startswith(("mqtts://", "ssl://")):
+        self.host, self.port, tls = broker_address(cfg.url)
+        if tls:
             c.tls_set_context(ssl.create_default_context())
         c.will_set(self.status_topic, b"offline", qos=1, retain=True)
         c.reconnect_delay_set(cfg.reconnect_min, cfg.reconnect_max)
         c.max_inflight_messages_set(cfg.max_inflight)
         c.max_queued_messages_set(cfg.out_queue)
-        c.on_socket_open = self._on_socket_open
+        c.on_socket_open = _nodelay
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
@@ -87,7 +86,7 @@ class Link:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background; paho's thread reconnects with capped, jittered backoff."""
-        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        self.client.connect_async(self.host, self.port, keepalive=self.cfg.keepalive)
         self.client.loop_start()
 
     def close_intake(self) -> None:
@@ -134,19 +133,12 @@ class Link:
         return reason
 
     # -- network thread -------------------------------------------------------------------
-    def _on_socket_open(self, client: paho.Client, userdata: object, sock: socket.socket) -> None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # QoS 1 round trips: 25 ms -> 0.6 ms
-        except (OSError, AttributeError) as e:
-            log.debug("TCP_NODELAY not set: %s", e)
-
     def _on_connect(self, client: paho.Client, userdata: object, flags: object, rc: paho.ReasonCode, props: object) -> None:
         if rc.is_failure:
-            self.last_error = str(rc)
             log.error("broker refused the connection", extra={"broker": self.cfg.url, "reason": str(rc)})
             return
         self._session += 1
-        self.connected, self.last_error = True, None
+        self.connected = True
         self.counts["connects"] += 1
         if self.counts["connects"] > 1:
             self.counts["reconnects"] += 1
@@ -195,6 +187,14 @@ class Link:
                 client.ack(msg.mid, msg.qos)
 
 
+def _nodelay(client: paho.Client, userdata: object, sock: socket.socket) -> None:
+    """on_socket_open: no Nagle delay (QoS 1 round trips: 25 ms -> 0.6 ms at the median here)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError) as e:  # not a TCP socket (websockets, unix)
+        log.debug("TCP_NODELAY not set: %s", e)
+
+
 def _queued(info: paho.MQTTMessageInfo, qos: int) -> paho.MQTTMessageInfo:
     """paho keeps a QoS >= 1 message published while disconnected and sends it on reconnect, but
     leaves rc at NO_CONN, which makes is_published() raise forever: mark it as the success it is."""
@@ -213,13 +213,12 @@ def _wait(info: paho.MQTTMessageInfo, deadline: float) -> bool:
 
 def _open(url: str, client_id: str, timeout: float, setup: Callable[[paho.Client], None] | None = None, clean: bool = True) -> paho.Client:
     """A connected client for tools (TCP_NODELAY, its network thread running and reconnecting)."""
-    u = urlsplit(url)
-    host, port = u.hostname or "127.0.0.1", u.port or (8883 if u.scheme in ("mqtts", "ssl") else 1883)
+    host, port, tls = broker_address(url)
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean, protocol=paho.MQTTv311)
     c.suppress_exceptions = True
-    if u.scheme in ("mqtts", "ssl"):
+    if tls:
         c.tls_set_context(ssl.create_default_context())
-    c.on_socket_open = lambda client, userdata, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c.on_socket_open = _nodelay
     if setup:
         setup(c)
     done = threading.Event()

@@ -57,30 +57,13 @@ import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
 
+from streamrnn.demo import free_port, wait_port  # noqa: E402
 from streamrnn.mqtt import Subscriber  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 def mosquitto_binary() -> str | None:
@@ -111,7 +94,7 @@ class Mosquitto:
     def start(self) -> Mosquitto:
         with open(self.dir / "mosquitto.log", "a") as log:
             self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
-        wait_port(self.port)
+        wait_port(self.port, 10.0)
         return self
 
     def stop(self) -> None:

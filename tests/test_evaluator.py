@@ -46,7 +46,6 @@ def test_poisoned_future_does_not_change_scores_until_it_arrives():
 def test_bands_cover_near_nominal_on_stationary_noise():
     rng = np.random.default_rng(1)
     ev = Evaluator(targets=1, horizon=1, coverage=0.9, residuals=400)
-    hits = 0
     n = 4000
     for t in range(n):
         if t:

@@ -3,7 +3,6 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
-import pytest
 
 from conftest import small_settings
 from streamrnn.engine import Engine, Frame
