@@ -1,15 +1,66 @@
-"""An embedded MQTT broker for the demo, so that nothing but pip is needed: amqtt on loopback.
+"""The brokers streamrnn starts itself, always on loopback.
 
-For production and tests use a real broker (Eclipse Mosquitto, see deploy/mosquitto.conf). Run
-as ``python -m streamrnn.broker --port N``; it serves until SIGTERM or SIGINT.
+- :class:`Mosquitto`: a real mosquitto on a free port, for the tests and benchmarks.
+- :func:`serve`: an embedded amqtt for the demo, so that nothing but pip is needed. Run as
+  ``python -m streamrnn.broker --port N``; it serves until SIGTERM or SIGINT.
+
+For production use a real broker (Eclipse Mosquitto, see deploy/mosquitto.conf).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
+import os
+import shutil
 import signal
+import subprocess
+from pathlib import Path
+
+from streamrnn.demo import free_port, wait_port
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None)
+
+
+class Mosquitto:
+    """A mosquitto on a free loopback port, with persistence in ``workdir``; stopped by pid."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+            f"persistence true\npersistence_location {self.dir}/\nautosave_interval 1\n"
+            "max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\n"
+            f"user {getpass.getuser()}\n"  # as root, mosquitto would drop to a user that cannot write here
+        )
+        self.conf = conf
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> Mosquitto:
+        binary = mosquitto_binary()
+        if binary is None:
+            raise RuntimeError("mosquitto is not installed: apt-get install mosquitto")
+        with open(self.dir / "mosquitto.log", "a") as log:
+            self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
+        wait_port(self.port, 10.0, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+        self.proc = None
 
 
 async def serve(host: str, port: int) -> None:

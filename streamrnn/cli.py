@@ -140,6 +140,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Benchmarks on real processes; each figure against its reference in the same run."""
+    from streamrnn import bench
+
+    result = bench.scrape(args.streams, args.rate, args.clients, args.seconds, args.rounds)
+    print(json.dumps(result, indent=2) if args.json else bench.format_scrape(result))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrnn", description=__doc__)
     p.add_argument("--version", action="version", version=f"streamrnn {__version__}")
@@ -190,6 +199,16 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--rate", type=float, default=10.0, help="simulated frames per second per reactor")
     d.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
     d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="benchmarks on real processes (mosquitto, daemon, simulator)")
+    b.add_argument("what", choices=["scrape"], help="scrape: the step loop quiet and under concurrent /metrics scrapers")
+    b.add_argument("--streams", type=int, default=50)
+    b.add_argument("--rate", type=float, default=10.0, help="frames per second per stream")
+    b.add_argument("--clients", type=int, default=100, help="concurrent scrapers")
+    b.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    b.add_argument("--rounds", type=int, default=3, help="quiet + loaded phases (and a last quiet one)")
+    b.add_argument("--json", action="store_true", help="machine-readable report")
+    b.set_defaults(func=cmd_bench)
 
     n = sub.add_parser("run", help="the daemon: sensors in over MQTT, forecasts out")
     n.add_argument("--config", type=Path, help="TOML file (STREAMRNN_* variables override it)")

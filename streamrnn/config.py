@@ -196,6 +196,8 @@ class DaemonSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     metrics_host: str = Field("127.0.0.1", description="address of the /metrics, /healthz, /readyz endpoint")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="port of that endpoint; none: not served")
+    metrics_max_rate: float = Field(20.0, gt=0, description="scrapes of /metrics answered per second at most; more wait their turn (probes never do)")
+    stream_metrics: int = Field(0, ge=0, le=1000, description="export a series per stream for at most this many streams (0: none)")
 
 
 class Settings(BaseSettings):

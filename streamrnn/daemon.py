@@ -24,9 +24,11 @@ from streamrnn.config import Settings
 from streamrnn.engine import Engine, Frame
 from streamrnn.frames import Assembler
 from streamrnn.logs import RateLimited
-from streamrnn.metrics import HealthServer, Metrics
+from streamrnn.endpoint import Endpoint
+from streamrnn.metrics import Metrics
 from streamrnn.model import StreamRNN
 from streamrnn.mqtt import Link, Message
+from streamrnn.notify import Notifier
 from streamrnn.payload import Parser, Rejected, subscription
 from streamrnn.retrainer import Retrainer
 
@@ -47,10 +49,13 @@ class Daemon:
         subs = [subscription(m.sensor_topic)] + ([subscription(m.frame_topic)] if m.frame_topic else [])
         self.link = Link(m, subs, self.inbox)
         self.retrainer = Retrainer(s.trainer) if s.trainer.enabled else None
-        self.metrics = Metrics(registry or CollectorRegistry())
+        spec = self.engine.spec
+        self.metrics = Metrics(registry or CollectorRegistry(), spec.targets, spec.horizon, s.daemon.stream_metrics)
         self.metrics.build.info({"version": __version__, "device": str(self.engine.device), "torch": torch.__version__, "model": s.model.kind})
         self.metrics.version.set(version)
-        self.http = HealthServer(self.metrics, s.daemon.metrics_host, s.daemon.metrics_port, self.ready) if s.daemon.metrics_port is not None else None
+        self.metrics.nominal.set(s.evaluator.coverage)
+        self.http = Endpoint(self.metrics.registry, s.daemon.metrics_host, s.daemon.metrics_port, s.daemon.metrics_max_rate) if s.daemon.metrics_port is not None else None
+        self.notify = Notifier.from_env()
         self.stopping = threading.Event()
         self.forecast_topic = m.forecast_topic
         self.skill: dict[str, float | None] = {}
@@ -75,6 +80,7 @@ class Daemon:
             self.http.start()
         log.info("starting", extra={"version": __version__, "device": str(self.engine.device), "broker": self.settings.mqtt.url, "metrics_port": self.http.port if self.http else None})
         self.link.start()
+        self.notify.ready(f"serving; connecting to {self.settings.mqtt.url}")
         try:
             while not self.stopping.is_set():
                 self.turn(0.05)
@@ -95,6 +101,9 @@ class Daemon:
 
     def _shutdown(self) -> int:
         deadline = time.monotonic() + self.settings.daemon.grace
+        self.notify.stopping()
+        if self.http:
+            self.http.beat(False)  # unready at once: no new traffic, please
         self.link.close_intake()
         while not self.inbox.empty() and time.monotonic() < deadline:
             self.turn(0.0)  # what was received
@@ -106,6 +115,7 @@ class Daemon:
             log.warning("grace period over with forecasts unpublished", extra={"grace": self.settings.daemon.grace})
         if self.http:
             self.http.close()
+        self.notify.close()
         log.info("stopped", extra={"frames": self.engine.frames_seen, "model_version": self.engine.version})
         return 0
 
@@ -179,24 +189,42 @@ class Daemon:
     def _housekeeping(self) -> None:
         if self.retrainer:
             self._retrain()
+        self.notify.watchdog()
+        ready = self.ready()
+        if ready != self._was_ready:  # said at once, not at the next slow pass
+            log.info("ready" if ready else "not ready", extra={"connected": self.link.connected, "subscribed": self.link.subscribed})
+            self.notify.status(f"ready: serving {len(self.engine.streams)} streams" if ready else f"not ready: broker {self.settings.mqtt.url} {'connected, subscribing' if self.link.connected else 'unreachable'}")
+            self._was_ready = ready
+            if self.http:
+                self.http.beat(ready)
         now = time.monotonic()
         if now - self._last_slow < _EVERY:
             return
         self._last_slow = now
         if self.http:
-            self.http.heartbeat()
-        self._refresh_skill()
-        m = self.metrics
+            self.http.beat(ready)
+            if self.http.check():
+                self.metrics.endpoint_restarts.inc()
+        self._gauges()
+
+    def _gauges(self) -> None:
+        m, e = self.metrics, self.engine
+        scores = e.evaluator.scores(live=True)
+        m.set_quality(scores, e.spec.targets)
+        self._refresh_skill(scores["skill"])
         m.queue.set(self.inbox.qsize())
-        m.streams.set(len(self.engine.streams))
+        m.streams.set(len(e.streams))
         m.connected.set(1 if self.link.connected else 0)
+        m.subscribed.set(1 if self.link.subscribed else 0)
+        m.pending.set(self.link.pending)
+        held = [len(r) for r in e.rings.values()]
+        m.ring_frames.set(sum(held))
+        m.ring_fill.set(sum(held) / (len(held) * self.settings.ring.size) if held else 0.0)
+        if m.stream_last is not None:
+            m.set_streams({name: e.last_ts(name) for name in e.streams})
         self._sync("link", self.link.counts, {"queue_full": m.dropped.labels("queue_full"), "reconnects": m.reconnects})
         self._sync("assembler", self.assembler.counts, {"late": m.dropped.labels("late")})
-        self._sync("engine", self.engine.counts, {"refused": m.dropped.labels("refused"), "late": m.dropped.labels("late")})
-        ready = self.ready()
-        if ready != self._was_ready:
-            log.info("ready" if ready else "not ready", extra={"connected": self.link.connected, "subscribed": self.link.subscribed})
-            self._was_ready = ready
+        self._sync("engine", e.counts, {"refused": m.dropped.labels("refused"), "late": m.frames_late})
 
     def _sync(self, name: str, source: Counter[str], targets: dict) -> None:
         """Carry the increments of a plain Counter kept by another part into Prometheus counters."""
@@ -207,8 +235,8 @@ class Daemon:
                 metric.inc(delta)
                 seen[key] = source[key]
 
-    def _refresh_skill(self) -> None:
-        sc = self.engine.evaluator.scores(live=True)["skill"]  # (H, T)
+    def _refresh_skill(self, sc: np.ndarray) -> None:
+        """The mean live skill per target over the steps, carried in each forecast message."""
         for j, name in enumerate(self.engine.spec.targets):
             col = sc[:, j]
             col = col[np.isfinite(col)]
@@ -223,6 +251,10 @@ class Daemon:
             self.metrics.retrains.labels(result.outcome).inc()
             self.metrics.retrain_seconds.observe(seconds)
             self.metrics.version.set(self.engine.version)
+            self.metrics.retrain_running.set(0)
+            if verdict.outcome != "failed":
+                self.metrics.train_loss.set(verdict.report.train_loss)
+                self.metrics.val_loss.set(verdict.report.val_loss)
             log.info("retrain done", extra={"outcome": result.outcome, "seconds": round(seconds, 2), "model_version": self.engine.version, "error": verdict.report.error})
             return
         if self.retrainer.busy or self.stopping.is_set():
@@ -234,3 +266,4 @@ class Daemon:
             snap = self.engine.snapshot()
             champion = {k: v.numpy() for k, v in self.engine.state_dict().items()}
             self.retrainer.start(snap, self.engine.spec, champion, self.engine.next_seed())
+            self.metrics.retrain_running.set(1)

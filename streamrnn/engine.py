@@ -247,6 +247,11 @@ class Engine:
     def streams(self) -> list[str]:
         return self.bank.streams
 
+    def last_ts(self, stream: str) -> float:
+        """Timestamp of the stream's last frame stepped."""
+        ring = self.rings[self.bank.rows[stream]]
+        return float(ring.ts[(ring.count - 1) % ring.size])
+
     def frame(self, stream: str, ts: float, values: dict[str, float]) -> Frame:
         """A frame from a mapping feature -> value; features not given are missing."""
         v = np.full(len(self.channels), np.nan)

@@ -1,97 +1,112 @@
-"""Prometheus metrics, owned here, registered on a registry passed in (tests use a fresh one),
-and the HTTP endpoint that serves them with ``/healthz`` and ``/readyz``.
+"""Prometheus metrics, all owned here and registered on a registry passed in (tests use a fresh one).
 
-No label takes a per-stream value: label sets stay bounded whatever the plant sends.
+Names follow the Prometheus conventions: the ``streamrnn_`` prefix, base units, ``_total`` counters,
+``_seconds`` histograms. Label values come from closed sets (reasons, outcomes, targets and steps
+of the configuration), never from what the plant sends; the one exception, a series per stream, is
+off unless ``daemon.stream_metrics`` asks for it, and then capped at that many streams.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+import numpy as np
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from streamrnn.payload import REASONS
 
 _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+disable_created_metrics()  # no *_created series: a start time per counter is what process_start_time_seconds says once
+
 DROP_REASONS = (*REASONS, "capacity", "late", "queue_full", "refused", "internal")
+PUBLISH_FAILURES = ("queue_full", "no_connection")
+OUTCOMES = ("promoted", "rejected", "failed")
+SCORES = ("mse", "persistence_mse", "skill", "coverage")  # the evaluator's live scores, exported per target and step
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, targets: Iterable[str] = (), horizon: int = 0, stream_cap: int = 0) -> None:
         self.registry = registry
+        if registry is not REGISTRY:  # the default one has them already
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
         r = dict(registry=registry, namespace="streamrnn")
+        # intake
         self.received = Counter("messages_received", "MQTT messages taken in", **r)
         self.dropped = Counter("messages_dropped", "Messages or readings dropped, by reason", ["reason"], **r)
-        for reason in DROP_REASONS:
-            self.dropped.labels(reason)
+        self.queue = Gauge("queue_depth", "Messages waiting between the network thread and the engine", **r)
+        # frames and steps
         self.frames = Counter("frames_closed", "Frames closed and stepped", **r)
+        self.frames_late = Counter("frames_late", "Frames that came after a later frame of their stream had been stepped", **r)
         self.frames_missing = Counter("frames_with_missing_values", "Closed frames with at least one feature missing", **r)
         self.streams = Gauge("streams_active", "Streams with a hidden state", **r)
-        self.step = Histogram("step_duration_seconds", "One batched engine step", buckets=_LATENCY, **r)
+        self.ring_frames = Gauge("ring_frames", "Frames held in the ring buffers of all streams", **r)
+        self.ring_fill = Gauge("ring_fill_ratio", "Mean fraction of a stream's ring buffer that is filled", **r)
+        self.step = Histogram("step_duration_seconds", "One batched engine step over the frames closed together (its _count: steps)", buckets=_LATENCY, **r)
+        # output
         self.latency = Histogram("forecast_latency_seconds", "Frame close to forecast handed to the MQTT client", buckets=_LATENCY, **r)
         self.published = Counter("forecasts_published", "Forecast messages published", **r)
         self.publish_failed = Counter("publish_failures", "Forecast messages the MQTT client refused, by reason", ["reason"], **r)
-        self.queue = Gauge("queue_depth", "Messages waiting between the network thread and the engine", **r)
+        self.pending = Gauge("publish_pending", "Published messages the broker has not acknowledged yet", **r)
         self.connected = Gauge("mqtt_connected", "1 while connected to the broker", **r)
+        self.subscribed = Gauge("mqtt_subscribed", "1 while the sensor subscriptions are active", **r)
         self.reconnects = Counter("mqtt_reconnects", "Connections made after the first", **r)
+        # forecast quality, live (exponentially weighted over evaluator.live_window scored forecasts)
+        labels = ["target", "horizon"]
+        self.quality = {
+            "mse": Gauge("forecast_mse", "Live mean squared error of the forecast, engineering units squared", labels, **r),
+            "persistence_mse": Gauge("persistence_mse", "Live mean squared error of persistence (the last observed value)", labels, **r),
+            "skill": Gauge("forecast_skill_ratio", "Live skill 1 - MSE/MSE_persistence: above 0 beats persistence", labels, **r),
+            "coverage": Gauge("interval_coverage_ratio", "Live fraction of truths inside the forecast's band", labels, **r),
+        }
+        self.nominal = Gauge("interval_coverage_nominal_ratio", "The band's nominal coverage (evaluator.coverage)", **r)
+        self._quality_labels = [(t, str(k)) for t in targets for k in range(1, horizon + 1)]
+        for name, gauge in self.quality.items():
+            for t, k in self._quality_labels:
+                gauge.labels(t, k).set(float("nan"))
+        # model and retraining
         self.retrains = Counter("retrains", "Retrains by outcome", ["outcome"], **r)
-        for outcome in ("promoted", "rejected", "failed"):
-            self.retrains.labels(outcome)
         self.retrain_seconds = Histogram("retrain_duration_seconds", "Wall time of one retrain, snapshot to verdict", buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600), **r)
-        self.version = Gauge("model_version", "Version of the serving model", **r)
-        self.build = Info("build", "Version and device", **r)
+        self.retrain_running = Gauge("retrain_running", "1 while a retrain runs in the trainer process", **r)
+        self.version = Gauge("model_version", "Version of the serving model: 0 at start, +1 per model swapped in", **r)
+        self.train_loss = Gauge("training_loss", "Last successful fit's training loss (normalised: about 1 - skill)", **r)
+        self.val_loss = Gauge("validation_loss", "Last successful fit's validation loss (normalised)", **r)
+        for g in (self.train_loss, self.val_loss):
+            g.set(float("nan"))
+        for outcome in OUTCOMES:
+            self.retrains.labels(outcome)
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)
+        for reason in PUBLISH_FAILURES:
+            self.publish_failed.labels(reason)
+        self.endpoint_restarts = Counter("endpoint_restarts", "Restarts of the HTTP endpoint's process", **r)
+        self.build = Info("build", "Version, device, torch and model kind", **r)
+        # opt-in, capped: the last frame time of each of the first stream_cap streams
+        self.stream_cap = stream_cap
+        self.stream_last = Gauge("stream_last_frame_timestamp_seconds", "Timestamp of a stream's last frame (first daemon.stream_metrics streams only)", ["stream"], **r) if stream_cap else None
+        self._stream_shown: set[str] = set()
 
+    def set_quality(self, scores: dict[str, np.ndarray], names: Iterable[str]) -> None:
+        """Export the evaluator's live scores, each (H, targets)."""
+        for j, target in enumerate(names):
+            for key, gauge in self.quality.items():
+                col = scores[key][:, j]
+                for k, v in enumerate(col, start=1):
+                    gauge.labels(target, str(k)).set(float(v))
 
-class HealthServer:
-    """``/metrics``, ``/healthz`` (the engine loop turned recently), ``/readyz`` (``ready()`` says so)."""
+    def set_streams(self, last: dict[str, float]) -> None:
+        """Per-stream series, for at most ``stream_cap`` streams; streams that left lose theirs."""
+        if self.stream_last is None:
+            return
+        for gone in self._stream_shown - last.keys():
+            self.stream_last.remove(gone)
+            self._stream_shown.discard(gone)
+        for stream, ts in last.items():
+            if stream in self._stream_shown or len(self._stream_shown) < self.stream_cap:
+                self._stream_shown.add(stream)
+                self.stream_last.labels(stream).set(ts)
 
-    def __init__(self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool], stale_after: float = 10.0) -> None:
-        self.metrics, self.ready, self.stale_after = metrics, ready, stale_after
-        self.beat = time.monotonic()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, generate_latest(outer.metrics.registry), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    ok = time.monotonic() - outer.beat < outer.stale_after
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"engine loop stalled\n")
-                elif path == "/readyz":
-                    ok = outer.ready()
-                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
-                else:
-                    self._send(404, b"not found\n")
-
-            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass  # scrapes are not events
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="metrics-http", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self.server.server_address[1]
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def heartbeat(self) -> None:
-        self.beat = time.monotonic()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

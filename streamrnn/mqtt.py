@@ -110,6 +110,12 @@ class Link:
         return all(_wait(i, deadline) for i in infos)
 
     @property
+    def pending(self) -> int:
+        """Published messages not yet acknowledged by the broker (an upper bound: pruned as it goes)."""
+        with self._lock:
+            return len(self._outstanding)
+
+    @property
     def ready(self) -> bool:
         return self.connected and self.subscribed
 

@@ -52,56 +52,16 @@ def sine_frames(n: int, streams: int = 1, key_every: int = 5, seed: int = 0) -> 
 
 
 # -- a real broker and a real daemon ------------------------------------------------------------
-import getpass  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
 
-from streamrnn.demo import free_port, wait_port  # noqa: E402
+from streamrnn.broker import Mosquitto, mosquitto_binary  # noqa: E402
+from streamrnn.demo import free_port  # noqa: E402
 from streamrnn.mqtt import Subscriber  # noqa: E402
-
-
-def mosquitto_binary() -> str | None:
-    return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None)
-
-
-class Mosquitto:
-    """A mosquitto on a free loopback port, with persistence in a folder of the test's; stopped by pid."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.dir = workdir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        conf = self.dir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-            f"persistence true\npersistence_location {self.dir}/\nautosave_interval 1\n"
-            "max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\n"
-            f"user {getpass.getuser()}\n"  # as root, mosquitto would drop to a user that cannot write here
-        )
-        self.conf = conf
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> Mosquitto:
-        with open(self.dir / "mosquitto.log", "a") as log:
-            self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
-        wait_port(self.port, 10.0)
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
-        self.proc = None
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from conftest import Mosquitto, write_config
+from conftest import write_config
 
 from streamrnn import config, message, simulator, trainer
+from streamrnn.broker import Mosquitto
 from streamrnn.engine import Engine, Frame
 from streamrnn.model import ModelSpec, build, save
 from streamrnn.mqtt import Publisher, Subscriber

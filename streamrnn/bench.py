@@ -1,0 +1,194 @@
+"""``streamrnn bench``: figures measured on real processes, each against its reference in the same run.
+
+- ``scrape``: the step loop's speed with the metrics endpoint idle and under N concurrent scrapers
+  asking for ``/metrics`` back to back (keep-alive, gzip, as Prometheus asks), on a daemon fed by
+  the simulator through a real mosquitto, retraining off. Quiet and loaded phases alternate; the
+  figures are the medians of each kind. The scrapers run at nice 10 in a process of their own: on a
+  plant they are other machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamrnn.broker import Mosquitto
+from streamrnn.demo import free_port, wait_port
+
+
+class Stack:
+    """mosquitto, the daemon and the simulator, each a process of its own, stopped by pid."""
+
+    def __init__(self, workdir: Path, streams: int, rate: float, env: dict[str, str] | None = None) -> None:
+        self.dir = workdir
+        self.broker = Mosquitto(workdir / "broker").start()
+        self.port = free_port()
+        self.procs: list[subprocess.Popen] = []
+        daemon_env = {**os.environ, "STREAMRNN_TRAINER__ENABLED": "false", **(env or {})}
+        self._spawn("daemon", ["-m", "streamrnn", "run", "--broker", self.broker.url, "--metrics-port", str(self.port), "--instance", "bench"], daemon_env)
+        wait_port(self.port, 60, self.procs[-1])
+        self._spawn("simulator", ["-m", "streamrnn", "simulate", "--broker", self.broker.url, "--streams", str(streams), "--rate", str(rate)])
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        with open(self.dir / f"{name}.log", "w") as log:
+            self.procs.append(subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env))
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of the daemon's /metrics, keyed ``name{k="v",...}``."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10).read().decode()
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
+
+    def wait_for(self, name: str, above: float, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{p.args[1:4]} exited with code {p.returncode}; logs in {self.dir}")
+            try:
+                if self.metrics().get(name, 0.0) > above:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{name} did not pass {above} in {timeout:g} s; logs in {self.dir}")
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self.broker.stop()
+
+
+def _phase(stack: Stack, seconds: float) -> dict[str, float]:
+    a = stack.metrics()
+    time.sleep(seconds)
+    b = stack.metrics()
+    d = lambda k: b[k] - a[k]  # noqa: E731
+    steps = d("streamrnn_step_duration_seconds_count")
+    frames = d("streamrnn_frames_closed_total")
+    return {
+        "steps": steps,
+        "frames": frames,
+        "step_ms": 1e3 * d("streamrnn_step_duration_seconds_sum") / steps if steps else float("nan"),
+        "step_ms_per_frame": 1e3 * d("streamrnn_step_duration_seconds_sum") / frames if frames else float("nan"),
+        "latency_ms": 1e3 * d("streamrnn_forecast_latency_seconds_sum") / d("streamrnn_forecast_latency_seconds_count") if steps else float("nan"),
+    }
+
+
+def scrape(streams: int = 50, rate: float = 10.0, clients: int = 100, seconds: float = 10.0, rounds: int = 3, env: dict[str, str] | None = None) -> dict:
+    """Step time per frame and frame-to-forecast latency, quiet and under ``clients`` concurrent
+    scrapers, in ``rounds`` of quiet then loaded phases and a last quiet one; medians of each kind."""
+    quiet, loaded, scrapers = [], [], []
+    with tempfile.TemporaryDirectory(prefix="streamrnn-bench-") as tmp:
+        stack = Stack(Path(tmp), streams, rate, env)
+        try:
+            stack.wait_for("streamrnn_frames_closed_total", streams * rate * 3, 90)  # past the warm-up
+            for _ in range(rounds):
+                quiet.append(_phase(stack, seconds))
+                load = subprocess.Popen(
+                    ["nice", "-n", "10", sys.executable, "-m", "streamrnn.bench", "_scrapers", "--port", str(stack.port), "--clients", str(clients), "--seconds", str(seconds + 2)],
+                    stdout=subprocess.PIPE, text=True,
+                )
+                time.sleep(1.0)  # every scraper connected
+                loaded.append(_phase(stack, seconds))
+                scrapers.append(json.loads(load.communicate(timeout=seconds + 60)[0]))
+            quiet.append(_phase(stack, seconds))
+        finally:
+            stack.close()
+    med = lambda phases, k: statistics.median(p[k] for p in phases)  # noqa: E731
+    keys = ("frames", "steps", "step_ms", "step_ms_per_frame", "latency_ms")
+    q, ld = {k: med(quiet, k) for k in keys}, {k: med(loaded, k) for k in keys}
+    return {
+        "streams": streams, "rate": rate, "clients": clients, "seconds": seconds, "rounds": rounds,
+        "quiet": q, "loaded": ld, "phases": {"quiet": quiet, "loaded": loaded},
+        "scrapers": {k: statistics.median(s[k] for s in scrapers) for k in scrapers[0]},
+        "step_ratio": ld["step_ms_per_frame"] / q["step_ms_per_frame"], "latency_ratio": ld["latency_ms"] / q["latency_ms"],
+    }
+
+
+def _scrapers(port: int, clients: int, seconds: float) -> dict:
+    """``clients`` threads, each scraping /metrics back to back over one keep-alive connection."""
+    stop = time.monotonic() + seconds
+    times: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})  # as Prometheus asks
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    errors[i] += 1
+                    continue
+            except (OSError, http.client.HTTPException):
+                errors[i] += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                continue
+            times[i].append(time.perf_counter() - t0)
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - start
+    flat = sorted(x for ts in times for x in ts)
+    q = lambda p: 1e3 * flat[min(len(flat) - 1, int(p * len(flat)))] if flat else float("nan")  # noqa: E731
+    return {"scrapes": len(flat), "per_second": len(flat) / took, "errors": sum(errors), "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": 1e3 * flat[-1] if flat else float("nan")}
+
+
+def format_scrape(r: dict) -> str:
+    out = [
+        f"scrape load: {r['streams']} streams at {r['rate']:g} frames/s; {r['rounds']} rounds of {r['seconds']:g} s quiet, {r['seconds']:g} s loaded; medians",
+        f"{'phase':<14}{'frames':>8}{'steps':>8}{'step ms':>10}{'step ms/frame':>15}{'latency ms':>12}",
+    ]
+    for name, p in (("quiet", r["quiet"]), (f"{r['clients']} scrapers", r["loaded"])):
+        out.append(f"{name:<14}{p['frames']:>8.0f}{p['steps']:>8.0f}{p['step_ms']:>10.3f}{p['step_ms_per_frame']:>15.3f}{p['latency_ms']:>12.3f}")
+    s = r["scrapers"]
+    out.append(f"scrapes answered: {s['per_second']:.0f}/s, errors {s['errors']:.0f}, p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.1f} ms")
+    out.append(f"step time per frame, loaded / quiet: {r['step_ratio']:.3f}   mean latency, loaded / quiet: {r['latency_ratio']:.3f}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m streamrnn.bench _scrapers ...``: the load generator, in its own process."""
+    p = argparse.ArgumentParser(prog="python -m streamrnn.bench")
+    p.add_argument("what", choices=["_scrapers"])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--seconds", type=float, default=10.0)
+    args = p.parse_args(argv)
+    print(json.dumps(_scrapers(args.port, args.clients, args.seconds)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The HTTP endpoint: ``/metrics``, ``/healthz``, ``/readyz``, served from a process of its own.
+
+Answering HTTP in the daemon's interpreter would make every scrape compete with the engine for the
+interpreter lock (a step gives it up at each torch call and waits to get it back). So the daemon
+binds the socket (a taken port fails at start, and the port outlives a restart of the server),
+hands it to a child process that answers HTTP, and sends that child only what it needs: readiness
+and a heartbeat from the engine loop, and a rendering of the registry on request, at most once per
+``max_age`` seconds however many scrapers ask. ``/healthz`` is 200 while the engine loop has beaten
+in the last ``stale_after`` seconds; ``/readyz`` is 200 while the daemon says it is ready.
+
+Run as ``python -m streamrnn.endpoint --listen-fd N --link-fd M`` by :class:`Endpoint` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.connection import Connection
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger(__name__)
+
+_STATE, _METRICS, _RENDER = b"S", b"M", b"R"
+
+
+class Endpoint:
+    """The daemon's side: owns the listening socket and the server process, renders on request."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int, max_rate: float = 20.0, max_age: float = 1.0, stale_after: float = 10.0) -> None:
+        self.registry, self.max_rate, self.max_age, self.stale_after = registry, max_rate, max_age, stale_after
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((host, port))
+        except OSError as e:
+            self.sock.close()
+            raise OSError(f"daemon.metrics_host/metrics_port: cannot listen on {host}:{port}: {e.strerror}") from e
+        self.sock.listen(128)
+        self.port: int = self.sock.getsockname()[1]
+        self.proc: subprocess.Popen | None = None
+        self.link: Connection | None = None
+        self._lock = threading.Lock()
+        self._ready = False
+        self.restarts = 0
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair()
+        fds = (self.sock.fileno(), theirs.fileno())
+        args = [sys.executable, "-m", "streamrnn.endpoint", "--listen-fd", str(fds[0]), "--link-fd", str(fds[1]), "--max-age", str(self.max_age), "--stale-after", str(self.stale_after), "--max-rate", str(self.max_rate)]
+        self.proc = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.link = Connection(ours.detach())
+        threading.Thread(target=self._serve_renders, args=(self.link,), name="endpoint-render", daemon=True).start()
+        self.beat(self._ready)
+
+    def beat(self, ready: bool) -> None:
+        """The engine loop is alive; say whether the daemon is ready."""
+        self._ready = ready
+        self._send(_STATE + (b"1" if ready else b"0"))
+
+    def check(self) -> bool:
+        """Restart the server process if it died; True if it had to."""
+        if self.proc is None or self.proc.poll() is None:
+            return False
+        log.error("metrics endpoint process died; restarting it", extra={"exit_code": self.proc.returncode})
+        self._close_link()
+        self.restarts += 1
+        self.start()
+        return True
+
+    def close(self) -> None:
+        self._close_link()
+        if self.proc is not None:
+            try:
+                self.proc.wait(2.0)  # it exits when the link closes
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.sock.close()
+
+    def _close_link(self) -> None:
+        with self._lock:
+            if self.link is not None:
+                self.link.close()
+                self.link = None
+
+    def _send(self, data: bytes) -> None:
+        with self._lock:
+            if self.link is None:
+                return
+            try:
+                self.link.send_bytes(data)
+            except OSError:
+                pass  # the process is gone: check() restarts it on the next turn
+
+    def _serve_renders(self, link: Connection) -> None:
+        while True:
+            try:
+                link.recv_bytes()
+            except (EOFError, OSError):
+                return  # closed by us, or the process died
+            self._send(_METRICS + generate_latest(self.registry))
+
+
+# -- the server process ------------------------------------------------------------------
+class _Pace:
+    """At most ``rate`` answers a second (a second's worth at once after a pause); the rest wait
+    their turn, or get a 503 if it is more than ``max_wait`` away. Scrapes answered at any rate
+    cost the machine: on a two-core edge box, a thousand a second slowed the engine by half."""
+
+    def __init__(self, rate: float, max_wait: float = 8.0) -> None:
+        self.gap, self.max_wait = 1.0 / rate, max_wait
+        self.burst = 1.0
+        self.lock = threading.Lock()
+        self.next = 0.0
+
+    def wait(self) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            slot = max(self.next, now - self.burst)
+            if slot - now > self.max_wait:
+                return False
+            self.next = slot + self.gap
+        if slot > now:
+            time.sleep(slot - now)
+        return True
+
+
+class _Shared:
+    def __init__(self, link: Connection, max_age: float) -> None:
+        self.link, self.max_age = link, max_age
+        self.cond = threading.Condition()
+        self.beat = time.monotonic()
+        self.ready = False
+        self.body = b""
+        self.gzipped: bytes | None = None  # made once per rendering, for the first scraper that asks
+        self.rendered = -float("inf")
+        self.asked = False
+
+    def metrics(self, gzipped: bool, timeout: float = 5.0) -> bytes | None:
+        with self.cond:
+            if time.monotonic() - self.rendered > self.max_age:
+                since = self.rendered
+                if not self.asked:
+                    self.asked = True
+                    self.link.send_bytes(_RENDER)
+                if not self.cond.wait_for(lambda: self.rendered != since, timeout):
+                    return None
+            if not gzipped:
+                return self.body
+            if self.gzipped is None:
+                self.gzipped = gzip.compress(self.body, compresslevel=1)
+            return self.gzipped
+
+    def listen(self) -> None:
+        """Take the daemon's messages; when it goes away (even by kill -9), so does this process."""
+        while True:
+            try:
+                data = self.link.recv_bytes()
+            except (EOFError, OSError):
+                os._exit(0)
+            kind, body = data[:1], data[1:]
+            with self.cond:
+                if kind == _STATE:
+                    self.beat, self.ready = time.monotonic(), body == b"1"
+                elif kind == _METRICS:
+                    self.body, self.gzipped, self.rendered, self.asked = body, None, time.monotonic(), False
+                    self.cond.notify_all()
+
+
+def _handler(shared: _Shared, pace: _Pace, stale_after: float) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as Prometheus scrapes
+        timeout = 30.0  # an idle or stalled client gives up its thread
+        disable_nagle_algorithm = True  # headers and body are two writes: without it, 40 ms of delayed ACK each
+
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                if not pace.wait():
+                    self._send(503, b"too many scrapes\n")
+                    return
+                gz = "gzip" in self.headers.get("Accept-Encoding", "")
+                body = shared.metrics(gz)
+                if body is None:
+                    self._send(503, b"metrics not rendered in time\n")
+                else:
+                    self._send(200, body, CONTENT_TYPE_LATEST, "gzip" if gz else None)
+            elif path == "/healthz":
+                age = time.monotonic() - shared.beat
+                ok = age < stale_after
+                self._send(200 if ok else 503, b"ok\n" if ok else f"engine loop silent for {age:.0f} s\n".encode())
+            elif path == "/readyz":
+                ok = shared.ready and time.monotonic() - shared.beat < stale_after
+                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            else:
+                self._send(404, b"not found\n")
+
+        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8", encoding: str | None = None) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            if encoding:
+                self.send_header("Content-Encoding", encoding)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass  # scrapes are not events
+
+    return Handler
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m streamrnn.endpoint")
+    p.add_argument("--listen-fd", type=int, required=True)
+    p.add_argument("--link-fd", type=int, required=True)
+    p.add_argument("--max-age", type=float, default=1.0)
+    p.add_argument("--stale-after", type=float, default=10.0)
+    p.add_argument("--max-rate", type=float, default=20.0)
+    args = p.parse_args()
+    try:
+        os.nice(10)  # under a flood of scrapes, the engine's process comes first
+    except OSError:
+        pass  # not permitted: still correct
+    sock = socket.socket(fileno=args.listen_fd)
+    shared = _Shared(Connection(args.link_fd), args.max_age)
+    server = ThreadingHTTPServer(sock.getsockname()[:2], _handler(shared, _Pace(args.max_rate), args.stale_after), bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock
+    server.daemon_threads = True
+    threading.Thread(target=shared.listen, name="link", daemon=True).start()
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

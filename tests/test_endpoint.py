@@ -1,0 +1,108 @@
+"""The HTTP endpoint in its own process: real sockets, a real child process."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import socket
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from streamrnn.endpoint import Endpoint, _Pace
+
+
+def get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.read(), dict(r.getheaders())
+    finally:
+        conn.close()
+
+
+def wait_status(port: int, path: str, status: int, timeout: float = 10.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if get(port, path)[0] == status:
+                return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never answered {status}")
+
+
+@pytest.fixture
+def endpoint():
+    reg = CollectorRegistry()
+    c = Counter("widgets", "test counter", registry=reg)
+    ep = Endpoint(reg, "127.0.0.1", 0, max_age=0.2, stale_after=1.5)
+    ep.start()
+    yield ep, c
+    ep.close()
+
+
+def test_routes_health_and_readiness(endpoint):
+    ep, c = endpoint
+    c.inc(3)
+    wait_status(ep.port, "/healthz", 200)
+    assert get(ep.port, "/readyz")[0] == 503  # not ready until the daemon says so
+    ep.beat(True)
+    wait_status(ep.port, "/readyz", 200)
+    status, body, headers = get(ep.port, "/metrics")
+    assert status == 200 and b"widgets_total 3.0" in body and headers["Content-Type"].startswith("text/plain; version=")
+    assert get(ep.port, "/nope")[0] == 404
+    status, body, headers = get(ep.port, "/metrics", {"Accept-Encoding": "gzip"})
+    assert headers.get("Content-Encoding") == "gzip" and b"widgets_total 3.0" in gzip.decompress(body)
+    # fresh within max_age
+    c.inc()
+    time.sleep(0.3)
+    assert b"widgets_total 4.0" in get(ep.port, "/metrics")[1]
+    ep.beat(False)
+    wait_status(ep.port, "/readyz", 503)
+    # no beat for stale_after: the loop is stuck, both probes fail, /metrics still answers
+    ep.beat(True)
+    took = wait_status(ep.port, "/healthz", 503, timeout=5)
+    assert 1.0 < took < 3.0
+    assert get(ep.port, "/readyz")[0] == 503
+    assert get(ep.port, "/metrics")[0] == 200
+
+
+def test_server_process_is_restarted_on_the_same_port(endpoint):
+    ep, _ = endpoint
+    wait_status(ep.port, "/healthz", 200)
+    assert not ep.check()
+    ep.proc.kill()
+    ep.proc.wait()
+    assert ep.check() and ep.restarts == 1
+    wait_status(ep.port, "/healthz", 200)
+
+
+def test_server_process_exits_with_the_daemon(endpoint):
+    ep, _ = endpoint
+    proc = ep.proc
+    ep.close()
+    assert proc.wait(5) is not None
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", ep.port), 1).close()
+
+
+def test_taken_port_names_the_field():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(OSError, match="daemon.metrics_host/metrics_port"):
+            Endpoint(CollectorRegistry(), "127.0.0.1", s.getsockname()[1])
+
+
+def test_pace_spaces_answers_and_refuses_beyond_the_wait():
+    pace = _Pace(rate=100.0, max_wait=0.5)
+    pace.burst = 0.0
+    start = time.monotonic()
+    assert all(pace.wait() for _ in range(20))
+    assert time.monotonic() - start >= 0.18  # 20 answers at 100/s
+    pace.next = time.monotonic() + 1.0  # a queue a second long
+    assert not pace.wait()
