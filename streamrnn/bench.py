@@ -97,7 +97,7 @@ def _phase(stack: Stack, seconds: float) -> dict[str, float]:
     }
 
 
-def scrape(streams: int = 50, rate: float = 10.0, clients: int = 100, seconds: float = 10.0, rounds: int = 3, env: dict[str, str] | None = None) -> dict:
+def scrape(streams: int = 10, rate: float = 10.0, clients: int = 100, seconds: float = 10.0, rounds: int = 3, env: dict[str, str] | None = None) -> dict:
     """Step time per frame and frame-to-forecast latency, quiet and under ``clients`` concurrent
     scrapers, in ``rounds`` of quiet then loaded phases and a last quiet one; medians of each kind."""
     quiet, loaded, scrapers = [], [], []

@@ -202,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks on real processes (mosquitto, daemon, simulator)")
     b.add_argument("what", choices=["scrape"], help="scrape: the step loop quiet and under concurrent /metrics scrapers")
-    b.add_argument("--streams", type=int, default=50)
+    b.add_argument("--streams", type=int, default=10)
     b.add_argument("--rate", type=float, default=10.0, help="frames per second per stream")
     b.add_argument("--clients", type=int, default=100, help="concurrent scrapers")
     b.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
