@@ -210,7 +210,7 @@ class Daemon:
     def _gauges(self) -> None:
         m, e = self.metrics, self.engine
         scores = e.evaluator.scores(live=True)
-        m.set_quality(scores, e.spec.targets)
+        m.set_quality(scores)
         self._refresh_skill(scores["skill"])
         m.queue.set(self.inbox.qsize())
         m.streams.set(len(e.streams))

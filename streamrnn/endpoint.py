@@ -3,10 +3,12 @@
 Answering HTTP in the daemon's interpreter would make every scrape compete with the engine for the
 interpreter lock (a step gives it up at each torch call and waits to get it back). So the daemon
 binds the socket (a taken port fails at start, and the port outlives a restart of the server),
-hands it to a child process that answers HTTP, and sends that child only what it needs: readiness
-and a heartbeat from the engine loop, and a rendering of the registry on request, at most once per
-``max_age`` seconds however many scrapers ask. ``/healthz`` is 200 while the engine loop has beaten
-in the last ``stale_after`` seconds; ``/readyz`` is 200 while the daemon says it is ready.
+hands it to a child process that answers HTTP, and sends that child only what it needs: readiness,
+the time of the engine loop's last beat, and a rendering of the registry on request, at most once
+per ``max_age`` seconds however many scrapers ask. The engine thread only sets a variable; a thread
+of the daemon's does the talking, so a stuck server process cannot stall the engine. ``/healthz``
+is 200 while the engine loop has beaten in the last ``stale_after`` seconds; ``/readyz`` is 200
+while the daemon says it is ready (and the loop beats).
 
 Run as ``python -m streamrnn.endpoint --listen-fd N --link-fd M`` by :class:`Endpoint` only.
 """
@@ -31,6 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 log = logging.getLogger(__name__)
 
 _STATE, _METRICS, _RENDER = b"S", b"M", b"R"
+_TICK = 0.1  # seconds between two looks at the engine's state
 
 
 class Endpoint:
@@ -50,8 +53,7 @@ class Endpoint:
         self.port: int = self.sock.getsockname()[1]
         self.proc: subprocess.Popen | None = None
         self.link: Connection | None = None
-        self._lock = threading.Lock()
-        self._ready = False
+        self._state = (False, time.monotonic())  # (ready, last beat of the engine loop), set by beat()
         self.restarts = 0
 
     def start(self) -> None:
@@ -61,13 +63,12 @@ class Endpoint:
         self.proc = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.DEVNULL)
         theirs.close()
         self.link = Connection(ours.detach())
-        threading.Thread(target=self._serve_renders, args=(self.link,), name="endpoint-render", daemon=True).start()
-        self.beat(self._ready)
+        threading.Thread(target=self._talk, args=(self.link,), name="endpoint-link", daemon=True).start()
 
     def beat(self, ready: bool) -> None:
-        """The engine loop is alive; say whether the daemon is ready."""
-        self._ready = ready
-        self._send(_STATE + (b"1" if ready else b"0"))
+        """Engine thread: the loop is alive, and whether the daemon is ready. Never blocks: a
+        thread of its own carries it to the server process within ``_TICK`` seconds."""
+        self._state = (ready, time.monotonic())
 
     def check(self) -> bool:
         """Restart the server process if it died; True if it had to."""
@@ -90,27 +91,24 @@ class Endpoint:
         self.sock.close()
 
     def _close_link(self) -> None:
-        with self._lock:
-            if self.link is not None:
-                self.link.close()
-                self.link = None
+        if self.link is not None:
+            self.link.close()
+            self.link = None
 
-    def _send(self, data: bytes) -> None:
-        with self._lock:
-            if self.link is None:
-                return
-            try:
-                self.link.send_bytes(data)
-            except OSError:
-                pass  # the process is gone: check() restarts it on the next turn
-
-    def _serve_renders(self, link: Connection) -> None:
-        while True:
-            try:
-                link.recv_bytes()
-            except (EOFError, OSError):
-                return  # closed by us, or the process died
-            self._send(_METRICS + generate_latest(self.registry))
+    def _talk(self, link: Connection) -> None:
+        """Render on request, pass readiness and heartbeat on; ends when the link does."""
+        sent = None
+        try:
+            while True:
+                if link.poll(_TICK):
+                    link.recv_bytes()
+                    link.send_bytes(_METRICS + generate_latest(self.registry))
+                state = self._state
+                if state != sent:
+                    link.send_bytes(_STATE + f"{int(state[0])} {state[1]!r}".encode())
+                    sent = state
+        except (EOFError, OSError):
+            return  # closed by us, or the process died: check() restarts it
 
 
 # -- the server process ------------------------------------------------------------------
@@ -172,8 +170,9 @@ class _Shared:
                 os._exit(0)
             kind, body = data[:1], data[1:]
             with self.cond:
-                if kind == _STATE:
-                    self.beat, self.ready = time.monotonic(), body == b"1"
+                if kind == _STATE:  # the engine loop's own beat: CLOCK_MONOTONIC is one clock for all processes
+                    ready, beat = body.split()
+                    self.ready, self.beat = ready == b"1", float(beat)
                 elif kind == _METRICS:
                     self.body, self.gzipped, self.rendered, self.asked = body, None, time.monotonic(), False
                     self.cond.notify_all()

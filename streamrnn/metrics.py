@@ -64,10 +64,14 @@ class Metrics:
             "coverage": Gauge("interval_coverage_ratio", "Live fraction of truths inside the forecast's band", labels, **r),
         }
         self.nominal = Gauge("interval_coverage_nominal_ratio", "The band's nominal coverage (evaluator.coverage)", **r)
-        self._quality_labels = [(t, str(k)) for t in targets for k in range(1, horizon + 1)]
-        for name, gauge in self.quality.items():
-            for t, k in self._quality_labels:
-                gauge.labels(t, k).set(float("nan"))
+        targets = list(targets)
+        self._quality = {  # the children, made once: (target, step) -> gauge
+            key: [[gauge.labels(t, str(k)) for t in targets] for k in range(1, horizon + 1)] for key, gauge in self.quality.items()
+        }
+        for rows in self._quality.values():
+            for row in rows:
+                for child in row:
+                    child.set(float("nan"))
         # model and retraining
         self.retrains = Counter("retrains", "Retrains by outcome", ["outcome"], **r)
         self.retrain_seconds = Histogram("retrain_duration_seconds", "Wall time of one retrain, snapshot to verdict", buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600), **r)
@@ -90,13 +94,12 @@ class Metrics:
         self.stream_last = Gauge("stream_last_frame_timestamp_seconds", "Timestamp of a stream's last frame (first daemon.stream_metrics streams only)", ["stream"], **r) if stream_cap else None
         self._stream_shown: set[str] = set()
 
-    def set_quality(self, scores: dict[str, np.ndarray], names: Iterable[str]) -> None:
-        """Export the evaluator's live scores, each (H, targets)."""
-        for j, target in enumerate(names):
-            for key, gauge in self.quality.items():
-                col = scores[key][:, j]
-                for k, v in enumerate(col, start=1):
-                    gauge.labels(target, str(k)).set(float(v))
+    def set_quality(self, scores: dict[str, np.ndarray]) -> None:
+        """Export the evaluator's live scores, each (H, targets) in the order of the configuration."""
+        for key, rows in self._quality.items():
+            for row, values in zip(rows, scores[key].tolist()):
+                for child, v in zip(row, values):
+                    child.set(v)
 
     def set_streams(self, last: dict[str, float]) -> None:
         """Per-stream series, for at most ``stream_cap`` streams; streams that left lose theirs."""

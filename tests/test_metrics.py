@@ -1,0 +1,61 @@
+"""The metric set: conventions, closed label sets, the capped per-stream series."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamrnn.metrics import Metrics
+
+
+def families(reg: CollectorRegistry) -> dict:
+    return {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
+
+
+def test_names_follow_prometheus_conventions():
+    reg = CollectorRegistry()
+    Metrics(reg, ["a", "b"], 3)
+    fams = families(reg)
+    ours = {n: f for n, f in fams.items() if n.startswith("streamrnn_")}
+    assert len(ours) >= 30 and "process_resident_memory_bytes" in fams and "python_info" in fams
+    for name, fam in ours.items():
+        if fam.type == "counter":
+            assert all(s.name.endswith("_total") for s in fam.samples), name
+        if fam.type == "histogram":
+            assert name.endswith("_seconds"), name
+        assert not name.endswith("_created")
+    # every reason and outcome is exported from the start: rate() and the dashboard see zeros, not gaps
+    dropped = {s.labels["reason"] for s in fams["streamrnn_messages_dropped"].samples}
+    assert {"json", "late", "capacity", "queue_full", "internal"} <= dropped
+    assert {s.labels["outcome"] for s in fams["streamrnn_retrains"].samples} == {"promoted", "rejected", "failed"}
+    skill = fams["streamrnn_forecast_skill_ratio"].samples
+    assert {(s.labels["target"], s.labels["horizon"]) for s in skill} == {(t, str(k)) for t in "ab" for k in (1, 2, 3)}
+
+
+def test_quality_lands_on_its_target_and_step():
+    reg = CollectorRegistry()
+    m = Metrics(reg, ["a", "b"], 3)
+    scores = {k: np.full((3, 2), np.nan) for k in ("mse", "persistence_mse", "skill", "coverage")}
+    scores["skill"][1, 0] = 0.25
+    scores["coverage"][2, 1] = 0.875
+    m.set_quality(scores)
+    fams = families(reg)
+    skill = {(s.labels["target"], s.labels["horizon"]): s.value for s in fams["streamrnn_forecast_skill_ratio"].samples}
+    cov = {(s.labels["target"], s.labels["horizon"]): s.value for s in fams["streamrnn_interval_coverage_ratio"].samples}
+    assert skill[("a", "2")] == 0.25 and np.isnan(skill[("b", "2")]) and cov[("b", "3")] == 0.875
+
+
+def test_per_stream_series_are_off_by_default_and_capped():
+    reg = CollectorRegistry()
+    Metrics(reg).set_streams({"s1": 1.0})
+    assert "streamrnn_stream_last_frame_timestamp_seconds" not in families(reg)
+
+    reg = CollectorRegistry()
+    m = Metrics(reg, stream_cap=2)
+    m.set_streams({"s1": 1.0, "s2": 2.0, "s3": 3.0})
+    shown = lambda: {s.labels["stream"]: s.value for s in families(reg)["streamrnn_stream_last_frame_timestamp_seconds"].samples}  # noqa: E731
+    assert shown() == {"s1": 1.0, "s2": 2.0}
+    m.set_streams({"s2": 4.0, "s3": 5.0})  # s1 left: its series goes, s3 takes the free place
+    assert shown() == {"s2": 4.0, "s3": 5.0}
