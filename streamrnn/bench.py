@@ -24,14 +24,14 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamrnn.broker import Mosquitto
-from streamrnn.demo import free_port, wait_port
-
 
 class Stack:
     """mosquitto, the daemon and the simulator, each a process of its own, stopped by pid."""
 
     def __init__(self, workdir: Path, streams: int, rate: float, env: dict[str, str] | None = None) -> None:
+        from streamrnn.broker import Mosquitto  # here: the load generator imports this module too, and must stay light
+        from streamrnn.demo import free_port, wait_port
+
         self.dir = workdir
         self.broker = Mosquitto(workdir / "broker").start()
         self.port = free_port()
@@ -107,13 +107,13 @@ def scrape(streams: int = 10, rate: float = 10.0, clients: int = 100, seconds: f
             stack.wait_for("streamrnn_frames_closed_total", streams * rate * 3, 90)  # past the warm-up
             for _ in range(rounds):
                 quiet.append(_phase(stack, seconds))
-                load = subprocess.Popen(
-                    ["nice", "-n", "10", sys.executable, "-m", "streamrnn.bench", "_scrapers", "--port", str(stack.port), "--clients", str(clients), "--seconds", str(seconds + 2)],
-                    stdout=subprocess.PIPE, text=True,
+                load = subprocess.Popen(  # scrapes until its stdin closes
+                    ["nice", "-n", "10", sys.executable, "-m", "streamrnn.bench", "_scrapers", "--port", str(stack.port), "--clients", str(clients)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                 )
                 time.sleep(1.0)  # every scraper connected
-                loaded.append(_phase(stack, seconds))
-                scrapers.append(json.loads(load.communicate(timeout=seconds + 60)[0]))
+                loaded.append(_phase(stack, seconds))  # its own two scrapes wait their turn among the load's
+                scrapers.append(json.loads(load.communicate(timeout=60)[0]))
             quiet.append(_phase(stack, seconds))
         finally:
             stack.close()
@@ -128,15 +128,17 @@ def scrape(streams: int = 10, rate: float = 10.0, clients: int = 100, seconds: f
     }
 
 
-def _scrapers(port: int, clients: int, seconds: float) -> dict:
-    """``clients`` threads, each scraping /metrics back to back over one keep-alive connection."""
-    stop = time.monotonic() + seconds
+def _scrapers(port: int, clients: int) -> dict:
+    """``clients`` threads, each scraping /metrics back to back over one keep-alive connection,
+    until stdin closes."""
+    done = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
     times: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
 
     def client(i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        while time.monotonic() < stop:
+        while not done.is_set():
             t0 = time.perf_counter()
             try:
                 conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})  # as Prometheus asks
@@ -184,9 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("what", choices=["_scrapers"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--clients", type=int, default=100)
-    p.add_argument("--seconds", type=float, default=10.0)
     args = p.parse_args(argv)
-    print(json.dumps(_scrapers(args.port, args.clients, args.seconds)))
+    print(json.dumps(_scrapers(args.port, args.clients)))
     return 0
 
 
