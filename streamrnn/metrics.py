@@ -24,7 +24,6 @@ disable_created_metrics()  # no *_created series: a start time per counter is wh
 DROP_REASONS = (*REASONS, "capacity", "late", "queue_full", "refused", "internal")
 PUBLISH_FAILURES = ("queue_full", "no_connection")
 OUTCOMES = ("promoted", "rejected", "failed")
-SCORES = ("mse", "persistence_mse", "skill", "coverage")  # the evaluator's live scores, exported per target and step
 
 
 class Metrics:
