@@ -201,7 +201,12 @@ class Engine:
         return self.adopt(snap, verdict)
 
     def adopt(self, snap: Snapshot, verdict: Verdict) -> RetrainResult:
-        """Act on a retrain's verdict between two steps: swap the model it names in, or keep serving."""
+        """Act on a retrain's verdict between two steps: swap the model it names in, or keep serving.
+        A verdict whose weights or states do not fit this model, or are not finite, is a failure."""
+        problem = self._unfit(snap, verdict)
+        if problem is not None:
+            verdict.report.status, verdict.report.error = "failed", problem
+            verdict = Verdict("failed", verdict.report, champion_error=verdict.champion_error, challenger_error=verdict.challenger_error, persistence_error=verdict.persistence_error)
         if verdict.serve is not None and verdict.state is not None and verdict.hidden is not None:
             model = StreamRNN(self.spec)
             model.load_state_dict({k: torch.as_tensor(v) for k, v in verdict.state.items()})
@@ -218,6 +223,26 @@ class Engine:
         self.counts[f"retrain_{verdict.outcome}"] += 1
         self.results.append(result)
         return result
+
+    def _unfit(self, snap: Snapshot, verdict: Verdict) -> str | None:
+        """Why the model a verdict names cannot be served, or None. It comes from another process:
+        a bug or a fault there must cost one retrain, never the serving model."""
+        if verdict.serve is None:
+            return None
+        if verdict.state is None or verdict.hidden is None:
+            return f"verdict names {verdict.serve} but carries no weights or states"
+        want = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        got = {k: tuple(np.shape(v)) for k, v in verdict.state.items()}
+        if got != want:
+            return f"verdict's weights do not fit the model: {sorted(set(got.items()) ^ set(want.items()))[:4]}"
+        bad = [k for k, v in verdict.state.items() if not np.isfinite(v).all()]
+        if bad:
+            return f"verdict's weights are not finite: {bad[:4]}"
+        h = self.bank.hidden
+        shape = (h.shape[0], h.shape[1], len(snap.streams), h.shape[3])
+        if tuple(np.shape(verdict.hidden)) != shape or not np.isfinite(verdict.hidden).all():
+            return f"verdict's hidden states are not finite or not of shape {shape}"
+        return None
 
     def _swap(self, model: StreamRNN, snap: Snapshot, hidden: torch.Tensor) -> None:
         """Serve ``model`` from the next step on. Each stream starts from the state the model reached

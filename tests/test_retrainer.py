@@ -80,3 +80,32 @@ def test_adopting_a_verdict_advances_each_stream_over_the_frames_that_came_after
         want = trainer.warm(model, [recent], engine.settings.trainer.rewarm, start, feed=[3])
         torch.testing.assert_close(engine.bank.hidden[:, :, row : row + 1], want)
         assert not torch.equal(want, start)  # the three frames moved it
+
+
+def test_a_verdict_that_does_not_fit_or_is_not_finite_is_a_failure_and_serving_is_untouched():
+    engine = fed()
+    snap = engine.snapshot()
+    good = trainer.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
+    assert good.serve == "challenger"
+    before = engine.state_dict()
+    hidden = engine.bank.hidden.clone()
+    some = next(iter(good.state))
+
+    def spoiled(**change):
+        return trainer.Verdict(good.outcome, trainer.TrainReport(status="ok"), serve=good.serve, state={**good.state, **change.get("state", {})}, hidden=change.get("hidden", good.hidden))
+
+    cases = {
+        "not finite": spoiled(state={some: np.full_like(good.state[some], np.nan)}),
+        "do not fit": spoiled(state={some: good.state[some][..., :1]}),
+        "hidden states": spoiled(hidden=np.full_like(good.hidden, np.inf)),
+    }
+    for n, (words, verdict) in enumerate(cases.items(), start=1):
+        result = engine.adopt(snap, verdict)
+        assert result.outcome == "failed" and words in result.report.error, result.report.error
+        assert engine.version == 0 and engine.counts["retrain_failed"] == n
+        for k, v in engine.state_dict().items():
+            assert torch.equal(v, before[k])
+        assert torch.equal(engine.bank.hidden, hidden)
+    forecasts = engine.step([Frame("s0", 10_000.0, np.array([0.1, 0.2, 0.3, np.nan]))])
+    assert len(forecasts) == 1 and np.isfinite(forecasts[0].values[:, 0]).all()  # target a; the key waits for a sample
+    assert engine.adopt(snap, good).outcome == "promoted" and engine.version == 1  # the good one still fits
