@@ -56,7 +56,7 @@ class Metrics:
         self.reconnects = Counter("mqtt_reconnects", "Connections made after the first", **r)
         # forecast quality, live (exponentially weighted over evaluator.live_window scored forecasts)
         labels = ["target", "horizon"]
-        self.quality = {
+        quality = {
             "mse": Gauge("forecast_mse", "Live mean squared error of the forecast, engineering units squared", labels, **r),
             "persistence_mse": Gauge("persistence_mse", "Live mean squared error of persistence (the last observed value)", labels, **r),
             "skill": Gauge("forecast_skill_ratio", "Live skill 1 - MSE/MSE_persistence: above 0 beats persistence", labels, **r),
@@ -65,7 +65,7 @@ class Metrics:
         self.nominal = Gauge("interval_coverage_nominal_ratio", "The band's nominal coverage (evaluator.coverage)", **r)
         targets = list(targets)
         self._quality = {  # the children, made once: (target, step) -> gauge
-            key: [[gauge.labels(t, str(k)) for t in targets] for k in range(1, horizon + 1)] for key, gauge in self.quality.items()
+            key: [[gauge.labels(t, str(k)) for t in targets] for k in range(1, horizon + 1)] for key, gauge in quality.items()
         }
         for rows in self._quality.values():
             for row in rows:
