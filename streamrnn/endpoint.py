@@ -102,7 +102,12 @@ class Endpoint:
             while True:
                 if link.poll(_TICK):
                     link.recv_bytes()
-                    link.send_bytes(_METRICS + generate_latest(self.registry))
+                    try:
+                        body = generate_latest(self.registry)
+                    except Exception:  # a collector's bug costs that scrape (a 503), never the heartbeat
+                        log.exception("rendering the metrics failed")
+                    else:
+                        link.send_bytes(_METRICS + body)
                 state = self._state
                 if state != sent:
                     link.send_bytes(_STATE + f"{int(state[0])} {state[1]!r}".encode())
@@ -154,6 +159,7 @@ class _Shared:
                     self.asked = True
                     self.link.send_bytes(_RENDER)
                 if not self.cond.wait_for(lambda: self.rendered != since, timeout):
+                    self.asked = False  # the next scrape asks again
                     return None
             if not gzipped:
                 return self.body

@@ -71,6 +71,33 @@ def test_routes_health_and_readiness(endpoint):
     assert get(ep.port, "/metrics")[0] == 200
 
 
+def test_a_collector_that_raises_costs_its_scrapes_not_the_heartbeat():
+    class Flaky:
+        broken = True
+
+        def collect(self):
+            if self.broken:
+                raise RuntimeError("collector bug")
+            return []
+
+    reg = CollectorRegistry()
+    flaky = Flaky()
+    reg.register(flaky)
+    ep = Endpoint(reg, "127.0.0.1", 0, max_age=0.2, stale_after=1.5)
+    ep.start()
+    try:
+        for _ in range(3):
+            ep.beat(True)
+            assert get(ep.port, "/metrics")[0] == 503  # after the render timeout
+        ep.beat(True)
+        wait_status(ep.port, "/healthz", 200, timeout=1.0)  # the beat still flows
+        assert get(ep.port, "/readyz")[0] == 200
+        flaky.broken = False
+        assert get(ep.port, "/metrics")[0] == 200  # asked again, rendered
+    finally:
+        ep.close()
+
+
 def test_server_process_is_restarted_on_the_same_port(endpoint):
     ep, _ = endpoint
     wait_status(ep.port, "/healthz", 200)
