@@ -67,6 +67,14 @@ class Prometheus:
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         wait_port(self.port, 30, self.proc)
+        deadline = time.monotonic() + 30  # the API answers 503 until the storage is open
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=5).close()
+                break
+            except urllib.error.HTTPError:
+                assert time.monotonic() < deadline, "prometheus not ready after 30 s"
+                time.sleep(0.2)
 
     def api(self, path: str, **params: str) -> dict:
         url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
