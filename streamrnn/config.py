@@ -200,6 +200,14 @@ class DaemonSettings(_Section):
     stream_metrics: int = Field(0, ge=0, le=1000, description="export a series per stream for at most this many streams (0: none)")
 
 
+class CheckpointSettings(_Section):
+    """Where the daemon keeps what must survive a restart, and how often it saves it."""
+
+    dir: Path | None = Field(None, description="state directory for checkpoints and the journal; none: a restart starts afresh and messages are acknowledged on receipt")
+    every: float = Field(60.0, gt=0, description="seconds between two checkpoints (also written after each model swap and on SIGTERM)")
+    keep: int = Field(3, ge=1, le=100, description="checkpoints kept; the journal reaches back to the oldest")
+
+
 class Settings(BaseSettings):
     """Everything streamrnn reads at start."""
 
@@ -219,6 +227,7 @@ class Settings(BaseSettings):
     evaluator: EvaluatorSettings = Field(default_factory=EvaluatorSettings)
     frames: FrameSettings = Field(default_factory=FrameSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
 
     @model_validator(mode="after")

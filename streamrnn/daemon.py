@@ -3,6 +3,12 @@
 One engine thread owns the engine and runs the loop below; paho's network thread only fills the
 inbox; the trainer runs in a child process and its verdict is adopted between two steps. SIGTERM or
 SIGINT closes intake, finishes the frames in hand, publishes them, says ``offline`` and returns 0.
+
+With ``checkpoint.dir`` set, nothing acknowledged is lost: each message the engine takes goes to the
+journal and is acknowledged to the broker once it is on disk; a checkpoint of the whole state is
+written every ``checkpoint.every`` seconds (by a thread of its own, from copies), after a model
+swap and on SIGTERM. A start restores the newest sound checkpoint, replays the journal after it
+(publishing those forecasts again: at least once), then takes what the broker kept for its session.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
-from streamrnn import __version__, message
+from streamrnn import __version__, journal, message
+from streamrnn.checkpoint import Store, check_layout, layout
 from streamrnn.config import Settings
 from streamrnn.engine import Engine, Frame
 from streamrnn.frames import Assembler
@@ -56,6 +63,11 @@ class Daemon:
         self.metrics.nominal.set(s.evaluator.coverage)
         self.http = Endpoint(self.metrics.registry, s.daemon.metrics_host, s.daemon.metrics_port, s.daemon.metrics_max_rate) if s.daemon.metrics_port is not None else None
         self.notify = Notifier.from_env()
+        c = s.checkpoint
+        self.store = Store(c.dir / "checkpoints", c.keep) if c.dir is not None else None
+        self.journal: journal.Journal | None = None  # opened by run(), after the restore
+        self._saver: threading.Thread | None = None
+        self._last_checkpoint = time.monotonic()
         self.stopping = threading.Event()
         self.forecast_topic = m.forecast_topic
         self.skill: dict[str, float | None] = {}
@@ -79,6 +91,8 @@ class Daemon:
         if self.http:
             self.http.start()
         log.info("starting", extra={"version": __version__, "device": str(self.engine.device), "broker": self.settings.mqtt.url, "metrics_port": self.http.port if self.http else None})
+        if self.store is not None:
+            self._restore()  # before connecting: the forecasts it makes wait in the client's queue
         self.link.start()
         self.notify.ready(f"serving; connecting to {self.settings.mqtt.url}")
         try:
@@ -107,9 +121,15 @@ class Daemon:
         self.link.close_intake()
         while not self.inbox.empty() and time.monotonic() < deadline:
             self.turn(0.0)  # what was received
-        self._serve(self.assembler.flush())  # and what was still waiting for late readings
         if self.retrainer:
             self.retrainer.close()
+        if self.journal is not None:
+            # the readings in hand go into the checkpoint, the rest wait at the broker: the next
+            # start goes on exactly where this one stopped
+            self._checkpoint(wait=True)
+            self.journal.close(max(0.1, deadline - time.monotonic()))
+        else:
+            self._serve(self.assembler.flush())  # the frames still waiting for late readings
         flushed = self.link.stop(max(0.0, deadline - time.monotonic()))
         if not flushed:
             log.warning("grace period over with forecasts unpublished", extra={"grace": self.settings.daemon.grace})
@@ -126,9 +146,16 @@ class Daemon:
         wall = time.time()
         frames: list[Frame] = []
         for msg in msgs:
-            self.link.ack(msg)
-            frames += self._ingest(msg, wall)
-        frames += self.assembler.expire(wall)
+            got = self._ingest(msg, wall)
+            if got is not None and self.journal is not None:
+                self.journal.append(journal.MESSAGE, msg.arrival, msg.topic, msg.payload, msg)  # acknowledged once on disk
+            else:
+                self.link.ack(msg)
+            frames += got or []
+        for stream, last in self.assembler.due(wall):
+            if self.journal is not None:
+                self.journal.close_tick(stream, last, wall)
+            frames += self.assembler.close(stream, last)
         if msgs:
             self.metrics.received.inc(len(msgs))
         if frames:
@@ -148,7 +175,8 @@ class Daemon:
             pass  # drained
         return out
 
-    def _ingest(self, msg: Message, wall: float) -> list[Frame]:
+    def _ingest(self, msg: Message, wall: float) -> list[Frame] | None:
+        """The frames a message closed; None if it was refused."""
         try:
             frames: list[Frame] = []
             for reading in self.parser.parse(msg.topic, msg.payload, msg.arrival):
@@ -158,7 +186,7 @@ class Daemon:
             self._refuse(e.reason, msg, str(e))
         except Exception as e:  # a bug must cost one message, never the daemon
             self._refuse("internal", msg, f"{type(e).__name__}: {e}", exc_info=True)
-        return []
+        return None
 
     def _refuse(self, reason: str, msg: Message, detail: str, exc_info: bool = False) -> None:
         self.metrics.dropped.labels(reason).inc()
@@ -206,6 +234,8 @@ class Daemon:
             if self.http.check():
                 self.metrics.endpoint_restarts.inc()
         self._gauges()
+        if self.journal is not None and now - self._last_checkpoint >= self.settings.checkpoint.every:
+            self._checkpoint()
 
     def _gauges(self) -> None:
         m, e = self.metrics, self.engine
@@ -225,6 +255,10 @@ class Daemon:
         self._sync("link", self.link.counts, {"queue_full": m.dropped.labels("queue_full"), "reconnects": m.reconnects})
         self._sync("assembler", self.assembler.counts, {"late": m.dropped.labels("late")})
         self._sync("engine", e.counts, {"refused": m.dropped.labels("refused"), "late": m.frames_late})
+        if self.journal is not None:
+            self._sync("journal", self.journal.counts, {"records": m.journal_records, "errors": m.journal_errors})
+            while self.journal.sync_seconds:
+                m.journal_sync.observe(self.journal.sync_seconds.popleft())
 
     def _sync(self, name: str, source: Counter[str], targets: dict) -> None:
         """Carry the increments of a plain Counter kept by another part into Prometheus counters."""
@@ -256,6 +290,8 @@ class Daemon:
                 self.metrics.train_loss.set(verdict.report.train_loss)
                 self.metrics.val_loss.set(verdict.report.val_loss)
             log.info("retrain done", extra={"outcome": result.outcome, "seconds": round(seconds, 2), "model_version": self.engine.version, "error": verdict.report.error})
+            if self.journal is not None and verdict.serve is not None:
+                self._checkpoint()  # a model swapped in survives a crash from now on
             return
         if self.retrainer.busy or self.stopping.is_set():
             return
@@ -267,3 +303,82 @@ class Daemon:
             champion = {k: v.numpy() for k, v in self.engine.state_dict().items()}
             self.retrainer.start(snap, self.engine.spec, champion, self.engine.next_seed())
             self.metrics.retrain_running.set(1)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Load the newest sound checkpoint, replay the journal after it, open the journal."""
+        assert self.store is not None
+        t0, seq, wanted = time.perf_counter(), 0, layout(self.settings)
+        for seq_, path, state in self.store.candidates():
+            check_layout(state.get("layout", {}), wanted, path)  # refused, not half-loaded: raises
+            try:
+                self.engine.load_state(state["engine"])
+                self.assembler.load_state(state["assembler"], time.time())
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                self.store.skipped += 1
+                log.error("checkpoint skipped: unusable", extra={"path": str(path), "error": f"{type(e).__name__}: {e}"})
+                continue
+            seq = seq_
+            log.info("checkpoint restored", extra={"path": str(path), "seq": seq, "streams": len(self.engine.streams), "frames": self.engine.frames_seen, "model_version": self.engine.version})
+            break
+        self.metrics.checkpoints_skipped.inc(self.store.skipped)
+        self.metrics.version.set(self.engine.version)
+        folder = self.store.folder.parent / "journal"
+        last, replayed, frames = seq, 0, 0
+        for rec in journal.replay(folder, after=seq):
+            if rec.kind == journal.MESSAGE:
+                got = self._ingest(Message(rec.topic, rec.payload, rec.arrival, 0, 0, -1), time.time()) or []
+            else:
+                got = self.assembler.close(rec.topic, rec.tick)
+            self._serve(got)
+            last, replayed, frames = rec.seq, replayed + 1, frames + len(got)
+            if replayed % 1000 == 0:  # a long replay is work, not a hang
+                self.notify.watchdog()
+                if self.http:
+                    self.http.beat(False)
+        self.metrics.replayed.inc(replayed)
+        self.journal = journal.Journal(folder, self._acknowledge, next_seq=last + 1)
+        if replayed or seq:
+            log.info("journal replayed", extra={"records": replayed, "frames": frames, "seconds": round(time.perf_counter() - t0, 3)})
+
+    def _acknowledge(self, msgs: list[Message]) -> None:
+        """The journal's thread: these messages are on disk now."""
+        for msg in msgs:
+            self.link.ack(msg)
+
+    def _checkpoint(self, wait: bool = False) -> None:
+        """Copy the state (here, on the engine thread, between two steps) and write it from a
+        thread of its own. If the last one is still being written, skip this one (or wait)."""
+        assert self.store is not None and self.journal is not None
+        if self._saver is not None and self._saver.is_alive():
+            if not wait:
+                return
+            self._saver.join()
+        self._last_checkpoint = time.monotonic()
+        seq = self.journal.seq
+        state = {"streamrnn": __version__, "seq": seq, "written": time.time(), "layout": layout(self.settings), "engine": self.engine.state(), "assembler": self.assembler.state()}
+        self.journal.rotate()
+        self._saver = threading.Thread(target=self._save, args=(seq, state, wait), name="checkpoint", daemon=True)
+        self._saver.start()
+        if wait:
+            self._saver.join()
+
+    def _save(self, seq: int, state: dict, final: bool) -> None:
+        assert self.store is not None and self.journal is not None
+        t0 = time.perf_counter()
+        try:
+            path, size = self.store.write(seq, state)
+        except Exception as e:  # a full disk (or a bug) costs this checkpoint, never the daemon
+            self.metrics.checkpoints.labels("failed").inc()
+            log.error("checkpoint failed", exc_info=not isinstance(e, OSError), extra={"folder": str(self.store.folder), "seq": seq, "error": f"{type(e).__name__}: {e}"})
+            return
+        seconds = time.perf_counter() - t0
+        m = self.metrics
+        m.checkpoints.labels("written").inc()
+        m.checkpoint_seconds.observe(seconds)
+        m.checkpoint_bytes.set(size)
+        m.checkpoint_last.set(time.time())
+        oldest = self.store.oldest()
+        if oldest is not None:
+            self.journal.prune(oldest)
+        log.log(logging.INFO if final else logging.DEBUG, "checkpoint written", extra={"path": str(path), "seq": seq, "bytes": size, "seconds": round(seconds, 3)})

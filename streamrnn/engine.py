@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -84,9 +84,10 @@ class Engine:
         self._last_tick: dict[int, int] = {}
         self.counts: Counter[str] = Counter()
         self.frames_seen = 0
+        self.retrains = 0  # verdicts adopted since the first start (checkpointed): seeds the next
         self._next_retrain = 0
         self._last_evict = -math.inf
-        self.results: list[RetrainResult] = []
+        self.results: deque[RetrainResult] = deque(maxlen=1000)  # the latest, for reports
 
     def _target_std(self) -> np.ndarray:
         """Engineering units of one output unit, per step and target (H+1, T)."""
@@ -192,7 +193,7 @@ class Engine:
 
     def next_seed(self) -> int:
         """The seed of the next retrain: a function of how many came before, so replays repeat."""
-        return self.settings.trainer.seed + len(self.results) + 1
+        return self.settings.trainer.seed + self.retrains + 1
 
     def retrain(self) -> RetrainResult:
         """Snapshot, fit, judge and adopt in line (deterministic: used by replay and tests)."""
@@ -221,6 +222,7 @@ class Engine:
         else:
             log.info("retrain %s: holdout error %.4g (champion %.4g, persistence %.4g), version %d", verdict.outcome, verdict.challenger_error, verdict.champion_error, verdict.persistence_error, self.version)
         self.counts[f"retrain_{verdict.outcome}"] += 1
+        self.retrains += 1
         self.results.append(result)
         return result
 
@@ -266,6 +268,52 @@ class Engine:
         if rows:
             warmed = trainer.warm(self.model, recent, self.settings.trainer.rewarm, start, feed)
             self.bank.hidden[:, :, torch.as_tensor(rows, device=self.device)] = warmed
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state(self) -> dict:
+        """Everything a restart needs to go on exactly where this engine is, as copies of plain
+        data (numpy arrays, numbers, strings): see checkpoint.py for the file."""
+        b = self.bank
+        return {
+            "spec": self.spec.to_dict(),
+            "version": self.version,
+            "weights": {k: v.numpy() for k, v in self.state_dict().items()},
+            "bank": {"rows": dict(b.rows), "names": list(b.names), "free": list(b._free), "last_seen": b.last_seen.copy(), "held": b.held.copy(), "centre": b.centre.copy(), "hidden": b.hidden.detach().cpu().numpy().copy()},
+            "rings": {row: {"values": r.values.copy(), "ts": r.ts.copy(), "count": r.count} for row, r in self.rings.items()},
+            "last_tick": dict(self._last_tick),
+            "evaluator": self.evaluator.state(),
+            "counts": dict(self.counts),
+            "frames_seen": self.frames_seen,
+            "retrains": self.retrains,
+            "next_retrain": self._next_retrain,
+            "last_evict": self._last_evict,
+        }
+
+    def load_state(self, st: dict) -> None:
+        """Go on from ``state()``. The caller checked that it fits this engine's layout
+        (:func:`checkpoint.layout`); a part of the wrong shape still raises before anything changes."""
+        model = StreamRNN(ModelSpec(**st["spec"]))
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in st["weights"].items()})
+        b, size = st["bank"], self.settings.ring.size
+        hidden = torch.as_tensor(b["hidden"])
+        rows = len(b["names"])
+        if hidden.shape[2] != rows or b["held"].shape != (rows, len(self.channels)) or any(r["values"].shape != (size, len(self.channels)) for r in st["rings"].values()):
+            raise ValueError("checkpoint's streams do not fit its own model and ring layout")
+        self.evaluator.load_state(st["evaluator"])
+        self.model, self.version = model.to(self.device).eval(), int(st["version"])
+        self._std_t = self._target_std()
+        bank = self.bank
+        bank.rows, bank.names, bank._free = dict(b["rows"]), list(b["names"]), list(b["free"])
+        bank.last_seen, bank.held, bank.centre = b["last_seen"], b["held"], b["centre"]
+        bank.hidden = hidden.to(self.device)
+        self.rings = {}
+        for row, r in st["rings"].items():
+            ring = self.rings[int(row)] = Ring(size, len(self.channels))
+            ring.values[:], ring.ts[:], ring.count = r["values"], r["ts"], int(r["count"])
+        self._last_tick = {int(k): int(v) for k, v in st["last_tick"].items()}
+        self.counts = Counter(st["counts"])
+        self.frames_seen, self.retrains = int(st["frames_seen"]), int(st["retrains"])
+        self._next_retrain, self._last_evict = int(st["next_retrain"]), float(st["last_evict"])
 
     # -- reading ----------------------------------------------------------------------------
     @property

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 _TOTALS = ("n", "se", "se_p", "ae", "ae_p", "n_band", "hit")
+_ARRAYS = ("tick", "pred", "lo", "hi", "base", "res", "res_n")  # kept in a checkpoint
 
 
 class Evaluator:
@@ -90,6 +91,26 @@ class Evaluator:
         s = tick % self._slots
         self._tick[row, s] = tick
         self._pred[row, s], self._lo[row, s], self._hi[row, s], self._base[row, s] = pred, lower, upper, base
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state(self) -> dict:
+        """Copies of the pending forecasts, the totals and the residuals."""
+        out = {name: getattr(self, f"_{name}").copy() for name in _ARRAYS}
+        out["total"] = {k: v.copy() for k, v in self.total.items()}
+        out["live"] = {k: v.copy() for k, v in self.live.items()}
+        return out
+
+    def load_state(self, st: dict) -> None:
+        """Go on from ``state()``; raises ValueError if it was made for other targets, steps or residuals."""
+        for name in _ARRAYS:
+            have, got = getattr(self, f"_{name}").shape, st[name].shape
+            if got[1:] != have[1:] or (name in ("res", "res_n") and got != have):
+                raise ValueError(f"evaluator state {name} has shape {got}, this evaluator wants {have}")
+        for name in _ARRAYS:
+            setattr(self, f"_{name}", st[name].copy())
+        self.total = {k: st["total"][k].copy() for k in _TOTALS}
+        self.live = {k: st["live"][k].copy() for k in _TOTALS}
+        self._half = None
 
     # -- bands and scores -------------------------------------------------------------------
     def half_width(self) -> np.ndarray:

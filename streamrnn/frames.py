@@ -67,20 +67,56 @@ class Assembler:
         last = math.ceil((r.ts - self.lateness) / self.period - _EPS) - 1  # ticks with t*p + lateness < ts
         return self._close(r.stream, st, last)
 
-    def expire(self, wall: float) -> list[Frame]:
-        """Close every tick of the streams silent for ``idle_close`` seconds; forget long-silent ones."""
-        out: list[Frame] = []
+    def due(self, wall: float, everything: bool = False) -> list[tuple[str, int]]:
+        """The closings the wall clock calls for: (stream, last tick) of each stream silent for
+        ``idle_close`` seconds (of every stream with readings in hand if ``everything``). Long-silent
+        streams are forgotten. The daemon journals these, so that a replay closes the same ticks."""
+        out: list[tuple[str, int]] = []
         for name, st in list(self.streams.items()):
             quiet = wall - st.wall
-            if st.pending and quiet >= self.idle_close:
-                out += self._close(name, st, self.tick(st.watermark))
+            if st.pending and (everything or quiet >= self.idle_close):
+                out.append((name, self.tick(st.watermark)))
             elif not st.pending and quiet > self.forget_after:
                 del self.streams[name]
         return out
 
+    def close(self, stream: str, last: int) -> list[Frame]:
+        """Close the stream's ticks up to ``last`` (as :meth:`due` named them)."""
+        st = self.streams.get(stream)
+        return self._close(stream, st, last) if st is not None else []
+
+    def expire(self, wall: float) -> list[Frame]:
+        """Close every tick of the streams silent for ``idle_close`` seconds; forget long-silent ones."""
+        return [f for name, last in self.due(wall) for f in self.close(name, last)]
+
     def flush(self) -> list[Frame]:
         """Close everything in hand (at shutdown)."""
-        return [f for name, st in self.streams.items() if st.pending for f in self._close(name, st, self.tick(st.watermark))]
+        return [f for name, last in self.due(-math.inf, everything=True) for f in self.close(name, last)]
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state(self) -> dict:
+        """Per stream: the readings in hand, the held values, the last closed tick, the watermark."""
+        return {
+            name: {
+                "pending": [(r.feature, r.ts, r.value) for r in st.pending],
+                "held": st.held.copy(),
+                "held_ts": st.held_ts.copy(),
+                "closed": st.closed,
+                "watermark": st.watermark,
+            }
+            for name, st in self.streams.items()
+        }
+
+    def load_state(self, state: dict, wall: float) -> None:
+        """Go on from ``state()``. Silence is measured from ``wall``: the time the daemon was down is
+        not a stream going quiet, and its readings are still on their way from the broker."""
+        self.streams = {}
+        for name, d in state.items():
+            st = self.streams[name] = _Stream(self.channels)
+            st.pending = [Reading(name, int(f), float(ts), float(v)) for f, ts, v in d["pending"]]
+            st.held[:], st.held_ts[:] = d["held"], d["held_ts"]
+            st.closed = None if d["closed"] is None else int(d["closed"])
+            st.watermark, st.wall = float(d["watermark"]), wall
 
     def forget(self, stream: str) -> None:
         self.streams.pop(stream, None)

@@ -86,6 +86,18 @@ class Metrics:
             self.dropped.labels(reason)
         for reason in PUBLISH_FAILURES:
             self.publish_failed.labels(reason)
+        # durability: checkpoints and the journal (checkpoint.dir)
+        self.checkpoints = Counter("checkpoints", "Checkpoints written, by outcome (failed: e.g. a full disk)", ["outcome"], **r)
+        self.checkpoint_seconds = Histogram("checkpoint_duration_seconds", "Encoding and writing one checkpoint, off the engine thread", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), **r)
+        self.checkpoint_bytes = Gauge("checkpoint_size_bytes", "Size of the last checkpoint written", **r)
+        self.checkpoint_last = Gauge("checkpoint_last_success_timestamp_seconds", "Unix time of the last checkpoint written", **r)
+        self.checkpoints_skipped = Counter("checkpoints_skipped", "Unsound checkpoint files skipped at start (truncated or altered)", **r)
+        self.replayed = Counter("journal_replayed_records", "Journal records replayed at start, after the checkpoint restored", **r)
+        self.journal_records = Counter("journal_records", "Records written to the journal", **r)
+        self.journal_errors = Counter("journal_write_errors", "Journal writes that failed (messages then acknowledged without a durable record)", **r)
+        self.journal_sync = Histogram("journal_sync_duration_seconds", "Writing and fsyncing one batch of journal records", buckets=_LATENCY, **r)
+        for outcome in ("written", "failed"):
+            self.checkpoints.labels(outcome)
         self.endpoint_restarts = Counter("endpoint_restarts", "Restarts of the HTTP endpoint's process", **r)
         self.build = Info("build", "Version, device, torch and model kind", **r)
         # opt-in, capped: the last frame time of each of the first stream_cap streams
