@@ -29,14 +29,16 @@ def mosquitto_binary() -> str | None:
 class Mosquitto:
     """A mosquitto on a free loopback port, with persistence in ``workdir``; stopped by pid."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, listener: str = "allow_anonymous true\n", tls: bool = False) -> None:
+        """``listener``: the lines that follow the listener's (TLS files, password and ACL files)."""
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
         conf = self.dir / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+            f"listener {self.port} 127.0.0.1\n{listener}set_tcp_nodelay true\n"
             f"persistence true\npersistence_location {self.dir}/\nautosave_interval 1\n"
             "max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest stderr\n"
             f"user {getpass.getuser()}\n"  # as root, mosquitto would drop to a user that cannot write here
@@ -45,7 +47,7 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self) -> Mosquitto:
         binary = mosquitto_binary()

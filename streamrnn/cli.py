@@ -44,7 +44,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     tpl = settings.mqtt.sensor_topic
-    pub = Publisher(args.broker, f"streamrnn-sim-{os.getpid()}")
+    pub = Publisher(args.broker, f"streamrnn-sim-{os.getpid()}", cfg=settings.mqtt)  # its credentials and TLS
     reactor = simulator.Reactor(args.streams, args.seed, args.key_every)
     names = simulator.stream_names(args.streams)
     topics = [[tpl.format(stream=s, feature=f) for f in simulator.FEATURES] for s in names]

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from streamrnn import simulator
@@ -104,7 +104,8 @@ class TrainerSettings(_Section):
     rewarm: int = Field(512, ge=1, description="frames replayed per stream to warm a promoted model")
     key_dropout: float = Field(0.5, ge=0, le=1, description="share of key samples hidden to train the nowcast")
     seed: int = 0
-    threads: int = Field(0, ge=0, description="torch threads for training; 0 keeps torch's default")
+    threads: int = Field(0, ge=0, description="torch threads for training (0: one, so that serving keeps the other cores)")
+    max_memory: int | None = Field(None, ge=64, description="MiB the trainer process may allocate beyond its start; past it the retrain fails instead of the OOM killer striking. Default: half the machine's memory")
 
 
 class EvaluatorSettings(_Section):
@@ -129,8 +130,11 @@ class MqttSettings(_Section):
     instance: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="names this daemon in its client id and status topic")
     client_id: str | None = Field(None, max_length=128, description="default streamrnn-{instance}; fixed, so the broker keeps the session")
     username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
+    password: SecretStr | None = Field(None, description="better: password_file, or STREAMRNN_MQTT__PASSWORD; never printed")
+    password_file: FilePath | None = Field(None, description="file whose first line is the password (a systemd credential, a Kubernetes secret)")
+    tls_ca: FilePath | None = Field(None, description="mqtts://: CA certificates the broker's certificate must chain to (default: the system's)")
+    tls_cert: FilePath | None = Field(None, description="mqtts://: client certificate, for brokers that require one")
+    tls_key: FilePath | None = Field(None, description="mqtts://: the client certificate's private key")
     sensor_topic: str = "plant/{stream}/sensors/{feature}"
     frame_topic: str | None = "plant/{stream}/frame"
     forecast_topic: str = "plant/{stream}/forecast"
@@ -172,6 +176,13 @@ class MqttSettings(_Section):
             raise ValueError(f"status_topic {self.status_topic!r} may use only {{instance}}")
         if self.reconnect_max < self.reconnect_min:
             raise ValueError("reconnect_max must not be below reconnect_min")
+        tls = [name for name in ("tls_ca", "tls_cert", "tls_key") if getattr(self, name) is not None]
+        if tls and not broker_address(self.url)[2]:
+            raise ValueError(f"{', '.join(tls)} set, but url {self.url!r} is not mqtts://: TLS would not be used")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
         return self
 
     def secret(self) -> str | None:

@@ -199,7 +199,7 @@ class Daemon:
         if not frames:
             return
         t0 = time.perf_counter()
-        forecasts = self.engine.step(frames)
+        forecasts = self.engine.step(frames, now=time.time())
         t1 = time.perf_counter()
         self.metrics.step.observe(t1 - t0)
         self.metrics.frames.inc(len(forecasts))
@@ -312,7 +312,7 @@ class Daemon:
         for seq_, path, state in self.store.candidates():
             check_layout(state.get("layout", {}), wanted, path)  # refused, not half-loaded: raises
             try:
-                self.engine.load_state(state["engine"])
+                self.engine.load_state(state["engine"], now=time.time())
                 self.assembler.load_state(state["assembler"], time.time())
             except (KeyError, TypeError, ValueError, RuntimeError) as e:
                 self.store.skipped += 1

@@ -94,18 +94,22 @@ class Engine:
         return self.model.dscale.double().cpu().numpy()
 
     # -- serving ----------------------------------------------------------------------------
-    def step(self, frames: Sequence[Frame]) -> list[Forecast]:
-        """Take closed frames (at most one per stream is stepped at a time) and return their forecasts."""
+    def step(self, frames: Sequence[Frame], now: float | None = None) -> list[Forecast]:
+        """Take closed frames (at most one per stream is stepped at a time) and return their forecasts.
+
+        ``now`` is the clock that idleness is measured on: the daemon passes the wall clock, so one
+        stream's timestamps far ahead cannot make the others look idle; a replay leaves it to the
+        frames' own timestamps."""
         if not frames:
             return []
-        now = max(f.ts for f in frames)
-        if now - self._last_evict > self.settings.streams.idle_timeout / 10:
-            self.evict_idle(now)
+        clock = max(f.ts for f in frames) if now is None else now
+        if clock - self._last_evict > self.settings.streams.idle_timeout / 10:
+            self.evict_idle(clock)
         rows, ticks, accepted, later = [], [], [], []
         taken: set[int] = set()
         for f in frames:
             try:
-                row, new = self.bank.row(f.stream, f.ts)
+                row, new = self.bank.row(f.stream, f.ts if now is None else now)
             except StreamCapError as e:
                 self.counts["refused"] += 1
                 log.warning("%s", e)
@@ -129,7 +133,7 @@ class Engine:
             ticks.append(tick)
             accepted.append(f)
         out = self._forecast(rows, ticks, accepted) if rows else []
-        return out + self.step(later) if later else out
+        return out + self.step(later, now) if later else out
 
     def _forecast(self, rows: list[int], ticks: list[int], frames: list[Frame]) -> list[Forecast]:
         r = np.asarray(rows)
@@ -289,9 +293,10 @@ class Engine:
             "last_evict": self._last_evict,
         }
 
-    def load_state(self, st: dict) -> None:
+    def load_state(self, st: dict, now: float | None = None) -> None:
         """Go on from ``state()``. The caller checked that it fits this engine's layout
-        (:func:`checkpoint.layout`); a part of the wrong shape still raises before anything changes."""
+        (:func:`checkpoint.layout`); a part of the wrong shape still raises before anything changes.
+        With ``now`` (the daemon's wall clock), idleness counts from there: downtime is not silence."""
         model = StreamRNN(ModelSpec(**st["spec"]))
         model.load_state_dict({k: torch.as_tensor(v) for k, v in st["weights"].items()})
         b, size = st["bank"], self.settings.ring.size
@@ -305,6 +310,9 @@ class Engine:
         bank = self.bank
         bank.rows, bank.names, bank._free = dict(b["rows"]), list(b["names"]), list(b["free"])
         bank.last_seen, bank.held, bank.centre = b["last_seen"], b["held"], b["centre"]
+        if now is not None:
+            bank.last_seen[:] = now
+            self._last_evict = now
         bank.hidden = hidden.to(self.device)
         self.rings = {}
         for row, r in st["rings"].items():
@@ -313,7 +321,9 @@ class Engine:
         self._last_tick = {int(k): int(v) for k, v in st["last_tick"].items()}
         self.counts = Counter(st["counts"])
         self.frames_seen, self.retrains = int(st["frames_seen"]), int(st["retrains"])
-        self._next_retrain, self._last_evict = int(st["next_retrain"]), float(st["last_evict"])
+        self._next_retrain = int(st["next_retrain"])
+        if now is None:
+            self._last_evict = float(st["last_evict"])
 
     # -- reading ----------------------------------------------------------------------------
     @property

@@ -15,6 +15,7 @@ import queue
 import random
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from streamrnn.config import MqttSettings, broker_address
+from streamrnn.config import ConfigError, MqttSettings, broker_address
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +68,14 @@ class Link:
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False, protocol=paho.MQTTv311, manual_ack=True)
         c.suppress_exceptions = True  # a bug in a callback is logged by paho, never kills the loop
         c.enable_logger(logging.getLogger("paho"))
-        if cfg.username is not None:
-            c.username_pw_set(cfg.username, cfg.secret())
-        self.host, self.port, tls = broker_address(cfg.url)
-        if tls:
-            c.tls_set_context(ssl.create_default_context())
+        self.host, self.port = secure(c, cfg)
         c.will_set(self.status_topic, b"offline", qos=1, retain=True)
         c.reconnect_delay_set(cfg.reconnect_min, cfg.reconnect_max)
         c.max_inflight_messages_set(cfg.max_inflight)
         c.max_queued_messages_set(cfg.out_queue)
         c.on_socket_open = _nodelay
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
@@ -141,7 +139,10 @@ class Link:
     # -- network thread -------------------------------------------------------------------
     def _on_connect(self, client: paho.Client, userdata: object, flags: object, rc: paho.ReasonCode, props: object) -> None:
         if rc.is_failure:
-            log.error("broker refused the connection", extra={"broker": self.cfg.url, "reason": str(rc)})
+            extra = {"broker": self.cfg.url, "reason": str(rc)}
+            if rc.value in (0x04, 0x05, 0x86, 0x87):  # bad user name or password, not authorised (3.1.1 and 5)
+                extra["hint"] = "check mqtt.username, mqtt.password_file and the broker's password and ACL files"
+            log.error("broker refused the connection, retrying", extra=extra)
             return
         self._session += 1
         self.connected = True
@@ -155,6 +156,12 @@ class Link:
             self._pending_subs = {mid}
         else:
             log.error("subscribe failed", extra={"reason": paho.error_string(result)})
+
+    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        # called in paho's ``except OSError`` around the attempt: the exception says why
+        err = sys.exc_info()[1]
+        self.counts["connect_failures"] += 1
+        log.error("broker unreachable, retrying", extra={"broker": self.cfg.url, "error": f"{type(err).__name__}: {err}" if err else "unknown", "attempt": self.counts["connect_failures"]})
 
     def _on_subscribe(self, client: paho.Client, userdata: object, mid: int, codes: list[paho.ReasonCode], props: object) -> None:
         bad = [str(c) for c in codes if c.is_failure]
@@ -217,13 +224,29 @@ def _wait(info: paho.MQTTMessageInfo, deadline: float) -> bool:
     return info.is_published()
 
 
-def _open(url: str, client_id: str, timeout: float, setup: Callable[[paho.Client], None] | None = None, clean: bool = True) -> paho.Client:
-    """A connected client for tools (TCP_NODELAY, its network thread running and reconnecting)."""
-    host, port, tls = broker_address(url)
+def secure(c: paho.Client, cfg: MqttSettings) -> tuple[str, int]:
+    """Set the client's credentials and, for mqtts://, TLS that verifies the broker against
+    ``tls_ca`` (else the system's CAs) and presents ``tls_cert`` if given. Returns (host, port)."""
+    host, port, tls = broker_address(cfg.url)
+    if cfg.username is not None:
+        c.username_pw_set(cfg.username, cfg.secret())
+    if tls:
+        try:
+            ctx = ssl.create_default_context(cafile=str(cfg.tls_ca) if cfg.tls_ca else None)
+            if cfg.tls_cert is not None:
+                ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"mqtt.tls_ca / tls_cert / tls_key: cannot be loaded: {e}") from None
+        c.tls_set_context(ctx)
+    return host, port
+
+
+def _open(url: str, client_id: str, timeout: float, setup: Callable[[paho.Client], None] | None = None, clean: bool = True, cfg: MqttSettings | None = None) -> paho.Client:
+    """A connected client for tools (TCP_NODELAY, its network thread running and reconnecting);
+    credentials and TLS from ``cfg`` where given."""
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean, protocol=paho.MQTTv311)
     c.suppress_exceptions = True
-    if tls:
-        c.tls_set_context(ssl.create_default_context())
+    host, port = secure(c, (cfg or MqttSettings()).model_copy(update={"url": url}))
     c.on_socket_open = _nodelay
     if setup:
         setup(c)
@@ -247,10 +270,10 @@ class Publisher:
     """A plain publishing client for tools (the simulator, tests, benchmarks): a bounded window of
     unacknowledged messages, every result checked."""
 
-    def __init__(self, url: str, client_id: str, qos: int = 1, window: int = 1000, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, client_id: str, qos: int = 1, window: int = 1000, timeout: float = 10.0, cfg: MqttSettings | None = None) -> None:
         self.qos, self.window = qos, window
         self._open: deque[paho.MQTTMessageInfo] = deque()
-        self.client = _open(url, client_id, timeout, lambda c: c.max_inflight_messages_set(min(window, 65000)))
+        self.client = _open(url, client_id, timeout, lambda c: c.max_inflight_messages_set(min(window, 65000)), cfg=cfg)
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         while len(self._open) >= self.window:
@@ -275,7 +298,7 @@ class Subscriber:
     """A plain subscribing client for tools: messages land in ``messages`` (a queue of Message).
     With ``clean=False`` the broker keeps its session (and what arrives) across a disconnect."""
 
-    def __init__(self, url: str, client_id: str, topics: list[str], qos: int = 1, timeout: float = 10.0, clean: bool = True) -> None:
+    def __init__(self, url: str, client_id: str, topics: list[str], qos: int = 1, timeout: float = 10.0, clean: bool = True, cfg: MqttSettings | None = None) -> None:
         self.messages: queue.Queue[Message] = queue.Queue()
         subscribed = threading.Event()
 
@@ -283,7 +306,7 @@ class Subscriber:
             c.on_subscribe = lambda *a: subscribed.set()
             c.on_message = lambda client, userdata, msg: self.messages.put(Message(msg.topic, msg.payload, time.time(), msg.mid, msg.qos, 0))
 
-        self.client = _open(url, client_id, timeout, setup, clean)
+        self.client = _open(url, client_id, timeout, setup, clean, cfg)
         self.client.subscribe([(t, qos) for t in topics])
         if not subscribed.wait(timeout):
             raise ConnectionError(f"subscription to {topics} not acknowledged")

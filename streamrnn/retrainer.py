@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import resource
 import threading
 import time
 from dataclasses import dataclass
@@ -41,14 +42,31 @@ def _work(conn: Connection, parent: int) -> None:
     except OSError:
         pass  # not permitted: still correct, only less polite
     snapshot, spec, champion, settings, seed = conn.recv()
+    _limit_memory(settings.max_memory)
     torch.set_num_threads(settings.threads or 1)
     state = {k: torch.as_tensor(v) for k, v in champion.items()}
-    verdict = trainer.retrain(snapshot, spec, state, settings, seed)
+    try:
+        verdict = trainer.retrain(snapshot, spec, state, settings, seed)
+    except Exception as e:  # out of memory, or a bug: the daemon is told what, and tries again later
+        verdict = _failed(f"trainer raised {type(e).__name__}: {str(e)[:500]}")
     try:
         conn.send(verdict)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon is gone; so is the reason to report
     conn.close()
+
+
+def _limit_memory(mib: int | None) -> None:
+    """Cap what the trainer may allocate beyond what it holds now (RLIMIT_DATA): past it, numpy and
+    torch raise instead of the kernel's OOM killer choosing a victim, perhaps the daemon."""
+    if mib is None:
+        mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**21  # half the machine
+    try:
+        with open("/proc/self/status") as f:
+            held = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
+        resource.setrlimit(resource.RLIMIT_DATA, (held + mib * 2**20, resource.RLIM_INFINITY))
+    except (OSError, ValueError, StopIteration) as e:  # not Linux, or not permitted: unlimited
+        log.warning("trainer memory limit not set: %s", e)
 
 
 def _orphan_watch(parent: int) -> None:

@@ -53,6 +53,7 @@ def sine_frames(n: int, streams: int = 1, key_every: int = 5, seed: int = 0) -> 
 
 # -- a real broker and a real daemon ------------------------------------------------------------
 import json  # noqa: E402
+import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -96,8 +97,9 @@ def write_config(path: Path, **sections: dict) -> Path:
 class DaemonProcess:
     """``python -m streamrnn run`` as a child process, with its log in a file."""
 
-    def __init__(self, workdir: Path, broker_url: str, config: Path | None = None, model: Path | None = None, instance: str = "test") -> None:
-        self.dir, self.url, self.instance = workdir, broker_url, instance
+    def __init__(self, workdir: Path, broker_url: str, config: Path | None = None, model: Path | None = None, instance: str = "test", env: dict[str, str] | None = None, client=None) -> None:
+        self.dir, self.url, self.instance, self.env = workdir, broker_url, instance, env
+        self.client = client  # MqttSettings of the test's own clients (TLS, credentials), if any
         self.metrics_port = free_port()
         self.log_path = workdir / f"daemon-{instance}.log"
         args = [sys.executable, "-m", "streamrnn", "run", "--broker", broker_url, "--metrics-port", str(self.metrics_port), "--instance", instance]
@@ -108,10 +110,17 @@ class DaemonProcess:
         self.args = args
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> DaemonProcess:
-        status = Subscriber(self.url, f"t-status-{self.instance}-{time.monotonic_ns()}", [f"streamrnn/{self.instance}/status"])
+    def launch(self) -> DaemonProcess:
+        """Start the process; do not wait for it to get online."""
         with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+            env = {**os.environ, **self.env} if self.env else None
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def start(self, timeout: float = 60.0) -> DaemonProcess:
+        """Start the process and wait for its retained status to say ``online``."""
+        status = Subscriber(self.url, f"t-status-{self.instance}-{time.monotonic_ns()}", [f"streamrnn/{self.instance}/status"], cfg=self.client)
+        self.launch()
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:

@@ -90,3 +90,63 @@ def test_kill_9_at_random_moments_loses_no_frame_and_forecasts_go_on_as_if_it_ne
     log = d.log()
     assert log.count("checkpoint restored") == 3 and log.count("checkpoint skipped") == 2
     assert "journal replayed" in log
+
+
+FAULTS = '''
+"""Loaded by every interpreter of the test's daemon (PYTHONPATH): the trainer fails on purpose,
+the n-th retrain (seed n) with the n-th fault of STREAMRNN_TEST_FAULTS."""
+import os
+
+faults = os.environ.get("STREAMRNN_TEST_FAULTS", "").split(",")
+if faults != [""]:
+    import time
+
+    import numpy as np
+
+    from streamrnn import trainer
+
+    def retrain(snapshot, spec, state, settings, seed):
+        kind = faults[(seed - 1) % len(faults)]
+        if kind == "raise":
+            raise RuntimeError("injected fault")
+        if kind == "hang":
+            time.sleep(3600)
+        if kind == "oom":
+            hold = [np.ones(2**22) for _ in range(10**5)]  # 32 MiB at a time, up to 3 TiB
+        if kind == "nan":
+            weights = {k: np.full(tuple(v.shape), np.nan, np.float32) for k, v in state.items()}
+            hidden = np.zeros((spec.state_layers, spec.num_layers, len(snapshot.streams), spec.hidden_size), np.float32)
+            return trainer.Verdict("promoted", trainer.TrainReport(status="ok"), "challenger", weights, hidden, 1.0, 0.5, 1.0)
+        raise AssertionError(f"unknown fault {kind}")
+
+    trainer.retrain = retrain
+'''
+
+
+def test_a_trainer_that_raises_returns_nan_hangs_or_runs_out_of_memory_never_touches_serving(mosquitto, tmp_path):
+    (tmp_path / "faults").mkdir()
+    (tmp_path / "faults" / "sitecustomize.py").write_text(FAULTS)
+    rate, steps = 20.0, 600  # 30 s of frames: each fault comes at least once
+    cfg = write_config(tmp_path / "d.toml", trainer={"min_frames": 40, "retrain_every": 20, "deadline": 3.0, "max_memory": 256})
+    env = {"PYTHONPATH": str(tmp_path / "faults"), "STREAMRNN_TEST_FAULTS": "raise,nan,hang,oom"}
+    d = DaemonProcess(tmp_path, mosquitto.url, config=cfg, env=env).start()
+    try:
+        sub = Subscriber(mosquitto.url, "t-forecasts", ["plant/+/forecast"])
+        pub = Publisher(mosquitto.url, "t-sensors")
+        rows = sim_rows(streams=1, steps=steps)
+        publish_rows(pub, rows, rate=rate)
+        pub.close()
+        got = drain(sub, quiet=4.0)
+        sub.close()
+        assert sorted((m["stream"], m["ts"]) for m in got) == sorted((s, ts) for ts, s, _ in rows)  # every frame, once
+        gaps = np.diff([m["_arrival"] for m in got])[:-1]  # the last frame closes by the wall clock
+        assert gaps.max() < 10 / rate, f"forecasts stalled for {gaps.max():.2f} s"
+        assert {m["model"]["version"] for m in got} == {0}
+        failed = d.sample("streamrnn_retrains_total", outcome="failed")
+        assert failed >= 4 and d.sample("streamrnn_retrains_total", outcome="promoted") == 0 and d.sample("streamrnn_model_version") == 0
+        log = d.log()
+        for sign in ("injected fault", "weights are not finite", "passed its deadline", "MemoryError"):
+            assert sign in log, sign
+        assert d.proc.poll() is None
+    finally:
+        d.kill()

@@ -1,0 +1,23 @@
+"""The engine's own clock: idleness, and what one stream's timestamps can do to the others."""
+
+from __future__ import annotations
+
+import numpy as np
+from conftest import small_settings
+
+from streamrnn.engine import Engine, Frame
+
+
+def test_one_stream_far_ahead_in_event_time_does_not_evict_the_others_on_the_wall_clock():
+    engine = Engine(small_settings(streams={"idle_timeout": 60.0}))
+    v = np.array([1.0, 2.0, 3.0, np.nan])
+    engine.step([Frame("a", 1000.0, v)], now=5000.0)
+    engine.step([Frame("bogus", 1e10, v)], now=5050.0)  # a gateway whose clock is centuries ahead
+    assert set(engine.streams) == {"a", "bogus"}
+    engine.step([Frame("bogus", 1e10 + 1, v)], now=5100.0)  # 'a' silent for 100 s of wall time
+    assert engine.streams == ["bogus"] and engine.counts["evicted"] == 1
+    # a replay has only event time: there, frames' timestamps are the clock
+    replay = Engine(small_settings(streams={"idle_timeout": 60.0}))
+    replay.step([Frame("a", 1000.0, v)])
+    replay.step([Frame("b", 1100.0, v)])
+    assert replay.streams == ["b"]
