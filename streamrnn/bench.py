@@ -5,6 +5,11 @@
   the simulator through a real mosquitto, retraining off. Quiet and loaded phases alternate; the
   figures are the medians of each kind. The scrapers run at nice 10 in a process of their own: on a
   plant they are other machines.
+- ``journal``: what the journal (``checkpoint.dir``) costs: the daemon's CPU per message, its step
+  time and its frame-to-forecast latency, with the journal off and on, in alternating daemons on
+  the same simulated load; and the journal's own write-and-fsync time per batch.
+- ``soak``: a long run at a steady rate, journal and retraining on, resident memory sampled every
+  ten seconds: after the warm-up it must stay flat (within 5 %).
 """
 
 from __future__ import annotations
@@ -85,10 +90,16 @@ def _phase(stack: Stack, seconds: float) -> dict[str, float]:
     a = stack.metrics()
     time.sleep(seconds)
     b = stack.metrics()
-    d = lambda k: b[k] - a[k]  # noqa: E731
+    d = lambda k: b.get(k, 0.0) - a.get(k, 0.0)  # noqa: E731
     steps = d("streamrnn_step_duration_seconds_count")
     frames = d("streamrnn_frames_closed_total")
+    msgs = d("streamrnn_messages_received_total")
+    syncs = d("streamrnn_journal_sync_duration_seconds_count")
     return {
+        "messages_per_s": msgs / seconds,
+        "cpu_us_per_message": 1e6 * d("process_cpu_seconds_total") / msgs if msgs else float("nan"),
+        "journal_sync_ms": 1e3 * d("streamrnn_journal_sync_duration_seconds_sum") / syncs if syncs else float("nan"),
+        "records_per_sync": d("streamrnn_journal_records_total") / syncs if syncs else float("nan"),
         "steps": steps,
         "frames": frames,
         "step_ms": 1e3 * d("streamrnn_step_duration_seconds_sum") / steps if steps else float("nan"),
@@ -126,6 +137,81 @@ def scrape(streams: int = 10, rate: float = 10.0, clients: int = 100, seconds: f
         "scrapers": {k: statistics.median(s[k] for s in scrapers) for k in scrapers[0]},
         "step_ratio": ld["step_ms_per_frame"] / q["step_ms_per_frame"], "latency_ratio": ld["latency_ms"] / q["latency_ms"],
     }
+
+
+def journal(streams: int = 20, rate: float = 20.0, seconds: float = 10.0, rounds: int = 3) -> dict:
+    """The journal's cost: daemons without and with it, alternating, on the same simulated load."""
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory(prefix="streamrnn-bench-") as tmp:
+        for i in range(rounds):
+            for mode in ("off", "on"):
+                env = {"STREAMRNN_CHECKPOINT__DIR": str(Path(tmp) / f"state-{i}")} if mode == "on" else {}
+                work = Path(tmp) / f"{mode}-{i}"
+                work.mkdir()
+                stack = Stack(work, streams, rate, env)
+                try:
+                    stack.wait_for("streamrnn_frames_closed_total", streams * rate * 3, 90)
+                    runs[mode].append(_phase(stack, seconds))
+                finally:
+                    stack.close()
+    keys = ("messages_per_s", "cpu_us_per_message", "step_ms_per_frame", "latency_ms", "journal_sync_ms", "records_per_sync")
+    med = {mode: {k: statistics.median(p[k] for p in phases) for k in keys} for mode, phases in runs.items()}
+    return {
+        "streams": streams, "rate": rate, "seconds": seconds, "rounds": rounds, "off": med["off"], "on": med["on"], "runs": runs,
+        "cpu_ratio": med["on"]["cpu_us_per_message"] / med["off"]["cpu_us_per_message"],
+        "latency_ratio": med["on"]["latency_ms"] / med["off"]["latency_ms"],
+        "step_ratio": med["on"]["step_ms_per_frame"] / med["off"]["step_ms_per_frame"],
+    }  # fmt: skip
+
+
+def format_journal(r: dict) -> str:
+    out = [
+        f"journal cost: {r['streams']} streams x 14 sensors at {r['rate']:g} frames/s; {r['rounds']} daemons each way, {r['seconds']:g} s measured; medians",
+        f"{'journal':<9}{'msg/s':>8}{'cpu us/msg':>12}{'step ms/frame':>15}{'latency ms':>12}{'sync ms':>9}{'records/sync':>14}",
+    ]
+    for mode in ("off", "on"):
+        p = r[mode]
+        out.append(f"{mode:<9}{p['messages_per_s']:>8.0f}{p['cpu_us_per_message']:>12.1f}{p['step_ms_per_frame']:>15.3f}{p['latency_ms']:>12.3f}{p['journal_sync_ms']:>9.3f}{p['records_per_sync']:>14.1f}")
+    out.append(f"on / off: CPU per message {r['cpu_ratio']:.3f}, step time per frame {r['step_ratio']:.3f}, mean frame-to-forecast latency {r['latency_ratio']:.3f}")
+    return "\n".join(out)
+
+
+def soak(minutes: float = 30.0, warmup: float = 5.0, streams: int = 10, rate: float = 10.0, every: float = 10.0) -> dict:
+    """Resident memory of the daemon over a long run at ``streams * rate`` frames/s, journal and
+    retraining on: its spread after ``warmup`` minutes, relative to its level then."""
+    samples: list[tuple[float, float, float]] = []  # (minutes, rss bytes, frames)
+    with tempfile.TemporaryDirectory(prefix="streamrnn-soak-") as tmp:
+        env = {"STREAMRNN_CHECKPOINT__DIR": str(Path(tmp) / "state"), "STREAMRNN_TRAINER__ENABLED": "true"}
+        stack = Stack(Path(tmp), streams, rate, env)
+        try:
+            start = time.monotonic()
+            while (t := (time.monotonic() - start) / 60) < minutes:
+                m = stack.metrics()
+                samples.append((t, m["process_resident_memory_bytes"], m.get("streamrnn_frames_closed_total", 0.0)))
+                time.sleep(every)
+            final = stack.metrics()
+        finally:
+            stack.close()
+    after = [rss for t, rss, _ in samples if t >= warmup]
+    base = after[0] if after else float("nan")
+    return {
+        "minutes": minutes, "warmup": warmup, "streams": streams, "rate": rate, "frames": final.get("streamrnn_frames_closed_total", 0.0),
+        "retrains": {o: final.get(f'streamrnn_retrains_total{{outcome="{o}"}}', 0.0) for o in ("promoted", "rejected", "failed")},
+        "checkpoints": final.get('streamrnn_checkpoints_total{outcome="written"}', 0.0),
+        "rss_at_warmup_mb": base / 1e6, "rss_min_mb": min(after) / 1e6 if after else float("nan"), "rss_max_mb": max(after) / 1e6 if after else float("nan"),
+        "rss_last_mb": after[-1] / 1e6 if after else float("nan"),
+        "spread": (max(after) - min(after)) / base if after else float("nan"), "flat": bool(after) and (max(after) - min(after)) / base <= 0.05,
+        "samples": samples,
+    }  # fmt: skip
+
+
+def format_soak(r: dict) -> str:
+    return "\n".join([
+        f"soak: {r['minutes']:g} min at {r['streams'] * r['rate']:g} frames/s ({r['streams']} streams), journal and retraining on",
+        f"frames {r['frames']:.0f}, retrains {r['retrains']}, checkpoints {r['checkpoints']:.0f}",
+        f"resident memory after the {r['warmup']:g} min warm-up: {r['rss_at_warmup_mb']:.1f} MB then, min {r['rss_min_mb']:.1f}, max {r['rss_max_mb']:.1f}, last {r['rss_last_mb']:.1f}",
+        f"spread (max - min) / at warm-up: {100 * r['spread']:.2f} %  -> {'flat' if r['flat'] else 'NOT flat'} (limit 5 %)",
+    ])  # fmt: skip
 
 
 def _scrapers(port: int, clients: int) -> dict:

@@ -144,9 +144,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Benchmarks on real processes; each figure against its reference in the same run."""
     from streamrnn import bench
 
-    result = bench.scrape(args.streams, args.rate, args.clients, args.seconds, args.rounds)
-    print(json.dumps(result, indent=2) if args.json else bench.format_scrape(result))
-    return 0
+    if args.what == "scrape":
+        result, text = bench.scrape(args.streams, args.rate, args.clients, args.seconds, args.rounds), bench.format_scrape
+    elif args.what == "journal":
+        result, text = bench.journal(args.streams, args.rate, args.seconds, args.rounds), bench.format_journal
+    else:
+        result, text = bench.soak(args.minutes, args.warmup, args.streams, args.rate), bench.format_soak
+    print(json.dumps(result, indent=2) if args.json else text(result))
+    return 0 if result.get("flat", True) else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -201,9 +206,11 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks on real processes (mosquitto, daemon, simulator)")
-    b.add_argument("what", choices=["scrape"], help="scrape: the step loop quiet and under concurrent /metrics scrapers")
+    b.add_argument("what", choices=["scrape", "journal", "soak"], help="scrape: the step loop quiet and under concurrent /metrics scrapers; journal: its cost on ingest; soak: memory over a long run")
     b.add_argument("--streams", type=int, default=10)
     b.add_argument("--rate", type=float, default=10.0, help="frames per second per stream")
+    b.add_argument("--minutes", type=float, default=30.0, help="soak: length of the run")
+    b.add_argument("--warmup", type=float, default=5.0, help="soak: minutes before memory must stay flat")
     b.add_argument("--clients", type=int, default=100, help="concurrent scrapers")
     b.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     b.add_argument("--rounds", type=int, default=3, help="quiet + loaded phases (and a last quiet one)")

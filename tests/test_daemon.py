@@ -278,26 +278,29 @@ def test_hostile_payloads_are_counted_by_reason_and_the_daemon_keeps_forecasting
     assert "message refused" in d.log() and d.log().count("message refused") < 100  # logged, at a bounded rate
 
 
-def test_broker_restart_loses_no_frame(tmp_path, daemons):
+@pytest.mark.parametrize("durable", [False, True], ids=["acked-on-receipt", "journaled"])
+def test_two_broker_restarts_in_thousands_of_frames_lose_no_forecast(tmp_path, daemons, durable):
     broker = Mosquitto(tmp_path / "mosquitto").start()
     try:
-        cfg = write_config(tmp_path / "d.toml", trainer={"enabled": False}, mqtt={"reconnect_min": 0.2, "reconnect_max": 2.0})
+        extra = {"checkpoint": {"dir": str(tmp_path / "state"), "every": 2.0}} if durable else {}
+        cfg = write_config(tmp_path / "d.toml", trainer={"enabled": False}, mqtt={"reconnect_min": 0.2, "reconnect_max": 2.0}, **extra)
         d = daemons(broker.url, config=cfg)
         sub = Subscriber(broker.url, "t-forecasts-persistent", ["plant/+/forecast"], clean=False)
         pub = Publisher(broker.url, "t-sensors")
-        rows = sim_rows(streams=2, steps=150)
-        publish_rows(pub, rows[:100], rate=50)
+        rows = sim_rows(streams=3, steps=1000)  # 3,000 frames, 42,000 sensor messages
+        third = len(rows) // 3
+        publish_rows(pub, rows[:third], rate=100)
         broker.stop()  # mosquitto saves its sessions on the way down
         time.sleep(1.0)
         broker.start()
-        publish_rows(pub, rows[100:200], rate=50)  # queued by the publisher until it reconnects
+        publish_rows(pub, rows[third : 2 * third], rate=100)  # queued by the publisher until it reconnects
         time.sleep(1.0)
         broker.stop()
         time.sleep(0.5)
         broker.start()
-        publish_rows(pub, rows[200:], rate=50)
+        publish_rows(pub, rows[2 * third :], rate=100)
         pub.close(60)
-        got = drain(sub, quiet=5.0)
+        got = drain(sub, quiet=8.0)
         sub.close()
         have = {(m["stream"], m["ts"]) for m in got}
         missing = {(s, ts) for ts, s, _ in rows} - have
