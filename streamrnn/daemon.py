@@ -321,6 +321,8 @@ class Daemon:
             seq = seq_
             log.info("checkpoint restored", extra={"path": str(path), "seq": seq, "streams": len(self.engine.streams), "frames": self.engine.frames_seen, "model_version": self.engine.version})
             break
+        if not seq and self.store.skipped:
+            log.warning("no sound checkpoint: starting afresh, with what the journal still holds", extra={"skipped": self.store.skipped})
         self.metrics.checkpoints_skipped.inc(self.store.skipped)
         self.metrics.version.set(self.engine.version)
         folder = self.store.folder.parent / "journal"

@@ -141,7 +141,7 @@ class Retrainer:
 def _send(conn: Connection, job: tuple) -> None:
     try:
         conn.send(job)
-    except OSError as e:  # the child died first: poll() reports it
+    except (OSError, TypeError, ValueError) as e:  # the child died, or the job ended and closed the pipe: poll() reports it
         log.warning("could not hand the snapshot to the trainer", extra={"error": str(e)})
 
 

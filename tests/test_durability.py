@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,6 +15,7 @@ from conftest import DaemonProcess, write_config
 from test_daemon import P, a_model, drain, publish_rows, sim_rows
 
 from streamrnn import config, message, simulator
+from streamrnn.checkpoint import Store, layout
 from streamrnn.engine import Engine, Frame
 from streamrnn.mqtt import Publisher, Subscriber
 
@@ -126,8 +129,9 @@ if faults != [""]:
 def test_a_trainer_that_raises_returns_nan_hangs_or_runs_out_of_memory_never_touches_serving(mosquitto, tmp_path):
     (tmp_path / "faults").mkdir()
     (tmp_path / "faults" / "sitecustomize.py").write_text(FAULTS)
-    rate, steps = 20.0, 600  # 30 s of frames: each fault comes at least once
-    cfg = write_config(tmp_path / "d.toml", trainer={"min_frames": 40, "retrain_every": 20, "deadline": 3.0, "max_memory": 256})
+    rate, steps = 20.0, 800  # 40 s of frames: each fault comes at least once
+    # the deadline leaves a loaded machine time to start the trainer's interpreter (2-3 s) first
+    cfg = write_config(tmp_path / "d.toml", trainer={"min_frames": 40, "retrain_every": 20, "deadline": 8.0, "max_memory": 256})
     env = {"PYTHONPATH": str(tmp_path / "faults"), "STREAMRNN_TEST_FAULTS": "raise,nan,hang,oom"}
     d = DaemonProcess(tmp_path, mosquitto.url, config=cfg, env=env).start()
     try:
@@ -150,3 +154,15 @@ def test_a_trainer_that_raises_returns_nan_hangs_or_runs_out_of_memory_never_tou
         assert d.proc.poll() is None
     finally:
         d.kill()
+
+
+def test_a_checkpoint_for_another_model_stops_the_daemon_at_start_naming_the_difference(tmp_path):
+    state = tmp_path / "state"
+    old = config.load(None, model={"hidden_size": 32}, checkpoint={"dir": str(state)})
+    engine = Engine(old)
+    Store(state / "checkpoints").write(7, {"seq": 7, "layout": layout(old), "engine": engine.state(), "assembler": {}})
+    cfg = write_config(tmp_path / "d.toml", checkpoint={"dir": str(state)})  # hidden_size back to its default
+    r = subprocess.run([sys.executable, "-m", "streamrnn", "run", "--config", str(cfg), "--broker", "mqtt://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "was made for another model or feature set" in r.stderr and "model.hidden_size: checkpoint 32, configuration 64" in r.stderr
+    assert "Traceback" not in r.stderr
