@@ -350,10 +350,12 @@ class Daemon:
 
     def _checkpoint(self, wait: bool = False) -> None:
         """Copy the state (here, on the engine thread, between two steps) and write it from a
-        thread of its own. If the last one is still being written, skip this one (or wait)."""
+        thread of its own. If the last one is still being written, wait (at shutdown) or try again
+        at the next slow pass."""
         assert self.store is not None and self.journal is not None
         if self._saver is not None and self._saver.is_alive():
             if not wait:
+                self._last_checkpoint = -math.inf  # due again at the next slow pass, a second from now
                 return
             self._saver.join()
         self._last_checkpoint = time.monotonic()
