@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from streamrnn import __version__, journal, message
 from streamrnn.checkpoint import Store, check_layout, layout
-from streamrnn.config import Settings
+from streamrnn.config import ConfigError, Settings
 from streamrnn.engine import Engine, Frame
 from streamrnn.frames import Assembler
 from streamrnn.logs import RateLimited
@@ -64,7 +65,7 @@ class Daemon:
         self.http = Endpoint(self.metrics.registry, s.daemon.metrics_host, s.daemon.metrics_port, s.daemon.metrics_max_rate) if s.daemon.metrics_port is not None else None
         self.notify = Notifier.from_env()
         c = s.checkpoint
-        self.store = Store(c.dir / "checkpoints", c.keep) if c.dir is not None else None
+        self.store = Store(_writable(c.dir) / "checkpoints", c.keep) if c.dir is not None else None
         self.journal: journal.Journal | None = None  # opened by run(), after the restore
         self._saver: threading.Thread | None = None
         self._last_checkpoint = time.monotonic()
@@ -386,3 +387,16 @@ class Daemon:
         if oldest is not None:
             self.journal.prune(oldest)
         log.log(logging.INFO if final else logging.DEBUG, "checkpoint written", extra={"path": str(path), "seq": seq, "bytes": size, "seconds": round(seconds, 3)})
+
+
+def _writable(folder: Path) -> Path:
+    """``checkpoint.dir``, created if need be; a folder we cannot write fails at start, by name."""
+    try:
+        for sub in ("checkpoints", "journal"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        probe = folder / "journal" / ".probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"checkpoint.dir: {folder} cannot be created or written: {e.strerror or e}") from None
+    return folder

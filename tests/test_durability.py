@@ -166,3 +166,11 @@ def test_a_checkpoint_for_another_model_stops_the_daemon_at_start_naming_the_dif
     assert r.returncode != 0
     assert "was made for another model or feature set" in r.stderr and "model.hidden_size: checkpoint 32, configuration 64" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_checkpoint_dir_that_cannot_be_written_fails_at_start_naming_the_field(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cfg = write_config(tmp_path / "d.toml", checkpoint={"dir": str(blocker / "state")})
+    r = subprocess.run([sys.executable, "-m", "streamrnn", "run", "--config", str(cfg), "--broker", "mqtt://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "checkpoint.dir:" in r.stderr and "cannot be created or written" in r.stderr, r.stderr
