@@ -175,3 +175,21 @@ def daemons(tmp_path):
     yield start
     for d in started:
         d.kill()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real filesystem of ``size`` (tmpfs, 64 kB), which fills up: needs root (CI runs as root)."""
+    mounted: list[Path] = []
+
+    def make(size: str = "64k") -> Path:
+        mnt = tmp_path / f"tiny-{len(mounted)}"
+        mnt.mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here (not root)")
+        mounted.append(mnt)
+        return mnt
+
+    yield make
+    for mnt in mounted:
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -174,3 +174,26 @@ def test_a_checkpoint_dir_that_cannot_be_written_fails_at_start_naming_the_field
     cfg = write_config(tmp_path / "d.toml", checkpoint={"dir": str(blocker / "state")})
     r = subprocess.run([sys.executable, "-m", "streamrnn", "run", "--config", str(cfg), "--broker", "mqtt://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "checkpoint.dir:" in r.stderr and "cannot be created or written" in r.stderr, r.stderr
+
+
+def test_a_full_disk_under_checkpoint_dir_is_counted_and_logged_and_forecasts_go_on(mosquitto, tmp_path, tiny_disk):
+    disk = tiny_disk("512k")  # a checkpoint of two streams takes about 1.4 MB: none fits
+    cfg = write_config(tmp_path / "d.toml", trainer={"enabled": False}, checkpoint={"dir": str(disk), "every": 1.0})
+    d = DaemonProcess(tmp_path, mosquitto.url, config=cfg).start()
+    try:
+        sub = Subscriber(mosquitto.url, "t-forecasts", ["plant/+/forecast"])
+        pub = Publisher(mosquitto.url, "t-sensors")
+        rows = sim_rows(streams=2, steps=300)
+        publish_rows(pub, rows, rate=20)
+        pub.close()
+        got = drain(sub, quiet=4.0)
+        sub.close()
+        assert {(m["stream"], m["ts"]) for m in got} == {(s, ts) for ts, s, _ in rows}
+        time.sleep(1.2)
+        assert d.sample("streamrnn_checkpoints_total", outcome="failed") >= 5 and d.sample("streamrnn_checkpoints_total", outcome="written") == 0
+        assert "checkpoint failed" in d.log() and "No space left on device" in d.log()
+        assert d.proc.poll() is None
+        assert d.terminate() == 0  # the last checkpoint fails too: still a clean exit
+    finally:
+        d.kill()
+    assert not [p for p in (disk / "checkpoints").iterdir() if p.suffix == ".tmp"]  # no temporary file left behind
