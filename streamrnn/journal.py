@@ -217,7 +217,9 @@ class Journal:
     def _open(self, first: int) -> None:
         self._abandon()
         path = self.folder / f"{first:020d}.log"
-        self._file = open(path, "ab")
+        # a new segment is named by the first number it will hold, above all that was replayed:
+        # whatever a file of that name holds is the torn tail of a crash, never acknowledged
+        self._file = open(path, "wb")
         _fsync_dir(self.folder)
 
     def _abandon(self) -> None:

@@ -86,3 +86,20 @@ def test_a_full_disk_is_counted_and_serving_goes_on(tiny_disk):
     assert j.counts["errors"] >= 1 and 0 < j.counts["records"] < 400
     seqs = [r.seq for r in journal.replay(disk, after=0)]
     assert seqs == sorted(seqs) and len(seqs) == j.counts["records"]  # no torn record left behind
+
+
+def test_after_a_crash_mid_write_the_next_records_are_not_hidden_behind_the_torn_one(tmp_path):
+    j = Journal(tmp_path, lambda tokens: None)
+    for _ in range(5):
+        j.append(journal.MESSAGE, 0.0, "t", b"a")
+    j.rotate()
+    j.append(journal.MESSAGE, 0.0, "t", b"torn")
+    j.close(5.0)
+    (_, _), (first, seg) = journal.segments(tmp_path)
+    seg.write_bytes(seg.read_bytes()[:-2])  # the crash: record 6 torn, never acknowledged
+    last = max(r.seq for r in journal.replay(tmp_path, after=0))
+    assert last == 5 and first == 6
+    j = Journal(tmp_path, lambda tokens: None, next_seq=last + 1)  # the restart
+    j.append(journal.MESSAGE, 0.0, "t", b"after")
+    j.close(5.0)
+    assert [(r.seq, r.payload) for r in journal.replay(tmp_path, after=5)] == [(6, b"after")]
