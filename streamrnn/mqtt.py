@@ -286,10 +286,23 @@ class Publisher:
         while self._open and self._open[0].is_published():
             self._open.popleft()
 
-    def close(self, timeout: float = 30.0) -> None:
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until the broker acknowledged everything published so far."""
         deadline = time.monotonic() + timeout
         while self._open:
             _wait(self._open.popleft(), deadline)
+
+    def wait_connected(self, timeout: float = 30.0) -> None:
+        """Wait for the connection (after a broker restart): what is published while disconnected
+        is queued and may be sent after what is published once reconnected, out of order."""
+        deadline = time.monotonic() + timeout
+        while not self.client.is_connected():
+            if time.monotonic() > deadline:
+                raise ConnectionError("publisher not reconnected")
+            time.sleep(0.02)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.flush(timeout)
         self.client.disconnect()
         self.client.loop_stop()
 
