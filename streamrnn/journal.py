@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamrnn.atomic import fsync_dir
+
 log = logging.getLogger(__name__)
 
 _FRAME = struct.Struct("<II")
@@ -102,7 +104,7 @@ class Journal:
         self.seq = next_seq - 1  # the last sequence number given out
         self.counts: Counter[str] = Counter()  # records, bytes, syncs, errors
         self.sync_seconds: deque[float] = deque(maxlen=10_000)  # drained by the daemon into a histogram
-        self._queue: list[tuple[bytes, object] | tuple[str, int]] = []
+        self._queue: list[tuple] = []  # (kind, seq, arrival, topic, payload, token), or ("rotate" | "prune", seq)
         self._cv = threading.Condition()
         self._file = None
         self._closing = False
@@ -114,9 +116,8 @@ class Journal:
     def append(self, kind: bytes, arrival: float, topic: str, payload: bytes, token: object = None) -> int:
         """Queue a record; returns its sequence number. ``token`` is handed on once it is durable."""
         self.seq += 1
-        rec = encode(kind, self.seq, arrival, topic, payload)
-        with self._cv:
-            self._queue.append((rec, token))
+        with self._cv:  # encoded in the journal's thread: nothing more on the engine's per message
+            self._queue.append((kind, self.seq, arrival, topic, payload, token))
             self._cv.notify()
         return self.seq
 
@@ -168,29 +169,31 @@ class Journal:
             self._file.close()
 
     def _write(self, batch: list) -> None:
-        data: list[bytes] = []
-        tokens: list[object] = []
+        start, data, tokens = 0, [], []
         for item in batch:
-            if item[0] == "rotate":
-                self._sync(data, tokens)
-                data, tokens = [], []
-                self._open(item[1])
-            elif item[0] == "prune":
-                self._sync(data, tokens)
-                data, tokens = [], []
-                self._prune(item[1])
-            else:
-                data.append(item[0])
-                if item[1] is not None:
-                    tokens.append(item[1])
-        self._sync(data, tokens)
+            if item[0] in ("rotate", "prune"):  # records before it go to the segment they belong to
+                self._sync(start, data, tokens)
+                start, data, tokens = 0, [], []
+                try:
+                    (self._open if item[0] == "rotate" else self._prune)(item[1])
+                except OSError as e:  # the next batch opens a segment of its own
+                    self.counts["errors"] += 1
+                    self._abandon()
+                    log.error("journal segment could not be opened or pruned", extra={"folder": str(self.folder), "error": str(e)})
+                continue
+            kind, seq, arrival, topic, payload, token = item
+            start = start or seq
+            data.append(encode(kind, seq, arrival, topic, payload))
+            if token is not None:
+                tokens.append(token)
+        self._sync(start, data, tokens)
 
-    def _sync(self, data: list[bytes], tokens: list[object]) -> None:
+    def _sync(self, first: int, data: list[bytes], tokens: list[object]) -> None:
         if data:
             t0 = time.perf_counter()
             try:
                 if self._file is None:
-                    self._open(_BODY.unpack_from(data[0], _FRAME.size)[1])
+                    self._open(first)
                 assert self._file is not None
                 good = self._file.tell()
                 try:
@@ -220,7 +223,7 @@ class Journal:
         # a new segment is named by the first number it will hold, above all that was replayed:
         # whatever a file of that name holds is the torn tail of a crash, never acknowledged
         self._file = open(path, "wb")
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
     def _abandon(self) -> None:
         if self._file is not None:
@@ -237,13 +240,3 @@ class Journal:
             if nxt - 1 <= covered and str(path) != current:
                 path.unlink(missing_ok=True)
                 self.counts["pruned"] += 1
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        log.warning("fsync of %s failed: %s", folder, e)
-    finally:
-        os.close(fd)
