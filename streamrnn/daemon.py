@@ -205,14 +205,15 @@ class Daemon:
         self.metrics.step.observe(t1 - t0)
         self.metrics.frames.inc(len(forecasts))
         self.metrics.frames_missing.inc(sum(1 for f in frames if np.isnan(f.values).any()))
-        period = self.settings.features.period
-        for fc in forecasts:
-            payload = message.encode(fc, period, self.skill)
-            reason = self.link.publish(self.forecast_topic.format(stream=fc.stream), payload)
+        topic = self.forecast_topic
+        published = 0
+        for stream, payload in zip(forecasts.streams, message.encode_all(forecasts, self.settings.features.period, self.skill)):
+            reason = self.link.publish(topic.format(stream=stream), payload)
             if reason is None:
-                self.metrics.published.inc()
+                published += 1
             else:
                 self.metrics.publish_failed.labels(reason).inc()
+        self.metrics.published.inc(published)
         self.metrics.latency.observe(time.perf_counter() - t0)
 
     def _housekeeping(self) -> None:

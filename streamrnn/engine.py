@@ -53,6 +53,38 @@ class Forecast:
     now: np.ndarray  # (targets,)
 
 
+class Forecasts(Sequence[Forecast]):
+    """The forecasts of one step, as arrays over its streams: encoded in one pass by the daemon,
+    read one :class:`Forecast` at a time by everyone else."""
+
+    __slots__ = ("streams", "ts", "kind", "version", "targets", "values", "lower", "upper", "now")
+
+    def __init__(self, streams: list[str], ts: list[float], kind: str, version: int, targets: tuple[str, ...], values: np.ndarray, lower: np.ndarray, upper: np.ndarray, now: np.ndarray) -> None:
+        self.streams, self.ts, self.kind, self.version, self.targets = streams, ts, kind, version, targets
+        self.values, self.lower, self.upper, self.now = values, lower, upper, now  # (B, H, T) x 3, (B, T)
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        return Forecast(self.streams[i], self.ts[i], self.kind, self.version, self.targets, self.values[i], self.lower[i], self.upper[i], self.now[i])
+
+    def __add__(self, other: Forecasts) -> Forecasts:
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        cat = lambda a, b: np.concatenate([a, b])  # noqa: E731
+        return Forecasts(self.streams + other.streams, self.ts + other.ts, self.kind, other.version, self.targets, cat(self.values, other.values), cat(self.lower, other.lower), cat(self.upper, other.upper), cat(self.now, other.now))
+
+    @classmethod
+    def empty(cls, kind: str, version: int, targets: tuple[str, ...], horizon: int) -> Forecasts:
+        z = np.zeros((0, horizon, len(targets)))
+        return cls([], [], kind, version, targets, z, z, z, np.zeros((0, len(targets))))
+
+
 @dataclass
 class RetrainResult:
     outcome: str  # "promoted", "rejected" or "failed"
@@ -94,65 +126,63 @@ class Engine:
         return self.model.dscale.double().cpu().numpy()
 
     # -- serving ----------------------------------------------------------------------------
-    def step(self, frames: Sequence[Frame], now: float | None = None) -> list[Forecast]:
+    def step(self, frames: Sequence[Frame], now: float | None = None) -> Forecasts:
         """Take closed frames (at most one per stream is stepped at a time) and return their forecasts.
 
         ``now`` is the clock that idleness is measured on: the daemon passes the wall clock, so one
         stream's timestamps far ahead cannot make the others look idle; a replay leaves it to the
         frames' own timestamps."""
         if not frames:
-            return []
+            return Forecasts.empty(self.spec.kind, self.version, self.spec.targets, self.spec.horizon)
         clock = max(f.ts for f in frames) if now is None else now
         if clock - self._last_evict > self.settings.streams.idle_timeout / 10:
             self.evict_idle(clock)
         rows, ticks, accepted, later = [], [], [], []
         taken: set[int] = set()
+        bank, rings, last_tick, period = self.bank, self.rings, self._last_tick, self.period
         for f in frames:
             try:
-                row, new = self.bank.row(f.stream, f.ts if now is None else now)
+                row, new = bank.row(f.stream, f.ts if now is None else now)
             except StreamCapError as e:
                 self.counts["refused"] += 1
                 log.warning("%s", e)
                 continue
             if new:
-                self.rings[row] = Ring(self.settings.ring.size, len(self.channels))
+                rings[row] = Ring(self.settings.ring.size, len(self.channels))
                 self.evaluator.reset(row)
                 self.counts["streams_created"] += 1
             if row in taken:
                 later.append(f)
                 continue
-            tick = round(f.ts / self.period)
-            if tick <= self._last_tick.get(row, -(2**62)):
+            tick = round(f.ts / period)
+            if tick <= last_tick.get(row, -(2**62)):
                 self.counts["late"] += 1
                 continue
             taken.add(row)
-            self._last_tick[row] = tick
-            self.evaluator.score(row, tick, f.values[self._ti])
-            self.rings[row].append(f.ts, f.values)
+            last_tick[row] = tick
+            rings[row].append(f.ts, f.values)
             rows.append(row)
             ticks.append(tick)
             accepted.append(f)
-        out = self._forecast(rows, ticks, accepted) if rows else []
+        out = self._forecast(rows, ticks, accepted) if rows else Forecasts.empty(self.spec.kind, self.version, self.spec.targets, self.spec.horizon)
         return out + self.step(later, now) if later else out
 
-    def _forecast(self, rows: list[int], ticks: list[int], frames: list[Frame]) -> list[Forecast]:
-        r = np.asarray(rows)
+    def _forecast(self, rows: list[int], ticks: list[int], frames: list[Frame]) -> Forecasts:
+        r, t = np.asarray(rows), np.asarray(ticks)
         values = np.stack([f.values for f in frames])  # (B, C)
+        self.evaluator.score(r, t, values[:, self._ti])
         self.bank.observe(r, values)
         fresh = np.isfinite(values)
-        deltas = self.bank.step(self.model, rows, fresh)  # (B, H+1, T), normalised
+        deltas = self.bank.step(self.model, r, fresh)  # (B, H+1, T), normalised
         base = self.bank.held[r][:, self._ti]  # (B, T): the persistence forecast
         pred = base[:, None, :] + deltas[:, 1:, :] * self._std_t[1:]  # (B, H, T)
         soft = self._key & ~fresh[:, self._ti]  # key variables between their samples
         now = np.where(soft, base + deltas[:, 0, :] * self._std_t[0], base)
         half = self.evaluator.half_width()
         lower, upper = pred - half, pred + half
-        out = []
-        for i, (row, tick, f) in enumerate(zip(rows, ticks, frames)):
-            self.evaluator.record(row, tick, pred[i], lower[i], upper[i], base[i])
-            out.append(Forecast(f.stream, f.ts, self.spec.kind, self.version, self.spec.targets, pred[i], lower[i], upper[i], now[i]))
+        self.evaluator.record(r, t, pred, lower, upper, base)
         self.frames_seen += len(rows)
-        return out
+        return Forecasts([f.stream for f in frames], [f.ts for f in frames], self.spec.kind, self.version, self.spec.targets, pred, lower, upper, now)
 
     def evict_idle(self, now: float) -> list[str]:
         """Drop the streams that sent nothing for ``streams.idle_timeout`` seconds."""

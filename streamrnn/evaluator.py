@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 _TOTALS = ("n", "se", "se_p", "ae", "ae_p", "n_band", "hit")
-_ARRAYS = ("tick", "pred", "lo", "hi", "base", "res", "res_n")  # kept in a checkpoint
+_ARRAYS = ("tick", "fc", "base", "res", "res_n")  # kept in a checkpoint
 
 
 class Evaluator:
@@ -23,20 +23,25 @@ class Evaluator:
         self.targets, self.horizon, self.coverage = targets, horizon, coverage
         h, t = horizon, targets
         self._slots = h + 1
-        # Pending forecasts per stream row, in slots by tick modulo H+1.
+        # Pending forecasts per stream row, in slots by tick modulo H+1: prediction, lower and upper
+        # band side by side, so that scoring a batch gathers each forecast step in one piece.
         self._tick = np.zeros((0, self._slots), dtype=np.int64)
-        self._pred = np.zeros((0, self._slots, h, t))
-        self._lo = np.zeros((0, self._slots, h, t))
-        self._hi = np.zeros((0, self._slots, h, t))
+        self._fc = np.zeros((0, self._slots, h, 3, t))
         self._base = np.zeros((0, self._slots, t))
         # Running totals since start, and exponentially weighted ones for the live view.
-        self.total = {k: np.zeros((h, t)) for k in _TOTALS}
-        self.live = {k: np.zeros((h, t)) for k in _TOTALS}
+        self._total, self._live = np.zeros((len(_TOTALS), h, t)), np.zeros((len(_TOTALS), h, t))
+        self.total = dict(zip(_TOTALS, self._total))  # views: one add updates them all
+        self.live = dict(zip(_TOTALS, self._live))
         self._decay = 1.0 - 1.0 / live_window
         # Recent absolute errors per (step, target) for the bands.
         self._res = np.full((h, t, residuals), np.inf)
         self._res_n = np.zeros((h, t), dtype=np.int64)
-        self._half: np.ndarray | None = None
+        self._half: np.ndarray | None = None  # drawn lazily, see half_width
+        self._new = np.zeros((h, t), dtype=np.int64)  # errors per (step, target) since the bands were drawn
+        self._redraw = max(1, residuals // 50)
+        self._enough = next(n for n in range(1, residuals + 2) if math.ceil((n + 1) * coverage) <= n or n > residuals)  # errors for a band
+        self._shown = np.zeros((h, t), dtype=bool)  # has a band, as last drawn
+        self._waiting = True  # some (step, target) has no band yet
         self._ks = np.arange(1, h + 1)
 
     # -- per-stream pending forecasts -------------------------------------------------------
@@ -46,7 +51,7 @@ class Evaluator:
         extra = max(row + 1, 2 * len(self._tick)) - len(self._tick)
         grow = lambda a, fill: np.concatenate([a, np.full((extra, *a.shape[1:]), fill, a.dtype)])  # noqa: E731
         self._tick = grow(self._tick, -1)
-        self._pred, self._lo, self._hi = grow(self._pred, np.nan), grow(self._lo, np.nan), grow(self._hi, np.nan)
+        self._fc = grow(self._fc, np.nan)
         self._base = grow(self._base, np.nan)
 
     def reset(self, row: int) -> None:
@@ -54,43 +59,60 @@ class Evaluator:
         self._ensure(row)
         self._tick[row] = -1
 
-    def score(self, row: int, tick: int, truth: np.ndarray) -> None:
-        """Score what was forecast for ``tick`` against ``truth`` (targets,), NaN where not observed."""
-        self._ensure(row)
-        made = tick - self._ks  # (H,) ticks at which a forecast for this tick was made
+    def score(self, rows: np.ndarray, ticks: np.ndarray, truth: np.ndarray) -> None:
+        """Score what was forecast for ``ticks`` against ``truth`` (B, targets), NaN where not
+        observed; ``rows`` (B,) distinct. One pass for the whole batch: its cost is per tick, not
+        per stream."""
+        self._ensure(int(rows.max()))
+        made = ticks[:, None] - self._ks  # (B, H): ticks at which a forecast for these was made
         slots = made % self._slots
-        valid = self._tick[row, slots] == made  # (H,)
+        valid = self._tick[rows[:, None], slots] == made
         if not valid.any():
             return
-        k = np.nonzero(valid)[0]
-        s = slots[k]
-        pred = self._pred[row, s, k]  # (K, T): step k+1 of the forecast made k+1 ticks ago
-        base = self._base[row, s]  # (K, T)
-        ok = np.isfinite(truth) & np.isfinite(pred) & np.isfinite(base)
-        if not ok.any():
+        at = rows[:, None] * self._slots + slots  # (B, H): flat (row, slot)
+        fc = self._fc.reshape(-1, 3, self.targets).take(at * self.horizon + self._ks - 1, axis=0)  # (B, H, 3, T)
+        truth = truth[:, None, :]
+        err = fc[:, :, 0] - truth  # NaN where either is missing
+        err_p = self._base.reshape(-1, self.targets).take(at, axis=0) - truth
+        ok = (err == err) & (err_p == err_p) & valid[..., None]
+        n = ok.sum(axis=0)  # (H, T)
+        if not n.any():
             return
-        err = np.where(ok, pred - truth, 0.0)
-        err_p = np.where(ok, base - truth, 0.0)
-        lo, hi = self._lo[row, s, k], self._hi[row, s, k]
-        banded = ok & np.isfinite(lo)
-        hit = banded & (lo <= truth) & (truth <= hi)
-        add = {"n": ok, "se": err**2, "se_p": err_p**2, "ae": np.abs(err), "ae_p": np.abs(err_p), "n_band": banded, "hit": hit}
-        for name, v in add.items():
-            self.total[name][k] += v
-            lv = self.live[name]
-            lv[k] = np.where(ok, lv[k] * self._decay + v, lv[k])
-        kk, tt = np.nonzero(ok)
-        ks = k[kk]
-        self._res[ks, tt, self._res_n[ks, tt] % self._res.shape[2]] = np.abs(err[kk, tt])
-        self._res_n[ks, tt] += 1
-        self._half = None
+        lo, hi = fc[:, :, 1], fc[:, :, 2]
+        hit = (lo <= truth) & (truth <= hi)  # False where the band is NaN
+        np.copyto(err, 0.0, where=~ok)
+        np.copyto(err_p, 0.0, where=~ok)
+        ae = np.abs(err)
+        got = np.stack([n, np.square(err).sum(axis=0), np.square(err_p).sum(axis=0), ae.sum(axis=0), np.abs(err_p).sum(axis=0), (ok & (lo == lo)).sum(axis=0), (ok & hit).sum(axis=0)])  # in _TOTALS order
+        self._total += got
+        self._live *= self._decay**n  # a batch's forecasts count as one after another in the live view
+        self._live += got
+        # the newest absolute errors into each (step, target)'s ring, in batch order; of more than the
+        # ring holds, only the last
+        size = self._res.shape[2]
+        if len(rows) == 1:
+            kk, tt = np.nonzero(ok[0])
+            self._res[kk, tt, self._res_n[kk, tt] % size] = ae[0, kk, tt]
+        else:
+            flat = n.ravel()
+            cell, b = np.nonzero(ok.reshape(len(rows), -1).T)  # by cell, then batch order
+            rank = np.arange(len(cell)) - (np.cumsum(flat) - flat)[cell]
+            keep = rank >= flat[cell] - size
+            cell, b, rank = cell[keep], b[keep], rank[keep]
+            self._res.reshape(-1, size)[cell, (self._res_n.ravel()[cell] + rank) % size] = ae.reshape(len(rows), -1)[b, cell]
+        self._res_n += n
+        self._new += n
+        if self._new.max() >= self._redraw or (self._waiting and (self._shown != (self._res_n >= self._enough)).any()):
+            self._half = None  # drawn again at the next half_width
 
-    def record(self, row: int, tick: int, pred: np.ndarray, lower: np.ndarray, upper: np.ndarray, base: np.ndarray) -> None:
-        """Keep a forecast made at ``tick``: pred/lower/upper (H, targets), base (targets,) = persistence."""
-        self._ensure(row)
-        s = tick % self._slots
-        self._tick[row, s] = tick
-        self._pred[row, s], self._lo[row, s], self._hi[row, s], self._base[row, s] = pred, lower, upper, base
+    def record(self, rows: np.ndarray, ticks: np.ndarray, pred: np.ndarray, lower: np.ndarray, upper: np.ndarray, base: np.ndarray) -> None:
+        """Keep forecasts made at ``ticks``: pred/lower/upper (B, H, targets), base (B, targets) =
+        persistence; ``rows`` (B,) distinct."""
+        self._ensure(int(rows.max()))
+        s = ticks % self._slots
+        self._tick[rows, s] = ticks
+        fc = self._fc
+        fc[rows, s, :, 0], fc[rows, s, :, 1], fc[rows, s, :, 2], self._base[rows, s] = pred, lower, upper, base
 
     # -- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict:
@@ -98,31 +120,47 @@ class Evaluator:
         out = {name: getattr(self, f"_{name}").copy() for name in _ARRAYS}
         out["total"] = {k: v.copy() for k, v in self.total.items()}
         out["live"] = {k: v.copy() for k, v in self.live.items()}
+        out["bands"] = {"half": None if self._half is None else self._half.copy(), "new": self._new.copy(), "shown": self._shown.copy()}
         return out
 
     def load_state(self, st: dict) -> None:
         """Go on from ``state()``; raises ValueError if it was made for other targets, steps or residuals."""
+        if "fc" not in st:  # written before prediction and bands were kept side by side
+            st = {**st, "fc": np.stack([st["pred"], st["lo"], st["hi"]], axis=3)}
         for name in _ARRAYS:
             have, got = getattr(self, f"_{name}").shape, st[name].shape
             if got[1:] != have[1:] or (name in ("res", "res_n") and got != have):
                 raise ValueError(f"evaluator state {name} has shape {got}, this evaluator wants {have}")
         for name in _ARRAYS:
             setattr(self, f"_{name}", st[name].copy())
-        self.total = {k: st["total"][k].copy() for k in _TOTALS}
-        self.live = {k: st["live"][k].copy() for k in _TOTALS}
-        self._half = None
+        self._total[:] = [st["total"][k] for k in _TOTALS]
+        self._live[:] = [st["live"][k] for k in _TOTALS]
+        bands = st.get("bands")  # the bands as drawn, so a restart draws them again exactly when this run would
+        if bands is not None and bands["half"] is not None and bands["half"].shape == self._res_n.shape:
+            self._half, self._new, self._shown = bands["half"].copy(), bands["new"].copy(), bands["shown"].copy()
+            self._waiting = not self._shown.all()
+        else:
+            self._half = None
 
     # -- bands and scores -------------------------------------------------------------------
     def half_width(self) -> np.ndarray:
-        """Band half-widths (H, targets); NaN where too few errors were seen for the coverage asked."""
-        if self._half is None:
-            n = np.minimum(self._res_n, self._res.shape[2])
-            rank = np.ceil((n + 1) * self.coverage).astype(np.int64)  # 1-based, finite-sample conformal
-            at = np.clip(rank - 1, 0, self._res.shape[2] - 1)
-            kth = np.unique(at)  # one rank once the residual rings are full: a partition is 3x a sort's speed
-            part = np.partition(self._res, kth, axis=2) if len(kth) <= 4 else np.sort(self._res, axis=2)
-            q = np.take_along_axis(part, at[..., None], axis=2)[..., 0]
-            self._half = np.where((rank <= n) & np.isfinite(q), q, np.nan)
+        """Band half-widths (H, targets); NaN where too few errors were seen for the coverage asked.
+
+        Drawn again once some (step, target) has ``residuals / 50`` new errors, or gains its first
+        band: a quantile of hundreds of errors barely moves with a few more, and drawing it costs
+        more than the rest of a step."""
+        if self._half is not None:
+            return self._half
+        size = self._res.shape[2]
+        n = np.minimum(self._res_n, size)
+        rank = np.ceil((n + 1) * self.coverage).astype(np.int64)  # 1-based, finite-sample conformal
+        at = np.clip(rank - 1, 0, size - 1)
+        kth = np.unique(at)  # one rank once the residual rings are full: a partition is 3x a sort's speed
+        part = np.partition(self._res, kth, axis=2) if len(kth) <= 4 else np.sort(self._res, axis=2)
+        q = np.take_along_axis(part, at[..., None], axis=2)[..., 0]
+        self._half = np.where((rank <= n) & np.isfinite(q), q, np.nan)
+        self._shown, self._new = self._res_n >= self._enough, np.zeros_like(self._new)
+        self._waiting = not self._shown.all()
         return self._half
 
     def scores(self, live: bool = False) -> dict[str, np.ndarray]:

@@ -8,55 +8,53 @@ The layout is versioned by ``schema`` and kept stable: add fields, never rename 
 from __future__ import annotations
 
 import json
-import math
 from importlib import resources
 
 import numpy as np
+import orjson
 
-from streamrnn.engine import Forecast
+from streamrnn.engine import Forecast, Forecasts
 
 SCHEMA_ID = "streamrnn.forecast/1"
 _DIGITS = 7
 
 
-def rounded(a: np.ndarray) -> list[float | None]:
-    """``a`` to ``_DIGITS`` significant digits as a JSON-ready list, NaN/inf as None."""
+def rounded(a: np.ndarray) -> np.ndarray:
+    """``a`` to ``_DIGITS`` significant digits (NaN and infinities kept: they are written as null)."""
     a = np.asarray(a, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         mag = np.floor(np.log10(np.abs(a)))
         scale = 10.0 ** (_DIGITS - 1 - np.where(np.isfinite(mag), mag, 0.0))
-        r = np.round(a * scale) / scale
-    if np.isfinite(r).all():
-        return r.tolist()
-    return [x if math.isfinite(x) else None for x in r.tolist()]
+        return np.round(a * scale) / scale
 
 
-def document(fc: Forecast, period: float, skill: dict[str, float | None] | None = None) -> dict:
-    """The message as a dict (see ``schema/forecast.schema.json``)."""
+def encode_all(fcs: Forecasts, period: float, skill: dict[str, float | None] | None = None) -> list[bytes]:
+    """One message per forecast of a step (see ``schema/forecast.schema.json``), the numbers of
+    all of them rounded in one pass."""
+    if not len(fcs):
+        return []
     skill = skill or {}
-    now = rounded(fc.now)
-    targets = {}
-    for j, name in enumerate(fc.targets):
-        targets[name] = {
-            "now": now[j],
-            "values": rounded(fc.values[:, j]),
-            "lower": rounded(fc.lower[:, j]),
-            "upper": rounded(fc.upper[:, j]),
-            "skill": skill.get(name),
-        }
-    return {
-        "schema": SCHEMA_ID,
-        "stream": fc.stream,
-        "ts": fc.ts,
-        "period": period,
-        "horizon": int(fc.values.shape[0]),
-        "model": {"kind": fc.kind, "version": fc.version},
-        "targets": targets,
-    }
+    series = rounded(np.stack([fcs.values, fcs.lower, fcs.upper], axis=1)).transpose(0, 3, 1, 2).tolist()  # (B, T, 3, H)
+    now = rounded(fcs.now).tolist()  # (B, T)
+    names = [(j, name, skill.get(name)) for j, name in enumerate(fcs.targets)]
+    model, horizon = {"kind": fcs.kind, "version": fcs.version}, int(fcs.values.shape[1])
+    out = []
+    for stream, ts, s, n in zip(fcs.streams, fcs.ts, series, now):
+        targets = {name: {"now": n[j], "values": s[j][0], "lower": s[j][1], "upper": s[j][2], "skill": sk} for j, name, sk in names}
+        doc = {"schema": SCHEMA_ID, "stream": stream, "ts": ts, "period": period, "horizon": horizon, "model": model, "targets": targets}
+        out.append(orjson.dumps(doc))  # NaN and infinities as null
+    return out
 
 
 def encode(fc: Forecast, period: float, skill: dict[str, float | None] | None = None) -> bytes:
-    return json.dumps(document(fc, period, skill), separators=(",", ":"), allow_nan=False).encode()
+    """One forecast's message."""
+    batch = Forecasts([fc.stream], [fc.ts], fc.kind, fc.version, fc.targets, fc.values[None], fc.lower[None], fc.upper[None], fc.now[None])
+    return encode_all(batch, period, skill)[0]
+
+
+def document(fc: Forecast, period: float, skill: dict[str, float | None] | None = None) -> dict:
+    """The message as a dict."""
+    return orjson.loads(encode(fc, period, skill))
 
 
 def schema() -> dict:

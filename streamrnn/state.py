@@ -7,8 +7,6 @@ closed, runs the model once over them, and writes the new state back, detached (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
@@ -86,16 +84,22 @@ class HiddenBank:
         self.centre[rows] = ewm_update(self.centre[rows], values, self.alpha)
 
     @torch.inference_mode()
-    def step(self, model: StreamRNN, rows: Sequence[int], mask: np.ndarray) -> np.ndarray:
-        """One batched step for ``rows`` (held values already updated); returns deltas (B, H+1, targets)."""
+    def step(self, model: StreamRNN, rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One batched step for ``rows`` (held values already updated); returns deltas (B, H+1, targets).
+        Few operations, each on the whole batch: at one stream the step costs little more than the model."""
         device = self.hidden.device
-        idx = torch.as_tensor(np.asarray(rows), device=device)
-        held = torch.as_tensor(self.held[rows], dtype=torch.float32, device=device).unsqueeze(1)  # (B, 1, C)
-        centre = torch.as_tensor(self.centre[rows], dtype=torch.float32, device=device).unsqueeze(1)
-        m = torch.as_tensor(mask, device=device).unsqueeze(1)  # (B, 1, C)
-        out, new = model(held, centre, m, self.hidden.index_select(2, idx))
-        self.hidden.index_copy_(2, idx, new)
-        return out[:, 0].double().cpu().numpy()
+        x = torch.from_numpy(np.stack([self.held[rows], self.centre[rows], mask], axis=1).astype(np.float32)).to(device)  # (B, 3, C)
+        held, centre, m = x[:, 0:1], x[:, 1:2], x[:, 2:3]  # (B, 1, C) each
+        if len(rows) == 1:  # a view in, a copy back: no gather or scatter
+            r = int(rows[0])
+            state = self.hidden[:, :, r : r + 1]
+            out, new = model(held, centre, m, state)
+            state.copy_(new)
+        else:
+            idx = torch.from_numpy(rows).to(device)
+            out, new = model(held, centre, m, self.hidden.index_select(2, idx))
+            self.hidden.index_copy_(2, idx, new)
+        return out[:, 0].to(device="cpu", dtype=torch.float64).numpy()
 
     def reset_hidden(self, model: StreamRNN) -> None:
         """Blank states shaped for ``model`` (after a swap to a model of another shape or device)."""

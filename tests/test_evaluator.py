@@ -9,13 +9,13 @@ from streamrnn.evaluator import Evaluator
 
 def test_a_forecast_is_scored_only_when_its_frame_arrives():
     ev = Evaluator(targets=1, horizon=3)
-    ev.record(0, 10, pred=np.array([[1.0], [2.0], [3.0]]), lower=np.full((3, 1), np.nan), upper=np.full((3, 1), np.nan), base=np.array([0.0]))
+    ev.record(np.array([0]), np.array([10]), pred=np.array([[[1.0], [2.0], [3.0]]]), lower=np.full((1, 3, 1), np.nan), upper=np.full((1, 3, 1), np.nan), base=np.array([[0.0]]))
     assert ev.scores()["n"].sum() == 0
-    ev.score(0, 11, np.array([1.5]))  # step 1 of the forecast made at 10
+    ev.score(np.array([0]), np.array([11]), np.array([[1.5]]))  # step 1 of the forecast made at 10
     s = ev.scores()
     assert s["n"][:, 0].tolist() == [1, 0, 0]
     assert s["mse"][0, 0] == 0.25 and s["persistence_mse"][0, 0] == 2.25
-    ev.score(0, 13, np.array([np.nan]))  # unobserved: nothing scored
+    ev.score(np.array([0]), np.array([13]), np.array([[np.nan]]))  # unobserved: nothing scored
     assert ev.scores()["n"].sum() == 1
 
 
@@ -49,9 +49,9 @@ def test_bands_cover_near_nominal_on_stationary_noise():
     n = 4000
     for t in range(n):
         if t:
-            ev.score(0, t, np.array([rng.standard_normal()]))
+            ev.score(np.array([0]), np.array([t]), np.array([[rng.standard_normal()]]))
         half = ev.half_width()
-        ev.record(0, t, np.zeros((1, 1)), -half, half, np.zeros(1))
+        ev.record(np.array([0]), np.array([t]), np.zeros((1, 1, 1)), -half[None], half[None], np.zeros((1, 1)))
     cov = ev.scores()["coverage"][0, 0]
     assert 0.87 < cov < 0.93, cov
     assert np.isfinite(ev.half_width()).all()

@@ -69,7 +69,7 @@ def test_late_and_duplicate_frames_are_dropped():
     engine = Engine(small_settings())
     v = np.array([1.0, 2.0, 3.0, np.nan])
     assert len(engine.step([Frame("s", 5.0, v)])) == 1
-    assert engine.step([Frame("s", 5.0, v)]) == [] and engine.step([Frame("s", 4.0, v)]) == []
+    assert len(engine.step([Frame("s", 5.0, v)])) == 0 and len(engine.step([Frame("s", 4.0, v)])) == 0
     assert engine.counts["late"] == 2
 
 
