@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
+import queue
 import statistics
 import subprocess
 import sys
@@ -31,10 +33,28 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 
+def machine() -> dict:
+    """What the figures were measured on."""
+    import platform
+
+    import paho.mqtt
+    import torch
+
+    from streamrnn import __version__
+    from streamrnn.broker import mosquitto_binary
+
+    mosq = mosquitto_binary()
+    version = subprocess.run([mosq, "-h"], capture_output=True, text=True).stdout.split("\n")[0] if mosq else None
+    return {
+        "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "paho": paho.mqtt.__version__, "mosquitto": version, "streamrnn": __version__,
+    }  # fmt: skip
+
+
 class Stack:
     """mosquitto, the daemon and the simulator, each a process of its own, stopped by pid."""
 
-    def __init__(self, workdir: Path, streams: int, rate: float, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, streams: int, rate: float, env: dict[str, str] | None = None, simulate: bool = True) -> None:
         from streamrnn.broker import Mosquitto  # here: the load generator imports this module too, and must stay light
         from streamrnn.demo import free_port, wait_port
 
@@ -45,7 +65,9 @@ class Stack:
         daemon_env = {**os.environ, "STREAMRNN_TRAINER__ENABLED": "false", **(env or {})}
         self._spawn("daemon", ["-m", "streamrnn", "run", "--broker", self.broker.url, "--metrics-port", str(self.port), "--instance", "bench"], daemon_env)
         wait_port(self.port, 60, self.procs[-1])
-        self._spawn("simulator", ["-m", "streamrnn", "simulate", "--broker", self.broker.url, "--streams", str(streams), "--rate", str(rate)])
+        if simulate:
+            self._spawn("simulator", ["-m", "streamrnn", "simulate", "--broker", self.broker.url, "--streams", str(streams), "--rate", str(rate)])
+        self.broker_url = self.broker.url
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         with open(self.dir / f"{name}.log", "w") as log:
@@ -74,6 +96,18 @@ class Stack:
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"{name} did not pass {above} in {timeout:g} s; logs in {self.dir}")
+
+    def ready(self, timeout: float = 60.0) -> None:
+        """Until ``/readyz`` says the daemon is connected and subscribed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"daemon not ready in {timeout:g} s; logs in {self.dir}")
 
     def close(self) -> None:
         for p in reversed(self.procs):
@@ -218,6 +252,180 @@ def format_soak(r: dict) -> str:
         f"mean of the first 5 min after it {r['first_5min_mb']:.1f} MB, of the last 5 min {r['last_5min_mb']:.1f} MB: trend {100 * r['trend']:+.2f} %  -> {'flat' if r['flat'] else 'NOT flat'} (limit 5 %)",
         f"momentary spread (max - min) / at warm-up: {100 * r['spread']:.2f} % (checkpoint copies and verdicts come and go)",
     ])  # fmt: skip
+
+
+# -- ingest and latency: a raw publisher (loadgen.py) against the daemon and a bare subscriber ------
+def _load(url: str, topic: str, streams: int, ticks: int, first_tick: int, rate: float | None = None) -> dict:
+    from streamrnn.config import Settings
+
+    channels = ",".join(Settings().channels)
+    args = ["-m", "streamrnn.loadgen", "publish", "--broker", url, "--topic", topic, "--channels", channels, "--streams", str(streams), "--ticks", str(ticks), "--first-tick", str(first_tick)]
+    out = subprocess.run([sys.executable, *args, *(["--rate", str(rate)] if rate else [])], capture_output=True, text=True, timeout=900)
+    if out.returncode:
+        raise RuntimeError(f"load generator failed: {out.stderr[-500:]}")
+    r = json.loads(out.stdout)
+    r["started"] = {int(k): v for k, v in r["started"].items()}
+    return r
+
+
+class _Forecasts:
+    """The forecasts the daemon publishes, each stamped with its arrival here."""
+
+    def __init__(self, url: str) -> None:
+        from streamrnn.mqtt import Subscriber
+
+        self.sub = Subscriber(url, f"bench-forecasts-{os.getpid()}", ["plant/+/forecast"], qos=0)
+
+    def take(self, count: int, timeout: float) -> list[tuple[float, str, float]]:
+        """(arrival, stream, ts) of ``count`` forecasts (fewer if ``timeout`` passes first)."""
+        import orjson
+
+        out, deadline = [], time.monotonic() + timeout
+        while len(out) < count and time.monotonic() < deadline:
+            try:
+                m = self.sub.messages.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            doc = orjson.loads(m.payload)
+            out.append((m.arrival, doc["stream"], doc["ts"]))
+        return out
+
+    def drain(self) -> None:
+        while not self.sub.messages.empty():
+            self.sub.messages.get_nowait()
+
+    def close(self) -> None:
+        self.sub.close()
+
+
+def ingest(streams: int = 10, ticks: int = 1000, rounds: int = 3) -> dict:
+    """Messages per second through the daemon (parsed, assembled, stepped, forecast published) and
+    through a bare paho subscriber doing only ``json.loads``, on one broker, alternating rounds of
+    the same burst of ``streams * 14 * ticks`` QoS 1 sensor messages."""
+    count = streams * 14 * ticks
+    runs: dict[str, list[float]] = {"bare": [], "daemon": []}
+    dropped = 0.0
+    with tempfile.TemporaryDirectory(prefix="streamrnn-bench-") as tmp:
+        stack = Stack(Path(tmp), streams, 0, simulate=False)
+        fc = None
+        try:
+            stack.ready()
+            fc = _Forecasts(stack.broker_url)
+            tick = 1
+            for _ in range(rounds):
+                rx = subprocess.Popen([sys.executable, "-m", "streamrnn.loadgen", "bare", "--broker", stack.broker_url, "--topic", "bare/+/sensors/+", "--count", str(count)], stdout=subprocess.PIPE, text=True)
+                if rx.stdout is None or rx.stdout.readline().strip() != "ready":
+                    raise RuntimeError("bare subscriber did not start")
+                load = _load(stack.broker_url, "bare/{stream}/sensors/{feature}", streams, ticks, tick)
+                got = json.loads(rx.communicate(timeout=600)[0].splitlines()[-1])
+                runs["bare"].append(count / (got["last"] - load["started"][tick]))
+                fc.drain()
+                load = _load(stack.broker_url, "plant/{stream}/sensors/{feature}", streams, ticks, tick)
+                want = streams * (ticks - 1)  # each tick closes when the next one's first reading comes
+                seen = fc.take(want, 600)
+                if len(seen) < want:
+                    raise RuntimeError(f"{len(seen)} of {want} forecasts; logs in {tmp}")
+                runs["daemon"].append(count / (max(a for a, _, _ in seen) - load["started"][tick]))
+                tick += ticks + 1
+            m = stack.metrics()
+            dropped = sum(v for k, v in m.items() if k.startswith("streamrnn_messages_dropped_total"))
+        finally:
+            if fc is not None:
+                fc.close()
+            stack.close()
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {"streams": streams, "ticks": ticks, "messages": count, "rounds": rounds, "runs": runs, "bare_per_s": med["bare"], "daemon_per_s": med["daemon"], "ratio": med["daemon"] / med["bare"], "dropped": dropped}
+
+
+def format_ingest(r: dict) -> str:
+    return "\n".join([
+        f"ingest: bursts of {r['messages']} QoS 1 sensor messages ({r['streams']} streams x 14 sensors x {r['ticks']} ticks), {r['rounds']} rounds each, medians",
+        f"bare paho subscriber (json.loads only): {r['bare_per_s']:>8.0f} msg/s   runs {[round(x) for x in r['runs']['bare']]}",
+        f"daemon (to the last forecast received): {r['daemon_per_s']:>8.0f} msg/s   runs {[round(x) for x in r['runs']['daemon']]}",
+        f"daemon / bare: {r['ratio']:.2f}  (target >= 0.8); messages dropped by the daemon: {r['dropped']:.0f}",
+    ])  # fmt: skip
+
+
+def _histogram_quantiles(before: dict[str, float], after: dict[str, float], name: str, qs: tuple[float, ...]) -> list[float]:
+    """Quantiles of a Prometheus histogram's increase between two scrapes, linear within a bucket."""
+    buckets = sorted((float(k.split('le="')[1].rstrip('"}')), after[k] - before.get(k, 0.0)) for k in after if k.startswith(f"{name}_bucket"))
+    total = buckets[-1][1] if buckets else 0.0
+    out = []
+    for q in qs:
+        if not total:
+            out.append(float("nan"))
+            continue
+        want, lo, below = q * total, 0.0, 0.0
+        for le, cum in buckets:
+            if cum >= want:
+                out.append(le if math.isinf(le) else lo + (le - lo) * (want - below) / max(cum - below, 1e-12))
+                break
+            lo, below = le, cum
+    return out
+
+
+# retraining back to back on short windows, so that a fit is under way all through the phase
+_RETRAIN = {"STREAMRNN_TRAINER__ENABLED": "true", "STREAMRNN_TRAINER__MIN_FRAMES": "20", "STREAMRNN_TRAINER__WINDOW": "8", "STREAMRNN_TRAINER__SEGMENT_WINDOWS": "1", "STREAMRNN_TRAINER__BURN_IN": "0", "STREAMRNN_TRAINER__INTERVAL": "0.5", "STREAMRNN_TRAINER__RETRAIN_EVERY": "1"}
+
+
+def latency(counts: tuple[int, ...] = (1, 100, 1000), seconds: float = 20.0, rate_msgs: float = 7000.0) -> dict:
+    """Frame close -> forecast published (the daemon's histogram) and sensor publish -> forecast
+    received (the reading that closed the frame, through the broker and back), per number of
+    streams at a steady rate, with the trainer off, then retraining back to back."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="streamrnn-bench-") as tmp:
+        for n in counts:
+            rate = min(10.0, rate_msgs / (14 * n))  # ticks per second: at most rate_msgs sensor messages/s
+            ticks = max(8, int(seconds * rate))
+            for phase in ("idle", "retrain"):
+                env = _RETRAIN if phase == "retrain" else {}
+                work = Path(tmp) / f"{phase}-{n}"
+                work.mkdir()
+                stack = Stack(work, n, 0, env, simulate=False)
+                fc = None
+                try:
+                    stack.ready()
+                    fc = _Forecasts(stack.broker_url)
+                    warm = 24 if phase == "retrain" else 3  # retrain: enough frames for the first fit
+                    _load(stack.broker_url, "plant/{stream}/sensors/{feature}", n, warm, 1, rate=min(rate * 4, 20.0))
+                    fc.take(n * (warm - 1), 60)
+                    if phase == "retrain":
+                        stack.wait_for("streamrnn_retrain_running", 0.5, 60)
+                    before = stack.metrics()
+                    load = _load(stack.broker_url, "plant/{stream}/sensors/{feature}", n, ticks, warm + 1, rate=rate)
+                    seen = fc.take(n * ticks, seconds + 30)
+                    after = stack.metrics()
+                finally:
+                    if fc is not None:
+                        fc.close()
+                    stack.close()
+                period = 10.0
+                rtt = sorted(a - load["started"][round((ts - 1.7e9) / period) + 1] for a, _, ts in seen if round((ts - 1.7e9) / period) + 1 in load["started"])
+                q = lambda p: 1e3 * rtt[min(len(rtt) - 1, int(p * len(rtt)))] if rtt else float("nan")  # noqa: E731
+                p50, p99 = _histogram_quantiles(before, after, "streamrnn_forecast_latency_seconds", (0.5, 0.99))
+                retrains = sum(after.get(f'streamrnn_retrains_total{{outcome="{o}"}}', 0) - before.get(f'streamrnn_retrains_total{{outcome="{o}"}}', 0) for o in ("promoted", "rejected", "failed"))
+                rows.append({
+                    "streams": n, "phase": phase, "ticks_per_s": rate, "forecasts": len(rtt), "retrains": retrains,
+                    "close_p50_ms": 1e3 * p50, "close_p99_ms": 1e3 * p99,
+                    "rtt_p50_ms": q(0.5), "rtt_p99_ms": q(0.99), "rtt_max_ms": 1e3 * rtt[-1] if rtt else float("nan"),
+                })  # fmt: skip
+    for r in rows:
+        idle = next(x for x in rows if x["streams"] == r["streams"] and x["phase"] == "idle")
+        r["close_p99_vs_idle"] = r["close_p99_ms"] / idle["close_p99_ms"]
+        r["rtt_p99_vs_idle"] = r["rtt_p99_ms"] / idle["rtt_p99_ms"]
+    return {"seconds": seconds, "rows": rows}
+
+
+def format_latency(r: dict) -> str:
+    out = [
+        f"latency: {r['seconds']:g} s per phase at a steady rate; close = frame closed -> forecast handed to MQTT (daemon histogram, interpolated); rtt = closing sensor published -> forecast received",
+        f"{'streams':>8}{'phase':>9}{'ticks/s':>9}{'forecasts':>10}{'retrains':>9}{'close p50':>10}{'close p99':>10}{'rtt p50':>9}{'rtt p99':>9}{'rtt max':>9}{'p99/idle':>9}",
+    ]
+    for x in r["rows"]:
+        out.append(f"{x['streams']:>8}{x['phase']:>9}{x['ticks_per_s']:>9.2f}{x['forecasts']:>10}{x['retrains']:>9.0f}{x['close_p50_ms']:>10.2f}{x['close_p99_ms']:>10.2f}{x['rtt_p50_ms']:>9.2f}{x['rtt_p99_ms']:>9.2f}{x['rtt_max_ms']:>9.1f}{x['close_p99_vs_idle']:>9.2f}")
+    out.append("targets: close p99 <= 5 ms (1 stream), <= 20 ms (1,000 streams); retrain p99 / idle p99 <= 1.5 (ms)")
+    return "\n".join(out)
+
 
 
 def _scrapers(port: int, clients: int) -> dict:

@@ -142,16 +142,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Benchmarks on real processes; each figure against its reference in the same run."""
-    from streamrnn import bench
+    from streamrnn import bench, bench_engine
 
-    if args.what == "scrape":
-        result, text = bench.scrape(args.streams, args.rate, args.clients, args.seconds, args.rounds), bench.format_scrape
-    elif args.what == "journal":
-        result, text = bench.journal(args.streams, args.rate, args.seconds, args.rounds), bench.format_journal
-    else:
-        result, text = bench.soak(args.minutes, args.warmup, args.streams, args.rate), bench.format_soak
-    print(json.dumps(result, indent=2) if args.json else text(result))
-    return 0 if result.get("flat", True) else 1
+    quick = args.quick
+    parts = {
+        "ingest": (lambda: bench.ingest(args.streams, 30 if quick else 1000, 1 if quick else args.rounds), bench.format_ingest),
+        "latency": (lambda: bench.latency((1, 10) if quick else (1, 100, 1000), 3.0 if quick else 20.0), bench.format_latency),
+        "step": (lambda: bench_engine.step((1, 10) if quick else (1, 100, 1000), ("gru",) if quick else ("gru", "lstm", "rnn"), 20 if quick else 200), bench_engine.format_step),
+        "streams": (lambda: bench_engine.streams((1, 10) if quick else (1, 10, 100, 1000, 10_000), 5 if quick else 20), bench_engine.format_streams),
+        "memory": (lambda: bench_engine.memory((10,) if quick else (100, 1000, 5000), (256,) if quick else (256, 4096)), bench_engine.format_memory),
+        "scrape": (lambda: bench.scrape(args.streams, args.rate, args.clients, args.seconds, args.rounds), bench.format_scrape),
+        "journal": (lambda: bench.journal(args.streams, args.rate, args.seconds, args.rounds), bench.format_journal),
+        "soak": (lambda: bench.soak(args.minutes, args.warmup, args.streams, args.rate), bench.format_soak),
+    }
+    names = ["ingest", "latency", "step", "streams", "memory"] if args.what == "all" else [args.what]
+    report: dict = {"machine": bench.machine()}
+    for name in names:
+        run, text = parts[name]
+        report[name] = run()
+        if not args.json:
+            print(text(report[name]) + "\n", flush=True)
+    if args.json:
+        print(json.dumps(report if args.what == "all" else {"machine": report["machine"], **report[args.what]}, indent=2))
+    return 0 if report.get("soak", {}).get("flat", True) else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -205,8 +218,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
     d.set_defaults(func=cmd_demo)
 
-    b = sub.add_parser("bench", help="benchmarks on real processes (mosquitto, daemon, simulator)")
-    b.add_argument("what", choices=["scrape", "journal", "soak"], help="scrape: the step loop quiet and under concurrent /metrics scrapers; journal: its cost on ingest; soak: memory over a long run")
+    b = sub.add_parser("bench", help="benchmarks, each figure beside its reference measured in the same run")
+    b.add_argument("what", nargs="?", default="all", choices=["all", "ingest", "latency", "step", "streams", "memory", "scrape", "journal", "soak"], help="all (default): ingest, latency, step, streams and memory; ingest: the daemon against a bare paho subscriber; latency: frame to forecast, idle and retraining; step: stateful step against re-running a window; streams: time per tick up to 10,000 streams (CPU and GPU); memory: bytes per stream; scrape: the step loop under /metrics scrapers; journal: its cost; soak: memory over a long run")
+    b.add_argument("--quick", action="store_true", help="a seconds-long smoke of each part (what CI runs)")
     b.add_argument("--streams", type=int, default=10)
     b.add_argument("--rate", type=float, default=10.0, help="frames per second per stream")
     b.add_argument("--minutes", type=float, default=30.0, help="soak: length of the run")

@@ -18,7 +18,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from streamrnn.payload import REASONS
 
-_LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LATENCY = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 disable_created_metrics()  # no *_created series: a start time per counter is what process_start_time_seconds says once
 
 DROP_REASONS = (*REASONS, "capacity", "late", "queue_full", "refused", "internal")
@@ -47,7 +47,7 @@ class Metrics:
         self.ring_fill = Gauge("ring_fill_ratio", "Mean fraction of a stream's ring buffer that is filled", **r)
         self.step = Histogram("step_duration_seconds", "One batched engine step over the frames closed together (its _count: steps)", buckets=_LATENCY, **r)
         # output
-        self.latency = Histogram("forecast_latency_seconds", "Frame close to forecast handed to the MQTT client", buckets=_LATENCY, **r)
+        self.latency = Histogram("forecast_latency_seconds", "Frame closed to its forecast handed to the MQTT client, per forecast", buckets=_LATENCY, **r)
         self.published = Counter("forecasts_published", "Forecast messages published", **r)
         self.publish_failed = Counter("publish_failures", "Forecast messages the MQTT client refused, by reason", ["reason"], **r)
         self.pending = Gauge("publish_pending", "Published messages the broker has not acknowledged yet", **r)

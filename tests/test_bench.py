@@ -30,3 +30,22 @@ def test_bench_soak_smoke():
     code, r = bench("soak", "--streams", "2", "--minutes", "0.3", "--warmup", "0.1")
     assert r["frames"] > 0 and r["checkpoints"] >= 0 and len(r["samples"]) >= 2
     assert r["rss_min_mb"] > 50 and r["spread"] >= 0 and code == (0 if r["flat"] else 1)
+
+
+def test_bench_all_quick_measures_every_part_against_its_reference():
+    code, r = bench("--quick")
+    assert code == 0
+    assert r["machine"]["cpus"] >= 1 and r["machine"]["torch"]
+    ing = r["ingest"]
+    assert ing["bare_per_s"] > 0 and ing["daemon_per_s"] > 0 and ing["dropped"] == 0
+    assert abs(ing["ratio"] - ing["daemon_per_s"] / ing["bare_per_s"]) < 1e-9
+    lat = {(x["streams"], x["phase"]): x for x in r["latency"]["rows"]}
+    assert set(lat) == {(1, "idle"), (1, "retrain"), (10, "idle"), (10, "retrain")}
+    for x in lat.values():
+        assert x["forecasts"] > 0 and 0 < x["close_p50_ms"] <= x["close_p99_ms"] and 0 < x["rtt_p50_ms"] <= x["rtt_p99_ms"] <= x["rtt_max_ms"]
+    for x in r["step"]["rows"]:  # a 64-frame window costs more than one step; the engine does more than the model
+        assert x["window_us"] > x["bare_us"] > 0 and x["engine_us"] > x["bare_us"]
+    assert [x["streams"] for x in r["streams"]["rows"] if x["device"] == "cpu"] == [1, 10]
+    assert all(x["engine_ms"] >= x["recurrent_ms"] > 0 for x in r["streams"]["rows"])
+    mem = r["memory"]["rows"][0]
+    assert mem["bytes_per_stream"] > mem["ring"] * r["memory"]["ring_bytes_per_frame"] * 0.5  # the rings are in it

@@ -1,0 +1,161 @@
+"""``streamrnn bench step|streams|memory``: the engine in this process, each figure beside its reference.
+
+- ``step``: per model kind and batch, a bare torch step of the model (tensors ready, inference
+  mode), re-running the last 64 frames instead (the stateless alternative), and the engine's whole
+  step (bands, scoring, rings, state bank).
+- ``streams``: the step time per tick as the number of streams grows, on the CPU and, where CUDA is
+  present, on the GPU: the recurrent step of the state bank alone and the engine's whole step.
+- ``memory``: resident memory per stream against ring size, each configuration in a fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from streamrnn.config import Settings
+
+WINDOW = 64
+
+
+def _settings(kind: str = "gru", device: str = "cpu", ring: int = 256, max_streams: int = 20_000) -> Settings:
+    return Settings(device=device, model={"kind": kind}, ring={"size": ring}, streams={"max_streams": max_streams}, trainer={"enabled": False})
+
+
+def _median_us(fn, reps: int, sync: bool = False) -> float:
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    return 1e6 * statistics.median(ts)
+
+
+def _engine_tick(engine, streams: int, ticks: int) -> list[float]:
+    """Seconds per engine.step of ``streams`` frames, one tick after another."""
+    from streamrnn.engine import Frame
+
+    rng = np.random.default_rng(0)
+    names = [f"s{i}" for i in range(streams)]
+    c, out = len(engine.channels), []
+    base = getattr(engine, "_bench_tick", 0)
+    for t in range(base, base + ticks):
+        frames = [Frame(n, 10.0 * t, v) for n, v in zip(names, rng.normal(size=(streams, c)))]
+        t0 = time.perf_counter()
+        engine.step(frames, now=1e9 + t)
+        out.append(time.perf_counter() - t0)
+    engine._bench_tick = base + ticks
+    return out
+
+
+def step(batches: tuple[int, ...] = (1, 100, 1000), kinds: tuple[str, ...] = ("gru", "lstm", "rnn"), reps: int = 200) -> dict:
+    """Bare step, 64-frame window and whole engine step, per kind and batch, on the CPU, one thread."""
+    from streamrnn.engine import Engine
+
+    torch.set_num_threads(1)
+    rows = []
+    for kind in kinds:
+        for b in batches:
+            engine = Engine(_settings(kind))
+            m, c = engine.model, len(engine.channels)
+            x1, xw = torch.randn(b, 1, c), torch.randn(b, WINDOW, c)
+            m1, mw = torch.ones(b, 1, c), torch.ones(b, WINDOW, c)
+            h = m.init_hidden(b)
+            n = max(5, reps // max(1, b // 50))
+            with torch.inference_mode():
+                for _ in range(10):
+                    m(x1, x1, m1, h)
+                bare = _median_us(lambda: m(x1, x1, m1, h), n)
+                window = _median_us(lambda: m(xw, xw, mw, None), max(5, n // 4))
+            _engine_tick(engine, b, 30)  # past the first forecasts' scoring and the bands' first draws
+            whole = 1e6 * statistics.median(_engine_tick(engine, b, n))
+            rows.append({"kind": kind, "batch": b, "bare_us": bare, "window_us": window, "engine_us": whole, "window_ratio": window / bare, "engine_ratio": whole / bare, "engine_us_per_frame": whole / b})
+    return {"threads": 1, "window": WINDOW, "rows": rows}
+
+
+def format_step(r: dict) -> str:
+    out = [
+        f"stateful step vs re-running the last {r['window']} frames, CPU, {r['threads']} thread; medians (us per batch)",
+        f"{'model':<6}{'batch':>7}{'bare step':>11}{'window':>10}{'window/step':>13}{'engine':>10}{'engine/step':>13}{'us/frame':>10}",
+    ]
+    for x in r["rows"]:
+        out.append(f"{x['kind']:<6}{x['batch']:>7}{x['bare_us']:>11.0f}{x['window_us']:>10.0f}{x['window_ratio']:>13.2f}{x['engine_us']:>10.0f}{x['engine_ratio']:>13.2f}{x['engine_us_per_frame']:>10.1f}")
+    out.append("bare step: the model alone on ready tensors; engine: the whole step (state bank, rings, scoring, bands) - target <= 1.5x bare at batch 1")
+    return "\n".join(out)
+
+
+def streams(counts: tuple[int, ...] = (1, 10, 100, 1000, 10_000), ticks: int = 20) -> dict:
+    """Per device: the state bank's recurrent step and the engine's whole step per tick, by streams."""
+    from streamrnn.engine import Engine
+
+    torch.set_num_threads(1)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        for n in counts:
+            engine = Engine(_settings(device=device, max_streams=max(counts)))
+            _engine_tick(engine, n, 3)  # every stream has a row
+            bank, rows_ = engine.bank, np.arange(n)
+            mask = np.ones((n, len(engine.channels)), dtype=bool)
+            cuda = device == "cuda"
+            recurrent = _median_us(lambda: bank.step(engine.model, rows_, mask), max(5, ticks), sync=cuda)
+            whole = 1e6 * statistics.median(_engine_tick(engine, n, ticks))
+            rows.append({"device": device, "streams": n, "recurrent_ms": recurrent / 1e3, "engine_ms": whole / 1e3, "engine_us_per_stream": whole / n})
+    return {"threads": 1, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "rows": rows}
+
+
+def format_streams(r: dict) -> str:
+    out = [f"many streams: time per tick, medians (CPU: 1 thread{'; GPU: ' + r['gpu'] if r['gpu'] else '; no CUDA here'})", f"{'device':<8}{'streams':>9}{'recurrent ms':>14}{'engine ms':>11}{'us/stream':>11}"]
+    for x in r["rows"]:
+        out.append(f"{x['device']:<8}{x['streams']:>9}{x['recurrent_ms']:>14.3f}{x['engine_ms']:>11.3f}{x['engine_us_per_stream']:>11.1f}")
+    out.append("recurrent: gather states, model, scatter, outputs to the host; engine: the whole step - targets 1,000 streams <= 5 ms (CPU), 10,000 <= 10 ms (GPU)")
+    return "\n".join(out)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def _memory_one(streams_: int, ring: int) -> dict:
+    """In a fresh process: RSS before and after ``streams_`` streams have stepped (rings allocated whole)."""
+    from streamrnn.engine import Engine
+
+    torch.set_num_threads(1)
+    engine = Engine(_settings(ring=ring, max_streams=max(streams_, 1)))
+    _engine_tick(engine, 1, 2)
+    before = _rss()
+    _engine_tick(engine, streams_, 2)
+    after = _rss()
+    return {"streams": streams_, "ring": ring, "rss_before_mb": before / 1e6, "rss_after_mb": after / 1e6, "bytes_per_stream": (after - before) / streams_}
+
+
+def memory(counts: tuple[int, ...] = (100, 1000, 5000), rings: tuple[int, ...] = (256, 4096)) -> dict:
+    rows = []
+    for ring in rings:
+        for n in counts:
+            out = subprocess.run([sys.executable, "-m", "streamrnn.bench_engine", str(n), str(ring)], capture_output=True, text=True, timeout=600)
+            if out.returncode:
+                raise RuntimeError(f"memory at {n} streams, ring {ring}: {out.stderr.strip()[-400:]}")
+            rows.append(json.loads(out.stdout))
+    channels = len(Settings().channels)
+    return {"rows": rows, "ring_bytes_per_frame": channels * 4 + 8}
+
+
+def format_memory(r: dict) -> str:
+    out = ["resident memory by streams and ring size (each a fresh process; rings are allocated whole)", f"{'ring':>6}{'streams':>9}{'RSS MB':>9}{'bytes/stream':>14}{'of which ring':>15}"]
+    for x in r["rows"]:
+        out.append(f"{x['ring']:>6}{x['streams']:>9}{x['rss_after_mb']:>9.0f}{x['bytes_per_stream']:>14.0f}{x['ring'] * r['ring_bytes_per_frame']:>15.0f}")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":  # one memory configuration, in its own process
+    print(json.dumps(_memory_one(int(sys.argv[1]), int(sys.argv[2]))))
