@@ -37,17 +37,18 @@ def machine() -> dict:
     """What the figures were measured on."""
     import platform
 
-    import paho.mqtt
+    from importlib.metadata import version as installed
+
     import torch
 
     from streamrnn import __version__
     from streamrnn.broker import mosquitto_binary
 
     mosq = mosquitto_binary()
-    version = subprocess.run([mosq, "-h"], capture_output=True, text=True).stdout.split("\n")[0] if mosq else None
+    broker = subprocess.run([mosq, "-h"], capture_output=True, text=True).stdout.split("\n")[0] if mosq else None
     return {
         "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "paho": paho.mqtt.__version__, "mosquitto": version, "streamrnn": __version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "paho": installed("paho-mqtt"), "mosquitto": broker, "streamrnn": __version__,
     }  # fmt: skip
 
 
@@ -258,8 +259,8 @@ def format_soak(r: dict) -> str:
 def _load(url: str, topic: str, streams: int, ticks: int, first_tick: int, rate: float | None = None) -> dict:
     from streamrnn.config import Settings
 
-    channels = ",".join(Settings().channels)
-    args = ["-m", "streamrnn.loadgen", "publish", "--broker", url, "--topic", topic, "--channels", channels, "--streams", str(streams), "--ticks", str(ticks), "--first-tick", str(first_tick)]
+    s = Settings()  # the daemon's channels and period
+    args = ["-m", "streamrnn.loadgen", "publish", "--broker", url, "--topic", topic, "--channels", ",".join(s.channels), "--period", str(s.features.period), "--streams", str(streams), "--ticks", str(ticks), "--first-tick", str(first_tick)]
     out = subprocess.run([sys.executable, *args, *(["--rate", str(rate)] if rate else [])], capture_output=True, text=True, timeout=900)
     if out.returncode:
         raise RuntimeError(f"load generator failed: {out.stderr[-500:]}")
@@ -372,7 +373,10 @@ def latency(counts: tuple[int, ...] = (1, 100, 1000), seconds: float = 20.0, rat
     """Frame close -> forecast published (the daemon's histogram) and sensor publish -> forecast
     received (the reading that closed the frame, through the broker and back), per number of
     streams at a steady rate, with the trainer off, then retraining back to back."""
-    rows = []
+    from streamrnn.config import Settings
+    from streamrnn.loadgen import T0
+
+    rows, period = [], Settings().features.period
     with tempfile.TemporaryDirectory(prefix="streamrnn-bench-") as tmp:
         for n in counts:
             rate = min(10.0, rate_msgs / (14 * n))  # ticks per second: at most rate_msgs sensor messages/s
@@ -399,8 +403,8 @@ def latency(counts: tuple[int, ...] = (1, 100, 1000), seconds: float = 20.0, rat
                     if fc is not None:
                         fc.close()
                     stack.close()
-                period = 10.0
-                rtt = sorted(a - load["started"][round((ts - 1.7e9) / period) + 1] for a, _, ts in seen if round((ts - 1.7e9) / period) + 1 in load["started"])
+                closer = [(a, round((ts - T0) / period) + 1) for a, _, ts in seen]  # the tick whose first reading closed the frame
+                rtt = sorted(a - load["started"][k] for a, k in closer if k in load["started"])
                 q = lambda p: 1e3 * rtt[min(len(rtt) - 1, int(p * len(rtt)))] if rtt else float("nan")  # noqa: E731
                 p50, p99 = _histogram_quantiles(before, after, "streamrnn_forecast_latency_seconds", (0.5, 0.99))
                 retrains = sum(after.get(f'streamrnn_retrains_total{{outcome="{o}"}}', 0) - before.get(f'streamrnn_retrains_total{{outcome="{o}"}}', 0) for o in ("promoted", "rejected", "failed"))

@@ -133,7 +133,7 @@ class Engine:
         stream's timestamps far ahead cannot make the others look idle; a replay leaves it to the
         frames' own timestamps."""
         if not frames:
-            return Forecasts.empty(self.spec.kind, self.version, self.spec.targets, self.spec.horizon)
+            return self._none()
         clock = max(f.ts for f in frames) if now is None else now
         if clock - self._last_evict > self.settings.streams.idle_timeout / 10:
             self.evict_idle(clock)
@@ -164,8 +164,11 @@ class Engine:
             rows.append(row)
             ticks.append(tick)
             accepted.append(f)
-        out = self._forecast(rows, ticks, accepted) if rows else Forecasts.empty(self.spec.kind, self.version, self.spec.targets, self.spec.horizon)
+        out = self._forecast(rows, ticks, accepted) if rows else self._none()
         return out + self.step(later, now) if later else out
+
+    def _none(self) -> Forecasts:
+        return Forecasts.empty(self.spec.kind, self.version, self.spec.targets, self.spec.horizon)
 
     def _forecast(self, rows: list[int], ticks: list[int], frames: list[Frame]) -> Forecasts:
         r, t = np.asarray(rows), np.asarray(ticks)

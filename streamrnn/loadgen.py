@@ -19,6 +19,7 @@ import time
 from urllib.parse import urlparse
 
 SENSORS = 14  # one stream per 14 sensors, as the simulated reactor has
+T0 = 1.7e9  # event time of tick 0
 
 
 def _varint(n: int) -> bytes:
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-tick", type=int, default=1)
     p.add_argument("--rate", type=float, help="ticks per second (default: one burst)")
     p.add_argument("--period", type=float, default=10.0, help="event-time seconds between ticks")
-    p.add_argument("--t0", type=float, default=1.7e9)
+    p.add_argument("--t0", type=float, default=T0)
     p.add_argument("--count", type=int, help="bare: messages to take")
     a = p.parse_args(argv)
     if a.what == "bare":
