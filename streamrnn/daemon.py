@@ -146,11 +146,10 @@ class Daemon:
     def turn(self, wait: float) -> int:
         """One pass: take what arrived, assemble, step, publish, then housekeeping. Returns messages taken."""
         msgs, self._carry = self._carry or self._take(wait), []
-        wall = time.time()
         frames: list[Frame] = []
         closed: list[tuple[int, float]] = []  # (frames so far, when): when each frame closed
         for i, msg in enumerate(msgs):
-            got = self._ingest(msg, wall)
+            got = self._ingest(msg, msg.arrival)
             if got is not None and self.journal is not None:
                 self.journal.append(journal.MESSAGE, msg.arrival, msg.topic, msg.payload, msg)  # acknowledged once on disk
             else:
@@ -161,6 +160,12 @@ class Daemon:
             if closed and time.perf_counter() - closed[0][1] > _SERVE_AFTER:
                 self._carry, msgs = msgs[i + 1 :], msgs[: i + 1]  # serve what closed; the rest next turn
                 break
+        # silence is measured on the arrival clock: with messages still waiting (carried to the
+        # next turn, or a backlog in the inbox) we only know it up to the last one taken, and a
+        # stream whose next reading sits in that backlog has not gone quiet
+        wall = time.time()
+        if msgs and (self._carry or not self.inbox.empty()):
+            wall = msgs[-1].arrival
         for stream, last in self.assembler.due(wall):
             if self.journal is not None:
                 self.journal.close_tick(stream, last, wall)

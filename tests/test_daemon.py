@@ -378,3 +378,35 @@ def test_a_bug_in_handling_one_message_costs_that_message_only(mosquitto, monkey
         thread.join(30)
         sub.close()
     assert not thread.is_alive()
+
+
+def test_a_stream_whose_next_reading_waits_in_a_backlog_is_not_closed_as_silent(monkeypatch):
+    """Silence is judged on the arrival clock: a turn that leaves messages behind (here a batch cap
+    of 3) must not close a stream by wall clock while its next reading is among them."""
+    from streamrnn import daemon as daemon_module
+    from streamrnn.mqtt import Message
+
+    monkeypatch.setattr(daemon_module, "_BATCH", 3)
+    settings = config.load(None, mqtt={"url": "mqtt://127.0.0.1:1", "instance": "backlog"}, trainer={"enabled": False}, frames={"idle_close": 0.2})
+    d = daemon_module.Daemon(settings)
+    served: list[Frame] = []
+    monkeypatch.setattr(d, "_serve", lambda frames, closed=None: served.extend(frames))
+
+    def msg(stream: str, feature: int, ts: float, arrival: float) -> Message:
+        topic = SENSOR.format(stream=stream, feature=simulator.FEATURES[feature])
+        return Message(topic, json.dumps({"ts": ts, "value": 1.0 + feature}).encode(), arrival, 0, 0, 0)
+
+    t = time.time()
+    d.inbox.put(msg("a", 0, 5 * P, t))
+    assert d.turn(0) == 1 and not served  # tick 5 of "a" open
+    time.sleep(0.3)  # the daemon was busy: what arrived meanwhile waits in the inbox
+    for k in range(5):
+        d.inbox.put(msg("b", k, 5 * P, t + 0.05))
+    d.inbox.put(msg("a", 1, 5 * P, t + 0.1))  # "a" went on 0.1 s after its first reading
+    taken = [d.turn(0) for _ in range(2)]  # three at a time
+    assert taken == [3, 3] and d.inbox.empty()
+    assert d.assembler.counts["late"] == 0
+    frames = {f.stream: f for f in served}
+    assert set(frames) == {"a", "b"}  # closed by silence once the backlog was taken
+    a = frames["a"].values
+    assert np.isfinite(a[:2]).all() and np.isnan(a[2:]).all()
