@@ -1,7 +1,8 @@
 """The forecast message: one JSON object per stream per closed frame, its schema in ``schema/``.
 
-Numbers are rounded to 7 significant digits (what float32 arithmetic supports); a value that does
-not exist yet (a band before enough errors were seen, a target never observed) is ``null``.
+Numbers are the float32 values the model computes, each written as the shortest decimal that reads
+back as the same float32 (at most 9 significant digits); a value that does not exist yet (a band
+before enough errors were seen, a target never observed) is ``null``.
 The layout is versioned by ``schema`` and kept stable: add fields, never rename or remove them.
 """
 
@@ -16,33 +17,24 @@ import orjson
 from streamrnn.engine import Forecast, Forecasts
 
 SCHEMA_ID = "streamrnn.forecast/1"
-_DIGITS = 7
-
-
-def rounded(a: np.ndarray) -> np.ndarray:
-    """``a`` to ``_DIGITS`` significant digits (NaN and infinities kept: they are written as null)."""
-    a = np.asarray(a, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        mag = np.floor(np.log10(np.abs(a)))
-        scale = 10.0 ** (_DIGITS - 1 - np.where(np.isfinite(mag), mag, 0.0))
-        return np.round(a * scale) / scale
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY  # float32 arrays written by orjson itself: no Python floats made
 
 
 def encode_all(fcs: Forecasts, period: float, skill: dict[str, float | None] | None = None) -> list[bytes]:
-    """One message per forecast of a step (see ``schema/forecast.schema.json``), the numbers of
-    all of them rounded in one pass."""
+    """One message per forecast of a step (see ``schema/forecast.schema.json``)."""
     if not len(fcs):
         return []
     skill = skill or {}
-    series = rounded(np.stack([fcs.values, fcs.lower, fcs.upper], axis=1)).transpose(0, 3, 1, 2).tolist()  # (B, T, 3, H)
-    now = rounded(fcs.now).tolist()  # (B, T)
-    names = [(j, name, skill.get(name)) for j, name in enumerate(fcs.targets)]
+    f32 = lambda a: np.ascontiguousarray(np.swapaxes(a, 1, 2), dtype=np.float32)  # noqa: E731  (B, T, H)
+    values, lower, upper = f32(fcs.values), f32(fcs.lower), f32(fcs.upper)
+    now = fcs.now.astype(np.float32)
+    names = [(name, skill.get(name)) for name in fcs.targets]
     model, horizon = {"kind": fcs.kind, "version": fcs.version}, int(fcs.values.shape[1])
     out = []
-    for stream, ts, s, n in zip(fcs.streams, fcs.ts, series, now):
-        targets = {name: {"now": n[j], "values": s[j][0], "lower": s[j][1], "upper": s[j][2], "skill": sk} for j, name, sk in names}
+    for stream, ts, v, lo, up, n in zip(fcs.streams, fcs.ts, values, lower, upper, now):
+        targets = {name: {"now": n_, "values": v_, "lower": lo_, "upper": up_, "skill": sk} for (name, sk), n_, v_, lo_, up_ in zip(names, n, v, lo, up)}
         doc = {"schema": SCHEMA_ID, "stream": stream, "ts": ts, "period": period, "horizon": horizon, "model": model, "targets": targets}
-        out.append(orjson.dumps(doc))  # NaN and infinities as null
+        out.append(orjson.dumps(doc, option=_NUMPY))  # NaN and infinities as null
     return out
 
 

@@ -1,4 +1,5 @@
 import json
+import re
 
 import jsonschema
 import numpy as np
@@ -20,8 +21,8 @@ def test_message_validates_and_reads_as_documented():
     assert doc["stream"] == "reactor-01" and doc["ts"] == 1767225610.0 and doc["period"] == 10.0 and doc["horizon"] == 3
     assert doc["model"] == {"kind": "gru", "version": 2}
     conc = doc["targets"]["conc"]
-    assert conc["values"][0] == 1.234568  # 7 significant digits
-    assert doc["targets"]["pressure"]["values"][0] == 101325.1
+    assert conc["values"][0] == 1.2345679  # the float32 value, shortest
+    assert doc["targets"]["pressure"]["values"][0] == 101325.125  # float32 steps 1/128 here
     assert conc["skill"] == 0.12 and doc["targets"]["pressure"]["now"] is None
     assert all(len(t[k]) == 3 for t in doc["targets"].values() for k in ("values", "lower", "upper"))
 
@@ -42,9 +43,25 @@ def test_schema_refuses_what_the_daemon_never_sends():
         raise AssertionError(f"schema accepted {broken}")
 
 
-def test_rounding_keeps_seven_significant_digits_at_every_scale():
-    a = np.array([1.23456789e-9, 0.0, -3.14159265358979, 123456789.0, np.inf, np.nan])
-    assert json.loads(orjson.dumps(message.rounded(a).tolist())) == [1.234568e-9, 0.0, -3.141593, 123456800.0, None, None]
+def test_numbers_are_float32_in_their_shortest_decimal_at_every_scale():
+    rng = np.random.default_rng(5)
+    vals = rng.normal(size=(2, 50, 1)) * 10.0 ** rng.integers(-40, 38, size=(2, 50, 1))
+    vals[0, :3, 0] = [0.0, np.inf, -np.inf]
+    batch = Forecasts(["a", "b"], [0.0, 1.0], "gru", 0, ("x",), vals, vals, vals, vals[:, 0, :])
+    for i, raw in enumerate(message.encode_all(batch, 10.0)):
+        text = re.search(rb'"values":\[([^]]*)\]', raw).group(1).decode().split(",")
+        for token, x in zip(text, vals[i, :, 0]):
+            if not np.isfinite(x):
+                assert token == "null"
+                continue
+            assert np.float32(float(token)) == np.float32(x)  # reads back as the same float32
+            shortest = np.format_float_scientific(np.float32(x), unique=True)
+            assert len(significant(token)) == len(significant(shortest)) <= 9
+
+
+def significant(number: str) -> str:
+    """The significant digits of a decimal number as written."""
+    return re.sub(r"e.*|[-+.]", "", number).strip("0") or "0"
 
 
 def test_a_batch_encodes_as_each_forecast_alone_would():
@@ -66,6 +83,6 @@ def test_a_batch_encodes_as_each_forecast_alone_would():
         assert doc["stream"] == f"s{i}" and doc["model"] == {"kind": "lstm", "version": 7}
         for j, name in enumerate(("conc", "pressure")):
             got = np.array(doc["targets"][name]["values"])
-            np.testing.assert_allclose(got, vals[i, :, j], rtol=1e-6)
+            np.testing.assert_array_equal(got.astype(np.float32), vals[i, :, j].astype(np.float32))
             assert (doc["targets"][name]["lower"] == [None] * h) == (i == 1)
         assert (doc["targets"]["pressure"]["now"] is None) == (i == 2)
