@@ -13,6 +13,7 @@ swap and on SIGTERM. A start restores the newest sound checkpoint, replays the j
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import queue
@@ -96,6 +97,10 @@ class Daemon:
         log.info("starting", extra={"version": __version__, "device": str(self.engine.device), "broker": self.settings.mqtt.url, "metrics_port": self.http.port if self.http else None})
         if self.store is not None:
             self._restore()  # before connecting: the forecasts it makes wait in the client's queue
+        # what the start made (torch, the model, settings, restored state) lives as long as the
+        # process: out of the collector's sight, a full collection no longer walks it (3 us per
+        # message at 10 streams here)
+        gc.freeze()
         self.link.start()
         self.notify.ready(f"serving; connecting to {self.settings.mqtt.url}")
         try:
@@ -228,12 +233,14 @@ class Daemon:
                     when[f.stream, f.ts] = t
                 i = upto
         topic, latency = self.forecast_topic, self.metrics.latency
+        payloads = message.encode_all(forecasts, self.settings.features.period, self.skill)
+        reasons = self.link.publish_many(zip([topic.format(stream=s) for s in forecasts.streams], payloads))
+        sent = time.perf_counter()
         published = 0
-        for stream, ts, payload in zip(forecasts.streams, forecasts.ts, message.encode_all(forecasts, self.settings.features.period, self.skill)):
-            reason = self.link.publish(topic.format(stream=stream), payload)
+        for stream, ts, reason in zip(forecasts.streams, forecasts.ts, reasons):
             if reason is None:
                 published += 1
-                latency.observe(time.perf_counter() - when.get((stream, ts), t0))
+                latency.observe(sent - when.get((stream, ts), t0))
             else:
                 self.metrics.publish_failed.labels(reason).inc()
         self.metrics.published.inc(published)

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
@@ -125,16 +125,26 @@ class Link:
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> str | None:
         """Hand a message to the client; None if taken (queued while disconnected counts as taken
         at QoS >= 1), else the reason it was refused."""
-        info = _queued(self.client.publish(topic, payload, qos=self.cfg.qos, retain=retain), self.cfg.qos)
-        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            with self._lock:
-                self._outstanding.append(info)
-                while self._outstanding and self._outstanding[0].is_published():
-                    self._outstanding.popleft()
-            return None
-        reason = "queue_full" if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE else "no_connection" if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN else paho.error_string(info.rc)
-        self.counts[f"publish_{reason}"] += 1
-        return reason
+        return self.publish_many([(topic, payload)], retain)[0]
+
+    def publish_many(self, messages: Iterable[tuple[str, bytes]], retain: bool = False) -> list[str | None]:
+        """:meth:`publish` for a step's forecasts: one reason (or None) per message, in order; the
+        bookkeeping done once for all of them."""
+        qos, taken, reasons = self.cfg.qos, [], []
+        for topic, payload in messages:
+            info = _queued(self.client.publish(topic, payload, qos=qos, retain=retain), qos)
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                taken.append(info)
+                reasons.append(None)
+                continue
+            reason = "queue_full" if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE else "no_connection" if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN else paho.error_string(info.rc)
+            self.counts[f"publish_{reason}"] += 1
+            reasons.append(reason)
+        with self._lock:
+            self._outstanding.extend(taken)
+            while self._outstanding and self._outstanding[0].is_published():
+                self._outstanding.popleft()
+        return reasons
 
     # -- network thread -------------------------------------------------------------------
     def _on_connect(self, client: paho.Client, userdata: object, flags: object, rc: paho.ReasonCode, props: object) -> None:

@@ -13,9 +13,12 @@ import math
 import re
 from dataclasses import dataclass
 
+import orjson
+
 REASONS = ("oversize", "topic", "stream", "feature", "json", "type", "nonfinite", "range", "ts")
 STREAM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 TS_MIN, TS_MAX = 0.0, 1e11  # 1970 .. year 5138: a ts outside is a unit or encoding error
+_KNOWN = 65_536  # sensor topics remembered as (stream, feature); forgotten all at once past this
 
 
 class Rejected(ValueError):
@@ -26,7 +29,7 @@ class Rejected(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reading:
     stream: str
     feature: int  # index into the channels
@@ -59,11 +62,16 @@ class Parser:
         self.sensor = _template(sensor_topic)
         self.frame = _template(frame_topic) if frame_topic else None
         self.max_payload, self.max_abs = max_payload, max_abs
+        self._known: dict[str, tuple[str, int]] = {}  # sensor topic -> (stream, feature), once valid
 
     def parse(self, topic: str, payload: bytes, arrival: float) -> list[Reading]:
         """Readings of one message; raises :class:`Rejected`."""
         if len(payload) > self.max_payload:
             raise Rejected("oversize", f"{len(payload)} bytes > mqtt.max_payload {self.max_payload}")
+        known = self._known.get(topic)
+        if known is not None:
+            ts, value = self._sensor_payload(payload, arrival)
+            return [Reading(known[0], known[1], ts, value)]
         m = self.sensor.match(topic)
         if m is not None:
             stream = self._stream(m["stream"])
@@ -71,6 +79,9 @@ class Parser:
             if feature is None:
                 raise Rejected("feature", f"unknown feature {m['feature'][:64]!r}")
             ts, value = self._sensor_payload(payload, arrival)
+            if len(self._known) >= _KNOWN:
+                self._known.clear()
+            self._known[topic] = (stream, feature)
             return [Reading(stream, feature, ts, value)]
         m = self.frame.match(topic) if self.frame else None
         if m is not None:
@@ -86,8 +97,7 @@ class Parser:
     def _sensor_payload(self, payload: bytes, arrival: float) -> tuple[float, float]:
         doc = _json(payload)
         if isinstance(doc, dict):
-            unknown = set(doc) - {"ts", "value"}
-            if "value" not in doc or unknown:
+            if "value" not in doc or len(doc) > 1 + ("ts" in doc):
                 raise Rejected("type", f"a sensor object has 'value' and optionally 'ts', got keys {sorted(doc)[:8]}")
             return self._ts(doc.get("ts"), arrival), self._number(doc["value"])
         return arrival, self._number(doc)
@@ -138,6 +148,12 @@ class Parser:
 
 
 def _json(payload: bytes) -> object:
+    """orjson for speed; what it refuses goes through the standard parser, which also reads NaN,
+    Infinity and 1e999 (refused later as nonfinite, not as malformed) and UTF-16/32."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(payload)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError

@@ -68,3 +68,17 @@ def test_deeply_nested_json_is_refused_not_a_crash():
 def test_subscription_filters():
     assert subscription("plant/{stream}/sensors/{feature}") == "plant/+/sensors/+"
     assert subscription("site/a/{stream}/frame") == "site/a/+/frame"
+
+
+def test_a_known_topic_reads_the_same_and_the_memory_of_topics_is_bounded(monkeypatch):
+    from streamrnn import payload
+
+    monkeypatch.setattr(payload, "_KNOWN", 3)
+    p = parser()
+    first = [p.parse(f"plant/r{i}/sensors/flow", b'{"ts": 1767225610, "value": 3.5}', 0.0)[0] for i in range(5)]
+    again = [p.parse(f"plant/r{i}/sensors/flow", b'{"ts": 1767225620, "value": 4.5}', 0.0)[0] for i in range(5)]
+    assert [(r.stream, r.feature) for r in again] == [(r.stream, r.feature) for r in first] == [(f"r{i}", 1) for i in range(5)]
+    assert [r.value for r in again] == [4.5] * 5 and len(p._known) <= 3
+    with pytest.raises(Rejected) as e:  # a remembered topic's payload is still checked
+        p.parse("plant/r4/sensors/flow", b"NaN", 0.0)
+    assert e.value.reason == "nonfinite"
