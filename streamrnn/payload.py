@@ -148,12 +148,16 @@ class Parser:
 
 
 def _json(payload: bytes) -> object:
-    """orjson for speed; what it refuses goes through the standard parser, which also reads NaN,
-    Infinity and 1e999 (refused later as nonfinite, not as malformed) and UTF-16/32."""
+    """orjson for speed; what it refuses goes to the standard parser (below)."""
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError:
-        pass
+        return _json_std(payload)
+
+
+def _json_std(payload: bytes) -> object:
+    """The standard parser also reads NaN, Infinity and 1e999 (refused later as nonfinite, not as
+    malformed) and UTF-16/32; what it refuses too is malformed."""
     try:
         return json.loads(payload)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError

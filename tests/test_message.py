@@ -3,7 +3,6 @@ import re
 
 import jsonschema
 import numpy as np
-import orjson
 
 from streamrnn import message
 from streamrnn.engine import Forecast, Forecasts
