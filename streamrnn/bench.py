@@ -21,6 +21,7 @@ import json
 import math
 import os
 import queue
+import re
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -68,7 +70,6 @@ class Stack:
         wait_port(self.port, 60, self.procs[-1])
         if simulate:
             self._spawn("simulator", ["-m", "streamrnn", "simulate", "--broker", self.broker.url, "--streams", str(streams), "--rate", str(rate)])
-        self.broker_url = self.broker.url
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         with open(self.dir / f"{name}.log", "w") as log:
@@ -311,17 +312,17 @@ def ingest(streams: int = 10, ticks: int = 1000, rounds: int = 3) -> dict:
         fc = None
         try:
             stack.ready()
-            fc = _Forecasts(stack.broker_url)
+            fc = _Forecasts(stack.broker.url)
             tick = 1
             for _ in range(rounds):
-                rx = subprocess.Popen([sys.executable, "-m", "streamrnn.loadgen", "bare", "--broker", stack.broker_url, "--topic", "bare/+/sensors/+", "--count", str(count)], stdout=subprocess.PIPE, text=True)
+                rx = subprocess.Popen([sys.executable, "-m", "streamrnn.loadgen", "bare", "--broker", stack.broker.url, "--topic", "bare/+/sensors/+", "--count", str(count)], stdout=subprocess.PIPE, text=True)
                 if rx.stdout is None or rx.stdout.readline().strip() != "ready":
                     raise RuntimeError("bare subscriber did not start")
-                load = _load(stack.broker_url, "bare/{stream}/sensors/{feature}", streams, ticks, tick)
+                load = _load(stack.broker.url, "bare/{stream}/sensors/{feature}", streams, ticks, tick)
                 got = json.loads(rx.communicate(timeout=600)[0].splitlines()[-1])
                 runs["bare"].append(count / (got["last"] - load["started"][tick]))
                 fc.drain()
-                load = _load(stack.broker_url, "plant/{stream}/sensors/{feature}", streams, ticks, tick)
+                load = _load(stack.broker.url, "plant/{stream}/sensors/{feature}", streams, ticks, tick)
                 want = streams * (ticks - 1)  # each tick closes when the next one's first reading comes
                 seen = fc.take(want, 600)
                 if len(seen) < want:
@@ -389,14 +390,14 @@ def latency(counts: tuple[int, ...] = (1, 100, 1000), seconds: float = 20.0, rat
                 fc = None
                 try:
                     stack.ready()
-                    fc = _Forecasts(stack.broker_url)
+                    fc = _Forecasts(stack.broker.url)
                     warm = 24 if phase == "retrain" else 3  # retrain: enough frames for the first fit
-                    _load(stack.broker_url, "plant/{stream}/sensors/{feature}", n, warm, 1, rate=min(rate * 4, 20.0))
+                    _load(stack.broker.url, "plant/{stream}/sensors/{feature}", n, warm, 1, rate=min(rate * 4, 20.0))
                     fc.take(n * (warm - 1), 60)
                     if phase == "retrain":
                         stack.wait_for("streamrnn_retrain_running", 0.5, 60)
                     before = stack.metrics()
-                    load = _load(stack.broker_url, "plant/{stream}/sensors/{feature}", n, ticks, warm + 1, rate=rate)
+                    load = _load(stack.broker.url, "plant/{stream}/sensors/{feature}", n, ticks, warm + 1, rate=rate)
                     seen = fc.take(n * ticks, seconds + 30)
                     after = stack.metrics()
                 finally:
@@ -421,15 +422,24 @@ def latency(counts: tuple[int, ...] = (1, 100, 1000), seconds: float = 20.0, rat
 
 
 def format_latency(r: dict) -> str:
-    out = [
+    return table(
         f"latency: {r['seconds']:g} s per phase at a steady rate; close = frame closed -> forecast handed to MQTT (daemon histogram, interpolated); rtt = closing sensor published -> forecast received",
-        f"{'streams':>8}{'phase':>9}{'ticks/s':>9}{'forecasts':>10}{'retrains':>9}{'close p50':>10}{'close p99':>10}{'rtt p50':>9}{'rtt p99':>9}{'rtt max':>9}{'p99/idle':>9}",
-    ]
-    for x in r["rows"]:
-        out.append(f"{x['streams']:>8}{x['phase']:>9}{x['ticks_per_s']:>9.2f}{x['forecasts']:>10}{x['retrains']:>9.0f}{x['close_p50_ms']:>10.2f}{x['close_p99_ms']:>10.2f}{x['rtt_p50_ms']:>9.2f}{x['rtt_p99_ms']:>9.2f}{x['rtt_max_ms']:>9.1f}{x['close_p99_vs_idle']:>9.2f}")
-    out.append("targets: close p99 <= 5 ms (1 stream), <= 20 ms (1,000 streams); retrain p99 / idle p99 <= 1.5 (ms)")
-    return "\n".join(out)
+        [("streams", ">8", "streams"), ("phase", ">9", "phase"), ("ticks/s", ">9.2f", "ticks_per_s"), ("forecasts", ">10", "forecasts"), ("retrains", ">9.0f", "retrains"),
+         ("close p50", ">10.2f", "close_p50_ms"), ("close p99", ">10.2f", "close_p99_ms"), ("rtt p50", ">9.2f", "rtt_p50_ms"), ("rtt p99", ">9.2f", "rtt_p99_ms"),
+         ("rtt max", ">9.1f", "rtt_max_ms"), ("p99/idle", ">9.2f", "close_p99_vs_idle")],
+        r["rows"],
+        "targets: close p99 <= 5 ms (1 stream), <= 20 ms (1,000 streams); retrain p99 / idle p99 <= 1.5 (ms)",
+    )  # fmt: skip
 
+
+def table(title: str, columns: list[tuple[str, str, str | Callable[[dict], object]]], rows: list[dict], footer: str | None = None) -> str:
+    """A text table: per column its header, its format spec (alignment and width first) and the
+    row's key or a function of the row."""
+    widths = [re.match(r"[<>]?\d+", spec).group() for _, spec, _ in columns]  # type: ignore[union-attr]
+    out = [title, "".join(f"{head:{w}}" for (head, _, _), w in zip(columns, widths))]
+    for x in rows:
+        out.append("".join(f"{(get(x) if callable(get) else x[get]):{spec}}" for _, spec, get in columns))
+    return "\n".join(out + ([footer] if footer else []))
 
 
 def _scrapers(port: int, clients: int) -> dict:

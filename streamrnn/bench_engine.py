@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from streamrnn.bench import table
 from streamrnn.config import Settings
 
 WINDOW = 64
@@ -81,14 +82,13 @@ def step(batches: tuple[int, ...] = (1, 100, 1000), kinds: tuple[str, ...] = ("g
 
 
 def format_step(r: dict) -> str:
-    out = [
+    return table(
         f"stateful step vs re-running the last {r['window']} frames, CPU, {r['threads']} thread; medians (us per batch)",
-        f"{'model':<6}{'batch':>7}{'bare step':>11}{'window':>10}{'window/step':>13}{'engine':>10}{'engine/step':>13}{'us/frame':>10}",
-    ]
-    for x in r["rows"]:
-        out.append(f"{x['kind']:<6}{x['batch']:>7}{x['bare_us']:>11.0f}{x['window_us']:>10.0f}{x['window_ratio']:>13.2f}{x['engine_us']:>10.0f}{x['engine_ratio']:>13.2f}{x['engine_us_per_frame']:>10.1f}")
-    out.append("bare step: the model alone on ready tensors; engine: the whole step (state bank, rings, scoring, bands) - target <= 1.5x bare at batch 1")
-    return "\n".join(out)
+        [("model", "<6", "kind"), ("batch", ">7", "batch"), ("bare step", ">11.0f", "bare_us"), ("window", ">10.0f", "window_us"), ("window/step", ">13.2f", "window_ratio"),
+         ("engine", ">10.0f", "engine_us"), ("engine/step", ">13.2f", "engine_ratio"), ("us/frame", ">10.1f", "engine_us_per_frame")],
+        r["rows"],
+        "bare step: the model alone on ready tensors; engine: the whole step (state bank, rings, scoring, bands) - target <= 1.5x bare at batch 1",
+    )  # fmt: skip
 
 
 def streams(counts: tuple[int, ...] = (1, 10, 100, 1000, 10_000), ticks: int = 20) -> dict:
@@ -112,11 +112,12 @@ def streams(counts: tuple[int, ...] = (1, 10, 100, 1000, 10_000), ticks: int = 2
 
 
 def format_streams(r: dict) -> str:
-    out = [f"many streams: time per tick, medians (CPU: 1 thread{'; GPU: ' + r['gpu'] if r['gpu'] else '; no CUDA here'})", f"{'device':<8}{'streams':>9}{'recurrent ms':>14}{'engine ms':>11}{'us/stream':>11}"]
-    for x in r["rows"]:
-        out.append(f"{x['device']:<8}{x['streams']:>9}{x['recurrent_ms']:>14.3f}{x['engine_ms']:>11.3f}{x['engine_us_per_stream']:>11.1f}")
-    out.append("recurrent: gather states, model, scatter, outputs to the host; engine: the whole step - targets 1,000 streams <= 5 ms (CPU), 10,000 <= 10 ms (GPU)")
-    return "\n".join(out)
+    return table(
+        f"many streams: time per tick, medians (CPU: 1 thread{'; GPU: ' + r['gpu'] if r['gpu'] else '; no CUDA here'})",
+        [("device", "<8", "device"), ("streams", ">9", "streams"), ("recurrent ms", ">14.3f", "recurrent_ms"), ("engine ms", ">11.3f", "engine_ms"), ("us/stream", ">11.1f", "engine_us_per_stream")],
+        r["rows"],
+        "recurrent: gather states, model, scatter, outputs to the host; engine: the whole step - targets 1,000 streams <= 5 ms (CPU), 10,000 <= 10 ms (GPU)",
+    )  # fmt: skip
 
 
 def _rss() -> int:
@@ -150,10 +151,11 @@ def memory(counts: tuple[int, ...] = (100, 1000, 5000), rings: tuple[int, ...] =
 
 
 def format_memory(r: dict) -> str:
-    out = ["resident memory by streams and ring size (each a fresh process; rings are allocated whole)", f"{'ring':>6}{'streams':>9}{'RSS MB':>9}{'bytes/stream':>14}{'of which ring':>15}"]
-    for x in r["rows"]:
-        out.append(f"{x['ring']:>6}{x['streams']:>9}{x['rss_after_mb']:>9.0f}{x['bytes_per_stream']:>14.0f}{x['ring'] * r['ring_bytes_per_frame']:>15.0f}")
-    return "\n".join(out)
+    return table(
+        "resident memory by streams and ring size (each a fresh process; rings are allocated whole)",
+        [("ring", ">6", "ring"), ("streams", ">9", "streams"), ("RSS MB", ">9.0f", "rss_after_mb"), ("bytes/stream", ">14.0f", "bytes_per_stream"), ("of which ring", ">15.0f", lambda x: x["ring"] * r["ring_bytes_per_frame"])],
+        r["rows"],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":  # one memory configuration, in its own process

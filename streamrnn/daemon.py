@@ -152,7 +152,7 @@ class Daemon:
         """One pass: take what arrived, assemble, step, publish, then housekeeping. Returns messages taken."""
         msgs, self._carry = self._carry or self._take(wait), []
         frames: list[Frame] = []
-        closed: list[tuple[int, float]] = []  # (frames so far, when): when each frame closed
+        closed: list[float] = []  # when each frame closed (perf_counter)
         for i, msg in enumerate(msgs):
             got = self._ingest(msg, msg.arrival)
             if got is not None and self.journal is not None:
@@ -161,8 +161,8 @@ class Daemon:
                 self.link.ack(msg)
             if got:
                 frames += got
-                closed.append((len(frames), time.perf_counter()))
-            if closed and time.perf_counter() - closed[0][1] > _SERVE_AFTER:
+                closed += [time.perf_counter()] * len(got)
+            if closed and time.perf_counter() - closed[0] > _SERVE_AFTER:
                 self._carry, msgs = msgs[i + 1 :], msgs[: i + 1]  # serve what closed; the rest next turn
                 break
         # silence is measured on the arrival clock: with messages still waiting (carried to the
@@ -174,8 +174,9 @@ class Daemon:
         for stream, last in self.assembler.due(wall):
             if self.journal is not None:
                 self.journal.close_tick(stream, last, wall)
-            frames += self.assembler.close(stream, last)
-            closed.append((len(frames), time.perf_counter()))
+            got = self.assembler.close(stream, last)
+            frames += got
+            closed += [time.perf_counter()] * len(got)
         if msgs:
             self.metrics.received.inc(len(msgs))
         if frames:
@@ -215,9 +216,9 @@ class Daemon:
             level = logging.ERROR if exc_info else logging.WARNING
             log.log(level, "message refused", exc_info=exc_info, extra={"reason": reason, "detail": detail, "topic": msg.topic[:200], "suppressed_before": suppressed})
 
-    def _serve(self, frames: list[Frame], closed: list[tuple[int, float]] | None = None) -> None:
-        """Step the frames, publish their forecasts; ``closed`` says when each frame closed, as
-        (frames closed by then, perf_counter), for the frame-to-forecast latency."""
+    def _serve(self, frames: list[Frame], closed: list[float] | None = None) -> None:
+        """Step the frames, publish their forecasts; ``closed`` says when each frame closed
+        (perf_counter), for the frame-to-forecast latency."""
         if not frames:
             return
         t0 = time.perf_counter()
@@ -225,13 +226,7 @@ class Daemon:
         self.metrics.step.observe(time.perf_counter() - t0)
         self.metrics.frames.inc(len(forecasts))
         self.metrics.frames_missing.inc(sum(1 for f in frames if np.isnan(f.values).any()))
-        when = {}
-        if closed:
-            i = 0
-            for upto, t in closed:
-                for f in frames[i:upto]:
-                    when[f.stream, f.ts] = t
-                i = upto
+        when = dict(zip([(f.stream, f.ts) for f in frames], closed or []))
         topic, latency = self.forecast_topic, self.metrics.latency
         payloads = message.encode_all(forecasts, self.settings.features.period, self.skill)
         reasons = self.link.publish_many(zip([topic.format(stream=s) for s in forecasts.streams], payloads))
