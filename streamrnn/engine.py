@@ -172,14 +172,13 @@ class Engine:
 
     def _forecast(self, rows: list[int], ticks: list[int], frames: list[Frame]) -> Forecasts:
         r, t = np.asarray(rows), np.asarray(ticks)
-        values = np.stack([f.values for f in frames])  # (B, C)
-        self.evaluator.score(r, t, values[:, self._ti])
-        self.bank.observe(r, values)
-        fresh = np.isfinite(values)
-        deltas = self.bank.step(self.model, r, fresh)  # (B, H+1, T), normalised
-        base = self.bank.held[r][:, self._ti]  # (B, T): the persistence forecast
+        values = np.array([f.values for f in frames])  # (B, C)
+        truth = values[:, self._ti]
+        self.evaluator.score(r, t, truth)
+        deltas, held = self.bank.step(self.model, r, values)  # (B, H+1, T), normalised; (B, C)
+        base = held[:, self._ti]  # (B, T): the persistence forecast
         pred = base[:, None, :] + deltas[:, 1:, :] * self._std_t[1:]  # (B, H, T)
-        soft = self._key & ~fresh[:, self._ti]  # key variables between their samples
+        soft = self._key & ~np.isfinite(truth)  # key variables between their samples
         now = np.where(soft, base + deltas[:, 0, :] * self._std_t[0], base)
         half = self.evaluator.half_width()
         lower, upper = pred - half, pred + half

@@ -77,29 +77,27 @@ class HiddenBank:
         self._free.append(r)
         return r
 
-    def observe(self, rows: np.ndarray, values: np.ndarray) -> None:
-        """Hold the fresh values of ``values`` (B, C) for ``rows`` and move their running means."""
-        fresh = np.isfinite(values)
-        self.held[rows] = np.where(fresh, values, self.held[rows])
-        self.centre[rows] = ewm_update(self.centre[rows], values, self.alpha)
-
     @torch.inference_mode()
-    def step(self, model: StreamRNN, rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """One batched step for ``rows`` (held values already updated); returns deltas (B, H+1, targets).
-        Few operations, each on the whole batch: at one stream the step costs little more than the model."""
+    def step(self, model: StreamRNN, rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Hold the fresh values of ``values`` (B, C) for ``rows`` (distinct), move their running
+        means, and step their states as one batch. Returns the deltas (B, H+1, targets), normalised (float32),
+        and the values now held (B, C). Few operations, each on the whole batch: at one stream the
+        step costs little more than the model."""
+        fresh = np.isfinite(values)
+        held = np.where(fresh, values, self.held.take(rows, axis=0))
+        centre = ewm_update(self.centre.take(rows, axis=0), values, self.alpha, fresh)
+        self.held[rows], self.centre[rows] = held, centre
         device = self.hidden.device
-        x = torch.from_numpy(np.stack([self.held[rows], self.centre[rows], mask], axis=1).astype(np.float32)).to(device)  # (B, 3, C)
-        held, centre, m = x[:, 0:1], x[:, 1:2], x[:, 2:3]  # (B, 1, C) each
+        x = torch.from_numpy(np.array([held, centre, fresh], dtype=np.float32)).to(device)  # (3, B, C)
         if len(rows) == 1:  # a view in, a copy back: no gather or scatter
-            r = int(rows[0])
-            state = self.hidden[:, :, r : r + 1]
-            out, new = model(held, centre, m, state)
+            state = self.hidden.narrow(2, int(rows[0]), 1)
+            out, new = model.step(x[0], x[1], x[2], state)
             state.copy_(new)
         else:
             idx = torch.from_numpy(rows).to(device)
-            out, new = model(held, centre, m, self.hidden.index_select(2, idx))
+            out, new = model.step(x[0], x[1], x[2], self.hidden.index_select(2, idx))
             self.hidden.index_copy_(2, idx, new)
-        return out[:, 0].to(device="cpu", dtype=torch.float64).numpy()
+        return out.cpu().numpy(), held
 
     def reset_hidden(self, model: StreamRNN) -> None:
         """Blank states shaped for ``model`` (after a swap to a model of another shape or device)."""
@@ -110,9 +108,10 @@ class HiddenBank:
         return list(self.rows)
 
 
-def ewm_update(centre: np.ndarray, values: np.ndarray, alpha: float) -> np.ndarray:
-    """One step of the running mean: moves toward observed values, starts at the first one, holds otherwise."""
-    fresh = np.isfinite(values)
+def ewm_update(centre: np.ndarray, values: np.ndarray, alpha: float, fresh: np.ndarray | None = None) -> np.ndarray:
+    """One step of the running mean: moves toward observed values, starts at the first one, holds
+    otherwise. ``fresh`` is ``isfinite(values)`` where the caller has it."""
+    fresh = np.isfinite(values) if fresh is None else fresh
     start = fresh & ~np.isfinite(centre)
     moved = np.where(fresh, centre + alpha * (values - centre), centre)
     return np.where(start, values, moved)

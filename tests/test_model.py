@@ -37,15 +37,37 @@ def test_step_by_step_equals_one_pass(kind, nl):
     centre = torch.as_tensor(np.stack([centres(v, m.spec.centre_alpha) for v in x.numpy()]), dtype=torch.float32)
     with torch.no_grad():
         full, h_full = m(held, centre, mask)
-        h, steps = None, []
+        h, steps, hc, cells = None, [], m.init_hidden(3), []
         for t in range(50):
             out, h = m(held[:, t : t + 1], centre[:, t : t + 1], mask[:, t : t + 1], h)
             h = h.detach()
             steps.append(out)
+            out, hc = m.step(held[:, t], centre[:, t], mask[:, t], hc)  # the serving path
+            cells.append(out)
     assert full.shape == (3, 50, settings.features.horizon + 1, 2)
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
     assert torch.allclose(h, h_full, atol=1e-5)
+    assert torch.allclose(torch.stack(cells, 1), full, atol=1e-5)
+    assert torch.allclose(hc, h_full, atol=1e-5)
     assert full.abs().max() > 1e-3  # the comparison is not between zeros
+
+
+@pytest.mark.parametrize("layers,bias", [(1, True), (3, False)])
+@pytest.mark.parametrize("kind,nl", KINDS)
+def test_serving_step_is_forward_over_one_frame(kind, nl, layers, bias):
+    """``step`` (torch's cell kernels) gives what ``forward`` (the sequence module) gives, at any depth, with or without biases."""
+    m = trained_like(small_settings(model={"kind": kind, "nonlinearity": nl, "num_layers": layers, "bias": bias}))
+    held, centre = torch.randn(5, 4), torch.randn(5, 4)
+    held[0, 1] = float("nan")
+    mask = torch.isfinite(held)
+    hidden = torch.randn(m.spec.state_layers, layers, 5, m.spec.hidden_size)
+    with torch.inference_mode():
+        want, want_h = m(held[:, None], centre[:, None], mask[:, None], hidden)
+        got, got_h = m.step(held, centre, mask, hidden)
+    assert got.shape == want[:, 0].shape and got_h.shape == want_h.shape == hidden.shape
+    torch.testing.assert_close(got, want[:, 0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got_h, want_h, atol=1e-6, rtol=1e-5)
+    assert not torch.equal(got_h, hidden) and got.abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("kind,nl", KINDS)
