@@ -6,6 +6,11 @@ persistence forecast (the last observed value when the forecast was made), skill
 ``1 - MSE_model / MSE_persistence``, and the realised coverage of the bands. The bands are
 split-conformal: the ``coverage`` quantile of the recent absolute errors of that target and step,
 pooled over the streams (they share one model).
+
+Scoring waits: the truths of up to ``LAG`` steps are queued and scored in one pass, since a pass
+costs about the same for one frame as for hundreds (at one stream it was a third of the engine's
+step). The bands therefore draw on errors at most ``LAG`` steps old; anything that reads the scores
+or the state scores the queue first, and so does a stream's reset.
 """
 
 from __future__ import annotations
@@ -16,18 +21,28 @@ import numpy as np
 
 _TOTALS = ("n", "se", "se_p", "ae", "ae_p", "n_band", "hit")
 _ARRAYS = ("tick", "fc", "base", "res", "res_n")  # kept in a checkpoint
+LAG = 16  # steps whose truths may wait to be scored together
+FLUSH = 256  # frames queued that are scored at once: a batch this large gains nothing by waiting
+_NEVER = 2**62
 
 
 class Evaluator:
     def __init__(self, targets: int, horizon: int, coverage: float = 0.9, residuals: int = 500, live_window: int = 1000) -> None:
         self.targets, self.horizon, self.coverage = targets, horizon, coverage
         h, t = horizon, targets
-        self._slots = h + 1
-        # Pending forecasts per stream row, in slots by tick modulo H+1: prediction, lower and upper
-        # band side by side, so that scoring a batch gathers each forecast step in one piece.
+        # Pending forecasts per stream row, in slots by tick modulo H+1+LAG (a forecast is kept until
+        # its last step's truth is scored, which may wait LAG steps): prediction, lower and upper band
+        # side by side, so that scoring a batch gathers each forecast step in one piece. float32, as
+        # the forecasts are published.
+        self._slots = h + 1 + LAG
         self._tick = np.zeros((0, self._slots), dtype=np.int64)
-        self._fc = np.zeros((0, self._slots, h, 3, t))
+        self._fc = np.zeros((0, self._slots, h, 3, t), dtype=np.float32)
         self._base = np.zeros((0, self._slots, t))
+        # Truths waiting to be scored, and the last tick whose forecasts may be recorded before they
+        # are: a later one may reuse a slot that holds a forecast they score.
+        self._queue: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._queued = 0
+        self._due = _NEVER
         # Running totals since start, and exponentially weighted ones for the live view.
         self._total, self._live = np.zeros((len(_TOTALS), h, t)), np.zeros((len(_TOTALS), h, t))
         self.total = dict(zip(_TOTALS, self._total))  # views: one add updates them all
@@ -55,15 +70,36 @@ class Evaluator:
         self._base = grow(self._base, np.nan)
 
     def reset(self, row: int) -> None:
-        """Forget a stream's pending forecasts (its row is reused or its state was replaced)."""
+        """Open a stream's row, or forget its pending forecasts (the row is reused or its state was
+        replaced) once the truths already given have scored them. A row is opened before it is scored
+        or recorded."""
+        self.flush()
         self._ensure(row)
         self._tick[row] = -1
 
     def score(self, rows: np.ndarray, ticks: np.ndarray, truth: np.ndarray) -> None:
         """Score what was forecast for ``ticks`` against ``truth`` (B, targets), NaN where not
-        observed; ``rows`` (B,) distinct. One pass for the whole batch: its cost is per tick, not
-        per stream."""
-        self._ensure(int(rows.max()))
+        observed; ``rows`` (B,) distinct. Queued, and scored with the next few steps' in one pass."""
+        self._queue.append((rows, ticks, truth))
+        self._queued += len(rows)
+        self._due = min(self._due, int(ticks.min()) + LAG)
+        if len(self._queue) >= LAG or self._queued >= FLUSH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Score the queued truths, oldest first."""
+        if not self._queue:
+            return
+        q, self._queue, self._queued = self._queue, [], 0
+        self._due = _NEVER
+        if len(q) == 1:
+            self._score(*q[0])
+        else:
+            self._score(*(np.concatenate(part) for part in zip(*q)))
+
+    def _score(self, rows: np.ndarray, ticks: np.ndarray, truth: np.ndarray) -> None:
+        """One pass over a batch of truths in time order (a row may come more than once): its cost
+        is per call, not per frame."""
         made = ticks[:, None] - self._ks  # (B, H): ticks at which a forecast for these was made
         slots = made % self._slots
         valid = self._tick[rows[:, None], slots] == made
@@ -82,8 +118,8 @@ class Evaluator:
         hit = (lo <= truth) & (truth <= hi)  # False where the band is NaN
         np.copyto(err, 0.0, where=~ok)
         np.copyto(err_p, 0.0, where=~ok)
-        ae = np.abs(err)
-        got = np.stack([n, np.square(err).sum(axis=0), np.square(err_p).sum(axis=0), ae.sum(axis=0), np.abs(err_p).sum(axis=0), (ok & (lo == lo)).sum(axis=0), (ok & hit).sum(axis=0)])  # in _TOTALS order
+        ae, ae_p = np.abs(err), np.abs(err_p)
+        got = np.stack([ok, ae * ae, ae_p * ae_p, ae, ae_p, ok & (lo == lo), ok & hit]).sum(axis=1)  # in _TOTALS order
         self._total += got
         self._live *= self._decay**n  # a batch's forecasts count as one after another in the live view
         self._live += got
@@ -108,7 +144,8 @@ class Evaluator:
     def record(self, rows: np.ndarray, ticks: np.ndarray, pred: np.ndarray, lower: np.ndarray, upper: np.ndarray, base: np.ndarray) -> None:
         """Keep forecasts made at ``ticks``: pred/lower/upper (B, H, targets), base (B, targets) =
         persistence; ``rows`` (B,) distinct."""
-        self._ensure(int(rows.max()))
+        if ticks.max() > self._due:
+            self.flush()  # a slot about to be reused may hold a forecast a queued truth scores
         s = ticks % self._slots
         self._tick[rows, s] = ticks
         fc = self._fc
@@ -116,7 +153,8 @@ class Evaluator:
 
     # -- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict:
-        """Copies of the pending forecasts, the totals and the residuals."""
+        """Copies of the pending forecasts, the totals and the residuals (the queued truths scored first)."""
+        self.flush()
         out = {name: getattr(self, f"_{name}").copy() for name in _ARRAYS}
         out["total"] = {k: v.copy() for k, v in self.total.items()}
         out["live"] = {k: v.copy() for k, v in self.live.items()}
@@ -129,10 +167,13 @@ class Evaluator:
             st = {**st, "fc": np.stack([st["pred"], st["lo"], st["hi"]], axis=3)}
         for name in _ARRAYS:
             have, got = getattr(self, f"_{name}").shape, st[name].shape
-            if got[1:] != have[1:] or (name in ("res", "res_n") and got != have):
+            if got[2:] != have[2:] or (name in ("res", "res_n") and got != have):
                 raise ValueError(f"evaluator state {name} has shape {got}, this evaluator wants {have}")
-        for name in _ARRAYS:
+        self._queue, self._queued = [], 0
+        for name in ("res", "res_n"):
             setattr(self, f"_{name}", st[name].copy())
+        self._tick, self._fc, self._base = self._reslot(st["tick"], st["fc"], st["base"])
+        self._due = _NEVER
         self._total[:] = [st["total"][k] for k in _TOTALS]
         self._live[:] = [st["live"][k] for k in _TOTALS]
         bands = st.get("bands")  # the bands as drawn, so a restart draws them again exactly when this run would
@@ -141,6 +182,19 @@ class Evaluator:
             self._waiting = not self._shown.all()
         else:
             self._half = None
+
+    def _reslot(self, tick: np.ndarray, fc: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pending forecasts saved with any number of slots, each in its slot here (by tick)."""
+        rows = len(tick)
+        out_tick = np.full((rows, self._slots), -1, dtype=np.int64)
+        out_fc = np.full((rows, self._slots, *self._fc.shape[2:]), np.nan, dtype=self._fc.dtype)
+        out_base = np.full((rows, self._slots, self.targets), np.nan)
+        r, s = np.nonzero(tick >= 0)
+        order = np.argsort(tick[r, s], kind="stable")  # of two that meet in one slot, the newer stays
+        r, s = r[order], s[order]
+        to = tick[r, s] % self._slots
+        out_tick[r, to], out_fc[r, to], out_base[r, to] = tick[r, s], fc[r, s], base[r, s]
+        return out_tick, out_fc, out_base
 
     # -- bands and scores -------------------------------------------------------------------
     def half_width(self) -> np.ndarray:
@@ -165,6 +219,7 @@ class Evaluator:
 
     def scores(self, live: bool = False) -> dict[str, np.ndarray]:
         """Per (step, target): mse, mae, persistence_mse, persistence_mae, skill, coverage, n."""
+        self.flush()
         s = self.live if live else self.total
         with np.errstate(invalid="ignore", divide="ignore"):
             n = s["n"]

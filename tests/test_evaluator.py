@@ -9,6 +9,7 @@ from streamrnn.evaluator import Evaluator
 
 def test_a_forecast_is_scored_only_when_its_frame_arrives():
     ev = Evaluator(targets=1, horizon=3)
+    ev.reset(0)
     ev.record(np.array([0]), np.array([10]), pred=np.array([[[1.0], [2.0], [3.0]]]), lower=np.full((1, 3, 1), np.nan), upper=np.full((1, 3, 1), np.nan), base=np.array([[0.0]]))
     assert ev.scores()["n"].sum() == 0
     ev.score(np.array([0]), np.array([11]), np.array([[1.5]]))  # step 1 of the forecast made at 10
@@ -46,6 +47,7 @@ def test_poisoned_future_does_not_change_scores_until_it_arrives():
 def test_bands_cover_near_nominal_on_stationary_noise():
     rng = np.random.default_rng(1)
     ev = Evaluator(targets=1, horizon=1, coverage=0.9, residuals=400)
+    ev.reset(0)
     n = 4000
     for t in range(n):
         if t:
@@ -55,3 +57,71 @@ def test_bands_cover_near_nominal_on_stationary_noise():
     cov = ev.scores()["coverage"][0, 0]
     assert 0.87 < cov < 0.93, cov
     assert np.isfinite(ev.half_width()).all()
+
+
+def _feed(ev: Evaluator, steps, eager: bool, start: bool = True) -> None:
+    """Score then record each step, as the engine does (after opening the streams' rows, unless it
+    goes on); ``eager`` scores every step at once."""
+    for row in range(3 if start else 0):
+        ev.reset(row)
+    for rows, ticks, truth, pred in steps:
+        ev.score(rows, ticks, truth)
+        if eager:
+            ev.flush()
+        half = ev.half_width()
+        ev.record(rows, ticks, pred, pred - half, pred + half, truth)
+
+
+def _steps(seed: int, n: int, streams: int = 3, horizon: int = 4):
+    """Steps of a few streams that skip ticks now and then, some by more than the scoring lag."""
+    rng = np.random.default_rng(seed)
+    tick, out = np.zeros(streams, dtype=np.int64), []
+    for _ in range(n):
+        rows = np.sort(rng.choice(streams, size=rng.integers(1, streams + 1), replace=False))
+        tick[rows] += rng.choice([1, 1, 1, 2, 5, 13, 40], size=len(rows))
+        truth = rng.normal(size=(len(rows), 2))
+        truth[rng.random(truth.shape) < 0.2] = np.nan
+        out.append((rows, tick[rows].copy(), truth, rng.normal(size=(len(rows), horizon, 2))))
+    return out
+
+
+def test_scoring_that_waits_counts_every_forecast_as_scoring_at_once_does():
+    """Queued truths are scored in one pass later; every forecast is still scored once, against the
+    same truth, and the residuals are the same errors in the same order, whatever the ticks skipped."""
+    steps = _steps(0, 600)
+    now, later = Evaluator(2, 4, residuals=50), Evaluator(2, 4, residuals=50)
+    _feed(now, steps, eager=True)
+    _feed(later, steps, eager=False)
+    a, b = now.scores(), later.scores()
+    assert a["n"].sum() > 1000
+    np.testing.assert_array_equal(a["n"], b["n"])
+    for key in ("mse", "mae", "persistence_mse", "persistence_mae"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-12)
+    np.testing.assert_array_equal(now._res, later._res)
+
+
+def test_pending_forecasts_saved_with_other_slots_are_scored_after_a_load():
+    """A checkpoint written when forecasts were kept in H+1 slots loads into this layout, and the
+    forecasts it holds are scored by the truths that come after."""
+    steps = _steps(1, 200, horizon=4)
+    ref, saved = Evaluator(2, 4), Evaluator(2, 4)
+    _feed(ref, steps[:150], eager=False)
+    _feed(saved, steps[:150], eager=False)
+    st = saved.state()
+    old = st["tick"].shape[1]
+    st["tick"] = np.where(st["tick"] >= 0, st["tick"], -(2**40))  # keep only the newest H+1 per row
+    newest = st["tick"].max(axis=1, keepdims=True)
+    keep = st["tick"] > newest - 5
+    r, s = np.nonzero(keep)
+    narrow = {"tick": np.full((len(keep), 5), -1), "fc": np.full((len(keep), 5, 4, 3, 2), np.nan), "base": np.full((len(keep), 5, 2), np.nan)}
+    narrow["tick"][r, st["tick"][r, s] % 5] = st["tick"][r, s]
+    narrow["fc"][r, st["tick"][r, s] % 5] = st["fc"][r, s]
+    narrow["base"][r, st["tick"][r, s] % 5] = st["base"][r, s]
+    assert old > 5 and keep.sum() > 3
+    loaded = Evaluator(2, 4)
+    loaded.load_state({**st, **narrow})
+    _feed(ref, steps[150:], eager=False, start=False)
+    _feed(loaded, steps[150:], eager=False, start=False)
+    assert loaded.scores()["n"].sum() > st["total"]["n"].sum()
+    np.testing.assert_array_equal(ref.scores()["n"], loaded.scores()["n"])
+    np.testing.assert_allclose(ref.scores()["mse"], loaded.scores()["mse"], rtol=1e-12)
