@@ -119,23 +119,17 @@ class Evaluator:
         np.copyto(err, 0.0, where=~ok)
         np.copyto(err_p, 0.0, where=~ok)
         ae, ae_p = np.abs(err), np.abs(err_p)
-        got = np.stack([ok, ae * ae, ae_p * ae_p, ae, ae_p, ok & (lo == lo), ok & hit]).sum(axis=1)  # in _TOTALS order
+        got = np.array([n, (ae * ae).sum(axis=0), (ae_p * ae_p).sum(axis=0), ae.sum(axis=0), ae_p.sum(axis=0), (ok & (lo == lo)).sum(axis=0), (ok & hit).sum(axis=0)])  # in _TOTALS order
         self._total += got
         self._live *= self._decay**n  # a batch's forecasts count as one after another in the live view
         self._live += got
         # the newest absolute errors into each (step, target)'s ring, in batch order; of more than the
         # ring holds, only the last
         size = self._res.shape[2]
-        if len(rows) == 1:
-            kk, tt = np.nonzero(ok[0])
-            self._res[kk, tt, self._res_n[kk, tt] % size] = ae[0, kk, tt]
-        else:
-            flat = n.ravel()
-            cell, b = np.nonzero(ok.reshape(len(rows), -1).T)  # by cell, then batch order
-            rank = np.arange(len(cell)) - (np.cumsum(flat) - flat)[cell]
-            keep = rank >= flat[cell] - size
-            cell, b, rank = cell[keep], b[keep], rank[keep]
-            self._res.reshape(-1, size)[cell, (self._res_n.ravel()[cell] + rank) % size] = ae.reshape(len(rows), -1)[b, cell]
+        rank = np.cumsum(ok, axis=0, dtype=np.int64)  # of each error in its (step, target), from 1
+        kept = np.flatnonzero(ok & (rank > n - size))  # flat (batch, step, target)
+        cell = kept % n.size
+        self._res.reshape(-1, size)[cell, (self._res_n.ravel()[cell] + rank.ravel()[kept] - 1) % size] = ae.ravel()[kept]
         self._res_n += n
         self._new += n
         if self._new.max() >= self._redraw or (self._waiting and (self._shown != (self._res_n >= self._enough)).any()):
@@ -148,8 +142,8 @@ class Evaluator:
             self.flush()  # a slot about to be reused may hold a forecast a queued truth scores
         s = ticks % self._slots
         self._tick[rows, s] = ticks
-        fc = self._fc
-        fc[rows, s, :, 0], fc[rows, s, :, 1], fc[rows, s, :, 2], self._base[rows, s] = pred, lower, upper, base
+        self._fc[rows, s] = np.stack([pred, lower, upper], axis=2)
+        self._base[rows, s] = base
 
     # -- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict:

@@ -125,3 +125,21 @@ def test_pending_forecasts_saved_with_other_slots_are_scored_after_a_load():
     assert loaded.scores()["n"].sum() > st["total"]["n"].sum()
     np.testing.assert_array_equal(ref.scores()["n"], loaded.scores()["n"])
     np.testing.assert_allclose(ref.scores()["mse"], loaded.scores()["mse"], rtol=1e-12)
+
+
+def test_the_residual_ring_keeps_the_newest_errors_in_arrival_order():
+    ev = Evaluator(targets=1, horizon=1, residuals=10)
+    rows = np.arange(25)
+    for row in rows:
+        ev.reset(row)
+    seen = []
+    for tick, some, scale in ((1, 25, 1.0), (2, 25, 100.0), (3, 7, 1000.0), (4, 3, 5000.0)):  # more than the ring holds, then fewer
+        zero = np.zeros((some, 1, 1))
+        ev.record(rows[:some], np.full(some, tick - 1), zero, zero, zero, np.zeros((some, 1)))
+        truth = (rows[:some] + scale)[:, None].astype(float)
+        truth[::4] = np.nan  # not observed: not an error
+        ev.score(rows[:some], np.full(some, tick), truth)
+        ev.flush()
+        seen += [abs(x) for x in truth[:, 0] if x == x]
+        assert sorted(ev._res[0, 0]) == sorted(seen[-10:])
+    assert ev._res_n[0, 0] == len(seen)
