@@ -21,7 +21,7 @@ import numpy as np
 
 _TOTALS = ("n", "se", "se_p", "ae", "ae_p", "n_band", "hit")
 _ARRAYS = ("tick", "fc", "base", "res", "res_n")  # kept in a checkpoint
-LAG = 16  # steps whose truths may wait to be scored together
+LAG = 8  # steps whose truths may wait to be scored together
 FLUSH = 256  # frames queued that are scored at once: a batch this large gains nothing by waiting
 _NEVER = 2**62
 
