@@ -1,9 +1,10 @@
 """Background retraining in a child process: serving never waits for it, and nothing it does can
 stall, crash or corrupt the daemon.
 
-The child is spawned (a fresh interpreter, no state shared with the engine), runs at a lower CPU
-priority with its own thread count, and sends back a :class:`~streamrnn.trainer.Verdict` of plain
-arrays. A child that dies, or runs past ``trainer.deadline``, becomes a failed verdict.
+The child is spawned (a fresh interpreter, no state shared with the engine), runs on the CPU time
+serving leaves idle (SCHED_IDLE) with its own thread count, and sends back a
+:class:`~streamrnn.trainer.Verdict` of plain arrays. A child that dies, or runs past
+``trainer.deadline``, becomes a failed verdict.
 """
 
 from __future__ import annotations
@@ -37,10 +38,6 @@ def _work(conn: Connection, parent: int) -> None:
     import torch
 
     threading.Thread(target=_orphan_watch, args=(parent,), daemon=True).start()
-    try:
-        os.nice(10)  # the engine's step comes first
-    except OSError:
-        pass  # not permitted: still correct, only less polite
     snapshot, spec, champion, settings, seed = conn.recv()
     _limit_memory(settings.max_memory)
     torch.set_num_threads(settings.threads or 1)
@@ -54,6 +51,22 @@ def _work(conn: Connection, parent: int) -> None:
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon is gone; so is the reason to report
     conn.close()
+
+
+def _background(pid: int) -> None:
+    """Let process ``pid`` take only the CPU time that serving leaves idle: Linux's SCHED_IDLE class,
+    which a process may put its own user's processes in, yields to every normal task at once; where
+    it is missing, the lowest nice. Set by the parent as the child starts, so that its imports
+    (torch: seconds of CPU) already run there."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError) as e:
+        log.debug("SCHED_IDLE not available (%s): nice 19 instead", e)
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, 19)
+    except OSError as e:
+        log.warning("trainer keeps the daemon's CPU priority: %s", e)
 
 
 def _limit_memory(mib: int | None) -> None:
@@ -95,6 +108,7 @@ class Retrainer:
         parent, child = self.ctx.Pipe()
         p = self.ctx.Process(target=_work, args=(child, os.getpid()), name="streamrnn-trainer", daemon=True)
         p.start()  # with nothing big to pass, this returns before the child has imported anything
+        _background(p.pid)
         child.close()
         # the snapshot goes over the pipe from a thread: the child reads it only once torch is
         # imported, and the engine thread must not wait for that

@@ -37,6 +37,7 @@ def test_the_child_gives_the_same_verdict_as_training_in_line():
     r = Retrainer(engine.settings.trainer)
     r.start(snap, engine.spec, champion(engine), seed=1)
     assert r.busy
+    assert os.sched_getscheduler(r.job.process.pid) == os.SCHED_IDLE  # from its start: serving comes first
     _, verdict, seconds = wait(r)
     inline = trainer.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
     assert verdict.outcome == inline.outcome == "promoted" and seconds > 0 and not r.busy
