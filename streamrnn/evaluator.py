@@ -92,10 +92,7 @@ class Evaluator:
             return
         q, self._queue, self._queued = self._queue, [], 0
         self._due = _NEVER
-        if len(q) == 1:
-            self._score(*q[0])
-        else:
-            self._score(*(np.concatenate(part) for part in zip(*q)))
+        self._score(*(np.concatenate(part) for part in zip(*q)))
 
     def _score(self, rows: np.ndarray, ticks: np.ndarray, truth: np.ndarray) -> None:
         """One pass over a batch of truths in time order (a row may come more than once): its cost
