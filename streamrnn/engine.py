@@ -173,18 +173,17 @@ class Engine:
     def _forecast(self, rows: list[int], ticks: list[int], frames: list[Frame]) -> Forecasts:
         r, t = np.asarray(rows), np.asarray(ticks)
         values = np.array([f.values for f in frames])  # (B, C)
-        truth = values[:, self._ti]
+        truth = values.take(self._ti, axis=1)
         self.evaluator.score(r, t, truth)
         deltas, held = self.bank.step(self.model, r, values)  # (B, H+1, T), normalised; (B, C)
-        base = held[:, self._ti]  # (B, T): the persistence forecast
-        pred = base[:, None, :] + deltas[:, 1:, :] * self._std_t[1:]  # (B, H, T)
+        base = held.take(self._ti, axis=1)  # (B, T): the persistence forecast
+        out = base[:, None, :] + deltas * self._std_t  # (B, H+1, T): steps 0..H
         soft = self._key & ~np.isfinite(truth)  # key variables between their samples
-        now = np.where(soft, base + deltas[:, 0, :] * self._std_t[0], base)
-        half = self.evaluator.half_width()
-        lower, upper = pred - half, pred + half
-        self.evaluator.record(r, t, pred, lower, upper, base)
+        now = np.where(soft, out[:, 0], base)
+        band = self.evaluator.bands(out[:, 1:])  # (B, H, 3, T): prediction, lower, upper
+        self.evaluator.record(r, t, band, base)
         self.frames_seen += len(rows)
-        return Forecasts([f.stream for f in frames], [f.ts for f in frames], self.spec.kind, self.version, self.spec.targets, pred, lower, upper, now)
+        return Forecasts([f.stream for f in frames], [f.ts for f in frames], self.spec.kind, self.version, self.spec.targets, band[:, :, 0], band[:, :, 1], band[:, :, 2], now)
 
     def evict_idle(self, now: float) -> list[str]:
         """Drop the streams that sent nothing for ``streams.idle_timeout`` seconds."""

@@ -52,6 +52,7 @@ class Evaluator:
         self._res = np.full((h, t, residuals), np.inf)
         self._res_n = np.zeros((h, t), dtype=np.int64)
         self._half: np.ndarray | None = None  # drawn lazily, see half_width
+        self._spread = np.zeros((h, 3, t))  # what bands() adds to a prediction: 0, -half, +half
         self._new = np.zeros((h, t), dtype=np.int64)  # errors per (step, target) since the bands were drawn
         self._redraw = max(1, residuals // 50)
         self._enough = next(n for n in range(1, residuals + 2) if math.ceil((n + 1) * coverage) <= n or n > residuals)  # errors for a band
@@ -132,14 +133,20 @@ class Evaluator:
         if self._new.max() >= self._redraw or (self._waiting and (self._shown != (self._res_n >= self._enough)).any()):
             self._half = None  # drawn again at the next half_width
 
-    def record(self, rows: np.ndarray, ticks: np.ndarray, pred: np.ndarray, lower: np.ndarray, upper: np.ndarray, base: np.ndarray) -> None:
-        """Keep forecasts made at ``ticks``: pred/lower/upper (B, H, targets), base (B, targets) =
-        persistence; ``rows`` (B,) distinct."""
+    def bands(self, pred: np.ndarray) -> np.ndarray:
+        """Predictions (B, H, targets) within their bands: (B, H, 3, targets), the prediction, lower and
+        upper side by side, as ``record`` keeps them; NaN bands where too few errors were seen."""
+        self.half_width()
+        return pred[:, :, None, :] + self._spread
+
+    def record(self, rows: np.ndarray, ticks: np.ndarray, band: np.ndarray, base: np.ndarray) -> None:
+        """Keep forecasts made at ``ticks``: ``band`` (B, H, 3, targets) as ``bands`` draws it, base
+        (B, targets) = persistence; ``rows`` (B,) distinct."""
         if ticks.max() > self._due:
             self.flush()  # a slot about to be reused may hold a forecast a queued truth scores
         s = ticks % self._slots
         self._tick[rows, s] = ticks
-        self._fc[rows, s] = np.stack([pred, lower, upper], axis=2)
+        self._fc[rows, s] = band
         self._base[rows, s] = base
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -169,7 +176,8 @@ class Evaluator:
         self._live[:] = [st["live"][k] for k in _TOTALS]
         bands = st.get("bands")  # the bands as drawn, so a restart draws them again exactly when this run would
         if bands is not None and bands["half"] is not None and bands["half"].shape == self._res_n.shape:
-            self._half, self._new, self._shown = bands["half"].copy(), bands["new"].copy(), bands["shown"].copy()
+            self._draw(bands["half"].copy())
+            self._new, self._shown = bands["new"].copy(), bands["shown"].copy()
             self._waiting = not self._shown.all()
         else:
             self._half = None
@@ -203,10 +211,14 @@ class Evaluator:
         kth = np.unique(at)  # one rank once the residual rings are full: a partition is 3x a sort's speed
         part = np.partition(self._res, kth, axis=2) if len(kth) <= 4 else np.sort(self._res, axis=2)
         q = np.take_along_axis(part, at[..., None], axis=2)[..., 0]
-        self._half = np.where((rank <= n) & np.isfinite(q), q, np.nan)
+        self._draw(np.where((rank <= n) & np.isfinite(q), q, np.nan))
         self._shown, self._new = self._res_n >= self._enough, np.zeros_like(self._new)
         self._waiting = not self._shown.all()
         return self._half
+
+    def _draw(self, half: np.ndarray) -> None:
+        self._half = half
+        self._spread[:, 1], self._spread[:, 2] = -half, half
 
     def scores(self, live: bool = False) -> dict[str, np.ndarray]:
         """Per (step, target): mse, mae, persistence_mse, persistence_mae, skill, coverage, n."""

@@ -85,7 +85,7 @@ class HiddenBank:
         step costs little more than the model."""
         fresh = np.isfinite(values)
         held = np.where(fresh, values, self.held.take(rows, axis=0))
-        centre = ewm_update(self.centre.take(rows, axis=0), values, self.alpha, fresh)
+        centre = ewm_update(self.centre.take(rows, axis=0), held, fresh, self.alpha)
         self.held[rows], self.centre[rows] = held, centre
         device = self.hidden.device
         x = torch.from_numpy(np.array([held, centre, fresh], dtype=np.float32)).to(device)  # (3, B, C)
@@ -108,10 +108,8 @@ class HiddenBank:
         return list(self.rows)
 
 
-def ewm_update(centre: np.ndarray, values: np.ndarray, alpha: float, fresh: np.ndarray | None = None) -> np.ndarray:
-    """One step of the running mean: moves toward observed values, starts at the first one, holds
-    otherwise. ``fresh`` is ``isfinite(values)`` where the caller has it."""
-    fresh = np.isfinite(values) if fresh is None else fresh
-    start = fresh & ~np.isfinite(centre)
-    moved = np.where(fresh, centre + alpha * (values - centre), centre)
-    return np.where(start, values, moved)
+def ewm_update(centre: np.ndarray, held: np.ndarray, fresh: np.ndarray, alpha: float) -> np.ndarray:
+    """One step of the running mean: moves toward the values observed in this frame (``fresh``),
+    starts at the first one, holds otherwise. ``held`` is the last observed value, NaN if never."""
+    start = np.where(np.isnan(centre), held, centre)
+    return start + (alpha * fresh) * (held - start)

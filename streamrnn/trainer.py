@@ -80,8 +80,9 @@ def centres(values: np.ndarray, alpha: float) -> np.ndarray:
     keeps it while serving; a batch of streams is one loop over time."""
     out = np.empty_like(values, dtype=np.float64)
     c = np.full(values.shape[:-2] + values.shape[-1:], np.nan)
+    held, fresh = fill(values), np.isfinite(values)
     for t in range(values.shape[-2]):
-        c = ewm_update(c, values[..., t, :], alpha)
+        c = ewm_update(c, held[..., t, :], fresh[..., t, :], alpha)
         out[..., t, :] = c
     return out
 

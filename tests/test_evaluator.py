@@ -10,7 +10,9 @@ from streamrnn.evaluator import Evaluator
 def test_a_forecast_is_scored_only_when_its_frame_arrives():
     ev = Evaluator(targets=1, horizon=3)
     ev.reset(0)
-    ev.record(np.array([0]), np.array([10]), pred=np.array([[[1.0], [2.0], [3.0]]]), lower=np.full((1, 3, 1), np.nan), upper=np.full((1, 3, 1), np.nan), base=np.array([[0.0]]))
+    band = ev.bands(np.array([[[1.0], [2.0], [3.0]]]))  # no errors seen yet: no band
+    assert band.shape == (1, 3, 3, 1) and np.isnan(band[:, :, 1:]).all()
+    ev.record(np.array([0]), np.array([10]), band, base=np.array([[0.0]]))
     assert ev.scores()["n"].sum() == 0
     ev.score(np.array([0]), np.array([11]), np.array([[1.5]]))  # step 1 of the forecast made at 10
     s = ev.scores()
@@ -52,11 +54,19 @@ def test_bands_cover_near_nominal_on_stationary_noise():
     for t in range(n):
         if t:
             ev.score(np.array([0]), np.array([t]), np.array([[rng.standard_normal()]]))
-        half = ev.half_width()
-        ev.record(np.array([0]), np.array([t]), np.zeros((1, 1, 1)), -half[None], half[None], np.zeros((1, 1)))
+        ev.record(np.array([0]), np.array([t]), ev.bands(np.zeros((1, 1, 1))), np.zeros((1, 1)))
     cov = ev.scores()["coverage"][0, 0]
     assert 0.87 < cov < 0.93, cov
-    assert np.isfinite(ev.half_width()).all()
+    half = ev.half_width()
+    assert np.isfinite(half).all()
+    pred = rng.standard_normal((5, 1, 1))
+    band = ev.bands(pred)
+    np.testing.assert_array_equal(band[:, :, 0], pred)
+    np.testing.assert_array_equal(band[:, :, 1], pred - half)
+    np.testing.assert_array_equal(band[:, :, 2], pred + half)
+    again = Evaluator(targets=1, horizon=1, coverage=0.9, residuals=400)
+    again.load_state(ev.state())  # the bands as drawn come back with the checkpoint
+    np.testing.assert_array_equal(again.bands(pred), band)
 
 
 def _feed(ev: Evaluator, steps, eager: bool, start: bool = True) -> None:
@@ -68,8 +78,7 @@ def _feed(ev: Evaluator, steps, eager: bool, start: bool = True) -> None:
         ev.score(rows, ticks, truth)
         if eager:
             ev.flush()
-        half = ev.half_width()
-        ev.record(rows, ticks, pred, pred - half, pred + half, truth)
+        ev.record(rows, ticks, ev.bands(pred), truth)
 
 
 def _steps(seed: int, n: int, streams: int = 3, horizon: int = 4):
@@ -134,8 +143,7 @@ def test_the_residual_ring_keeps_the_newest_errors_in_arrival_order():
         ev.reset(row)
     seen = []
     for tick, some, scale in ((1, 25, 1.0), (2, 25, 100.0), (3, 7, 1000.0), (4, 3, 5000.0)):  # more than the ring holds, then fewer
-        zero = np.zeros((some, 1, 1))
-        ev.record(rows[:some], np.full(some, tick - 1), zero, zero, zero, np.zeros((some, 1)))
+        ev.record(rows[:some], np.full(some, tick - 1), np.zeros((some, 1, 3, 1)), np.zeros((some, 1)))
         truth = (rows[:some] + scale)[:, None].astype(float)
         truth[::4] = np.nan  # not observed: not an error
         ev.score(rows[:some], np.full(some, tick), truth)
