@@ -230,6 +230,7 @@ class Settings(BaseSettings):
     )
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(1, ge=0, description="torch threads of the serving engine (0: torch's default, one per core); more pay only for thousands of streams on idle cores: a thread waiting for a core the broker holds stalls the step")
     model: ModelSettings = Field(default_factory=ModelSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     ring: RingSettings = Field(default_factory=RingSettings)

@@ -92,6 +92,8 @@ class Daemon:
     def run(self) -> int:
         if threading.current_thread() is threading.main_thread():
             self._install_signals()
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)  # from the engine's thread, before its first step
         if self.http:
             self.http.start()
         log.info("starting", extra={"version": __version__, "device": str(self.engine.device), "broker": self.settings.mqtt.url, "metrics_port": self.http.port if self.http else None})
