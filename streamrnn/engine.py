@@ -221,7 +221,8 @@ class Engine:
             counts.append(self.rings[row].count)
         # Retrain sooner while the rings fill (at 2x, 4x ... the first), then every retrain_every.
         self._next_retrain = self.frames_seen + min(max(self.frames_seen, 1), self.settings.trainer.retrain_every)
-        return Snapshot(names, values, ts, self.settings.trainer.holdout_fraction, counts)
+        rows = list(self.bank.rows.values())
+        return Snapshot(names, values, ts, self.settings.trainer.holdout_fraction, counts, self.bank.held[rows], self.bank.centre[rows])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -282,27 +283,35 @@ class Engine:
         return None
 
     def _swap(self, model: StreamRNN, snap: Snapshot, hidden: torch.Tensor) -> None:
-        """Serve ``model`` from the next step on. Each stream starts from the state the model reached
-        at the end of the snapshot, advanced over the frames that arrived since; a stream the snapshot
-        lacks is warmed over its recent frames from a blank state."""
+        """Serve ``model`` from the next step on. Each stream goes on from the state the model reached
+        at the end of the snapshot, stepped over the frames that arrived since as serving would have
+        stepped them; a stream the snapshot lacks (or whose ring has turned over since) is warmed over
+        its recent frames from a blank state. The cost is the frames since, not the ring."""
         self.model = model.to(self.device).eval()
         self.version += 1
         self._std_t = self._target_std()
         self.bank.reset_hidden(self.model)
         at = {name: i for i, name in enumerate(snap.streams)}
-        rows, recent, feed = list(self.bank.rows.values()), [], []
-        start = self.model.init_hidden(len(rows))
-        for j, (stream, row) in enumerate(self.bank.rows.items()):
+        behind: dict[int, tuple[list[int], list[int]]] = {}  # frames since the snapshot -> (rows, snapshot index)
+        cold: list[int] = []
+        for stream, row in self.bank.rows.items():
             ring, i = self.rings[row], at.get(stream)
-            recent.append(ring.last(self.settings.trainer.rewarm)[1])
-            if i is not None and snap.counts[i] <= ring.count:
-                start[:, :, j] = hidden[:, :, i].to(self.device)
-                feed.append(ring.count - snap.counts[i])  # only the frames since the snapshot
-            else:
-                feed.append(len(recent[-1]))  # new since the snapshot: warm from blank
-        if rows:
-            warmed = trainer.warm(self.model, recent, self.settings.trainer.rewarm, start, feed)
-            self.bank.hidden[:, :, torch.as_tensor(rows, device=self.device)] = warmed
+            since = -1 if i is None or snap.held is None else ring.count - snap.counts[i]
+            if not 0 <= since <= len(ring):
+                cold.append(row)
+                continue
+            group = behind.setdefault(since, ([], []))
+            group[0].append(row)
+            group[1].append(i)
+        for since, (rows, idx) in behind.items():
+            r = np.asarray(rows)
+            self.bank.hidden[:, :, torch.as_tensor(r, device=self.device)] = hidden[:, :, idx].to(self.device)
+            if since:
+                values = np.stack([self.rings[row].last(since)[1] for row in rows])  # (B, since, C)
+                self.bank.catch_up(self.model, r, values, snap.held[idx], snap.centre[idx])
+        if cold:
+            recent = [self.rings[row].last(self.settings.trainer.rewarm)[1] for row in cold]
+            self.bank.hidden[:, :, torch.as_tensor(cold, device=self.device)] = trainer.warm(self.model, recent, self.settings.trainer.rewarm)
 
     # -- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict:

@@ -83,10 +83,24 @@ class HiddenBank:
         means, and step their states as one batch. Returns the deltas (B, H+1, targets), normalised (float32),
         and the values now held (B, C). Few operations, each on the whole batch: at one stream the
         step costs little more than the model."""
-        fresh = np.isfinite(values)
-        held = np.where(fresh, values, self.held.take(rows, axis=0))
-        centre = ewm_update(self.centre.take(rows, axis=0), held, fresh, self.alpha)
+        out, held, centre = self._advance(model, rows, values, self.held.take(rows, axis=0), self.centre.take(rows, axis=0))
         self.held[rows], self.centre[rows] = held, centre
+        return out.cpu().numpy(), held
+
+    @torch.inference_mode()
+    def catch_up(self, model: StreamRNN, rows: np.ndarray, values: np.ndarray, held: np.ndarray, centre: np.ndarray) -> None:
+        """Step the states of ``rows`` over ``values`` (B, k, C), the frames they missed, from the
+        values held and running means of before them (B, C): as serving would have stepped them.
+        The bank's own held values and means, already past those frames, stay as they are."""
+        for t in range(values.shape[1]):
+            _, held, centre = self._advance(model, rows, values[:, t], held, centre)
+
+    def _advance(self, model: StreamRNN, rows: np.ndarray, values: np.ndarray, held: np.ndarray, centre: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """One frame (B, C) for ``rows``: from the values held and means before it, the model's
+        output, the rows' states moved in place, and the values held and means after it."""
+        fresh = np.isfinite(values)
+        held = np.where(fresh, values, held)
+        centre = ewm_update(centre, held, fresh, self.alpha)
         device = self.hidden.device
         x = torch.from_numpy(np.array([held, centre, fresh], dtype=np.float32)).to(device)  # (3, B, C)
         if len(rows) == 1:  # a view in, a copy back: no gather or scatter
@@ -97,7 +111,7 @@ class HiddenBank:
             idx = torch.from_numpy(rows).to(device)
             out, new = model.step(x[0], x[1], x[2], self.hidden.index_select(2, idx))
             self.hidden.index_copy_(2, idx, new)
-        return out.cpu().numpy(), held
+        return out, held, centre
 
     def reset_hidden(self, model: StreamRNN) -> None:
         """Blank states shaped for ``model`` (after a swap to a model of another shape or device)."""

@@ -37,6 +37,8 @@ class Snapshot:
     ts: list[np.ndarray]
     holdout_fraction: float = 0.15
     counts: list[int] = field(default_factory=list)  # frames ever appended to each ring, at the snapshot
+    held: np.ndarray | None = None  # (streams, C): the serving values held and running means, at the snapshot
+    centre: np.ndarray | None = None
 
     @property
     def frames(self) -> int:
@@ -387,29 +389,21 @@ def _model(spec: ModelSpec, state: dict[str, Tensor]) -> StreamRNN:
 
 
 @torch.inference_mode()
-def warm(model: StreamRNN, values: list[np.ndarray], frames: int, start: Tensor | None = None, feed: list[int] | None = None) -> Tensor:
-    """The recurrent state of ``model`` after the last ``frames`` of each stream's ``values``.
-
-    ``start`` (state_layers, layers, streams, hidden) is the state before them, blank if None.
-    With ``feed``, only the last feed[i] of those frames are run for stream i (the state already
-    holds the earlier ones); held values and running means still come from the whole window.
-    Streams run as batches of equal length. Returns the states in the order given.
-    """
+def warm(model: StreamRNN, values: list[np.ndarray], frames: int) -> Tensor:
+    """The recurrent state of ``model`` after the last ``frames`` of each stream's ``values``, from a
+    blank state. Streams run as batches of equal length. Returns the states in the order given."""
     device = next(model.buffers()).device
-    out = model.init_hidden(len(values)) if start is None else start.clone().to(device)
-    groups: dict[tuple[int, int], list[int]] = {}
+    out = model.init_hidden(len(values))
+    groups: dict[int, list[int]] = {}
     for i, v in enumerate(values):
-        n = min(len(v), frames)
-        groups.setdefault((n, n if feed is None else min(feed[i], n)), []).append(i)
-    for (length, n), idx in groups.items():
+        groups.setdefault(min(len(v), frames), []).append(i)
+    for n, idx in groups.items():
         if n == 0:
             continue
-        vals = np.stack([values[i][-length:] for i in idx])  # (B, T, C)
-        held = fill(vals)[:, -n:]
-        centre = centres(vals, model.spec.centre_alpha)[:, -n:]
+        vals = np.stack([values[i][-n:] for i in idx])  # (B, T, C)
         f32 = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
         sel = torch.as_tensor(idx, device=device)
-        mask = torch.as_tensor(np.isfinite(vals[:, -n:]), device=device)
-        _, hidden = model(f32(held), f32(centre), mask, out.index_select(2, sel))
+        mask = torch.as_tensor(np.isfinite(vals), device=device)
+        _, hidden = model(f32(fill(vals)), f32(centres(vals, model.spec.centre_alpha)), mask, out.index_select(2, sel))
         out[:, :, sel] = hidden
     return out
