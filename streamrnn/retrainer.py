@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import resource
 import threading
 import time
@@ -38,7 +39,7 @@ def _work(conn: Connection, parent: int) -> None:
     import torch
 
     threading.Thread(target=_orphan_watch, args=(parent,), daemon=True).start()
-    snapshot, spec, champion, settings, seed = conn.recv()
+    snapshot, spec, champion, settings, seed = _recv(conn)
     _limit_memory(settings.max_memory)
     torch.set_num_threads(settings.threads or 1)
     state = {k: torch.as_tensor(v) for k, v in champion.items()}
@@ -153,10 +154,22 @@ class Retrainer:
 
 
 def _send(conn: Connection, job: tuple) -> None:
+    """``job`` over the pipe with its arrays out of band (pickle protocol 5): they are written from
+    where they lie, with the GIL released, instead of copied into one pickle under it first (20 ms
+    of serving stalled at 1,000 streams)."""
     try:
-        conn.send(job)
-    except (OSError, TypeError, ValueError) as e:  # the child died, or the job ended and closed the pipe: poll() reports it
+        arrays: list[pickle.PickleBuffer] = []
+        head = pickle.dumps(job, protocol=5, buffer_callback=arrays.append)
+        conn.send((len(arrays), head))
+        for a in arrays:
+            conn.send_bytes(a.raw())
+    except (OSError, TypeError, ValueError, pickle.PicklingError) as e:  # the child died, or the job ended and closed the pipe: poll() reports it
         log.warning("could not hand the snapshot to the trainer", extra={"error": str(e)})
+
+
+def _recv(conn: Connection) -> tuple:
+    n, head = conn.recv()
+    return pickle.loads(head, buffers=[bytearray(conn.recv_bytes()) for _ in range(n)])  # writable arrays
 
 
 def _failed(error: str) -> Verdict:
