@@ -35,8 +35,10 @@ class Ring:
         """Copies of the last ``n`` frames (all held if None), oldest first: (ts (n,), values (n, C))."""
         held = len(self)
         n = held if n is None else min(n, held)
-        idx = (np.arange(self.count - n, self.count) % self.size) if n else np.empty(0, dtype=np.int64)
-        return self.ts[idx], self.values[idx]
+        start, end = (self.count - n) % self.size, self.count % self.size or self.size
+        if start < end or not n:  # in one piece
+            return self.ts[start : start + n].copy(), self.values[start : start + n].copy()
+        return np.concatenate([self.ts[start:], self.ts[:end]]), np.concatenate([self.values[start:], self.values[:end]])
 
     def since(self, ts: float) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the frames newer than ``ts``, oldest first."""

@@ -20,6 +20,21 @@ def test_ring_keeps_the_last_n_in_order():
     assert list(r.since(17.0)[0]) == [18, 19]
 
 
+def test_ring_last_n_is_the_newest_n_as_copies_at_every_fill_and_wrap():
+    for size in (1, 2, 5):
+        r, seen = Ring(size, 1), []
+        for t in range(3 * size + 2):
+            for n in (None, 0, 1, 2, size, size + 1):
+                ts, v = r.last(n)
+                want = seen[len(seen) - min(len(seen), size if n is None else min(n, size)) :]
+                assert list(ts) == want and list(v[:, 0]) == want, (size, t, n)
+                if len(ts):
+                    ts[0] = v[0, 0] = -1.0  # copies: the ring is untouched
+            r.append(float(t), np.array([t], dtype=np.float32))
+            seen.append(float(t))
+        assert -1.0 not in r.ts and -1.0 not in r.values
+
+
 def test_ring_memory_is_constant_over_ten_times_its_capacity():
     r = Ring(1000, 14)
     row = np.ones(14)
