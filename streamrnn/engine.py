@@ -212,17 +212,12 @@ class Engine:
 
     def snapshot(self) -> Snapshot:
         """Copies of every ring, for a trainer that may run elsewhere; schedules the next retrain."""
-        names, values, ts, counts = [], [], [], []
-        for stream, row in self.bank.rows.items():
-            t, v = self.rings[row].last()
-            names.append(stream)
-            values.append(v)
-            ts.append(t)
-            counts.append(self.rings[row].count)
+        rows = list(self.bank.rows.values())
+        last = [self.rings[row].last() for row in rows]  # (ts, values) per stream
+        counts = [self.rings[row].count for row in rows]
         # Retrain sooner while the rings fill (at 2x, 4x ... the first), then every retrain_every.
         self._next_retrain = self.frames_seen + min(max(self.frames_seen, 1), self.settings.trainer.retrain_every)
-        rows = list(self.bank.rows.values())
-        return Snapshot(names, values, ts, self.settings.trainer.holdout_fraction, counts, self.bank.held[rows], self.bank.centre[rows])
+        return Snapshot(list(self.bank.rows), [v for _, v in last], [t for t, _ in last], self.settings.trainer.holdout_fraction, counts, self.bank.held[rows], self.bank.centre[rows])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
