@@ -112,13 +112,21 @@ class StreamRNN(nn.Module):
 
     def forward(self, held: Tensor, centre: Tensor, mask: Tensor, hidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """held, centre, mask: (B, T, C) -> changes/dscale (B, T, H+1, targets), hidden (state_layers, layers, B, hidden)."""
+        out, new = self._recur(held, centre, mask, hidden)
+        return self._head(out), new
+
+    def advance(self, held: Tensor, centre: Tensor, mask: Tensor, hidden: Tensor | None = None) -> Tensor:
+        """The state after the frames held, centre, mask (B, T, C), from ``hidden``: ``forward``
+        without the outputs, for catching a state up over frames that need no forecast."""
+        return self._recur(held, centre, mask, hidden)[1]
+
+    def _recur(self, held: Tensor, centre: Tensor, mask: Tensor, hidden: Tensor | None) -> tuple[Tensor, Tensor]:
         x = self._inputs(held, centre, mask)  # (B, T, 2C)
         if hidden is None:
             hidden = self.init_hidden(held.shape[0])
         state = (hidden[0].contiguous(), hidden[1].contiguous()) if self.spec.kind == "lstm" else hidden[0]
         out, state = self.rnn(x, state)  # (B, T, hidden)
-        new = torch.stack(state) if self.spec.kind == "lstm" else state.unsqueeze(0)
-        return self._head(out), new
+        return out, torch.stack(state) if self.spec.kind == "lstm" else state.unsqueeze(0)
 
     def step(self, held: Tensor, centre: Tensor, mask: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """``forward`` over one frame: held, centre, mask (B, C) -> (B, H+1, targets), new hidden.

@@ -90,10 +90,15 @@ class HiddenBank:
     @torch.inference_mode()
     def catch_up(self, model: StreamRNN, rows: np.ndarray, values: np.ndarray, held: np.ndarray, centre: np.ndarray) -> None:
         """Step the states of ``rows`` over ``values`` (B, k, C), the frames they missed, from the
-        values held and running means of before them (B, C): as serving would have stepped them.
-        The bank's own held values and means, already past those frames, stay as they are."""
-        for t in range(values.shape[1]):
-            _, held, centre = self._advance(model, rows, values[:, t], held, centre)
+        values held and running means of before them (B, C): as serving would have stepped them, in
+        one pass of the model over the frames as a sequence. The bank's own held values and means,
+        already past those frames, stay as they are."""
+        if not values.shape[1]:
+            return
+        device = self.hidden.device
+        x = torch.from_numpy(np.array([fill(values, held), centres(values, self.alpha, centre, held), np.isfinite(values)], dtype=np.float32)).to(device)
+        idx = torch.from_numpy(rows).to(device)
+        self.hidden.index_copy_(2, idx, model.advance(x[0], x[1], x[2], self.hidden.index_select(2, idx)))
 
     def _advance(self, model: StreamRNN, rows: np.ndarray, values: np.ndarray, held: np.ndarray, centre: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """One frame (B, C) for ``rows``: from the values held and means before it, the model's
@@ -127,3 +132,27 @@ def ewm_update(centre: np.ndarray, held: np.ndarray, fresh: np.ndarray, alpha: f
     starts at the first one, holds otherwise. ``held`` is the last observed value, NaN if never."""
     start = np.where(np.isnan(centre), held, centre)
     return start + (alpha * fresh) * (held - start)
+
+
+def fill(values: np.ndarray, held: np.ndarray | None = None) -> np.ndarray:
+    """Sample-and-hold along time (axis -2 of (..., T, C)): each NaN takes the last finite value
+    before it, or ``held`` (..., C), what was held before the first frame (NaN if not given)."""
+    if held is not None:
+        return fill(np.concatenate([held[..., None, :], values], axis=-2))[..., 1:, :]
+    n = values.shape[-2]
+    idx = np.where(np.isfinite(values), np.arange(n)[:, None], 0)
+    np.maximum.accumulate(idx, axis=-2, out=idx)
+    return np.take_along_axis(values, idx, axis=-2)
+
+
+def centres(values: np.ndarray, alpha: float, centre: np.ndarray | None = None, held: np.ndarray | None = None) -> np.ndarray:
+    """The running mean after each frame (axis -2 of (..., T, C)), exactly as the bank keeps it while
+    serving, from the ``centre`` and ``held`` values (..., C) of before the first frame (none
+    seen if not given); a batch of streams is one loop over time."""
+    out = np.empty_like(values, dtype=np.float64)
+    c = np.full(values.shape[:-2] + values.shape[-1:], np.nan) if centre is None else centre
+    held_, fresh = fill(values, held), np.isfinite(values)
+    for t in range(values.shape[-2]):
+        c = ewm_update(c, held_[..., t, :], fresh[..., t, :], alpha)
+        out[..., t, :] = c
+    return out

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from streamrnn.config import TrainerSettings
 from streamrnn.model import ModelSpec, StreamRNN, build
-from streamrnn.state import ewm_update
+from streamrnn.state import centres, fill
 
 _VAL_CHUNK = 64  # streams per batch when running whole sequences
 
@@ -66,27 +66,6 @@ class TrainReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def fill(values: np.ndarray) -> np.ndarray:
-    """Sample-and-hold along time (axis -2 of (..., T, C)): each NaN takes the last finite value
-    before it (NaN before the first)."""
-    n = values.shape[-2]
-    idx = np.where(np.isfinite(values), np.arange(n)[:, None], 0)
-    np.maximum.accumulate(idx, axis=-2, out=idx)
-    return np.take_along_axis(values, idx, axis=-2)
-
-
-def centres(values: np.ndarray, alpha: float) -> np.ndarray:
-    """The running mean after each frame (axis -2 of (..., T, C)), exactly as the hidden-state bank
-    keeps it while serving; a batch of streams is one loop over time."""
-    out = np.empty_like(values, dtype=np.float64)
-    c = np.full(values.shape[:-2] + values.shape[-1:], np.nan)
-    held, fresh = fill(values), np.isfinite(values)
-    for t in range(values.shape[-2]):
-        c = ewm_update(c, held[..., t, :], fresh[..., t, :], alpha)
-        out[..., t, :] = c
-    return out
 
 
 def normalisation(values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -404,6 +383,5 @@ def warm(model: StreamRNN, values: list[np.ndarray], frames: int) -> Tensor:
         f32 = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
         sel = torch.as_tensor(idx, device=device)
         mask = torch.as_tensor(np.isfinite(vals), device=device)
-        _, hidden = model(f32(fill(vals)), f32(centres(vals, model.spec.centre_alpha)), mask, out.index_select(2, sel))
-        out[:, :, sel] = hidden
+        out[:, :, sel] = model.advance(f32(fill(vals)), f32(centres(vals, model.spec.centre_alpha)), mask, out.index_select(2, sel))
     return out

@@ -93,3 +93,27 @@ def test_hidden_state_is_never_part_of_a_graph():
     for t in range(5):
         engine.step([Frame("s", float(t), np.array([1.0, 2.0, 3.0, 4.0]))])
     assert not engine.bank.hidden.requires_grad and engine.bank.hidden.grad_fn is None
+
+
+def test_held_values_and_means_over_a_run_of_frames_go_on_from_where_the_bank_was():
+    """``fill`` and ``centres`` from the values held and means at some frame give what the bank holds
+    after each later frame: what catching a state up over missed frames relies on."""
+    from streamrnn.state import centres, fill
+
+    engine = Engine(small_settings())
+    rng = np.random.default_rng(4)
+    frames = rng.normal(size=(30, len(engine.channels)))
+    frames[rng.random(frames.shape) < 0.4] = np.nan  # sparse, some channels silent for a while
+    frames[:5, 0] = np.nan  # a channel first seen later
+    row, seen = None, []
+    for t, v in enumerate(frames):
+        engine.step([Frame("s", 10.0 * t, v)])
+        row = engine.bank.rows["s"]
+        seen.append((engine.bank.held[row].copy(), engine.bank.centre[row].copy()))
+    alpha = engine.bank.alpha
+    for at in (0, 3, 17):
+        held0, centre0 = seen[at]
+        later = frames[at + 1 :]
+        np.testing.assert_array_equal(fill(later, held0), [h for h, _ in seen[at + 1 :]])
+        np.testing.assert_allclose(centres(later, alpha, centre0, held0), [c for _, c in seen[at + 1 :]], rtol=1e-12)
+    np.testing.assert_allclose(centres(frames, alpha), [c for _, c in seen], rtol=1e-12)  # from nothing seen
