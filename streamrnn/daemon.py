@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 _BATCH = 10_000  # messages taken per turn at most: bounds the time between two wall-clock checks
 _EVERY = 1.0  # seconds between slow housekeeping (skill, gauges)
 _SERVE_AFTER = 0.005  # seconds a closed frame waits at most for the messages behind it before it is served
+# stream-frames a turn catches an adopted model up over (about a serving step's work at 1,000
+# streams): the catch-up after a long retrain is spread over turns instead of stalling one
+_CATCH_UP = 1024
 
 
 class Daemon:
@@ -133,6 +136,8 @@ class Daemon:
             self.turn(0.0)  # what was received
         if self.retrainer:
             self.retrainer.close()
+        if self.engine.catch_up():  # a verdict's model still catching up serves, and is checkpointed
+            self.metrics.version.set(self.engine.version)
         if self.journal is not None:
             # the readings in hand go into the checkpoint, the rest wait at the broker: the next
             # start goes on exactly where this one stopped
@@ -306,20 +311,23 @@ class Daemon:
 
     def _retrain(self) -> None:
         assert self.retrainer is not None
+        if self.engine.adopting:  # no new retrain until the last verdict's model serves
+            if self.engine.catch_up(_CATCH_UP):
+                self._served()
+            return
         done = self.retrainer.poll()
         if done is not None:
             snap, verdict, seconds = done
-            result = self.engine.adopt(snap, verdict)
+            result = self.engine.adopt(snap, verdict, budget=_CATCH_UP)
             self.metrics.retrains.labels(result.outcome).inc()
             self.metrics.retrain_seconds.observe(seconds)
-            self.metrics.version.set(self.engine.version)
             self.metrics.retrain_running.set(0)
             if verdict.outcome != "failed":
                 self.metrics.train_loss.set(verdict.report.train_loss)
                 self.metrics.val_loss.set(verdict.report.val_loss)
-            log.info("retrain done", extra={"outcome": result.outcome, "seconds": round(seconds, 2), "model_version": self.engine.version, "error": verdict.report.error})
-            if self.journal is not None and verdict.serve is not None:
-                self._checkpoint()  # a model swapped in survives a crash from now on
+            log.info("retrain done", extra={"outcome": result.outcome, "seconds": round(seconds, 2), "model_version": result.version, "error": verdict.report.error})
+            if verdict.serve is not None and not self.engine.adopting:
+                self._served()
             return
         if self.retrainer.busy or self.stopping.is_set():
             return
@@ -331,6 +339,13 @@ class Daemon:
             champion = {k: v.numpy() for k, v in self.engine.state_dict().items()}
             self.retrainer.start(snap, self.engine.spec, champion, self.engine.next_seed())
             self.metrics.retrain_running.set(1)
+
+    def _served(self) -> None:
+        """An adopted model serves from now on: say so, and checkpoint it so that it survives a crash."""
+        self.metrics.version.set(self.engine.version)
+        log.info("model served", extra={"model_version": self.engine.version})
+        if self.journal is not None:
+            self._checkpoint()
 
     # -- checkpoints ----------------------------------------------------------------------
     def _restore(self) -> None:

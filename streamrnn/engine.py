@@ -23,7 +23,7 @@ from streamrnn.config import Settings
 from streamrnn.evaluator import Evaluator
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
 from streamrnn.ring import Ring
-from streamrnn.state import HiddenBank, StreamCapError
+from streamrnn.state import HiddenBank, StreamCapError, catch_up
 from streamrnn.trainer import Snapshot, TrainReport, Verdict
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,19 @@ class RetrainResult:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Adoption:
+    """A verdict's model whose states are being caught up over the frames since its snapshot, a few
+    at a time, while the model before it serves."""
+
+    model: StreamRNN
+    hidden: torch.Tensor  # (state_layers, layers, rows, hidden) by bank row, as of ``reached``
+    held: np.ndarray  # (rows, C): the values held and running means as of ``reached``
+    centre: np.ndarray
+    reached: dict[str, tuple[Ring, int]]  # stream -> its ring, and the frames of it stepped over
+    persistence: bool  # the verdict serves persistence
+
+
 class Engine:
     def __init__(self, settings: Settings, model: StreamRNN | None = None, version: int = 0) -> None:
         self.settings = settings
@@ -120,6 +133,7 @@ class Engine:
         self._next_retrain = 0
         self._last_evict = -math.inf
         self.results: deque[RetrainResult] = deque(maxlen=1000)  # the latest, for reports
+        self._adoption: _Adoption | None = None
 
     def _target_std(self) -> np.ndarray:
         """Engineering units of one output unit, per step and target (H+1, T)."""
@@ -232,21 +246,29 @@ class Engine:
         verdict = trainer.retrain(snap, self.spec, self.state_dict(), self.settings.trainer, seed=self.next_seed())
         return self.adopt(snap, verdict)
 
-    def adopt(self, snap: Snapshot, verdict: Verdict) -> RetrainResult:
+    def adopt(self, snap: Snapshot, verdict: Verdict, budget: int | None = None) -> RetrainResult:
         """Act on a retrain's verdict between two steps: swap the model it names in, or keep serving.
-        A verdict whose weights or states do not fit this model, or are not finite, is a failure."""
+        A verdict whose weights or states do not fit this model, or are not finite, is a failure.
+
+        The model is served once its states are caught up over the frames since the snapshot: at
+        once, or with a ``budget`` (stream-frames) over later calls of :meth:`catch_up`, the model
+        before it serving meanwhile (the result's version is the one it will serve as)."""
         problem = self._unfit(snap, verdict)
         if problem is not None:
             verdict.report.status, verdict.report.error = "failed", problem
             verdict = Verdict("failed", verdict.report, champion_error=verdict.champion_error, challenger_error=verdict.challenger_error, persistence_error=verdict.persistence_error)
+        version = self.version
         if verdict.serve is not None and verdict.state is not None and verdict.hidden is not None:
+            self.catch_up()  # one still catching up is served first
             model = StreamRNN(self.spec)
             model.load_state_dict({k: torch.as_tensor(v) for k, v in verdict.state.items()})
-            self._swap(model, snap, torch.as_tensor(verdict.hidden))
+            self._adoption = self._begin(model, snap, torch.as_tensor(verdict.hidden), verdict.serve == "persistence")
+            version = self.version + 1
+            self.catch_up(budget)
             if verdict.serve == "persistence":
                 self.counts["fallback_persistence"] += 1
                 log.info("champion behind persistence on the held-out tail (%.4g > %.4g): serving persistence", verdict.champion_error, verdict.persistence_error)
-        result = RetrainResult(verdict.outcome, verdict.report, verdict.champion_error, verdict.challenger_error, self.version)
+        result = RetrainResult(verdict.outcome, verdict.report, verdict.champion_error, verdict.challenger_error, version)
         result.extra["persistence_error"] = verdict.persistence_error
         if verdict.outcome == "failed":
             log.warning("retrain failed: %s", verdict.report.error)
@@ -277,36 +299,74 @@ class Engine:
             return f"verdict's hidden states are not finite or not of shape {shape}"
         return None
 
-    def _swap(self, model: StreamRNN, snap: Snapshot, hidden: torch.Tensor) -> None:
-        """Serve ``model`` from the next step on. Each stream goes on from the state the model reached
-        at the end of the snapshot, stepped over the frames that arrived since as serving would have
-        stepped them; a stream the snapshot lacks (or whose ring has turned over since) is warmed over
-        its recent frames from a blank state. The cost is the frames since, not the ring."""
-        self.model = model.to(self.device).eval()
-        self.version += 1
+    def _begin(self, model: StreamRNN, snap: Snapshot, hidden: torch.Tensor, persistence: bool) -> _Adoption:
+        """Each stream of the snapshot still served starts from the state the model reached at the
+        end of the snapshot, with the values held and means of then."""
+        model = model.to(self.device).eval()
+        rows, idx, reached = [], [], {}
+        for i, stream in enumerate(snap.streams):
+            row = self.bank.rows.get(stream)
+            if row is not None and snap.held is not None:
+                rows.append(row)
+                idx.append(i)
+                reached[stream] = (self.rings[row], snap.counts[i])
+        cap, c = self.bank.capacity, len(self.channels)
+        states, held, centre = model.init_hidden(cap), np.full((cap, c), np.nan), np.full((cap, c), np.nan)
+        if rows:
+            states[:, :, torch.as_tensor(rows, device=self.device)] = hidden[:, :, idx].to(self.device)
+            held[rows], centre[rows] = snap.held[idx], snap.centre[idx]
+        return _Adoption(model, states, held, centre, reached, persistence)
+
+    @property
+    def adopting(self) -> bool:
+        """A verdict's model is being caught up: :meth:`catch_up` moves it on."""
+        return self._adoption is not None
+
+    def catch_up(self, budget: int | None = None) -> bool:
+        """Step the states of the model being adopted over up to ``budget`` of the frames they missed
+        (stream-frames; all if None), as serving would have stepped them, and serve it once every
+        stream is level. A stream the snapshot lacks, or whose ring has turned over since, is warmed
+        over its recent frames from a blank state then. Returns whether the model was swapped in."""
+        a = self._adoption
+        if a is None:
+            return False
+        behind = []  # (row, stream, frames since)
+        for stream, (ring, count) in list(a.reached.items()):
+            row = self.bank.rows.get(stream)
+            if row is None or self.rings.get(row) is not ring or ring.count - count > len(ring):
+                del a.reached[stream]  # evicted since, or turned over: warmed at the swap
+            elif ring.count > count:
+                behind.append((row, stream, ring.count - count))
+        most = max((k for _, _, k in behind), default=0) if budget is None else max(1, budget // max(1, len(behind)))
+        groups: dict[int, list[tuple[int, str, int]]] = {}
+        for b in behind:
+            groups.setdefault(min(b[2], most), []).append(b)
+        for n, members in groups.items():
+            rows = np.array([row for row, _, _ in members])
+            at = torch.as_tensor(rows, device=self.device)
+            values = np.stack([self.rings[row].last(since)[1][:n] for row, _, since in members])  # (B, n, C), oldest first
+            a.hidden[:, :, at], a.held[rows], a.centre[rows] = catch_up(a.model, a.hidden[:, :, at], values, a.held[rows], a.centre[rows], self.bank.alpha)
+            for _, stream, _ in members:
+                ring, count = a.reached[stream]
+                a.reached[stream] = (ring, count + n)
+        if any(since > most for _, _, since in behind):
+            return False
+        self._swap(a)
+        return True
+
+    def _swap(self, a: _Adoption) -> None:
+        """Serve the adopted model from the next step on, from the states it was caught up to."""
+        self._adoption = None
+        self.model, self.version = a.model, self.version + 1
         self._std_t = self._target_std()
-        self.bank.reset_hidden(self.model)
-        at = {name: i for i, name in enumerate(snap.streams)}
-        behind: dict[int, tuple[list[int], list[int]]] = {}  # frames since the snapshot -> (rows, snapshot index)
-        cold: list[int] = []
-        for stream, row in self.bank.rows.items():
-            ring, i = self.rings[row], at.get(stream)
-            since = -1 if i is None or snap.held is None else ring.count - snap.counts[i]
-            if not 0 <= since <= len(ring):
-                cold.append(row)
-                continue
-            group = behind.setdefault(since, ([], []))
-            group[0].append(row)
-            group[1].append(i)
-        for since, (rows, idx) in behind.items():
-            r = np.asarray(rows)
-            self.bank.hidden[:, :, torch.as_tensor(r, device=self.device)] = hidden[:, :, idx].to(self.device)
-            if since:
-                values = np.stack([self.rings[row].last(since)[1] for row in rows])  # (B, since, C)
-                self.bank.catch_up(self.model, r, values, snap.held[idx], snap.centre[idx])
+        hidden = a.model.init_hidden(self.bank.capacity)
+        level = torch.as_tensor([self.bank.rows[stream] for stream in a.reached], dtype=torch.long, device=self.device)
+        hidden[:, :, level] = a.hidden[:, :, level]
+        cold = [row for stream, row in self.bank.rows.items() if stream not in a.reached]
         if cold:
             recent = [self.rings[row].last(self.settings.trainer.rewarm)[1] for row in cold]
-            self.bank.hidden[:, :, torch.as_tensor(cold, device=self.device)] = trainer.warm(self.model, recent, self.settings.trainer.rewarm)
+            hidden[:, :, torch.as_tensor(cold, device=self.device)] = trainer.warm(a.model, recent, self.settings.trainer.rewarm)
+        self.bank.hidden = hidden
 
     # -- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict:
@@ -340,6 +400,7 @@ class Engine:
         if hidden.shape[2] != rows or b["held"].shape != (rows, len(self.channels)) or any(r["values"].shape != (size, len(self.channels)) for r in st["rings"].values()):
             raise ValueError("checkpoint's streams do not fit its own model and ring layout")
         self.evaluator.load_state(st["evaluator"])
+        self._adoption = None
         self.model, self.version = model.to(self.device).eval(), int(st["version"])
         self._std_t = self._target_std()
         bank = self.bank

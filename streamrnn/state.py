@@ -87,19 +87,6 @@ class HiddenBank:
         self.held[rows], self.centre[rows] = held, centre
         return out.cpu().numpy(), held
 
-    @torch.inference_mode()
-    def catch_up(self, model: StreamRNN, rows: np.ndarray, values: np.ndarray, held: np.ndarray, centre: np.ndarray) -> None:
-        """Step the states of ``rows`` over ``values`` (B, k, C), the frames they missed, from the
-        values held and running means of before them (B, C): as serving would have stepped them, in
-        one pass of the model over the frames as a sequence. The bank's own held values and means,
-        already past those frames, stay as they are."""
-        if not values.shape[1]:
-            return
-        device = self.hidden.device
-        x = torch.from_numpy(np.array([fill(values, held), centres(values, self.alpha, centre, held), np.isfinite(values)], dtype=np.float32)).to(device)
-        idx = torch.from_numpy(rows).to(device)
-        self.hidden.index_copy_(2, idx, model.advance(x[0], x[1], x[2], self.hidden.index_select(2, idx)))
-
     def _advance(self, model: StreamRNN, rows: np.ndarray, values: np.ndarray, held: np.ndarray, centre: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """One frame (B, C) for ``rows``: from the values held and means before it, the model's
         output, the rows' states moved in place, and the values held and means after it."""
@@ -118,13 +105,21 @@ class HiddenBank:
             self.hidden.index_copy_(2, idx, new)
         return out, held, centre
 
-    def reset_hidden(self, model: StreamRNN) -> None:
-        """Blank states shaped for ``model`` (after a swap to a model of another shape or device)."""
-        self.hidden = model.init_hidden(self.capacity)
-
     @property
     def streams(self) -> list[str]:
         return list(self.rows)
+
+
+def catch_up(model: StreamRNN, hidden: torch.Tensor, values: np.ndarray, held: np.ndarray, centre: np.ndarray, alpha: float) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """States (state_layers, layers, B, hidden) stepped over ``values`` (B, k, C), frames they
+    missed, from the values held and running means of before them (B, C), as serving would have
+    stepped them: in one pass of the model over the frames as a sequence. Returns the states,
+    values held and means after them."""
+    held_, centre_ = fill(values, held), centres(values, alpha, centre, held)
+    x = torch.from_numpy(np.array([held_, centre_, np.isfinite(values)], dtype=np.float32)).to(hidden.device)
+    with torch.inference_mode():
+        new = model.advance(x[0], x[1], x[2], hidden)
+    return new, held_[:, -1], centre_[:, -1]
 
 
 def ewm_update(centre: np.ndarray, held: np.ndarray, fresh: np.ndarray, alpha: float) -> np.ndarray:

@@ -439,3 +439,38 @@ def test_the_engine_steps_on_the_torch_threads_configured(monkeypatch):
         thread.join(30)
     assert not thread.is_alive()
     assert seen[0] == 1
+
+
+def test_a_verdict_is_caught_up_over_turns_and_no_retrain_starts_until_its_model_serves(monkeypatch):
+    """The frames since a long retrain's snapshot are stepped over a budget per turn, the old model
+    serving meanwhile; the model version moves once the new model serves, and only then may the
+    next retrain start (from the new champion)."""
+    from conftest import sine_frames
+
+    from streamrnn import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "_CATCH_UP", 2)  # 2 streams: one frame each per turn
+    settings = config.load(None, mqtt={"url": "mqtt://127.0.0.1:1", "instance": "catch-up"}, features={"inputs": ["a", "b", "c"], "targets": ["a", "key"], "period": 1.0, "horizon": 4}, model={"hidden_size": 32, "head_hidden": 32}, trainer={"min_frames": 50, "window": 16, "max_epochs": 2, "interval": 0.001})
+    d = daemon_module.Daemon(settings)
+    frames = sine_frames(310, streams=2)
+    for s, ts, v in frames[:600]:
+        d.engine.step([Frame(s, ts, v)])
+    snap = d.engine.snapshot()
+    verdict = trainer.retrain(snap, d.engine.spec, d.engine.state_dict(), settings.trainer, seed=1)
+    assert verdict.serve == "challenger"
+    for s, ts, v in frames[600:610]:  # 5 frames per stream came while it trained
+        d.engine.step([Frame(s, ts, v)])
+    done = [(snap, verdict, 12.0)]
+    monkeypatch.setattr(d.retrainer, "poll", lambda: done.pop() if done else None)
+    started: list[int] = []
+    monkeypatch.setattr(d.retrainer, "start", lambda snap, spec, champion, seed: started.append(d.engine.version))
+    version = lambda: d.metrics.registry.get_sample_value("streamrnn_model_version")  # noqa: E731
+    turns = 0
+    while version() == 0:
+        assert d.engine.version == 0 and not started  # the old model serves; no retrain meanwhile
+        d.turn(0)
+        turns += 1
+        assert turns < 20, "the adopted model never served"
+    assert turns == 5 and d.engine.version == 1 and not d.engine.adopting
+    d.turn(0)
+    assert started == [1]  # the next retrain starts from the model now served
