@@ -138,19 +138,25 @@ class Retrainer:
             verdict = _failed(f"trainer passed its deadline of {self.settings.deadline:g} s and was killed")
         if verdict is None:
             return None
-        self._end(job)
+        self._end(job, wait=False)
         return job.snapshot, verdict, elapsed
 
     def close(self) -> None:
         if self.job is not None:
-            self._end(self.job)
+            self._end(self.job, wait=True)
 
-    def _end(self, job: Job) -> None:
+    def _end(self, job: Job, wait: bool) -> None:
+        """Kill the child if it is still there (done, it may be tearing torch down) and reap it: on a
+        thread of its own unless ``wait``, as the kernel takes some 20 ms to free a trainer's memory
+        and serving must not wait for that."""
+        self.job = None
+        job.conn.close()
         if job.process.is_alive():
             job.process.kill()
-        job.process.join(5)
-        job.conn.close()
-        self.job = None
+        if wait:
+            job.process.join(5)
+        else:
+            threading.Thread(target=job.process.join, args=(5,), name="trainer-reap", daemon=True).start()
 
 
 def _send(conn: Connection, job: tuple) -> None:
