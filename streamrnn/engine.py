@@ -333,10 +333,13 @@ class Engine:
         behind = []  # (row, stream, frames since)
         for stream, (ring, count) in list(a.reached.items()):
             row = self.bank.rows.get(stream)
-            if row is None or self.rings.get(row) is not ring or ring.count - count > len(ring):
+            if row is None or self.rings.get(row) is not ring or ring.count - count > ring.size:
                 del a.reached[stream]  # evicted since, or turned over: warmed at the swap
             elif ring.count > count:
                 behind.append((row, stream, ring.count - count))
+        level = budget is None or len(behind) <= budget
+        if not level:  # more streams behind than the budget: one frame each for as many
+            behind = behind[:budget]
         most = max((k for _, _, k in behind), default=0) if budget is None else max(1, budget // max(1, len(behind)))
         groups: dict[int, list[tuple[int, str, int]]] = {}
         for b in behind:
@@ -349,7 +352,7 @@ class Engine:
             for _, stream, _ in members:
                 ring, count = a.reached[stream]
                 a.reached[stream] = (ring, count + n)
-        if any(since > most for _, _, since in behind):
+        if not level or any(since > most for _, _, since in behind):
             return False
         self._swap(a)
         return True

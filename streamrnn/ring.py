@@ -11,19 +11,16 @@ import numpy as np
 class Ring:
     """The last ``size`` frames of one stream: values (size, channels) float32 and ts (size,) float64."""
 
-    __slots__ = ("values", "ts", "count")
+    __slots__ = ("values", "ts", "count", "size")
 
     def __init__(self, size: int, channels: int) -> None:
         self.values = np.full((size, channels), np.nan, dtype=np.float32)
         self.ts = np.full(size, np.nan, dtype=np.float64)
         self.count = 0  # frames ever appended
-
-    @property
-    def size(self) -> int:
-        return len(self.ts)
+        self.size = size
 
     def __len__(self) -> int:
-        return min(self.count, self.size)
+        return self.size if self.count > self.size else self.count
 
     def append(self, ts: float, values: np.ndarray) -> None:
         i = self.count % self.size

@@ -4,6 +4,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 import torch
 from conftest import sine_frames, small_settings
 
@@ -107,7 +108,8 @@ def test_adopting_a_verdict_is_as_if_its_model_had_served_since_the_snapshot():
     np.testing.assert_allclose(engine.step(nxt).values, twin.step(nxt).values, rtol=1e-5, atol=1e-6)  # and so are the next forecasts
 
 
-def test_adopting_on_a_budget_serves_the_old_model_until_the_new_one_is_level_then_as_if_at_once():
+@pytest.mark.parametrize("budget,turns", [(2, 2), (1, 6)])  # one frame per stream per turn; one stream per turn
+def test_adopting_on_a_budget_serves_the_old_model_until_the_new_one_is_level_then_as_if_at_once(budget, turns):
     """With a budget the catch-up runs over later turns, the old model serving meanwhile, frames that
     arrive meanwhile included; once level, the states are those of adopting at once."""
     engine = fed()
@@ -120,20 +122,20 @@ def test_adopting_on_a_budget_serves_the_old_model_until_the_new_one_is_level_th
     twin.load_state(engine.state())
     old = twin.model
 
-    result = twin.adopt(snap, verdict, budget=2)  # 2 streams behind by 3: one frame each per turn
+    result = twin.adopt(snap, verdict, budget=budget)  # 2 streams behind by 3
     assert twin.adopting and twin.model is old and twin.version == 0 and result.version == 1
     engine.adopt(snap, verdict)
     assert not engine.adopting and engine.version == 1
-    assert not twin.catch_up(2) and twin.adopting  # 2 of 3 frames
+    assert not twin.catch_up(budget) and twin.adopting
     arrivals = [*frames[606:608], *[("s2", ts, v) for _, ts, v in sine_frames(5, seed=3)]]  # and a stream new since
     for s, ts, v in arrivals:
         for e in (engine, twin):
             e.step([Frame(s, ts, v)])
     assert twin.model is old  # served the arrivals
-    turns = 1
-    while not twin.catch_up(2):
-        turns += 1
-    assert turns == 2 and twin.version == 1 and twin.model is not old  # the third frame, then the one that came meanwhile
+    took = 1
+    while not twin.catch_up(budget):
+        took += 1
+    assert took == turns and twin.version == 1 and twin.model is not old  # the rest, and the frames that came meanwhile
     for stream in ("s0", "s1", "s2"):
         torch.testing.assert_close(twin.bank.hidden[:, :, twin.bank.rows[stream]], engine.bank.hidden[:, :, engine.bank.rows[stream]])
     nxt = [Frame(s, ts + 3.0, v) for s, ts, v in frames[606:608]]
