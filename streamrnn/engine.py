@@ -105,7 +105,6 @@ class _Adoption:
     held: np.ndarray  # (rows, C): the values held and running means as of ``reached``
     centre: np.ndarray
     reached: dict[str, tuple[Ring, int]]  # stream -> its ring, and the frames of it stepped over
-    persistence: bool  # the verdict serves persistence
 
 
 class Engine:
@@ -262,7 +261,7 @@ class Engine:
             self.catch_up()  # one still catching up is served first
             model = StreamRNN(self.spec)
             model.load_state_dict({k: torch.as_tensor(v) for k, v in verdict.state.items()})
-            self._adoption = self._begin(model, snap, torch.as_tensor(verdict.hidden), verdict.serve == "persistence")
+            self._adoption = self._begin(model, snap, torch.as_tensor(verdict.hidden))
             version = self.version + 1
             self.catch_up(budget)
             if verdict.serve == "persistence":
@@ -299,7 +298,7 @@ class Engine:
             return f"verdict's hidden states are not finite or not of shape {shape}"
         return None
 
-    def _begin(self, model: StreamRNN, snap: Snapshot, hidden: torch.Tensor, persistence: bool) -> _Adoption:
+    def _begin(self, model: StreamRNN, snap: Snapshot, hidden: torch.Tensor) -> _Adoption:
         """Each stream of the snapshot still served starts from the state the model reached at the
         end of the snapshot, with the values held and means of then."""
         model = model.to(self.device).eval()
@@ -315,7 +314,7 @@ class Engine:
         if rows:
             states[:, :, torch.as_tensor(rows, device=self.device)] = hidden[:, :, idx].to(self.device)
             held[rows], centre[rows] = snap.held[idx], snap.centre[idx]
-        return _Adoption(model, states, held, centre, reached, persistence)
+        return _Adoption(model, states, held, centre, reached)
 
     @property
     def adopting(self) -> bool:
@@ -363,8 +362,8 @@ class Engine:
         self.model, self.version = a.model, self.version + 1
         self._std_t = self._target_std()
         hidden = a.model.init_hidden(self.bank.capacity)
-        level = torch.as_tensor([self.bank.rows[stream] for stream in a.reached], dtype=torch.long, device=self.device)
-        hidden[:, :, level] = a.hidden[:, :, level]
+        kept = torch.as_tensor([self.bank.rows[stream] for stream in a.reached], dtype=torch.long, device=self.device)
+        hidden[:, :, kept] = a.hidden[:, :, kept]
         cold = [row for stream, row in self.bank.rows.items() if stream not in a.reached]
         if cold:
             recent = [self.rings[row].last(self.settings.trainer.rewarm)[1] for row in cold]
