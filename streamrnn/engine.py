@@ -303,9 +303,9 @@ class Engine:
         end of the snapshot, with the values held and means of then."""
         model = model.to(self.device).eval()
         rows, idx, reached = [], [], {}
-        for i, stream in enumerate(snap.streams):
+        for i, stream in enumerate(snap.streams if snap.held is not None else ()):  # without held values and means: all cold
             row = self.bank.rows.get(stream)
-            if row is not None and snap.held is not None:
+            if row is not None:
                 rows.append(row)
                 idx.append(i)
                 reached[stream] = (self.rings[row], snap.counts[i])

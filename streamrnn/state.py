@@ -83,16 +83,10 @@ class HiddenBank:
         means, and step their states as one batch. Returns the deltas (B, H+1, targets), normalised (float32),
         and the values now held (B, C). Few operations, each on the whole batch: at one stream the
         step costs little more than the model."""
-        out, held, centre = self._advance(model, rows, values, self.held.take(rows, axis=0), self.centre.take(rows, axis=0))
-        self.held[rows], self.centre[rows] = held, centre
-        return out.cpu().numpy(), held
-
-    def _advance(self, model: StreamRNN, rows: np.ndarray, values: np.ndarray, held: np.ndarray, centre: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """One frame (B, C) for ``rows``: from the values held and means before it, the model's
-        output, the rows' states moved in place, and the values held and means after it."""
         fresh = np.isfinite(values)
-        held = np.where(fresh, values, held)
-        centre = ewm_update(centre, held, fresh, self.alpha)
+        held = np.where(fresh, values, self.held.take(rows, axis=0))
+        centre = ewm_update(self.centre.take(rows, axis=0), held, fresh, self.alpha)
+        self.held[rows], self.centre[rows] = held, centre
         device = self.hidden.device
         x = torch.from_numpy(np.array([held, centre, fresh], dtype=np.float32)).to(device)  # (3, B, C)
         if len(rows) == 1:  # a view in, a copy back: no gather or scatter
@@ -103,18 +97,18 @@ class HiddenBank:
             idx = torch.from_numpy(rows).to(device)
             out, new = model.step(x[0], x[1], x[2], self.hidden.index_select(2, idx))
             self.hidden.index_copy_(2, idx, new)
-        return out, held, centre
+        return out.cpu().numpy(), held
 
     @property
     def streams(self) -> list[str]:
         return list(self.rows)
 
 
-def catch_up(model: StreamRNN, hidden: torch.Tensor, values: np.ndarray, held: np.ndarray, centre: np.ndarray, alpha: float) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def catch_up(model: StreamRNN, hidden: torch.Tensor, values: np.ndarray, held: np.ndarray | None, centre: np.ndarray | None, alpha: float) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """States (state_layers, layers, B, hidden) stepped over ``values`` (B, k, C), frames they
-    missed, from the values held and running means of before them (B, C), as serving would have
-    stepped them: in one pass of the model over the frames as a sequence. Returns the states,
-    values held and means after them."""
+    missed, from the values held and running means of before them (B, C; None: nothing seen yet),
+    as serving would have stepped them: in one pass of the model over the frames as a sequence.
+    Returns the states, values held and means after them."""
     held_, centre_ = fill(values, held), centres(values, alpha, centre, held)
     x = torch.from_numpy(np.array([held_, centre_, np.isfinite(values)], dtype=np.float32)).to(hidden.device)
     with torch.inference_mode():

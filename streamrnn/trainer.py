@@ -23,7 +23,7 @@ from torch import Tensor
 
 from streamrnn.config import TrainerSettings
 from streamrnn.model import ModelSpec, StreamRNN, build
-from streamrnn.state import centres, fill
+from streamrnn.state import catch_up, centres, fill
 
 _VAL_CHUNK = 64  # streams per batch when running whole sequences
 
@@ -380,8 +380,6 @@ def warm(model: StreamRNN, values: list[np.ndarray], frames: int) -> Tensor:
         if n == 0:
             continue
         vals = np.stack([values[i][-n:] for i in idx])  # (B, T, C)
-        f32 = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
         sel = torch.as_tensor(idx, device=device)
-        mask = torch.as_tensor(np.isfinite(vals), device=device)
-        out[:, :, sel] = model.advance(f32(fill(vals)), f32(centres(vals, model.spec.centre_alpha)), mask, out.index_select(2, sel))
+        out[:, :, sel] = catch_up(model, out.index_select(2, sel), vals, None, None, model.spec.centre_alpha)[0]
     return out
