@@ -1,8 +1,8 @@
 """``streamrnn bench step|streams|memory``: the engine in this process, each figure beside its reference.
 
 - ``step``: per model kind and batch, a bare torch step of the model (its forward over one frame,
-  tensors ready, inference mode: what a hand-written loop calls), the same step through torch's
-  cell kernels (``StreamRNN.step``, what the engine calls), re-running the last 64 frames instead
+  tensors ready, inference mode: what a hand-written loop calls), the same step as the engine makes
+  it (``StreamRNN.serve``: torch's cell kernels, inputs and outputs in numpy), re-running the last 64 frames instead
   (the stateless alternative), and the engine's whole step (bands, scoring, rings, state bank).
 - ``streams``: the step time per tick as the number of streams grows, on the CPU and, where CUDA is
   present, on the GPU: the recurrent step of the state bank alone and the engine's whole step.
@@ -69,14 +69,15 @@ def step(batches: tuple[int, ...] = (1, 100, 1000), kinds: tuple[str, ...] = ("g
             m, c = engine.model, len(engine.channels)
             x1, xw = torch.randn(b, 1, c), torch.randn(b, WINDOW, c)
             m1, mw = torch.ones(b, 1, c), torch.ones(b, WINDOW, c)
-            h = m.init_hidden(b)
+            h, state = m.init_hidden(b), m.init_hidden(b)
+            held, fresh = x1[:, 0].double().numpy(), m1[:, 0].bool().numpy()
             n = max(5, reps // max(1, b // 50))
             with torch.inference_mode():
                 for _ in range(10):
                     m(x1, x1, m1, h)
-                    m.step(x1[:, 0], x1[:, 0], m1[:, 0], h)
+                    m.serve(held, held, fresh, state)
                 bare = _median_us(lambda: m(x1, x1, m1, h), n)
-                serve = _median_us(lambda: m.step(x1[:, 0], x1[:, 0], m1[:, 0], h), n)
+                serve = _median_us(lambda: m.serve(held, held, fresh, state), n)
                 window = _median_us(lambda: m(xw, xw, mw, None), max(5, n // 4))
             _engine_tick(engine, b, 30)  # past the first forecasts' scoring and the bands' first draws
             whole = 1e6 * statistics.median(_engine_tick(engine, b, n))
@@ -90,8 +91,8 @@ def format_step(r: dict) -> str:
         [("model", "<6", "kind"), ("batch", ">7", "batch"), ("bare step", ">11.0f", "bare_us"), ("serving", ">9.0f", "serving_us"), ("window", ">10.0f", "window_us"), ("window/step", ">13.2f", "window_ratio"),
          ("engine", ">10.0f", "engine_us"), ("engine/step", ">13.2f", "engine_ratio"), ("us/frame", ">10.1f", "engine_us_per_frame")],
         r["rows"],
-        "bare step: the model's forward over one frame on ready tensors, as a hand-written loop steps it; serving: the same step through\n"
-        "torch's cell kernels, as the engine steps it; engine: the whole step (state bank, rings, scoring, bands) - target <= 1.5x bare at batch 1",
+        "bare step: the model's forward over one frame on ready tensors, as a hand-written loop steps it; serving: the same step as the\n"
+        "engine makes it (cell kernels, numpy in and out); engine: the whole step (state bank, rings, scoring, bands) - target <= 1.5x bare at batch 1",
     )  # fmt: skip
 
 

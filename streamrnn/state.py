@@ -77,7 +77,6 @@ class HiddenBank:
         self._free.append(r)
         return r
 
-    @torch.inference_mode()
     def step(self, model: StreamRNN, rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Hold the fresh values of ``values`` (B, C) for ``rows`` (distinct), move their running
         means, and step their states as one batch. Returns the deltas (B, H+1, targets), normalised (float32),
@@ -87,17 +86,13 @@ class HiddenBank:
         held = np.where(fresh, values, self.held.take(rows, axis=0))
         centre = ewm_update(self.centre.take(rows, axis=0), held, fresh, self.alpha)
         self.held[rows], self.centre[rows] = held, centre
-        device = self.hidden.device
-        x = torch.from_numpy(np.array([held, centre, fresh], dtype=np.float32)).to(device)  # (3, B, C)
-        if len(rows) == 1:  # a view in, a copy back: no gather or scatter
-            state = self.hidden.narrow(2, int(rows[0]), 1)
-            out, new = model.step(x[0], x[1], x[2], state)
-            state.copy_(new)
-        else:
-            idx = torch.from_numpy(rows).to(device)
-            out, new = model.step(x[0], x[1], x[2], self.hidden.index_select(2, idx))
-            self.hidden.index_copy_(2, idx, new)
-        return out.cpu().numpy(), held
+        if len(rows) == 1:  # a view, stepped in place: no gather or scatter
+            return model.serve(held, centre, fresh, self.hidden.narrow(2, int(rows[0]), 1)), held
+        idx = torch.from_numpy(rows).to(self.hidden.device)
+        state = self.hidden.index_select(2, idx)
+        out = model.serve(held, centre, fresh, state)
+        self.hidden.index_copy_(2, idx, state)
+        return out, held
 
     @property
     def streams(self) -> list[str]:

@@ -71,6 +71,33 @@ def test_serving_step_is_forward_over_one_frame(kind, nl, layers, bias):
 
 
 @pytest.mark.parametrize("kind,nl", KINDS)
+def test_serving_from_the_host_steps_the_states_step_gives_bit_for_bit(kind, nl):
+    """``serve`` (inputs made and outputs bounded in numpy, the state stepped in place) reaches the
+    states ``step`` reaches exactly, through clipped, never-seen and missing values, and follows the
+    model's normalisation when it changes."""
+    m = trained_like(small_settings(model={"kind": kind, "nonlinearity": nl}))
+    other = trained_like(small_settings(model={"kind": kind, "nonlinearity": nl}))
+    rng = np.random.default_rng(3)
+    hidden = torch.randn(m.spec.state_layers, m.spec.num_layers, 6, m.spec.hidden_size)
+    for change in (None, "normalisation", "weights"):
+        if change == "normalisation":
+            m.set_normalisation(torch.zeros(4), torch.tensor([0.3, 2.0, 1e-3, 7.0]), torch.full_like(m.dscale, 0.7))
+        elif change == "weights":
+            m.load_state_dict(other.state_dict())
+        held, centre = rng.normal(size=(6, 4)) * 5, rng.normal(size=(6, 4))
+        held[0, 1], centre[2], held[3, 2] = np.nan, np.nan, 1e3  # missing, never seen, clipped
+        fresh = np.isfinite(held)
+        with torch.inference_mode():
+            want, want_h = m.step(*(torch.as_tensor(a, dtype=torch.float32) for a in (held, centre, fresh)), hidden)
+        state = hidden.clone()
+        got = m.serve(held, centre, fresh, state)
+        assert torch.equal(state, want_h), change
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+        assert got.dtype == np.float32 and np.abs(got).max() > 1e-3
+        hidden = want_h
+
+
+@pytest.mark.parametrize("kind,nl", KINDS)
 def test_engine_streams_interleaved_equal_separate_passes(kind, nl):
     """Several streams stepped in one batch, in a shuffled order, give each stream's own one-pass output."""
     settings = small_settings(model={"kind": kind, "nonlinearity": nl})
