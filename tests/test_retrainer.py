@@ -1,6 +1,9 @@
 """Background retraining in a child process: verdicts come back, failures and hangs are contained."""
 
+import multiprocessing
 import os
+import pickle
+import threading
 import time
 
 import numpy as np
@@ -10,7 +13,7 @@ from conftest import sine_frames, small_settings
 
 from streamrnn import trainer
 from streamrnn.engine import Engine, Frame
-from streamrnn.retrainer import Retrainer
+from streamrnn.retrainer import Retrainer, _recv, _send
 
 
 def fed(n=300, **over):
@@ -42,6 +45,31 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
 
 def champion(engine):
     return {k: v.numpy() for k, v in engine.state_dict().items()}
+
+
+@pytest.mark.parametrize("streams", [0, 1, 40])
+def test_a_snapshot_reaches_the_trainer_whole_in_a_few_buffers_however_many_streams(streams):
+    """Over a real pipe, as the trainer gets it: every stream's frames (NaN included), times, counts,
+    held values and means come back equal, in two buffers of frames however many streams there are."""
+    rng = np.random.default_rng(streams)
+    lengths = rng.integers(1, 30, size=streams)
+    values = [rng.normal(size=(n, 3)).astype(np.float32) for n in lengths]
+    for v in values:
+        v[0, 1] = np.nan
+    snap = trainer.Snapshot([f"s{i}" for i in range(streams)], values, [rng.normal(size=n) for n in lengths], 0.2, [int(n) + 5 for n in lengths], rng.normal(size=(streams, 3)), rng.normal(size=(streams, 3)))
+    buffers = []
+    pickle.dumps(snap, protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) <= 6
+    a, b = multiprocessing.Pipe()
+    threading.Thread(target=_send, args=(a, (snap, "rest"))).start()
+    got, rest = _recv(b)
+    assert rest == "rest" and got.streams == snap.streams and got.counts == snap.counts and got.holdout_fraction == 0.2
+    assert len(got.values) == len(got.ts) == streams
+    for g, w in zip(got.values + got.ts, snap.values + snap.ts):
+        np.testing.assert_array_equal(g, w)
+        assert g.dtype == w.dtype and g.flags.writeable
+    np.testing.assert_array_equal(got.held, snap.held)
+    np.testing.assert_array_equal(got.centre, snap.centre)
 
 
 def test_the_child_gives_the_same_verdict_as_training_in_line():
