@@ -46,9 +46,10 @@ log = logging.getLogger(__name__)
 _BATCH = 10_000  # messages taken per turn at most: bounds the time between two wall-clock checks
 _EVERY = 1.0  # seconds between slow housekeeping (skill, gauges)
 _SERVE_AFTER = 0.005  # seconds a closed frame waits at most for the messages behind it before it is served
-# stream-frames a turn catches an adopted model up over (2-4 ms here; at least one frame per stream):
-# the catch-up after a long retrain is spread over turns instead of stalling one
-_CATCH_UP = 512
+# stream-frames a turn catches an adopted model up over (1-2 ms here alone, 5 ms under a full load at
+# 1,000 streams; at least one frame per stream): the catch-up after a long retrain is spread over
+# turns instead of stalling one
+_CATCH_UP = 192
 
 
 class Daemon:
