@@ -104,7 +104,8 @@ def catch_up(model: StreamRNN, hidden: torch.Tensor, values: np.ndarray, held: n
     missed, from the values held and running means of before them (B, C; None: nothing seen yet),
     as serving would have stepped them: in one pass of the model over the frames as a sequence.
     Returns the states, values held and means after them."""
-    held_, centre_ = fill(values, held), centres(values, alpha, centre, held)
+    held_ = fill(values, held)
+    centre_ = centres(values, alpha, centre, filled=held_)
     x = torch.from_numpy(np.array([held_, centre_, np.isfinite(values)], dtype=np.float32)).to(hidden.device)
     with torch.inference_mode():
         new = model.advance(x[0], x[1], x[2], hidden)
@@ -129,13 +130,15 @@ def fill(values: np.ndarray, held: np.ndarray | None = None) -> np.ndarray:
     return np.take_along_axis(values, idx, axis=-2)
 
 
-def centres(values: np.ndarray, alpha: float, centre: np.ndarray | None = None, held: np.ndarray | None = None) -> np.ndarray:
+def centres(values: np.ndarray, alpha: float, centre: np.ndarray | None = None, held: np.ndarray | None = None, *, filled: np.ndarray | None = None) -> np.ndarray:
     """The running mean after each frame (axis -2 of (..., T, C)), exactly as the bank keeps it while
     serving, from the ``centre`` and ``held`` values (..., C) of before the first frame (none
-    seen if not given); a batch of streams is one loop over time."""
+    seen if not given); a batch of streams is one loop over time. ``filled``: ``fill(values,
+    held)``, where the caller has it already."""
     out = np.empty_like(values, dtype=np.float64)
     c = np.full(values.shape[:-2] + values.shape[-1:], np.nan) if centre is None else centre
-    held_, fresh = fill(values, held), np.isfinite(values)
+    held_ = fill(values, held) if filled is None else filled
+    fresh = np.isfinite(values)
     for t in range(values.shape[-2]):
         c = ewm_update(c, held_[..., t, :], fresh[..., t, :], alpha)
         out[..., t, :] = c

@@ -118,7 +118,7 @@ def prepare(raw: np.ndarray, spec: ModelSpec, scale: np.ndarray, limit: int, hid
         ym[:m, k] = np.isfinite(truth[k : k + m]) & np.isfinite(base[:m])
         y[:m, k] = np.where(ym[:m, k], (truth[k : k + m] - base[:m]) / scale[k], 0.0)
     ym[:, 0] &= False if hide is None else hide[:, ti]  # step 0 learns only what the input did not show
-    return {"held": held, "centre": centres(seen, spec.centre_alpha), "mask": np.isfinite(seen), "y": y, "ym": ym}
+    return {"held": held, "centre": centres(seen, spec.centre_alpha, filled=held), "mask": np.isfinite(seen), "y": y, "ym": ym}
 
 
 def change_scale(raws: list[np.ndarray], spec: ModelSpec, hides: list[np.ndarray | None]) -> np.ndarray:
