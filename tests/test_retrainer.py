@@ -3,6 +3,7 @@
 import multiprocessing
 import os
 import pickle
+import signal
 import threading
 import time
 
@@ -43,6 +44,13 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
     return False
 
 
+def launched(r: Retrainer) -> int:
+    """The child's pid, once the job's thread has started it."""
+    assert r.job is not None and r.job.launched.wait(30)
+    assert r.job.process is not None
+    return r.job.process.pid
+
+
 def champion(engine):
     return {k: v.numpy() for k, v in engine.state_dict().items()}
 
@@ -78,7 +86,7 @@ def test_the_child_gives_the_same_verdict_as_training_in_line():
     r = Retrainer(engine.settings.trainer)
     r.start(snap, engine.spec, champion(engine), seed=1)
     assert r.busy
-    pid = r.job.process.pid
+    pid = launched(r)
     assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # from its start: serving comes first
     _, verdict, seconds = wait(r)
     assert gone(pid)
@@ -94,12 +102,49 @@ def test_a_hung_trainer_is_killed_at_its_deadline_and_serving_goes_on():
     engine = fed(trainer={"deadline": 1.0, "max_epochs": 10**6, "patience": 10**6, "max_steps": 10**9, "max_seconds": 600.0})
     r = Retrainer(engine.settings.trainer)
     r.start(engine.snapshot(), engine.spec, champion(engine), seed=1)
-    pid = r.job.process.pid
+    pid = launched(r)
     _, verdict, seconds = wait(r)
     assert verdict.outcome == "failed" and "deadline" in verdict.report.error and 1.0 <= seconds < 10
     result = engine.adopt(engine.snapshot(), verdict)
     assert result.outcome == "failed" and engine.version == 0 and engine.counts["retrain_failed"] == 1
     assert gone(pid)
+
+
+def test_a_trainer_that_dies_is_a_failed_verdict_naming_its_exit_code_and_is_reaped():
+    """As when the kernel's OOM killer picks it: the pipe closes, the verdict says so."""
+    engine = fed(trainer={"max_epochs": 10**6, "patience": 10**6, "max_steps": 10**9, "max_seconds": 600.0})
+    r = Retrainer(engine.settings.trainer)
+    r.start(engine.snapshot(), engine.spec, champion(engine), seed=1)
+    pid = launched(r)
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    _, verdict, seconds = wait(r, timeout=20)
+    assert verdict.outcome == "failed" and "exit code -9" in verdict.report.error, verdict.report.error
+    assert gone(pid) and not r.busy
+
+
+def test_a_trainer_that_cannot_start_is_a_failed_verdict_and_the_next_one_starts(monkeypatch):
+    """Out of processes or memory at fork: the retrain fails, serving and later retrains go on."""
+    engine = fed()
+    r = Retrainer(engine.settings.trainer)
+    real = r.ctx
+
+    class NoFork:
+        def Pipe(self):
+            return real.Pipe()
+
+        def Process(self, **kw):
+            p = real.Process(**kw)
+            p.start = lambda: (_ for _ in ()).throw(BlockingIOError(11, "Resource temporarily unavailable"))
+            return p
+
+    r.ctx = NoFork()
+    r.start(engine.snapshot(), engine.spec, champion(engine), seed=1)
+    _, verdict, _ = wait(r, timeout=10)
+    assert verdict.outcome == "failed" and "could not start" in verdict.report.error and "BlockingIOError" in verdict.report.error
+    r.ctx = real
+    r.start(engine.snapshot(), engine.spec, champion(engine), seed=1)
+    assert wait(r)[1].outcome == "promoted"
 
 
 def test_adopting_a_verdict_is_as_if_its_model_had_served_since_the_snapshot():
