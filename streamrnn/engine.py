@@ -105,6 +105,7 @@ class _Adoption:
     held: np.ndarray  # (rows, C): the values held and running means as of ``reached``
     centre: np.ndarray
     reached: dict[str, tuple[Ring, int]]  # stream -> its ring, and the frames of it stepped over
+    queue: deque[str] = field(default_factory=deque)  # this round's streams still behind, in turn
 
 
 class Engine:
@@ -245,13 +246,13 @@ class Engine:
         verdict = trainer.retrain(snap, self.spec, self.state_dict(), self.settings.trainer, seed=self.next_seed())
         return self.adopt(snap, verdict)
 
-    def adopt(self, snap: Snapshot, verdict: Verdict, budget: int | None = None) -> RetrainResult:
+    def adopt(self, snap: Snapshot, verdict: Verdict, at_once: bool = True) -> RetrainResult:
         """Act on a retrain's verdict between two steps: swap the model it names in, or keep serving.
         A verdict whose weights or states do not fit this model, or are not finite, is a failure.
 
-        The model is served once its states are caught up over the frames since the snapshot: at
-        once, or with a ``budget`` (stream-frames) over later calls of :meth:`catch_up`, the model
-        before it serving meanwhile (the result's version is the one it will serve as)."""
+        The model is served once its states are caught up over the frames since the snapshot: here
+        (``at_once``), or over later calls of :meth:`catch_up`, the model before it serving
+        meanwhile (the result's version is the one it will serve as)."""
         problem = self._unfit(snap, verdict)
         if problem is not None:
             verdict.report.status, verdict.report.error = "failed", problem
@@ -263,7 +264,8 @@ class Engine:
             model.load_state_dict({k: torch.as_tensor(v) for k, v in verdict.state.items()})
             self._adoption = self._begin(model, snap, torch.as_tensor(verdict.hidden))
             version = self.version + 1
-            self.catch_up(budget)
+            if at_once:
+                self.catch_up()
             if verdict.serve == "persistence":
                 self.counts["fallback_persistence"] += 1
                 log.info("champion behind persistence on the held-out tail (%.4g > %.4g): serving persistence", verdict.champion_error, verdict.persistence_error)
@@ -300,15 +302,17 @@ class Engine:
 
     def _begin(self, model: StreamRNN, snap: Snapshot, hidden: torch.Tensor) -> _Adoption:
         """Each stream of the snapshot still served starts from the state the model reached at the
-        end of the snapshot, with the values held and means of then."""
+        end of the snapshot, with the values held and means of then. A stream evicted and back since
+        (a new ring, its frames not the snapshot's), or whose ring has turned over, is cold."""
         model = model.to(self.device).eval()
         rows, idx, reached = [], [], {}
         for i, stream in enumerate(snap.streams if snap.held is not None else ()):  # without held values and means: all cold
             row = self.bank.rows.get(stream)
-            if row is not None:
+            ring, count = (self.rings[row], snap.counts[i]) if row is not None else (None, 0)
+            if ring is not None and 0 < count <= ring.count < count + ring.size and ring.ts[(count - 1) % ring.size] == snap.ts[i][-1]:
                 rows.append(row)
                 idx.append(i)
-                reached[stream] = (self.rings[row], snap.counts[i])
+                reached[stream] = (ring, count)
         cap, c = self.bank.capacity, len(self.channels)
         states, held, centre = model.init_hidden(cap), np.full((cap, c), np.nan), np.full((cap, c), np.nan)
         if rows:
@@ -325,36 +329,59 @@ class Engine:
         """Step the states of the model being adopted over up to ``budget`` of the frames they missed
         (stream-frames; all if None), as serving would have stepped them, and serve it once every
         stream is level. A stream the snapshot lacks, or whose ring has turned over since, is warmed
-        over its recent frames from a blank state then. Returns whether the model was swapped in."""
+        over its recent frames from a blank state then. Returns whether the model was swapped in.
+
+        In rounds: a round starts by finding the streams behind, then steps each over all the frames
+        it has missed, a budget's worth of them a turn (few streams over many frames: one pass of the
+        model over a sequence, and little Python per frame). A round that fits in one budget levels
+        every stream, and the model serves."""
         a = self._adoption
         if a is None:
             return False
-        behind = []  # (row, stream, frames since)
-        for stream, (ring, count) in list(a.reached.items()):
-            row = self.bank.rows.get(stream)
-            if row is None or self.rings.get(row) is not ring or ring.count - count > ring.size:
-                del a.reached[stream]  # evicted since, or turned over: warmed at the swap
-            elif ring.count > count:
-                behind.append((row, stream, ring.count - count))
-        level = budget is None or len(behind) <= budget
-        if not level:  # more streams behind than the budget: one frame each for as many
-            behind = behind[:budget]
-        most = max((k for _, _, k in behind), default=0) if budget is None else max(1, budget // max(1, len(behind)))
-        groups: dict[int, list[tuple[int, str, int]]] = {}
-        for b in behind:
-            groups.setdefault(min(b[2], most), []).append(b)
+        todo: list[tuple[int, str, int, int]] = []  # (row, stream, frames to step, frames behind)
+        if budget is None or not a.queue:
+            behind = [(stream, *lag) for stream in list(a.reached) if (lag := self._lag(a, stream))[1]]
+            if budget is None or sum(k for _, _, k in behind) <= budget:
+                self._advance(a, [(row, stream, k, k) for stream, row, k in behind])
+                self._swap(a)
+                return True
+            a.queue.extend(stream for stream, _, _ in behind)
+        left = budget
+        while a.queue and left:
+            row, k = self._lag(a, a.queue[0])
+            n = min(k, left)
+            if n:
+                todo.append((row, a.queue[0], n, k))
+                left -= n
+            if n == k:
+                a.queue.popleft()
+        self._advance(a, todo)
+        return False
+
+    def _lag(self, a: _Adoption, stream: str) -> tuple[int, int]:
+        """The bank row of a stream being caught up, and the frames it is behind (0 for one no
+        longer followed: evicted since, or its ring turned over, so it is warmed at the swap)."""
+        ring, count = a.reached.get(stream, (None, 0))
+        row = self.bank.rows.get(stream)
+        if ring is None or row is None or self.rings.get(row) is not ring or ring.count - count > ring.size:
+            a.reached.pop(stream, None)
+            return -1, 0
+        return row, ring.count - count
+
+    def _advance(self, a: _Adoption, todo: list[tuple[int, str, int, int]]) -> None:
+        """Step the adopted model's states over the oldest ``n`` of the ``k`` frames each stream
+        missed, the streams with as many frames as one batch."""
+        groups: dict[int, list[tuple[int, str, int, int]]] = {}
+        for t in todo:
+            groups.setdefault(t[2], []).append(t)
         for n, members in groups.items():
-            rows = np.array([row for row, _, _ in members])
+            rows = np.array([row for row, _, _, _ in members])
             at = torch.as_tensor(rows, device=self.device)
-            values = np.stack([self.rings[row].last(since)[1][:n] for row, _, since in members])  # (B, n, C), oldest first
+            values = np.stack([self.rings[row].last(k)[1][:n] for row, _, _, k in members])  # (B, n, C), oldest first
             a.hidden[:, :, at], a.held[rows], a.centre[rows] = catch_up(a.model, a.hidden[:, :, at], values, a.held[rows], a.centre[rows], self.bank.alpha)
-            for _, stream, _ in members:
+            for _, stream, _, _ in members:
                 ring, count = a.reached[stream]
                 a.reached[stream] = (ring, count + n)
-        if not level or any(since > most for _, _, since in behind):
-            return False
-        self._swap(a)
-        return True
 
     def _swap(self, a: _Adoption) -> None:
         """Serve the adopted model from the next step on, from the states it was caught up to."""

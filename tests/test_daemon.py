@@ -449,7 +449,7 @@ def test_a_verdict_is_caught_up_over_turns_and_no_retrain_starts_until_its_model
 
     from streamrnn import daemon as daemon_module
 
-    monkeypatch.setattr(daemon_module, "_CATCH_UP", 2)  # 2 streams: one frame each per turn
+    monkeypatch.setattr(daemon_module, "_CATCH_UP", 2)  # 2 frames a turn
     settings = config.load(None, mqtt={"url": "mqtt://127.0.0.1:1", "instance": "catch-up"}, features={"inputs": ["a", "b", "c"], "targets": ["a", "key"], "period": 1.0, "horizon": 4}, model={"hidden_size": 32, "head_hidden": 32}, trainer={"min_frames": 50, "window": 16, "max_epochs": 2, "interval": 0.001})
     d = daemon_module.Daemon(settings)
     frames = sine_frames(310, streams=2)
@@ -471,6 +471,7 @@ def test_a_verdict_is_caught_up_over_turns_and_no_retrain_starts_until_its_model
         d.turn(0)
         turns += 1
         assert turns < 20, "the adopted model never served"
-    assert turns == 5 and d.engine.version == 1 and not d.engine.adopting
+    # the verdict; then 10 frames behind, 2 a turn; then a round that finds none behind: level
+    assert turns == 7 and d.engine.version == 1 and not d.engine.adopting
     d.turn(0)
     assert started == [1]  # the next retrain starts from the model now served

@@ -181,10 +181,14 @@ def test_adopting_a_verdict_is_as_if_its_model_had_served_since_the_snapshot():
     np.testing.assert_allclose(engine.step(nxt).values, twin.step(nxt).values, rtol=1e-5, atol=1e-6)  # and so are the next forecasts
 
 
-@pytest.mark.parametrize("budget,turns", [(2, 2), (1, 6)])  # one frame per stream per turn; one stream per turn
+@pytest.mark.parametrize("budget,turns", [(2, 4), (1, 8)])
 def test_adopting_on_a_budget_serves_the_old_model_until_the_new_one_is_level_then_as_if_at_once(budget, turns):
     """With a budget the catch-up runs over later turns, the old model serving meanwhile, frames that
-    arrive meanwhile included; once level, the states are those of adopting at once."""
+    arrive meanwhile included; once level, the states are those of adopting at once.
+
+    Turns, in rounds: s0 and s1 are 3 frames behind at the verdict, 6 in all. Budget 2: s0 2 frames;
+    one more frame each arrives (s0 2 behind, s1 4); s0 2, s1 2, s1 2 (the round's end); a new
+    round finds none behind: level, swapped. Budget 1: a frame a turn, 1 + 7 of them, then none."""
     engine = fed()
     snap = engine.snapshot()
     verdict = trainer.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
@@ -195,7 +199,7 @@ def test_adopting_on_a_budget_serves_the_old_model_until_the_new_one_is_level_th
     twin.load_state(engine.state())
     old = twin.model
 
-    result = twin.adopt(snap, verdict, budget=budget)  # 2 streams behind by 3
+    result = twin.adopt(snap, verdict, at_once=False)  # 2 streams behind by 3
     assert twin.adopting and twin.model is old and twin.version == 0 and result.version == 1
     engine.adopt(snap, verdict)
     assert not engine.adopting and engine.version == 1
@@ -213,6 +217,23 @@ def test_adopting_on_a_budget_serves_the_old_model_until_the_new_one_is_level_th
         torch.testing.assert_close(twin.bank.hidden[:, :, twin.bank.rows[stream]], engine.bank.hidden[:, :, engine.bank.rows[stream]])
     nxt = [Frame(s, ts + 3.0, v) for s, ts, v in frames[606:608]]
     np.testing.assert_allclose(twin.step(nxt).values, engine.step(nxt).values, rtol=1e-5, atol=1e-6)
+
+
+def test_a_catch_up_left_half_done_by_a_budget_finishes_at_once_when_asked():
+    """As at shutdown, or when the next verdict comes: what a budget left is stepped in one go."""
+    engine = fed()
+    snap = engine.snapshot()
+    verdict = trainer.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
+    for s, ts, v in sine_frames(310, streams=2)[600:606]:
+        engine.step([Frame(s, ts, v)])
+    twin = Engine(engine.settings)
+    twin.load_state(engine.state())
+    engine.adopt(snap, verdict)
+    twin.adopt(snap, verdict, at_once=False)
+    assert not twin.catch_up(1) and twin.adopting  # one frame of six, the round under way
+    assert twin.catch_up() and not twin.adopting and twin.version == 1
+    for stream in ("s0", "s1"):
+        torch.testing.assert_close(twin.bank.hidden[:, :, twin.bank.rows[stream]], engine.bank.hidden[:, :, engine.bank.rows[stream]])
 
 
 def test_a_verdict_that_does_not_fit_or_is_not_finite_is_a_failure_and_serving_is_untouched():
@@ -242,3 +263,7 @@ def test_a_verdict_that_does_not_fit_or_is_not_finite_is_a_failure_and_serving_i
     forecasts = engine.step([Frame("s0", 10_000.0, np.array([0.1, 0.2, 0.3, np.nan]))])
     assert len(forecasts) == 1 and np.isfinite(forecasts[0].values[:, 0]).all()  # target a; the key waits for a sample
     assert engine.adopt(snap, good).outcome == "promoted" and engine.version == 1  # the good one still fits
+    # s0 went idle, was evicted and came back since the snapshot: a new stream, warmed, not the old one's state
+    assert engine.streams == ["s0"]
+    recent = engine.rings[engine.bank.rows["s0"]].last()[1]
+    torch.testing.assert_close(engine.bank.hidden[:, :, engine.bank.rows["s0"]][:, :, None], trainer.warm(engine.model, [recent], engine.settings.trainer.rewarm))
