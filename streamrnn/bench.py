@@ -440,16 +440,15 @@ def _latency_phase(work: Path, n: int, phase: str, seconds: float, rate_msgs: fl
 
 
 def format_latency(r: dict) -> str:
-    rounds = r.get("rounds", 1)
-    per_round = [f"{x['streams']}: {' '.join(f'{v:.2f}' for v in x['close_p99_vs_idle_rounds'])}" for x in r["rows"] if x["phase"] == "retrain" and "close_p99_vs_idle_rounds" in x]
+    per_round = [f"{x['streams']}: {' '.join(f'{v:.2f}' for v in x['close_p99_vs_idle_rounds'])}" for x in r["rows"] if x["phase"] == "retrain"]
     return table(
-        f"latency: {rounds} round(s) of {r['seconds']:g} s per phase at a steady rate, idle and retrain alternating, medians over the rounds; close = frame closed -> forecast handed to MQTT (daemon histogram, interpolated); rtt = closing sensor published -> forecast received",
+        f"latency: {r['rounds']} round(s) of {r['seconds']:g} s per phase at a steady rate, idle and retrain alternating, medians over the rounds; close = frame closed -> forecast handed to MQTT (daemon histogram, interpolated); rtt = closing sensor published -> forecast received",
         [("streams", ">8", "streams"), ("phase", ">9", "phase"), ("ticks/s", ">9.2f", "ticks_per_s"), ("forecasts", ">10", "forecasts"), ("retrains", ">9.0f", "retrains"),
          ("close p50", ">10.2f", "close_p50_ms"), ("close p99", ">10.2f", "close_p99_ms"), ("rtt p50", ">9.2f", "rtt_p50_ms"), ("rtt p99", ">9.2f", "rtt_p99_ms"),
          ("rtt max", ">9.1f", "rtt_max_ms"), ("p99/idle", ">9.2f", "close_p99_vs_idle")],
         r["rows"],
         "targets: close p99 <= 5 ms (1 stream), <= 20 ms (1,000 streams); retrain p99 / idle p99 <= 1.5 (ms)"
-        + (f"\nretrain p99 / idle p99, round by round, per streams: {'; '.join(per_round)}" if per_round else ""),
+        + f"\nretrain p99 / idle p99, round by round, per streams: {'; '.join(per_round)}",
     )  # fmt: skip
 
 

@@ -46,9 +46,9 @@ log = logging.getLogger(__name__)
 _BATCH = 10_000  # messages taken per turn at most: bounds the time between two wall-clock checks
 _EVERY = 1.0  # seconds between slow housekeeping (skill, gauges)
 _SERVE_AFTER = 0.005  # seconds a closed frame waits at most for the messages behind it before it is served
-# stream-frames a turn catches an adopted model up over (1.4 ms here alone at 1,000 streams: 16 of them
-# over 12 frames in one pass; 3 ms under load): the catch-up after a long retrain is spread over
-# turns instead of stalling one
+# stream-frames a turn catches an adopted model up over (1.4 ms here alone at 1,000 streams: 16 of
+# them over 12 frames in one pass; 6 ms median under the bench's load): the catch-up after a long
+# retrain is spread over turns instead of stalling one
 _CATCH_UP = 192
 
 

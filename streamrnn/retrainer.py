@@ -36,8 +36,7 @@ class Job:
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         self.started = time.monotonic()
-        self.process: mp.process.BaseProcess | None = None
-        self.launched = threading.Event()  # set once ``process`` is there (or will never be)
+        self.process: mp.process.BaseProcess | None = None  # once the job's thread has started it
         self.verdict: Verdict | None = None
         self.cancelled = False
         self.lock = threading.Lock()  # orders a cancel against the child's start
@@ -167,7 +166,6 @@ class Retrainer:
             log.error("trainer process could not start", exc_info=True)
             job.verdict = _failed(f"trainer process could not start: {type(e).__name__}: {e}")
         finally:
-            job.launched.set()
             child.close()
         if job.process is None:
             parent.close()

@@ -46,8 +46,11 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
 
 def launched(r: Retrainer) -> int:
     """The child's pid, once the job's thread has started it."""
-    assert r.job is not None and r.job.launched.wait(30)
-    assert r.job.process is not None
+    deadline = time.monotonic() + 30
+    while r.job is not None and r.job.process is None and r.job.verdict is None:
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.01)
+    assert r.job is not None and r.job.process is not None
     return r.job.process.pid
 
 
