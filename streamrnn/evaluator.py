@@ -31,13 +31,14 @@ class Evaluator:
         self.targets, self.horizon, self.coverage = targets, horizon, coverage
         h, t = horizon, targets
         # Pending forecasts per stream row, in slots by tick modulo H+1+LAG (a forecast is kept until
-        # its last step's truth is scored, which may wait LAG steps): prediction, lower and upper band
-        # side by side, so that scoring a batch gathers each forecast step in one piece. float32, as
-        # the forecasts are published.
+        # its last step's truth is scored, which may wait LAG steps): the prediction and its band's
+        # half-width side by side, so that scoring a batch gathers each forecast step in one piece,
+        # and the persistence forecast. float32, as the forecasts are published: at 1,000 streams
+        # this is the engine's largest array after the rings.
         self._slots = h + 1 + LAG
         self._tick = np.zeros((0, self._slots), dtype=np.int64)
-        self._fc = np.zeros((0, self._slots, h, 3, t), dtype=np.float32)
-        self._base = np.zeros((0, self._slots, t))
+        self._fc = np.zeros((0, self._slots, h, 2, t), dtype=np.float32)
+        self._base = np.zeros((0, self._slots, t), dtype=np.float32)
         # Truths waiting to be scored, and the last tick whose forecasts may be recorded before they
         # are: a later one may reuse a slot that holds a forecast they score.
         self._queue: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -52,7 +53,7 @@ class Evaluator:
         self._res = np.full((h, t, residuals), np.inf)
         self._res_n = np.zeros((h, t), dtype=np.int64)
         self._half: np.ndarray | None = None  # drawn lazily, see half_width
-        self._spread = np.zeros((h, 3, t))  # what bands() adds to a prediction: 0, -half, +half
+        self._spread = np.zeros((h, 3, t), dtype=np.float32)  # what bands() adds to a prediction: 0, -half, +half
         self._new = np.zeros((h, t), dtype=np.int64)  # errors per (step, target) since the bands were drawn
         self._redraw = max(1, residuals // 50)
         self._enough = next(n for n in range(1, residuals + 2) if math.ceil((n + 1) * coverage) <= n or n > residuals)  # errors for a band
@@ -64,11 +65,15 @@ class Evaluator:
     def _ensure(self, row: int) -> None:
         if row < len(self._tick):
             return
-        extra = max(row + 1, 2 * len(self._tick)) - len(self._tick)
-        grow = lambda a, fill: np.concatenate([a, np.full((extra, *a.shape[1:]), fill, a.dtype)])  # noqa: E731
-        self._tick = grow(self._tick, -1)
-        self._fc = grow(self._fc, np.nan)
-        self._base = grow(self._base, np.nan)
+        rows, had = max(row + 1, 2 * len(self._tick)), len(self._tick)
+
+        def grow(a: np.ndarray) -> np.ndarray:  # rows not opened yet take no memory until written (calloc)
+            out = np.zeros((rows, *a.shape[1:]), a.dtype)
+            out[:had] = a
+            return out
+
+        self._tick, self._fc, self._base = grow(self._tick), grow(self._fc), grow(self._base)
+        self._tick[had:] = -1  # no forecast: a slot is read only where its tick is the one wanted
 
     def reset(self, row: int) -> None:
         """Open a stream's row, or forget its pending forecasts (the row is reused or its state was
@@ -97,34 +102,36 @@ class Evaluator:
 
     def _score(self, rows: np.ndarray, ticks: np.ndarray, truth: np.ndarray) -> None:
         """One pass over a batch of truths in time order (a row may come more than once): its cost
-        is per call, not per frame."""
+        is per call, not per frame. Errors in float32, as the forecasts were kept; sums in float64."""
         made = ticks[:, None] - self._ks  # (B, H): ticks at which a forecast for these was made
         slots = made % self._slots
-        valid = self._tick[rows[:, None], slots] == made
+        valid = (self._tick[rows[:, None], slots] == made) & (made >= 0)  # -1: an empty slot
         if not valid.any():
             return
         at = rows[:, None] * self._slots + slots  # (B, H): flat (row, slot)
-        fc = self._fc.reshape(-1, 3, self.targets).take(at * self.horizon + self._ks - 1, axis=0)  # (B, H, 3, T)
-        truth = truth[:, None, :]
+        fc = self._fc.reshape(-1, 2, self.targets).take(at * self.horizon + self._ks - 1, axis=0)  # (B, H, 2, T)
+        truth = truth.astype(np.float32)[:, None, :]
         err = fc[:, :, 0] - truth  # NaN where either is missing
         err_p = self._base.reshape(-1, self.targets).take(at, axis=0) - truth
-        ok = (err == err) & (err_p == err_p) & valid[..., None]
+        ok = ~np.isnan(err + err_p)
+        if not valid.all():
+            ok &= valid[..., None]
         n = ok.sum(axis=0)  # (H, T)
         if not n.any():
             return
-        lo, hi = fc[:, :, 1], fc[:, :, 2]
-        hit = (lo <= truth) & (truth <= hi)  # False where the band is NaN
         np.copyto(err, 0.0, where=~ok)
         np.copyto(err_p, 0.0, where=~ok)
-        ae, ae_p = np.abs(err), np.abs(err_p)
-        got = np.array([n, (ae * ae).sum(axis=0), (ae_p * ae_p).sum(axis=0), ae.sum(axis=0), ae_p.sum(axis=0), (ok & (lo == lo)).sum(axis=0), (ok & hit).sum(axis=0)])  # in _TOTALS order
+        ae, ae_p = np.abs(err, out=err), np.abs(err_p, out=err_p)
+        half = fc[:, :, 1]  # NaN where the forecast had no band
+        f8 = np.float64
+        got = np.array([n, np.einsum("bij,bij->ij", ae, ae, dtype=f8), np.einsum("bij,bij->ij", ae_p, ae_p, dtype=f8), ae.sum(axis=0, dtype=f8), ae_p.sum(axis=0, dtype=f8), (ok & (half == half)).sum(axis=0), (ok & (ae <= half)).sum(axis=0)])  # in _TOTALS order
         self._total += got
         self._live *= self._decay**n  # a batch's forecasts count as one after another in the live view
         self._live += got
         # the newest absolute errors into each (step, target)'s ring, in batch order; of more than the
         # ring holds, only the last
         size = self._res.shape[2]
-        rank = np.cumsum(ok, axis=0, dtype=np.int64)  # of each error in its (step, target), from 1
+        rank = np.cumsum(ok, axis=0, dtype=np.int32)  # of each error in its (step, target), from 1
         kept = np.flatnonzero(ok & (rank > n - size))  # flat (batch, step, target)
         cell = kept % n.size
         self._res.reshape(-1, size)[cell, (self._res_n.ravel()[cell] + rank.ravel()[kept] - 1) % size] = ae.ravel()[kept]
@@ -134,10 +141,11 @@ class Evaluator:
             self._half = None  # drawn again at the next half_width
 
     def bands(self, pred: np.ndarray) -> np.ndarray:
-        """Predictions (B, H, targets) within their bands: (B, H, 3, targets), the prediction, lower and
-        upper side by side, as ``record`` keeps them; NaN bands where too few errors were seen."""
+        """Predictions (B, H, targets) within their bands: (B, H, 3, targets) float32 (as published),
+        the prediction, lower and upper side by side, as ``record`` takes them; NaN bands where too
+        few errors were seen."""
         self.half_width()
-        return pred[:, :, None, :] + self._spread
+        return pred.astype(np.float32)[:, :, None, :] + self._spread
 
     def record(self, rows: np.ndarray, ticks: np.ndarray, band: np.ndarray, base: np.ndarray) -> None:
         """Keep forecasts made at ``ticks``: ``band`` (B, H, 3, targets) as ``bands`` draws it, base
@@ -146,7 +154,10 @@ class Evaluator:
             self.flush()  # a slot about to be reused may hold a forecast a queued truth scores
         s = ticks % self._slots
         self._tick[rows, s] = ticks
-        self._fc[rows, s] = band
+        fc = np.empty((len(rows), self.horizon, 2, self.targets), dtype=np.float32)
+        fc[:, :, 0] = band[:, :, 0]
+        np.subtract(band[:, :, 2], band[:, :, 0], out=fc[:, :, 1])  # the half-width
+        self._fc[rows, s] = fc
         self._base[rows, s] = base
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -161,8 +172,10 @@ class Evaluator:
 
     def load_state(self, st: dict) -> None:
         """Go on from ``state()``; raises ValueError if it was made for other targets, steps or residuals."""
-        if "fc" not in st:  # written before prediction and bands were kept side by side
-            st = {**st, "fc": np.stack([st["pred"], st["lo"], st["hi"]], axis=3)}
+        if "fc" not in st:  # written before the prediction and its band were kept side by side
+            st = {**st, "fc": np.stack([st["pred"], st["hi"] - st["pred"]], axis=3)}
+        elif st["fc"].ndim == 5 and st["fc"].shape[3] == 3:  # prediction, lower and upper band
+            st = {**st, "fc": np.stack([st["fc"][:, :, :, 0], st["fc"][:, :, :, 2] - st["fc"][:, :, :, 0]], axis=3)}
         for name in _ARRAYS:
             have, got = getattr(self, f"_{name}").shape, st[name].shape
             if got[2:] != have[2:] or (name in ("res", "res_n") and got != have):
@@ -187,7 +200,7 @@ class Evaluator:
         rows = len(tick)
         out_tick = np.full((rows, self._slots), -1, dtype=np.int64)
         out_fc = np.full((rows, self._slots, *self._fc.shape[2:]), np.nan, dtype=self._fc.dtype)
-        out_base = np.full((rows, self._slots, self.targets), np.nan)
+        out_base = np.full((rows, self._slots, self.targets), np.nan, dtype=self._base.dtype)
         r, s = np.nonzero(tick >= 0)
         order = np.argsort(tick[r, s], kind="stable")  # of two that meet in one slot, the newer stays
         r, s = r[order], s[order]

@@ -22,6 +22,20 @@ def test_a_forecast_is_scored_only_when_its_frame_arrives():
     assert ev.scores()["n"].sum() == 1
 
 
+def test_an_empty_slot_scores_nothing_at_the_first_ticks():
+    """A slot with no forecast says tick -1: the truth of tick 0 (whose step 1 would have been made
+    at tick -1) finds nothing to score in it, in a row opened fresh or reused."""
+    ev = Evaluator(targets=1, horizon=3)
+    for row in (0, 1, 40):  # 40: the arrays grown past the first rows
+        ev.reset(row)
+    ev.record(np.array([1]), np.array([0]), ev.bands(np.ones((1, 3, 1))), np.ones((1, 1)))
+    ev.reset(1)  # reused: its forecast of tick 0 is forgotten
+    rows = np.array([0, 1, 40])
+    for tick in range(3):
+        ev.score(rows, np.full(3, tick), np.full((3, 1), 5.0))
+    assert ev.scores()["n"].sum() == 0
+
+
 def _run(frames, engine, upto):
     for s, ts, v in frames[:upto]:
         engine.step([Frame(s, ts, v)])
@@ -61,9 +75,11 @@ def test_bands_cover_near_nominal_on_stationary_noise():
     assert np.isfinite(half).all()
     pred = rng.standard_normal((5, 1, 1))
     band = ev.bands(pred)
-    np.testing.assert_array_equal(band[:, :, 0], pred)
-    np.testing.assert_array_equal(band[:, :, 1], pred - half)
-    np.testing.assert_array_equal(band[:, :, 2], pred + half)
+    p32, h32 = pred.astype(np.float32), half.astype(np.float32)  # as published
+    assert band.dtype == np.float32
+    np.testing.assert_array_equal(band[:, :, 0], p32)
+    np.testing.assert_array_equal(band[:, :, 1], p32 - h32)
+    np.testing.assert_array_equal(band[:, :, 2], p32 + h32)
     again = Evaluator(targets=1, horizon=1, coverage=0.9, residuals=400)
     again.load_state(ev.state())  # the bands as drawn come back with the checkpoint
     np.testing.assert_array_equal(again.bands(pred), band)
@@ -122,7 +138,7 @@ def test_pending_forecasts_saved_with_other_slots_are_scored_after_a_load():
     newest = st["tick"].max(axis=1, keepdims=True)
     keep = st["tick"] > newest - 5
     r, s = np.nonzero(keep)
-    narrow = {"tick": np.full((len(keep), 5), -1), "fc": np.full((len(keep), 5, 4, 3, 2), np.nan), "base": np.full((len(keep), 5, 2), np.nan)}
+    narrow = {"tick": np.full((len(keep), 5), -1), "fc": np.full((len(keep), 5, *st["fc"].shape[2:]), np.nan), "base": np.full((len(keep), 5, 2), np.nan)}
     narrow["tick"][r, st["tick"][r, s] % 5] = st["tick"][r, s]
     narrow["fc"][r, st["tick"][r, s] % 5] = st["fc"][r, s]
     narrow["base"][r, st["tick"][r, s] % 5] = st["base"][r, s]
@@ -134,6 +150,33 @@ def test_pending_forecasts_saved_with_other_slots_are_scored_after_a_load():
     assert loaded.scores()["n"].sum() > st["total"]["n"].sum()
     np.testing.assert_array_equal(ref.scores()["n"], loaded.scores()["n"])
     np.testing.assert_allclose(ref.scores()["mse"], loaded.scores()["mse"], rtol=1e-12)
+
+
+def test_pending_forecasts_saved_with_their_lower_and_upper_bands_load():
+    """Checkpoints of before the half-width was kept (the prediction with its lower and upper band,
+    side by side or apart) go on exactly as this layout does: the same forecasts scored, the same
+    truths inside their bands."""
+    steps = _steps(2, 200, horizon=4)
+    ref = Evaluator(2, 4)
+    _feed(ref, steps[:150], eager=False)
+    st = ref.state()
+    pred, half = st["fc"][:, :, :, 0], st["fc"][:, :, :, 1]
+    apart = {k: v for k, v in st.items() if k != "fc"} | {"pred": pred, "lo": pred - half, "hi": pred + half}
+    side = {**st, "fc": np.stack([pred, pred - half, pred + half], axis=3)}
+    assert np.isfinite(half).sum() > 10
+    loaded = []
+    for old in (apart, side):
+        ev = Evaluator(2, 4)
+        ev.load_state(old)
+        _feed(ev, steps[150:], eager=False, start=False)
+        loaded.append(ev.scores())
+    _feed(ref, steps[150:], eager=False, start=False)
+    want = ref.scores()
+    assert want["n"].sum() > st["total"]["n"].sum()
+    for got in loaded:
+        for key in ("n", "coverage"):
+            np.testing.assert_array_equal(got[key], want[key])
+        np.testing.assert_allclose(got["mse"], want["mse"], rtol=1e-6)
 
 
 def test_the_residual_ring_keeps_the_newest_errors_in_arrival_order():

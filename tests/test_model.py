@@ -131,7 +131,7 @@ def test_untrained_model_is_persistence(kind, nl):
     for s, ts, v in sine_frames(60):
         fc = engine.step([Frame(s, ts, v)])[0]
         held = np.where(np.isfinite(v), v, held)
-        persistence = np.broadcast_to(held[[0, 3]], fc.values.shape)
+        persistence = np.broadcast_to(held[[0, 3]].astype(np.float32), fc.values.shape)  # float32, as published
         assert np.array_equal(fc.values, persistence, equal_nan=True)
         assert np.array_equal(fc.now, held[[0, 3]], equal_nan=True)
 
