@@ -393,9 +393,9 @@ class Daemon:
             self.link.ack(msg)
 
     def _checkpoint(self, wait: bool = False) -> None:
-        """Copy the state (here, on the engine thread, between two steps) and write it from a
-        thread of its own. If the last one is still being written, wait (at shutdown) or try again
-        at the next slow pass."""
+        """Copy the state (here, on the engine thread, between two steps; the rings as they are,
+        see ``Engine.state``) and write it from a thread of its own. If the last one is still being
+        written, wait (at shutdown) or try again at the next slow pass."""
         assert self.store is not None and self.journal is not None
         if self._saver is not None and self._saver.is_alive():
             if not wait:
@@ -404,7 +404,7 @@ class Daemon:
             self._saver.join()
         self._last_checkpoint = time.monotonic()
         seq = self.journal.seq
-        state = {"streamrnn": __version__, "seq": seq, "written": time.time(), "layout": layout(self.settings), "engine": self.engine.state(), "assembler": self.assembler.state()}
+        state = {"streamrnn": __version__, "seq": seq, "written": time.time(), "layout": layout(self.settings), "engine": self.engine.state(live_rings=True), "assembler": self.assembler.state()}
         self.journal.rotate()
         self._saver = threading.Thread(target=self._save, args=(seq, state, wait), name="checkpoint", daemon=True)
         self._saver.start()

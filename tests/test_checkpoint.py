@@ -49,6 +49,32 @@ def test_an_engine_restored_from_a_checkpoint_goes_on_exactly_as_the_one_that_wr
         np.testing.assert_array_equal(a.evaluator.scores()[k], b.evaluator.scores()[k])
 
 
+def test_live_rings_written_while_frames_come_restore_exactly_once_the_journal_is_replayed():
+    """The daemon's checkpoint holds the rings themselves, written on another thread while frames
+    still come. Here every frame after the checkpoint lands in the rings before they are encoded
+    (the worst case), over the oldest frames; the restored engine, given those frames again as the
+    journal's replay gives them, holds exactly the rings, states and forecasts of the first."""
+    settings = small_settings(ring={"size": 40})
+    frames = sine_frames(120, streams=2)
+    first, during, rest = frames[:160], frames[160:200], frames[200:]
+    a = Engine(settings)
+    stepped(a, first)
+    state = a.state(live_rings=True)
+    before = {row: r["values"].copy() for row, r in state["rings"].items()}
+    stepped(a, during)  # 20 frames a stream, into slots that held the oldest of the 40
+    written = checkpoint.decode(checkpoint.encode(state))
+    assert any(not np.array_equal(written["rings"][row]["values"], v, equal_nan=True) for row, v in before.items())  # the later frames are in it
+    b = Engine(settings)
+    b.load_state(written)
+    stepped(b, during)  # the journal's replay
+    for row, ring in a.rings.items():
+        np.testing.assert_array_equal(b.rings[row].values, ring.values)
+        np.testing.assert_array_equal(b.rings[row].ts, ring.ts)
+        assert b.rings[row].count == ring.count
+    torch.testing.assert_close(b.bank.hidden, a.bank.hidden, rtol=0, atol=0)
+    assert_same(stepped(a, rest), stepped(b, rest))
+
+
 def test_the_assembler_restored_keeps_its_readings_in_hand_and_measures_silence_from_the_restart():
     a = Assembler(3, 1.0, 0.5, 1.0, 2.0, 10, 3600.0)
     for f, ts in ((0, 0.0), (1, 0.0), (0, 1.0)):
