@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
+def write_with(path: str | Path, fill: Callable[[BinaryIO], None]) -> int:
+    """Have ``fill`` write a temporary file beside ``path``, fsync it, rename it over ``path``,
+    fsync the folder. Returns the file's size."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
+            size = os.fstat(f.fileno()).st_size
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    return size
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """``data`` as the file at ``path``, atomically (see :func:`write_with`)."""
+    write_with(path, lambda f: f.write(data))
 
 
 def fsync_dir(folder: str | Path) -> None:

@@ -3,6 +3,7 @@ files are detected and skipped; a checkpoint for another model is refused whole.
 
 from __future__ import annotations
 
+import errno
 import io
 import random
 import subprocess
@@ -127,6 +128,23 @@ def test_the_store_keeps_the_newest_and_skips_unsound_ones_for_the_one_before(tm
     seq, _, state = next(store.candidates())
     assert seq == 30 and state["w"][0] == 30.0 and store.skipped == 1
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_disk_that_fills_halfway_through_a_write_leaves_the_last_checkpoint_as_it_was(tiny_disk):
+    """The body streams into the file as it is encoded: a disk that fills partway fails the write
+    with the disk's own error (torch's would hide it) and leaves neither a half-written checkpoint
+    nor its temporary file."""
+    folder = tiny_disk("1m")
+    store = Store(folder)
+    path, size = store.write(1, {"w": np.arange(10.0)})
+    assert size == path.stat().st_size
+    before = path.read_bytes()
+    with pytest.raises(OSError) as e:
+        store.write(2, {"w": np.zeros(1 << 18), "v": np.ones(1 << 18)})  # 4 MB
+    assert e.value.errno == errno.ENOSPC
+    assert [s for s, _ in store.paths()] == [1] and path.read_bytes() == before
+    assert [p.name for p in folder.iterdir()] == [path.name]
+    assert checkpoint.decode(before)["w"][9] == 9.0
 
 
 def test_a_checkpoint_for_another_model_or_feature_set_is_refused_naming_what_differs(tmp_path):
