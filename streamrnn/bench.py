@@ -370,22 +370,23 @@ def _histogram_quantiles(before: dict[str, float], after: dict[str, float], name
 _RETRAIN = {"STREAMRNN_TRAINER__ENABLED": "true", "STREAMRNN_TRAINER__MIN_FRAMES": "20", "STREAMRNN_TRAINER__WINDOW": "8", "STREAMRNN_TRAINER__SEGMENT_WINDOWS": "1", "STREAMRNN_TRAINER__BURN_IN": "0", "STREAMRNN_TRAINER__INTERVAL": "0.5", "STREAMRNN_TRAINER__RETRAIN_EVERY": "1"}
 
 
-def latency(counts: tuple[int, ...] = (1, 100, 1000), seconds: float = 20.0, rate_msgs: float = 7000.0, rounds: int = 3) -> dict:
+def latency(counts: tuple[int, ...] = (1, 100, 1000), seconds: float = 20.0, rate_msgs: float = 7000.0, rounds: int = 3, min_ticks: int = 30) -> dict:
     """Frame close -> forecast published (the daemon's histogram) and sensor publish -> forecast
     received (the reading that closed the frame, through the broker and back), per number of
     streams at a steady rate, with the trainer off and retraining back to back: ``rounds`` of each,
-    alternating, and their medians. At 1,000 streams a phase holds ten ticks, and two phases alike
-    in every way gave p99s 2.7x apart on this machine: one pair of phases is not a measurement."""
+    alternating, and their medians. A phase lasts ``seconds`` or ``min_ticks`` ticks, whichever is
+    longer: a p99 over fewer ticks is their slowest one (at 1,000 streams, 20 s hold ten ticks, and
+    two such phases alike in every way gave p99s 2.7x apart on this machine)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="streamrnn-bench-") as tmp:
         for n in counts:
             runs: dict[str, list[dict]] = {"idle": [], "retrain": []}
             for i in range(rounds):
                 for phase in runs:
-                    runs[phase].append(_latency_phase(Path(tmp) / f"{phase}-{n}-{i}", n, phase, seconds, rate_msgs))
+                    runs[phase].append(_latency_phase(Path(tmp) / f"{phase}-{n}-{i}", n, phase, seconds, rate_msgs, min_ticks))
             for phase, got in runs.items():
                 row = {k: statistics.median(x[k] for x in got) for k in got[0] if k.endswith("_ms")}
-                row.update(streams=n, phase=phase, ticks_per_s=got[0]["ticks_per_s"], forecasts=sum(x["forecasts"] for x in got), retrains=sum(x["retrains"] for x in got))
+                row.update(streams=n, phase=phase, ticks_per_s=got[0]["ticks_per_s"], ticks=got[0]["ticks"], forecasts=sum(x["forecasts"] for x in got), retrains=sum(x["retrains"] for x in got))
                 row["rtt_max_ms"] = max(x["rtt_max_ms"] for x in got)
                 row["rounds"] = got
                 rows.append(row)
@@ -397,14 +398,15 @@ def latency(counts: tuple[int, ...] = (1, 100, 1000), seconds: float = 20.0, rat
     return {"seconds": seconds, "rounds": rounds, "rows": rows}
 
 
-def _latency_phase(work: Path, n: int, phase: str, seconds: float, rate_msgs: float) -> dict:
-    """One daemon, ``n`` streams, ``seconds`` of load at a steady rate after the same warm-up."""
+def _latency_phase(work: Path, n: int, phase: str, seconds: float, rate_msgs: float, min_ticks: int) -> dict:
+    """One daemon, ``n`` streams, ``seconds`` (at least ``min_ticks`` ticks) of load at a steady
+    rate after the same warm-up."""
     from streamrnn.config import Settings
     from streamrnn.loadgen import T0
 
     period = Settings().features.period
     rate = min(10.0, rate_msgs / (14 * n))  # ticks per second: at most rate_msgs sensor messages/s
-    ticks = max(8, int(seconds * rate))
+    ticks = max(min_ticks, int(seconds * rate))
     work.mkdir(parents=True)
     stack = Stack(work, n, 0, _RETRAIN if phase == "retrain" else {}, simulate=False)
     fc = None
@@ -421,7 +423,7 @@ def _latency_phase(work: Path, n: int, phase: str, seconds: float, rate_msgs: fl
             stack.wait_for("streamrnn_retrain_running", 0.5, 60)
         before = stack.metrics()
         load = _load(stack.broker.url, "plant/{stream}/sensors/{feature}", n, ticks, warm + 1, rate=rate)
-        seen = fc.take(n * ticks, seconds + 30)
+        seen = fc.take(n * ticks, ticks / rate + 30)
         after = stack.metrics()
     finally:
         if fc is not None:
@@ -433,7 +435,7 @@ def _latency_phase(work: Path, n: int, phase: str, seconds: float, rate_msgs: fl
     p50, p99 = _histogram_quantiles(before, after, "streamrnn_forecast_latency_seconds", (0.5, 0.99))
     retrains = sum(after.get(f'streamrnn_retrains_total{{outcome="{o}"}}', 0) - before.get(f'streamrnn_retrains_total{{outcome="{o}"}}', 0) for o in ("promoted", "rejected", "failed"))
     return {
-        "ticks_per_s": rate, "forecasts": len(rtt), "retrains": retrains,
+        "ticks_per_s": rate, "ticks": ticks, "forecasts": len(rtt), "retrains": retrains,
         "close_p50_ms": 1e3 * p50, "close_p99_ms": 1e3 * p99,
         "rtt_p50_ms": q(0.5), "rtt_p99_ms": q(0.99), "rtt_max_ms": 1e3 * rtt[-1] if rtt else float("nan"),
     }  # fmt: skip
@@ -443,7 +445,7 @@ def format_latency(r: dict) -> str:
     per_round = [f"{x['streams']}: {' '.join(f'{v:.2f}' for v in x['close_p99_vs_idle_rounds'])}" for x in r["rows"] if x["phase"] == "retrain"]
     return table(
         f"latency: {r['rounds']} round(s) of {r['seconds']:g} s per phase at a steady rate, idle and retrain alternating, medians over the rounds; close = frame closed -> forecast handed to MQTT (daemon histogram, interpolated); rtt = closing sensor published -> forecast received",
-        [("streams", ">8", "streams"), ("phase", ">9", "phase"), ("ticks/s", ">9.2f", "ticks_per_s"), ("forecasts", ">10", "forecasts"), ("retrains", ">9.0f", "retrains"),
+        [("streams", ">8", "streams"), ("phase", ">9", "phase"), ("ticks/s", ">9.2f", "ticks_per_s"), ("ticks", ">7", "ticks"), ("forecasts", ">10", "forecasts"), ("retrains", ">9.0f", "retrains"),
          ("close p50", ">10.2f", "close_p50_ms"), ("close p99", ">10.2f", "close_p99_ms"), ("rtt p50", ">9.2f", "rtt_p50_ms"), ("rtt p99", ">9.2f", "rtt_p99_ms"),
          ("rtt max", ">9.1f", "rtt_max_ms"), ("p99/idle", ">9.2f", "close_p99_vs_idle")],
         r["rows"],

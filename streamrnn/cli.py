@@ -147,7 +147,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     quick = args.quick
     parts = {
         "ingest": (lambda: bench.ingest(args.streams, 30 if quick else 1000, 1 if quick else args.rounds), bench.format_ingest),
-        "latency": (lambda: bench.latency((1, 10) if quick else (1, 100, 1000), 3.0 if quick else 20.0, rounds=1 if quick else args.rounds), bench.format_latency),
+        "latency": (lambda: bench.latency((1, 10) if quick else (1, 100, 1000), 3.0 if quick else 20.0, rounds=1 if quick else args.rounds, min_ticks=8 if quick else 30), bench.format_latency),
         "step": (lambda: bench_engine.step((1, 10) if quick else (1, 100, 1000), ("gru",) if quick else ("gru", "lstm", "rnn"), 20 if quick else 200), bench_engine.format_step),
         "streams": (lambda: bench_engine.streams((1, 10) if quick else (1, 10, 100, 1000, 10_000), 5 if quick else 20), bench_engine.format_streams),
         "memory": (lambda: bench_engine.memory((10,) if quick else (100, 1000, 5000), (256,) if quick else (256, 4096)), bench_engine.format_memory),
