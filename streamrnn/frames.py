@@ -14,7 +14,7 @@ that was already forecast from. Frames come out in tick order per stream.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 
 import numpy as np
 
@@ -44,6 +44,12 @@ class Assembler:
         self.idle_close, self.max_streams, self.forget_after = idle_close, max_streams, forget_after
         self.streams: dict[str, _Stream] = {}
         self.counts: Counter[str] = Counter()
+        # The streams not found quiet since their last reading, least recently heard first: the
+        # wall-clock check walks only the front of it, not every stream each turn (at 1,000 streams
+        # that walk was a quarter of the daemon's engine thread). The rest are looked at again
+        # when one of them is due to be forgotten.
+        self._heard: OrderedDict[str, _Stream] = OrderedDict()
+        self._forget_at = math.inf
 
     def tick(self, ts: float) -> int:
         """The first tick at or after ``ts``: where a reading is first used."""
@@ -57,6 +63,8 @@ class Assembler:
                 raise Rejected("capacity", f"stream {r.stream!r} refused: {self.max_streams} streams open (streams.max_streams)")
             st = self.streams[r.stream] = _Stream(self.channels)
         st.wall = wall
+        self._heard[r.stream] = st
+        self._heard.move_to_end(r.stream)
         if st.closed is not None and self.tick(r.ts) <= st.closed:
             self.counts["late"] += 1
             return []
@@ -70,15 +78,37 @@ class Assembler:
     def due(self, wall: float, everything: bool = False) -> list[tuple[str, int]]:
         """The closings the wall clock calls for: (stream, last tick) of each stream silent for
         ``idle_close`` seconds (of every stream with readings in hand if ``everything``). Long-silent
-        streams are forgotten. The daemon journals these, so that a replay closes the same ticks."""
+        streams are forgotten (once quiet for ``idle_close`` too). The daemon journals these, so
+        that a replay closes the same ticks; each must be closed, as a stream is named once per
+        silence."""
+        if everything:
+            return [(name, self.tick(st.watermark)) for name, st in self.streams.items() if st.pending]
+        if wall > self._forget_at:
+            self._forget(wall)
         out: list[tuple[str, int]] = []
-        for name, st in list(self.streams.items()):
-            quiet = wall - st.wall
-            if st.pending and (everything or quiet >= self.idle_close):
+        heard = self._heard
+        while heard:
+            name, st = next(iter(heard.items()))
+            if wall - st.wall < self.idle_close:
+                break  # the rest were heard later (a wall clock stepped back delays them by the step)
+            del heard[name]
+            if st.pending:
                 out.append((name, self.tick(st.watermark)))
-            elif not st.pending and quiet > self.forget_after:
-                del self.streams[name]
+            self._forget_at = min(self._forget_at, st.wall + self.forget_after)
         return out
+
+    def _forget(self, wall: float) -> None:
+        """Forget the streams with nothing in hand that were quiet for ``forget_after`` seconds."""
+        self._forget_at = math.inf
+        for name, st in list(self.streams.items()):
+            if name in self._heard:
+                continue
+            if st.pending:
+                continue  # named by due() and never closed: kept as it is
+            if wall - st.wall > self.forget_after:
+                del self.streams[name]
+            else:
+                self._forget_at = min(self._forget_at, st.wall + self.forget_after)
 
     def close(self, stream: str, last: int) -> list[Frame]:
         """Close the stream's ticks up to ``last`` (as :meth:`due` named them)."""
@@ -110,9 +140,9 @@ class Assembler:
     def load_state(self, state: dict, wall: float) -> None:
         """Go on from ``state()``. Silence is measured from ``wall``: the time the daemon was down is
         not a stream going quiet, and its readings are still on their way from the broker."""
-        self.streams = {}
+        self.streams, self._heard, self._forget_at = {}, OrderedDict(), math.inf
         for name, d in state.items():
-            st = self.streams[name] = _Stream(self.channels)
+            st = self.streams[name] = self._heard[name] = _Stream(self.channels)
             st.pending = [Reading(name, int(f), float(ts), float(v)) for f, ts, v in d["pending"]]
             st.held[:], st.held_ts[:] = d["held"], d["held_ts"]
             st.closed = None if d["closed"] is None else int(d["closed"])
@@ -120,6 +150,7 @@ class Assembler:
 
     def forget(self, stream: str) -> None:
         self.streams.pop(stream, None)
+        self._heard.pop(stream, None)
 
     @property
     def pending(self) -> int:

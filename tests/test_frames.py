@@ -100,3 +100,60 @@ def test_streams_are_capped_and_flush_closes_everything():
     assert e.value.reason == "capacity"
     assert sorted(f.stream for f in a.flush()) == ["a", "b"]
     assert a.pending == 0
+
+
+def test_a_quiet_stream_is_closed_once_then_forgotten_and_a_new_reading_brings_it_back():
+    a = asm(forget_after=60.0)
+    a.add(Reading("s", 0, T0, 1.0), 0.0)
+    a.add(Reading("t", 0, T0, 1.0), 1.5)
+    assert a.due(1.9) == []
+    assert a.due(2.0) == [("s", a.tick(T0))]  # "t" has been quiet for 0.5 s only
+    a.close("s", a.tick(T0))
+    assert a.due(3.0) == [] and a.due(3.5) == [("t", a.tick(T0))]  # each named once per silence
+    a.close("t", a.tick(T0))
+    assert a.due(59.0) == [] and set(a.streams) == {"s", "t"}
+    a.add(Reading("t", 0, T0 + P, 2.0), 30.0)  # heard again: quiet from 30 s
+    assert a.due(60.5) == [("t", a.tick(T0 + P))] and set(a.streams) == {"t"}  # "s" forgotten
+    a.close("t", a.tick(T0 + P))
+    assert a.due(90.5) == [] and a.streams == {}
+
+
+class _ScanAll(Assembler):
+    """The wall-clock check as it was: every stream, every call."""
+
+    def due(self, wall, everything=False):
+        out = []
+        for name, st in list(self.streams.items()):
+            quiet = wall - st.wall
+            if st.pending and (everything or quiet >= self.idle_close):
+                out.append((name, self.tick(st.watermark)))
+            elif not st.pending and quiet > self.forget_after:
+                del self.streams[name]
+        return out
+
+
+def test_the_wall_clock_check_walks_the_least_recently_heard_and_closes_as_a_scan_of_every_stream_would():
+    rng = random.Random(7)
+    kw = dict(channels=3, period=P, lateness=P / 2, max_hold=P, idle_close=2.0, max_streams=50, forget_after=8.0)
+    new, old = Assembler(**kw), _ScanAll(**kw)
+    wall, tick = 0.0, {f"s{i}": 0 for i in range(30)}
+    named = 0
+    for _ in range(3000):
+        wall += rng.expovariate(4.0)
+        if rng.random() < 0.7:  # a reading from a few busy streams or, rarely, from any
+            s = f"s{rng.randrange(5)}" if rng.random() < 0.8 else f"s{rng.randrange(30)}"
+            tick[s] += rng.choice((0, 0, 1, 1, 2))
+            r = Reading(s, rng.randrange(3), T0 + tick[s] * P + rng.uniform(-P, 0), rng.random())
+            assert sorted_frames(new.add(r, wall)) == sorted_frames(old.add(r, wall))
+        else:
+            got, want = new.due(wall), old.due(wall)
+            assert sorted(got) == sorted(want)
+            named += len(got)
+            for s, last in got:
+                assert sorted_frames(new.close(s, last)) == sorted_frames(old.close(s, last))
+            assert set(new.streams) == set(old.streams)
+    assert named > 50 and len(old.streams) < 30  # quiet streams were closed, and some forgotten
+
+
+def sorted_frames(frames):
+    return sorted((f.stream, f.ts, tuple(np.nan_to_num(f.values, nan=-9.0))) for f in frames)
