@@ -147,7 +147,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     quick = args.quick
     parts = {
         "ingest": (lambda: bench.ingest(args.streams, 30 if quick else 1000, 1 if quick else args.rounds), bench.format_ingest),
-        "latency": (lambda: bench.latency((1, 10) if quick else (1, 100, 1000), 3.0 if quick else 20.0, rounds=1 if quick else args.rounds, min_ticks=8 if quick else 30), bench.format_latency),
+        "latency": (lambda: bench.latency((1, 10) if quick else (1, 100, 1000), 3.0 if quick else 20.0, rounds=1 if quick else args.rounds, min_ticks=8 if quick else 30, rate_msgs=args.messages), bench.format_latency),
         "step": (lambda: bench_engine.step((1, 10) if quick else (1, 100, 1000), ("gru",) if quick else ("gru", "lstm", "rnn"), 20 if quick else 200), bench_engine.format_step),
         "streams": (lambda: bench_engine.streams((1, 10) if quick else (1, 10, 100, 1000, 10_000), 5 if quick else 20), bench_engine.format_streams),
         "memory": (lambda: bench_engine.memory((10,) if quick else (100, 1000, 5000), (256,) if quick else (256, 4096)), bench_engine.format_memory),
@@ -227,6 +227,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=float, default=5.0, help="soak: minutes before memory must stay flat")
     b.add_argument("--clients", type=int, default=100, help="concurrent scrapers")
     b.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    b.add_argument("--messages", type=float, default=7000.0, help="latency: sensor messages per second at most (ticks of 10 Hz at most)")
     b.add_argument("--rounds", type=int, default=3, help="rounds of the parts that alternate phases (ingest, latency, scrape, journal): medians over them")
     b.add_argument("--json", action="store_true", help="machine-readable report")
     b.set_defaults(func=cmd_bench)
