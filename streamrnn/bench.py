@@ -409,7 +409,10 @@ def _latency_phase(work: Path, n: int, phase: str, seconds: float, rate_msgs: fl
     rate = min(10.0, rate_msgs / (14 * n))  # ticks per second: at most rate_msgs sensor messages/s
     ticks = max(min_ticks, int(seconds * rate))
     work.mkdir(parents=True)
-    stack = Stack(work, n, 0, _RETRAIN if phase == "retrain" else {}, simulate=False)
+    # each frame closes when its stream's next tick comes, never by the wall clock: at 0.25 ticks a
+    # second the default idle_close (2 s) closed them all by the clock, with no reading to time from
+    env = {"STREAMRNN_FRAMES__IDLE_CLOSE": str(max(2.0, 2.5 / rate)), **(_RETRAIN if phase == "retrain" else {})}
+    stack = Stack(work, n, 0, env, simulate=False)
     fc = None
     try:
         stack.ready()
