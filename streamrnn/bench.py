@@ -370,7 +370,7 @@ def _histogram_quantiles(before: dict[str, float], after: dict[str, float], name
 _RETRAIN = {"STREAMRNN_TRAINER__ENABLED": "true", "STREAMRNN_TRAINER__MIN_FRAMES": "20", "STREAMRNN_TRAINER__WINDOW": "8", "STREAMRNN_TRAINER__SEGMENT_WINDOWS": "1", "STREAMRNN_TRAINER__BURN_IN": "0", "STREAMRNN_TRAINER__INTERVAL": "0.5", "STREAMRNN_TRAINER__RETRAIN_EVERY": "1"}
 
 
-def latency(counts: tuple[int, ...] = (1, 100, 1000), seconds: float = 20.0, rate_msgs: float = 7000.0, rounds: int = 3, min_ticks: int = 30) -> dict:
+def latency(counts: tuple[int, ...] = (1, 100, 1000), seconds: float = 20.0, rate_msgs: float = 3500.0, rounds: int = 3, min_ticks: int = 30) -> dict:
     """Frame close -> forecast published (the daemon's histogram) and sensor publish -> forecast
     received (the reading that closed the frame, through the broker and back), per number of
     streams at a steady rate, with the trainer off and retraining back to back: ``rounds`` of each,
@@ -433,11 +433,13 @@ def _latency_phase(work: Path, n: int, phase: str, seconds: float, rate_msgs: fl
         if fc is not None:
             fc.close()
         stack.close()
-    closer = [(a, round((ts - T0) / period) + 1) for a, _, ts in seen]  # the tick whose first reading closed the frame
+    # a frame is closed by its stream's first reading of the next tick: the round trip runs from
+    # when that stream's part of that tick was sent
     by_tick: dict[int, list[float]] = {}
-    for a, k in closer:
+    for a, stream, ts in seen:
+        k = round((ts - T0) / period) + 1
         if k in load["started"]:
-            by_tick.setdefault(k, []).append(a - load["started"][k])
+            by_tick.setdefault(k, []).append(a - load["started"][k][int(stream[1:])])
     rtt = sorted(x for v in by_tick.values() for x in v)
     # a daemon that keeps up answers the last ticks as soon as the first; one that does not falls
     # further behind each tick, and its latency is then its queue's
@@ -456,7 +458,7 @@ def _latency_phase(work: Path, n: int, phase: str, seconds: float, rate_msgs: fl
 def format_latency(r: dict) -> str:
     per_round = [f"{x['streams']}: {' '.join(f'{v:.2f}' for v in x['close_p99_vs_idle_rounds'])}" for x in r["rows"] if x["phase"] == "retrain"]
     return table(
-        f"latency: {r['rounds']} round(s) of {r['seconds']:g} s per phase at a steady rate, idle and retrain alternating, medians over the rounds; close = frame closed -> forecast handed to MQTT (daemon histogram, interpolated); rtt = closing sensor published -> forecast received",
+        f"latency: {r['rounds']} round(s) of {r['seconds']:g} s per phase at a steady rate (each stream's sensors together, the streams spread evenly over each tick), idle and retrain alternating, medians over the rounds; close = frame closed -> forecast handed to MQTT (daemon histogram, interpolated); rtt = closing sensor published -> forecast received",
         [("streams", ">8", "streams"), ("phase", ">9", "phase"), ("ticks/s", ">9.2f", "ticks_per_s"), ("ticks", ">7", "ticks"), ("forecasts", ">10", "forecasts"), ("retrains", ">9.0f", "retrains"),
          ("close p50", ">10.2f", "close_p50_ms"), ("close p99", ">10.2f", "close_p99_ms"), ("rtt p50", ">9.2f", "rtt_p50_ms"), ("rtt p99", ">9.2f", "rtt_p99_ms"),
          ("rtt max", ">9.1f", "rtt_max_ms"), ("behind s", ">9.1f", "backlog_s"), ("p99/idle", ">9.2f", "close_p99_vs_idle")],

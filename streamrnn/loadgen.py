@@ -2,7 +2,9 @@
 
 - ``publish``: a raw MQTT 3.1.1 publisher that writes pre-encoded QoS 1 PUBLISH packets as fast as
   the broker reads them (paho's publisher tops out near 11,000 QoS 1 messages/s, below what a
-  subscriber takes), in bursts or tick by tick at a steady rate; it prints when each tick started.
+  subscriber takes): in one burst, or at a steady rate, each stream's sensors together and the
+  streams evenly spread over each tick, as a plant's controllers report; it prints when it sent
+  each tick, or each stream's part of each tick.
 - ``bare``: the reference subscriber: paho-mqtt doing only ``json.loads``, which is the practical
   limit of Python and paho on the same broker and the same stream.
 """
@@ -41,16 +43,18 @@ def packet(topic: str, payload: bytes, mid: int) -> bytes:
     return b"\x32" + _varint(len(body)) + body
 
 
-def tick_packets(template: str, streams: int, channels: list[str], tick: int, period: float, t0: float, mid: int) -> tuple[bytes, int]:
-    """Every sensor of every stream for one tick, as one buffer; and the next message id."""
+def tick_packets(template: str, streams: int, channels: list[str], tick: int, period: float, t0: float, mid: int) -> tuple[list[bytes], int]:
+    """Every sensor of every stream for one tick, a buffer per stream; and the next message id."""
     ts = t0 + tick * period
     out = []
     for s in range(streams):
+        one = []
         for j, name in enumerate(channels):
             payload = b'{"ts":%.3f,"value":%.6f}' % (ts, 1.0 + 0.01 * ((tick * 7 + s * 3 + j) % 100))
-            out.append(packet(template.format(stream=f"r{s:05d}", feature=name), payload, mid))
+            one.append(packet(template.format(stream=f"r{s:05d}", feature=name), payload, mid))
             mid = mid % 65535 + 1
-    return b"".join(out), mid
+        out.append(b"".join(one))
+    return out, mid
 
 
 class RawPublisher:
@@ -100,29 +104,33 @@ class RawPublisher:
 
 
 def publish(url: str, template: str, channels: list[str], streams: int, ticks: int, rate: float | None, period: float, t0: float, first_tick: int) -> dict:
-    """``ticks`` ticks of every sensor of ``streams`` streams: all at once (``rate`` None) or ``rate``
-    ticks per second. Returns when the burst or each tick started (wall clock) and the count."""
+    """``ticks`` ticks of every sensor of ``streams`` streams: all at once (``rate`` None), or
+    ``rate`` ticks per second with stream ``s`` of each tick sent ``s / streams`` of a tick after
+    its first. Returns when the burst started (``{first_tick: t}``), or when each stream's part of
+    each tick was sent (``{tick: [t per stream]}``, wall clock), and the count."""
     pub = RawPublisher(url, f"bench-load-{time.monotonic_ns()}")
     mid, bufs = 1, []
     for k in range(first_tick, first_tick + ticks):
         buf, mid = tick_packets(template, streams, channels, k, period, t0, mid)
         bufs.append(buf)
     count = ticks * streams * len(channels)
-    started: dict[int, float] = {}
+    started: dict[int, float | list[float]] = {}
     if rate is None:
-        data = b"".join(bufs)
+        data = b"".join(b"".join(b) for b in bufs)
         start = time.time()
         for i in range(0, len(data), 1 << 16):
             pub.send(data[i : i + (1 << 16)])
         started[first_tick] = start
     else:
         begin = time.monotonic() + 0.2
-        for i, buf in enumerate(bufs):
-            delay = begin + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            started[first_tick + i] = time.time()
-            pub.send(buf)
+        for i, parts in enumerate(bufs):
+            sent = started[first_tick + i] = []
+            for s, part in enumerate(parts):
+                delay = begin + (i + s / streams) / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                sent.append(time.time())
+                pub.send(part)
     sent = time.time()
     pub.wait_acked(count)
     pub.close()
@@ -174,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, default=10)
     p.add_argument("--ticks", type=int, default=1000)
     p.add_argument("--first-tick", type=int, default=1)
-    p.add_argument("--rate", type=float, help="ticks per second (default: one burst)")
+    p.add_argument("--rate", type=float, help="ticks per second, the streams spread over each (default: one burst)")
     p.add_argument("--period", type=float, default=10.0, help="event-time seconds between ticks")
     p.add_argument("--t0", type=float, default=T0)
     p.add_argument("--count", type=int, help="bare: messages to take")

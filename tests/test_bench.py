@@ -49,3 +49,21 @@ def test_bench_all_quick_measures_every_part_against_its_reference():
     assert all(x["engine_ms"] >= x["recurrent_ms"] > 0 for x in r["streams"]["rows"])
     mem = r["memory"]["rows"][0]
     assert mem["bytes_per_stream"] > mem["ring"] * r["memory"]["ring_bytes_per_frame"] * 0.5  # the rings are in it
+
+
+def test_the_load_at_a_steady_rate_sends_each_streams_sensors_together_and_spreads_the_streams_over_each_tick(mosquitto):
+    from streamrnn.loadgen import T0, publish
+    from streamrnn.mqtt import Subscriber
+
+    streams, ticks, rate, channels = 4, 3, 5.0, ["a", "b", "c"]
+    sub = Subscriber(mosquitto.url, "t-load", ["plant/+/sensors/+"])
+    try:
+        r = publish(mosquitto.url, "plant/{stream}/sensors/{feature}", channels, streams, ticks, rate, 10.0, T0, 7)
+        got = [sub.messages.get(timeout=10).topic.split("/")[1] for _ in range(r["count"])]
+    finally:
+        sub.close()
+    assert got == [f"r{s:05d}" for _ in range(ticks) for s in range(streams) for _ in channels]
+    sent = [t for k in range(7, 7 + ticks) for t in r["started"][k]]
+    assert sorted(r["started"]) == [7, 8, 9] and len(sent) == ticks * streams and sent == sorted(sent)
+    # the last part is sent on its schedule or later; the first is at most a little late
+    assert sent[-1] - sent[0] >= (ticks - 1 + (streams - 1) / streams) / rate - 0.05
