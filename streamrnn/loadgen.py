@@ -124,12 +124,12 @@ def publish(url: str, template: str, channels: list[str], streams: int, ticks: i
     else:
         begin = time.monotonic() + 0.2
         for i, parts in enumerate(bufs):
-            sent = started[first_tick + i] = []
+            times = started[first_tick + i] = []
             for s, part in enumerate(parts):
                 delay = begin + (i + s / streams) / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                sent.append(time.time())
+                times.append(time.time())
                 pub.send(part)
     sent = time.time()
     pub.wait_acked(count)
