@@ -7,10 +7,15 @@ A wrong value fails at start with a message naming the field (:class:`ConfigErro
 from __future__ import annotations
 
 import contextvars
+import fnmatch
 import json
+import os
+import re
+import types
+import typing
 from pathlib import Path
+from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
-from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -24,8 +29,17 @@ class ConfigError(ValueError):
     """Invalid configuration; the message names every offending field."""
 
 
+ENV_PREFIX = "STREAMRNN_"
+SECRETS = frozenset({"password"})  # field names whose values no output, error or log may show
+
+# A path is written as a string in TOML and in the environment: the one field kind that is not strict.
+AnyPath = Annotated[Path, Field(strict=False)]
+AFile = Annotated[FilePath, Field(strict=False)]
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: a TOML `true` is no number and "yes" no boolean; they are refused, not coerced
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class ModelSettings(_Section):
@@ -80,6 +94,20 @@ class RingSettings(_Section):
 class StreamSettings(_Section):
     max_streams: int = Field(1000, ge=1, le=1_000_000)
     idle_timeout: float = Field(3600.0, gt=0, description="seconds without a frame before a stream is evicted")
+    allow: list[str] = Field(default_factory=list, description="stream-id patterns served (shell globs: 'reactor-*'); others are refused as 'stream'. Empty: every valid id")
+    probation: int = Field(10, ge=1, description="frames a new stream sends before it is established; at streams.max_streams a new stream displaces the probationer heard least recently, never an established one")
+
+    @field_validator("allow")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            if not pattern or pattern != pattern.strip() or "/" in pattern:
+                raise ValueError(f"{pattern!r} is not a stream-id pattern (a glob such as 'reactor-*', no '/' or blanks)")
+        return v
+
+    def allowed(self) -> re.Pattern[str] | None:
+        """One regular expression for the ``allow`` globs, or None when every id is allowed."""
+        return re.compile("|".join(fnmatch.translate(p) for p in self.allow)) if self.allow else None
 
 
 class TrainerSettings(_Section):
@@ -105,6 +133,7 @@ class TrainerSettings(_Section):
     key_dropout: float = Field(0.5, ge=0, le=1, description="share of key samples hidden to train the nowcast")
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch threads for training (0: one, so that serving keeps the other cores)")
+    priority: Literal["idle", "low", "normal"] = Field("idle", description="CPU priority of the trainer process: idle (only CPU time nothing else wants: on a box kept busy by other work, retrains wait), low (nice 19: a small share however busy), normal")
     max_memory: int | None = Field(None, ge=64, description="MiB the trainer process may allocate beyond its start; past it the retrain fails instead of the OOM killer striking. Default: half the machine's memory")
 
 
@@ -121,6 +150,10 @@ class FrameSettings(_Section):
     max_hold: float | None = Field(None, gt=0, description="seconds a reading stays valid for later ticks; default one period")
     idle_close: float = Field(2.0, gt=0, description="wall-clock seconds of silence after which a stream's open ticks close")
     max_abs: float = Field(1e12, gt=0, description="readings of larger magnitude are refused as out of range")
+    max_future: float = Field(300.0, gt=0, description="seconds a reading's ts may be ahead of the daemon's clock; further ahead it is refused as 'future'")
+    resync_after: float | None = Field(None, gt=0, description="wall-clock seconds a stream's readings may all be late, their event time running, before the stream is restarted on its new clock; default the longer of 60 s and 10 periods")
+    max_pending: int | None = Field(None, ge=1, description="readings held per stream for ticks still open; more are refused as 'overflow'. Default 4 x channels x (2 + lateness / period), at least 64")
+    max_open: float | None = Field(None, gt=0, description="wall-clock seconds a stream's tick may stay open while the stream keeps sending; then it closes. Default idle_close + 2 x (period + lateness)")
 
 
 class MqttSettings(_Section):
@@ -131,10 +164,10 @@ class MqttSettings(_Section):
     client_id: str | None = Field(None, max_length=128, description="default streamrnn-{instance}; fixed, so the broker keeps the session")
     username: str | None = None
     password: SecretStr | None = Field(None, description="better: password_file, or STREAMRNN_MQTT__PASSWORD; never printed")
-    password_file: FilePath | None = Field(None, description="file whose first line is the password (a systemd credential, a Kubernetes secret)")
-    tls_ca: FilePath | None = Field(None, description="mqtts://: CA certificates the broker's certificate must chain to (default: the system's)")
-    tls_cert: FilePath | None = Field(None, description="mqtts://: client certificate, for brokers that require one")
-    tls_key: FilePath | None = Field(None, description="mqtts://: the client certificate's private key")
+    password_file: AFile | None = Field(None, description="file whose first line is the password (a systemd credential, a Kubernetes secret)")
+    tls_ca: AFile | None = Field(None, description="mqtts://: CA certificates the broker's certificate must chain to (default: the system's)")
+    tls_cert: AFile | None = Field(None, description="mqtts://: client certificate, for brokers that require one")
+    tls_key: AFile | None = Field(None, description="mqtts://: the client certificate's private key")
     sensor_topic: str = "plant/{stream}/sensors/{feature}"
     frame_topic: str | None = "plant/{stream}/frame"
     forecast_topic: str = "plant/{stream}/forecast"
@@ -147,17 +180,12 @@ class MqttSettings(_Section):
     queue_size: int = Field(100_000, ge=1, description="messages held between the network thread and the engine")
     max_inflight: int = Field(1000, ge=1, le=65000, description="forecasts on the wire not yet acknowledged by the broker")
     out_queue: int = Field(50_000, ge=1, le=65000, description="forecasts held by the client, e.g. while disconnected (MQTT ids are 16 bits)")
+    accept_retained: bool = Field(False, description="take retained sensor messages (the broker's last value, replayed at each subscribe) as readings; by default they are old news, refused as 'retained'")
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        u = urlsplit(v)
-        if u.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not u.hostname:
-            raise ValueError("must look like mqtt://host:port (or mqtts:// for TLS)")
-        try:
-            u.port
-        except ValueError as e:
-            raise ValueError(str(e)) from None
+        check_url(v)
         return v
 
     @model_validator(mode="after")
@@ -194,8 +222,32 @@ class MqttSettings(_Section):
         return None
 
 
+def check_url(url: str) -> None:
+    """Refuse what is not ``mqtt[s]://host[:port]``; credentials in it above all, which would be
+    shown wherever the URL is (logs, ``streamrnn config``, process lists). Raises ValueError."""
+    u = urlsplit(url)
+    if "@" in u.netloc:
+        raise ValueError("credentials do not go in the URL: give mqtt.username, and the password in mqtt.password_file or STREAMRNN_MQTT__PASSWORD")
+    if u.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not u.hostname:
+        raise ValueError("must look like mqtt://host:port (or mqtts:// for TLS)")
+    try:
+        u.port
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user and password replaced, for messages about a URL that was refused."""
+    u = urlsplit(url)
+    return u._replace(netloc="***@" + u.netloc.rsplit("@", 1)[1]).geturl() if "@" in u.netloc else url
+
+
 def broker_address(url: str) -> tuple[str, int, bool]:
     """(host, port, tls) of an ``mqtt://`` or ``mqtts://`` URL, with the standard ports as defaults."""
+    try:
+        check_url(url)
+    except ValueError as e:
+        raise ConfigError(f"broker URL {redact_url(url)!r}: {e}") from None
     u = urlsplit(url)
     tls = u.scheme in ("mqtts", "ssl")
     return u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883), tls
@@ -214,7 +266,7 @@ class DaemonSettings(_Section):
 class CheckpointSettings(_Section):
     """Where the daemon keeps what must survive a restart, and how often it saves it."""
 
-    dir: Path | None = Field(None, description="state directory for checkpoints and the journal; none: a restart starts afresh and messages are acknowledged on receipt")
+    dir: AnyPath | None = Field(None, description="state directory for checkpoints and the journal; none: a restart starts afresh and messages are acknowledged on receipt")
     every: float = Field(60.0, gt=0, description="seconds between two checkpoints (also written after each model swap and on SIGTERM)")
     keep: int = Field(3, ge=1, le=100, description="checkpoints kept; the journal reaches back to the oldest")
 
@@ -227,6 +279,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_assignment=True,
+        strict=True,
     )
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -262,6 +315,23 @@ class Settings(BaseSettings):
         f = self.frames
         return f.max_hold if f.max_hold is not None else self.features.period
 
+    @property
+    def resync_after(self) -> float:
+        f = self.frames
+        return f.resync_after if f.resync_after is not None else max(60.0, 10 * self.features.period)
+
+    @property
+    def max_pending(self) -> int:
+        f = self.frames
+        if f.max_pending is not None:
+            return f.max_pending
+        return max(64, int(4 * len(self.channels) * (2 + self.lateness / self.features.period)))
+
+    @property
+    def max_open(self) -> float:
+        f = self.frames
+        return f.max_open if f.max_open is not None else f.idle_close + 2 * (self.features.period + self.lateness)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -271,7 +341,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _TypedEnv(settings_cls)]
         path = _toml_path.get()
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
@@ -295,12 +365,86 @@ class Settings(BaseSettings):
         return data
 
 
+class _TypedEnv(PydanticBaseSettingsSource):
+    """``STREAMRNN_*`` variables (nested with ``__``), each string read as its field's type
+    (``"48"`` an int, ``"true"`` or ``"false"`` a bool, a list as JSON) before the strict validation
+    that the TOML file's values go through: a variable is text by nature, but ``yes`` is no boolean."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is read in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for key, text in os.environ.items():
+            if not key.upper().startswith(ENV_PREFIX):
+                continue
+            parts = key[len(ENV_PREFIX) :].lower().split("__")
+            field = self.settings_cls.model_fields.get(parts[0])
+            if field is None or len(parts) > 2:
+                continue  # refused by name in load()
+            section = _section_of(field.annotation)
+            if section is None:
+                if len(parts) == 1:
+                    data[parts[0]] = _text_as(text, field.annotation)
+            elif len(parts) == 1:
+                data.setdefault(parts[0], {}).update(_json_or(text))  # a whole section as JSON
+            elif parts[1] in section.model_fields:
+                data.setdefault(parts[0], {})[parts[1]] = _text_as(text, section.model_fields[parts[1]].annotation)
+        return data
+
+
+def _json_or(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _section_of(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _text_as(text: str, annotation: Any) -> Any:
+    """``text`` as the type of ``annotation``, or unchanged for the validator to refuse."""
+    kinds = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    t = text.strip()
+    for kind in kinds:
+        if typing.get_origin(kind) is list:
+            return _json_or(text)
+        if kind is bool and t.lower() in ("true", "false", "1", "0"):
+            return t.lower() in ("true", "1")
+        if kind is int and re.fullmatch(r"[+-]?\d+", t):
+            return int(t)
+        if kind is float and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", t):
+            return float(t)
+        if typing.get_origin(kind) is Literal and re.fullmatch(r"[+-]?\d+", t) and int(t) in typing.get_args(kind):
+            return int(t)
+    return text
+
+
+def unknown_variables(environ: typing.Mapping[str, str] | None = None) -> list[str]:
+    """The ``STREAMRNN_*`` variables that name no setting (a typo would otherwise be ignored)."""
+    out = []
+    for key in os.environ if environ is None else environ:
+        if not key.upper().startswith(ENV_PREFIX):
+            continue
+        parts = key[len(ENV_PREFIX) :].lower().split("__")
+        field = Settings.model_fields.get(parts[0])
+        section = _section_of(field.annotation) if field is not None else None
+        if field is None or (len(parts) > 1 and (section is None or len(parts) > 2 or parts[1] not in section.model_fields)):
+            out.append(key)
+    return sorted(out)
+
+
 def load(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings from ``path`` (TOML) and the environment; raise :class:`ConfigError` if wrong."""
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
+    unknown = unknown_variables()
+    if unknown:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {key}: environment variable names no setting ({ENV_PREFIX}<SECTION>__<KEY>, see `streamrnn config`)" for key in unknown))
     token = _toml_path.set(path)
     try:
         return Settings(**overrides)
@@ -319,8 +463,18 @@ def format_errors(e: ValidationError, path: Path | None = None) -> str:
     for err in e.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        got = "" if err["type"] == "missing" or not err["loc"] else f" (got {err.get('input')!r})"
+        got = "" if err["type"] == "missing" or not err["loc"] else _shown(err["loc"], err.get("input"))
         if err["type"] == "extra_forbidden":
             msg, got = "unknown setting", ""
         lines.append(f"  {field}: {msg}{got}")
     return "\n".join(lines)
+
+
+def _shown(loc: tuple, value: object) -> str:
+    """`` (got ...)`` for an offending value, if showing it cannot show a secret: never a secret
+    field's, never a whole section's (it may hold one), and a URL without its credentials."""
+    if SECRETS & {str(p) for p in loc} or isinstance(value, (dict, list, BaseModel)):
+        return ""
+    if isinstance(value, str) and "://" in value:
+        value = redact_url(value)
+    return f" (got {value!r})"

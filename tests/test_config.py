@@ -85,9 +85,15 @@ def test_the_example_file_loads_and_names_every_section():
     path = Path(__file__).resolve().parents[1] / "deploy" / "streamrnn.example.toml"
     s = config.load(path)
     text = path.read_text()
+    import re
+
     for name, field in config.Settings.model_fields.items():
         section = isinstance(field.annotation, type) and issubclass(field.annotation, config.BaseModel)
         assert (f"[{name}]" if section else f"\n{name} = ") in text, name
+        if section:  # and every key of it, set or commented out with its default
+            body = text.split(f"[{name}]", 1)[1].split("\n[", 1)[0]
+            for key in field.annotation.model_fields:
+                assert re.search(rf"^(# )?{key} = ", body, re.M), f"{name}.{key}"
     assert s.mqtt.sensor_topic == "plant/{stream}/sensors/{feature}"
 
 
@@ -107,3 +113,86 @@ def test_bad_mqtt_settings_fail_naming_the_field(mqtt, field):
     with pytest.raises(config.ConfigError) as e:
         config.load(None, mqtt=mqtt)
     assert f"  {field}" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "toml,field,got",
+    [
+        ("[streams]\nmax_streams = true\n", "streams.max_streams", "True"),
+        ("[trainer]\nenabled = 'yes'\n", "trainer.enabled", "'yes'"),
+        ("[daemon]\nmetrics_port = '9840'\n", "daemon.metrics_port", "'9840'"),
+        ("[features]\nperiod = '10'\n", "features.period", "'10'"),
+        ("[mqtt]\nkeepalive = 30.5\n", "mqtt.keepalive", "30.5"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_not_coerced(tmp_path, toml, field, got):
+    p = tmp_path / "typed.toml"
+    p.write_text(toml)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(p)
+    assert f"  {field}: " in str(e.value) and f"(got {got})" in str(e.value)
+
+
+def test_environment_values_are_read_as_their_fields_types_and_nothing_looser(monkeypatch):
+    for key, value in {"MODEL__HIDDEN_SIZE": "48", "TRAINER__ENABLED": "false", "FEATURES__PERIOD": "2.5", "MQTT__QOS": "0",
+                       "TRAINER__INTERVAL": "30", "STREAMS__ALLOW": '["reactor-*"]', "CHECKPOINT__DIR": "/var/lib/x", "MQTT__PASSWORD": "12345"}.items():  # fmt: skip
+        monkeypatch.setenv(f"STREAMRNN_{key}", value)
+    s = config.load()
+    assert (s.model.hidden_size, s.trainer.enabled, s.features.period, s.mqtt.qos, s.trainer.interval) == (48, False, 2.5, 0, 30.0)
+    assert s.streams.allow == ["reactor-*"] and str(s.checkpoint.dir) == "/var/lib/x" and s.mqtt.secret() == "12345"
+    monkeypatch.setenv("STREAMRNN_TRAINER__ENABLED", "yes")
+    with pytest.raises(config.ConfigError, match=r"trainer\.enabled: Input should be a valid boolean \(got 'yes'\)"):
+        config.load()
+
+
+@pytest.mark.parametrize("name", ["STREAMRNN_MODELS__HIDDEN_SIZE", "STREAMRNN_MODEL__HIDEN_SIZE", "STREAMRNN_MODEL__HIDDEN_SIZE__X", "STREAMRNN_DEVICE__KIND", "streamrnn_nothing"])
+def test_an_environment_variable_that_names_no_setting_is_refused_by_name(monkeypatch, name):
+    monkeypatch.setenv(name, "3")
+    with pytest.raises(config.ConfigError) as e:
+        config.load()
+    assert f"  {name}: environment variable names no setting" in str(e.value)
+
+
+SECRET = "Pa55-n0t-t0-be-5een"
+
+
+@pytest.mark.parametrize(
+    "mqtt",
+    [
+        {"password": SECRET, "reconnect_min": 5.0, "reconnect_max": 1.0},
+        {"password": SECRET, "password_file": "/etc/hostname"},
+        {"password": SECRET, "url": "ftp://host"},
+        {"url": f"mqtt://streamrnn:{SECRET}@127.0.0.1:1883"},
+        {"url": f"mqtts://streamrnn:{SECRET}@broker"},
+    ],
+)
+def test_no_configuration_error_shows_a_secret(tmp_path, capsys, mqtt):
+    p = tmp_path / "s.toml"
+    p.write_text("[mqtt]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in mqtt.items()))
+    assert cli.main(["config", "--config", str(p)]) == 2
+    out = capsys.readouterr()
+    assert "invalid configuration" in out.err and "mqtt" in out.err
+    assert SECRET not in out.out + out.err
+
+
+def test_credentials_in_the_broker_url_are_refused_where_they_would_be_shown_and_not_used(capsys):
+    url = f"mqtt://streamrnn:{SECRET}@127.0.0.1:1883"
+    with pytest.raises(config.ConfigError) as e:
+        config.load(None, mqtt={"url": url})
+    assert "mqtt.url: credentials do not go in the URL: give mqtt.username, and the password in mqtt.password_file" in str(e.value)
+    assert SECRET not in str(e.value) and "mqtt://***@127.0.0.1:1883" in str(e.value)
+    with pytest.raises(config.ConfigError) as e:  # the tools' path, which takes a URL as it is
+        config.broker_address(url)
+    assert SECRET not in str(e.value)
+    assert cli.main(["simulate", "--broker", url, "--duration", "1"]) == 2  # the simulator's --broker
+    assert cli.main(["run", "--broker", url]) == 2
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err and out.err.count("credentials do not go in the URL") == 2
+
+
+def test_stream_allow_patterns_are_globs_and_must_be_patterns():
+    allowed = config.load(None, streams={"allow": ["reactor-*", "unit-?"]}).streams.allowed()
+    assert [bool(allowed.match(s)) for s in ("reactor-01", "unit-7", "unit-17", "xreactor-01")] == [True, True, False, False]
+    assert config.load().streams.allowed() is None
+    with pytest.raises(config.ConfigError, match="streams.allow"):
+        config.load(None, streams={"allow": ["plant/*"]})
