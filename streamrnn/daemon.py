@@ -1,7 +1,7 @@
 """The daemon: wiring and lifecycle. MQTT message -> payload -> frame -> engine step -> forecast -> MQTT.
 
 One engine thread owns the engine and runs the loop below; paho's network thread only fills the
-inbox; the trainer runs in a child process and its verdict is adopted between two steps. SIGTERM or
+inbox; the trainer runs in a child process and its verdict is adopted between two steps. SIGTERM, SIGHUP or
 SIGINT closes intake, finishes the frames in hand, publishes them, says ``offline`` and returns 0.
 
 With ``checkpoint.dir`` set, nothing acknowledged is lost: each message the engine takes goes to the
@@ -50,6 +50,13 @@ _SERVE_AFTER = 0.005  # seconds a closed frame waits at most for the messages be
 # them over 12 frames in one pass; 6 ms median under the bench's load): the catch-up after a long
 # retrain is spread over turns instead of stalling one
 _CATCH_UP = 192
+# counts of the assembler's and the engine's that are worth a (rate-limited) log line as they grow
+_SAID = (
+    ("assembler", "overflow", "readings refused: a stream holds frames.max_pending readings for ticks still open"),
+    ("assembler", "resynced", "streams restarted on their new clock: every reading late for frames.resync_after"),
+    ("assembler", "stuck", "ticks closed while their stream kept sending: none closed for frames.max_open"),
+    ("engine", "refused", "frames refused: streams.max_streams streams have a state"),
+)
 
 
 class Daemon:
@@ -57,8 +64,11 @@ class Daemon:
         self.settings = s = settings
         self.engine = Engine(settings, model, version)
         m = s.mqtt
-        self.parser = Parser(self.engine.channels, m.sensor_topic, m.frame_topic, m.max_payload, s.frames.max_abs)
-        self.assembler = Assembler(len(self.engine.channels), s.features.period, s.lateness, s.max_hold, s.frames.idle_close, s.streams.max_streams, s.streams.idle_timeout)
+        self.parser = Parser(self.engine.channels, m.sensor_topic, m.frame_topic, m.max_payload, s.frames.max_abs, s.frames.max_future, s.streams.allowed())
+        self.assembler = Assembler(
+            len(self.engine.channels), s.features.period, s.lateness, s.max_hold, s.frames.idle_close, s.streams.max_streams, s.streams.idle_timeout,
+            max_pending=s.max_pending, max_open=s.max_open, probation=s.streams.probation, resync_after=s.resync_after, on_drop=self.engine.forget,
+        )
         self.inbox: queue.Queue[Message] = queue.Queue(m.queue_size)
         subs = [subscription(m.sensor_topic)] + ([subscription(m.frame_topic)] if m.frame_topic else [])
         self.link = Link(m, subs, self.inbox)
@@ -68,7 +78,7 @@ class Daemon:
         self.metrics.build.info({"version": __version__, "device": str(self.engine.device), "torch": torch.__version__, "model": s.model.kind})
         self.metrics.version.set(version)
         self.metrics.nominal.set(s.evaluator.coverage)
-        self.http = Endpoint(self.metrics.registry, s.daemon.metrics_host, s.daemon.metrics_port, s.daemon.metrics_max_rate) if s.daemon.metrics_port is not None else None
+        self.http = Endpoint(self.metrics.registry, s.daemon.metrics_host, s.daemon.metrics_port, s.daemon.metrics_max_rate, log_format=s.daemon.log_format) if s.daemon.metrics_port is not None else None
         self.notify = Notifier.from_env()
         c = s.checkpoint
         self.store = Store(_writable(c.dir) / "checkpoints", c.keep) if c.dir is not None else None
@@ -81,6 +91,7 @@ class Daemon:
         self._rejects = RateLimited(burst=5, per=60.0)
         self._carry: list[Message] = []  # taken from the inbox, not yet ingested (a turn served early)
         self._synced: dict[str, Counter[str]] = {}
+        self._logged: Counter[str] = Counter()
         self._last_slow = -math.inf
         self._last_retrain = time.monotonic()
         self._was_ready = False
@@ -126,6 +137,7 @@ class Daemon:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, handler)  # a closing terminal: there is nothing to reload, so it stops as SIGTERM does
 
     def _shutdown(self) -> int:
         deadline = time.monotonic() + self.settings.daemon.grace
@@ -206,6 +218,9 @@ class Daemon:
 
     def _ingest(self, msg: Message, wall: float) -> list[Frame] | None:
         """The frames a message closed; None if it was refused."""
+        if msg.retain and not self.settings.mqtt.accept_retained:
+            self._refuse("retained", msg, "a retained message is the broker's last value, replayed at subscribe: old news (mqtt.accept_retained)")
+            return None
         try:
             frames: list[Frame] = []
             for reading in self.parser.parse(msg.topic, msg.payload, msg.arrival):
@@ -219,10 +234,8 @@ class Daemon:
 
     def _refuse(self, reason: str, msg: Message, detail: str, exc_info: bool = False) -> None:
         self.metrics.dropped.labels(reason).inc()
-        suppressed = self._rejects.allow(reason)
-        if suppressed is not None:
-            level = logging.ERROR if exc_info else logging.WARNING
-            log.log(level, "message refused", exc_info=exc_info, extra={"reason": reason, "detail": detail, "topic": msg.topic[:200], "suppressed_before": suppressed})
+        level = logging.ERROR if exc_info else logging.WARNING
+        self._rejects.log(log, level, reason, "message refused", exc_info=exc_info, reason=reason, detail=detail, topic=msg.topic[:200])
 
     def _serve(self, frames: list[Frame], closed: list[float] | None = None) -> None:
         """Step the frames, publish their forecasts; ``closed`` says when each frame closed
@@ -286,9 +299,15 @@ class Daemon:
         m.ring_fill.set(sum(held) / (len(held) * self.settings.ring.size) if held else 0.0)
         if m.stream_last is not None:
             m.set_streams({name: e.last_ts(name) for name in e.streams})
-        self._sync("link", self.link.counts, {"queue_full": m.dropped.labels("queue_full"), "reconnects": m.reconnects})
-        self._sync("assembler", self.assembler.counts, {"late": m.dropped.labels("late")})
+        self._sync("link", self.link.counts, {"queue_full": m.dropped.labels("queue_full"), "reconnects": m.reconnects, "status_reasserted": m.status_reasserted})
+        a = self.assembler.counts
+        self._sync("assembler", a, {"late": m.dropped.labels("late"), "overflow": m.dropped.labels("overflow"), "displaced": m.stream_resets.labels("displaced"), "resynced": m.stream_resets.labels("resynced"), "stuck": m.stuck_closes})
         self._sync("engine", e.counts, {"refused": m.dropped.labels("refused"), "late": m.frames_late})
+        for source, key, what in _SAID:  # what else the input did, said at a bounded rate
+            total = (a if source == "assembler" else e.counts)[key]
+            if total > self._logged[key]:
+                self._rejects.log(log, logging.WARNING, key, what, total=total)
+                self._logged[key] = total
         if self.journal is not None:
             self._sync("journal", self.journal.counts, {"records": m.journal_records, "errors": m.journal_errors})
             while self.journal.sync_seconds:
@@ -372,8 +391,8 @@ class Daemon:
         folder = self.store.folder.parent / "journal"
         last, replayed, frames = seq, 0, 0
         for rec in journal.replay(folder, after=seq):
-            if rec.kind == journal.MESSAGE:
-                got = self._ingest(Message(rec.topic, rec.payload, rec.arrival, 0, 0, -1), time.time()) or []
+            if rec.kind == journal.MESSAGE:  # on the clock it arrived by, as it was taken then
+                got = self._ingest(Message(rec.topic, rec.payload, rec.arrival, 0, 0, -1), rec.arrival) or []
             else:
                 got = self.assembler.close(rec.topic, rec.tick)
             self._serve(got)
@@ -383,6 +402,7 @@ class Daemon:
                 if self.http:
                     self.http.beat(False)
         self.metrics.replayed.inc(replayed)
+        self.assembler.restart_clock(time.time())  # the downtime is not silence
         self.journal = journal.Journal(folder, self._acknowledge, next_seq=last + 1)
         if replayed or seq:
             log.info("journal replayed", extra={"records": replayed, "frames": frames, "seconds": round(time.perf_counter() - t0, 3)})
@@ -418,7 +438,7 @@ class Daemon:
             path, size = self.store.write(seq, state)
         except Exception as e:  # a full disk (or a bug) costs this checkpoint, never the daemon
             self.metrics.checkpoints.labels("failed").inc()
-            log.error("checkpoint failed", exc_info=not isinstance(e, OSError), extra={"folder": str(self.store.folder), "seq": seq, "error": f"{type(e).__name__}: {e}"})
+            self._rejects.log(log, logging.ERROR, "checkpoint", "checkpoint failed", exc_info=not isinstance(e, OSError), folder=str(self.store.folder), seq=seq, error=f"{type(e).__name__}: {e}")
             return
         seconds = time.perf_counter() - t0
         m = self.metrics

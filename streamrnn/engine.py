@@ -157,9 +157,8 @@ class Engine:
         for f in frames:
             try:
                 row, new = bank.row(f.stream, f.ts if now is None else now)
-            except StreamCapError as e:
-                self.counts["refused"] += 1
-                log.warning("%s", e)
+            except StreamCapError:
+                self.counts["refused"] += 1  # counted and logged (at a bounded rate) by the caller
                 continue
             if new:
                 rings[row] = Ring(self.settings.ring.size, len(self.channels))
@@ -204,13 +203,25 @@ class Engine:
         self._last_evict = now
         gone = self.bank.idle(now)
         for stream in gone:
-            row = self.bank.remove(stream)
-            del self.rings[row]
-            self._last_tick.pop(row, None)
-            self.evaluator.reset(row)
+            self._remove(stream)
             self.counts["evicted"] += 1
             log.info("evicted idle stream %s", stream)
         return gone
+
+    def forget(self, stream: str) -> bool:
+        """Drop a stream's state (hidden state, ring, scores), so that its next frame starts it
+        afresh: the assembler restarted it on a new clock, or displaced it at the stream cap."""
+        if stream not in self.bank.rows:
+            return False
+        self._remove(stream)
+        self.counts["forgotten"] += 1
+        return True
+
+    def _remove(self, stream: str) -> None:
+        row = self.bank.remove(stream)
+        del self.rings[row]
+        self._last_tick.pop(row, None)
+        self.evaluator.reset(row)
 
     # -- learning ---------------------------------------------------------------------------
     @property
@@ -241,9 +252,12 @@ class Engine:
         return self.settings.trainer.seed + self.retrains + 1
 
     def retrain(self) -> RetrainResult:
-        """Snapshot, fit, judge and adopt in line (deterministic: used by replay and tests)."""
+        """Snapshot, fit, judge and adopt in line: used by replay and tests, so it repeats exactly.
+        The fit's budget is counted in steps and epochs only: ``trainer.max_seconds``, a wall-clock
+        guard for the daemon, would make the result depend on how busy the machine was."""
         snap = self.snapshot()
-        verdict = trainer.retrain(snap, self.spec, self.state_dict(), self.settings.trainer, seed=self.next_seed())
+        cfg = self.settings.trainer.model_copy(update={"max_seconds": math.inf})
+        verdict = trainer.retrain(snap, self.spec, self.state_dict(), cfg, seed=self.next_seed())
         return self.adopt(snap, verdict)
 
     def adopt(self, snap: Snapshot, verdict: Verdict, at_once: bool = True) -> RetrainResult:

@@ -6,15 +6,25 @@ none; a tick that would hold nothing at all yields no frame. A tick closes
 
 - by event time, once a reading of the same stream is more than ``lateness`` seconds past it, or
 - by the wall clock, once its stream has sent nothing for ``idle_close`` seconds (it went quiet),
+  or once its readings have waited ``max_open`` seconds with no tick closing (its clock is stuck),
 
 and a reading for a tick that has closed is late: counted and dropped, never folded into a frame
 that was already forecast from. Frames come out in tick order per stream.
+
+Every stream is bounded: at most ``max_pending`` readings in hand (more are refused as
+``overflow``), at most ``max_streams`` streams (a new one displaces the probationer heard least
+recently: a stream that has not yet closed ``probation`` frames; else it is refused as
+``capacity``). A stream whose every reading has been late for ``resync_after`` seconds while its
+event time kept running (its clock jumped back, or a reading from the future had pushed it ahead)
+starts afresh on its new clock. ``on_drop(stream)`` is told of each stream displaced or restarted,
+so that what is kept downstream of the frames (the engine's state) goes with it.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -25,7 +35,7 @@ _EPS = 1e-6  # of a tick: ts that float arithmetic put a hair off the grid still
 
 
 class _Stream:
-    __slots__ = ("pending", "held", "held_ts", "closed", "watermark", "wall")
+    __slots__ = ("pending", "held", "held_ts", "closed", "watermark", "wall", "frames", "late_since", "late_ts")
 
     def __init__(self, channels: int) -> None:
         self.pending: list[Reading] = []
@@ -34,16 +44,41 @@ class _Stream:
         self.closed: int | None = None  # last closed tick
         self.watermark = -math.inf  # newest ts seen
         self.wall = 0.0  # wall-clock time of the last reading
+        self.frames = 0  # frames closed, up to the probation
+        self.late_since: float | None = None  # wall-clock time of the first of an unbroken run of late readings
+        self.late_ts = math.inf  # the event time of that first one
 
 
 class Assembler:
-    """Per-stream frame assembly; ``counts`` holds ``late`` and ``capacity`` refusals."""
+    """Per-stream frame assembly. ``counts`` holds the readings refused (``late``, ``overflow``;
+    ``capacity`` is raised) and the streams ``displaced`` or ``resynced``."""
 
-    def __init__(self, channels: int, period: float, lateness: float, max_hold: float, idle_close: float, max_streams: int, forget_after: float) -> None:
+    def __init__(
+        self,
+        channels: int,
+        period: float,
+        lateness: float,
+        max_hold: float,
+        idle_close: float,
+        max_streams: int,
+        forget_after: float,
+        *,
+        max_pending: int = 1 << 30,
+        max_open: float = math.inf,
+        probation: int = 0,
+        resync_after: float = math.inf,
+        on_drop: Callable[[str], None] | None = None,
+    ) -> None:
         self.channels, self.period, self.lateness, self.max_hold = channels, period, lateness, max_hold
         self.idle_close, self.max_streams, self.forget_after = idle_close, max_streams, forget_after
+        self.max_pending, self.max_open, self.probation, self.resync_after = max_pending, max_open, probation, resync_after
+        self.on_drop = on_drop
         self.streams: dict[str, _Stream] = {}
         self.counts: Counter[str] = Counter()
+        # streams with readings in hand, by when they last had none or closed a tick (oldest first)
+        self._open: OrderedDict[str, float] = OrderedDict()
+        # streams still on probation, least recently heard first: the first is displaced at the cap
+        self._probation: OrderedDict[str, None] = OrderedDict()
         # The streams not found quiet since their last reading, least recently heard first: the
         # wall-clock check walks only the front of it, not every stream each turn (at 1,000 streams
         # that walk was a quarter of the daemon's engine thread). The rest are looked at again
@@ -58,22 +93,67 @@ class Assembler:
     def add(self, r: Reading, wall: float) -> list[Frame]:
         """Take one reading; return the frames its event time closed. Raises Rejected at the stream cap."""
         st = self.streams.get(r.stream)
+        if st is not None and st.closed is not None and self.tick(r.ts) <= st.closed:
+            if not self._resync(r, st, wall):
+                st.wall = wall
+                self._heard[r.stream] = st
+                self._heard.move_to_end(r.stream)
+                self.counts["late"] += 1
+                return []
+            st = None
         if st is None:
-            if len(self.streams) >= self.max_streams:
-                raise Rejected("capacity", f"stream {r.stream!r} refused: {self.max_streams} streams open (streams.max_streams)")
-            st = self.streams[r.stream] = _Stream(self.channels)
+            st = self._open_stream(r.stream)
         st.wall = wall
+        st.late_since = None
         self._heard[r.stream] = st
         self._heard.move_to_end(r.stream)
-        if st.closed is not None and self.tick(r.ts) <= st.closed:
-            self.counts["late"] += 1
+        if r.stream in self._probation:
+            self._probation.move_to_end(r.stream)
+        if len(st.pending) >= self.max_pending:
+            self.counts["overflow"] += 1
             return []
+        if not st.pending:
+            self._open[r.stream] = wall
         st.pending.append(r)
         if r.ts <= st.watermark:
             return []
         st.watermark = r.ts
         last = math.ceil((r.ts - self.lateness) / self.period - _EPS) - 1  # ticks with t*p + lateness < ts
         return self._close(r.stream, st, last)
+
+    def _open_stream(self, name: str) -> _Stream:
+        """A new stream; at the cap, in the place of the probationer heard least recently."""
+        if len(self.streams) >= self.max_streams:
+            if not self._probation:
+                raise Rejected("capacity", f"stream {name!r} refused: {self.max_streams} streams open (streams.max_streams), none of them on probation")
+            victim, _ = self._probation.popitem(last=False)
+            self._drop(victim)
+            self.counts["displaced"] += 1
+        st = self.streams[name] = _Stream(self.channels)
+        if self.probation:
+            self._probation[name] = None
+        return st
+
+    def _resync(self, r: Reading, st: _Stream, wall: float) -> bool:
+        """Whether a late reading ends a run of late ones long enough, with the event time running
+        through it, to restart its stream on its new clock (then the stream is dropped)."""
+        if st.late_since is None:
+            st.late_since, st.late_ts = wall, r.ts
+            return False
+        if wall - st.late_since < self.resync_after or r.ts <= st.late_ts:
+            return False
+        self._drop(r.stream)
+        self.counts["resynced"] += 1
+        return True
+
+    def _drop(self, name: str) -> None:
+        """Forget a stream here and, through ``on_drop``, downstream."""
+        self.streams.pop(name, None)
+        self._heard.pop(name, None)
+        self._open.pop(name, None)
+        self._probation.pop(name, None)
+        if self.on_drop is not None:
+            self.on_drop(name)
 
     def due(self, wall: float, everything: bool = False) -> list[tuple[str, int]]:
         """The closings the wall clock calls for: (stream, last tick) of each stream silent for
@@ -95,6 +175,16 @@ class Assembler:
             if st.pending:
                 out.append((name, self.tick(st.watermark)))
             self._forget_at = min(self._forget_at, st.wall + self.forget_after)
+        stuck = self._open
+        while stuck:  # streams that keep sending while no tick of theirs closes
+            name, since = next(iter(stuck.items()))
+            if wall - since < self.max_open:
+                break
+            del stuck[name]
+            st = self.streams[name]
+            if st.pending and all(n != name for n, _ in out):
+                out.append((name, self.tick(st.watermark)))
+                self.counts["stuck"] += 1
         return out
 
     def _forget(self, wall: float) -> None:
@@ -107,6 +197,7 @@ class Assembler:
                 continue  # named by due() and never closed: kept as it is
             if wall - st.wall > self.forget_after:
                 del self.streams[name]
+                self._probation.pop(name, None)
             else:
                 self._forget_at = min(self._forget_at, st.wall + self.forget_after)
 
@@ -133,6 +224,7 @@ class Assembler:
                 "held_ts": st.held_ts.copy(),
                 "closed": st.closed,
                 "watermark": st.watermark,
+                "frames": st.frames,
             }
             for name, st in self.streams.items()
         }
@@ -140,17 +232,29 @@ class Assembler:
     def load_state(self, state: dict, wall: float) -> None:
         """Go on from ``state()``. Silence is measured from ``wall``: the time the daemon was down is
         not a stream going quiet, and its readings are still on their way from the broker."""
-        self.streams, self._heard, self._forget_at = {}, OrderedDict(), math.inf
+        self.streams, self._heard, self._open, self._probation, self._forget_at = {}, OrderedDict(), OrderedDict(), OrderedDict(), math.inf
         for name, d in state.items():
             st = self.streams[name] = self._heard[name] = _Stream(self.channels)
             st.pending = [Reading(name, int(f), float(ts), float(v)) for f, ts, v in d["pending"]]
             st.held[:], st.held_ts[:] = d["held"], d["held_ts"]
             st.closed = None if d["closed"] is None else int(d["closed"])
-            st.watermark, st.wall = float(d["watermark"]), wall
+            st.watermark = float(d["watermark"])
+            st.frames = int(d.get("frames", self.probation))  # older checkpoints: established
+            if st.pending:
+                self._open[name] = wall
+            if st.frames < self.probation:
+                self._probation[name] = None
+        self.restart_clock(wall)
 
-    def forget(self, stream: str) -> None:
-        self.streams.pop(stream, None)
-        self._heard.pop(stream, None)
+    def restart_clock(self, wall: float) -> None:
+        """Measure every stream's silence, and how long its readings have waited, from ``wall``
+        (after a restart, and after replaying the journal on the clock of its records)."""
+        for name, st in self.streams.items():
+            st.wall = wall
+            if st.late_since is not None:
+                st.late_since = wall
+            if name in self._open:
+                self._open[name] = wall
 
     @property
     def pending(self) -> int:
@@ -178,4 +282,13 @@ class Assembler:
                 break
         st.pending = pending[i:]
         st.closed = last
+        if st.pending:
+            self._open[name] = st.wall  # a tick closed: the readings left wait from now
+            self._open.move_to_end(name)
+        else:
+            self._open.pop(name, None)
+        if out and st.frames < self.probation:
+            st.frames = min(self.probation, st.frames + len(out))
+            if st.frames >= self.probation:
+                self._probation.pop(name, None)
         return out

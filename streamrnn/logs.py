@@ -74,3 +74,12 @@ class RateLimited:
             return None
         self._window[key] = (start, passed + 1, 0)
         return suppressed
+
+    def log(self, logger: logging.Logger, level: int, key: str, msg: str, exc_info: bool = False, **fields: object) -> bool:
+        """Log ``msg`` with ``fields`` if ``key`` is within its rate, carrying ``suppressed_before``;
+        True if it was logged. Every error that can repeat goes through one of these."""
+        suppressed = self.allow(key)
+        if suppressed is None:
+            return False
+        logger.log(level, msg, exc_info=exc_info, extra={**fields, "suppressed_before": suppressed})
+        return True

@@ -21,7 +21,7 @@ from streamrnn.payload import REASONS
 _LATENCY = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 disable_created_metrics()  # no *_created series: a start time per counter is what process_start_time_seconds says once
 
-DROP_REASONS = (*REASONS, "capacity", "late", "queue_full", "refused", "internal")
+DROP_REASONS = (*REASONS, "retained", "capacity", "overflow", "late", "queue_full", "refused", "internal")
 PUBLISH_FAILURES = ("queue_full", "no_connection")
 OUTCOMES = ("promoted", "rejected", "failed")
 
@@ -43,6 +43,10 @@ class Metrics:
         self.frames_late = Counter("frames_late", "Frames that came after a later frame of their stream had been stepped", **r)
         self.frames_missing = Counter("frames_with_missing_values", "Closed frames with at least one feature missing", **r)
         self.streams = Gauge("streams_active", "Streams with a hidden state", **r)
+        self.stream_resets = Counter("streams_reset", "Streams dropped and started afresh: displaced (a probationer, at streams.max_streams) or resynced (its clock moved: frames.resync_after)", ["reason"], **r)
+        self.stuck_closes = Counter("ticks_stuck_closed", "Ticks closed because their stream kept sending while none closed for frames.max_open seconds (a stuck sensor clock)", **r)
+        for reason in ("displaced", "resynced"):
+            self.stream_resets.labels(reason)
         self.ring_frames = Gauge("ring_frames", "Frames held in the ring buffers of all streams", **r)
         self.ring_fill = Gauge("ring_fill_ratio", "Mean fraction of a stream's ring buffer that is filled", **r)
         self.step = Histogram("step_duration_seconds", "One batched engine step over the frames closed together (its _count: steps)", buckets=_LATENCY, **r)
@@ -54,6 +58,7 @@ class Metrics:
         self.connected = Gauge("mqtt_connected", "1 while connected to the broker", **r)
         self.subscribed = Gauge("mqtt_subscribed", "1 while the sensor subscriptions are active", **r)
         self.reconnects = Counter("mqtt_reconnects", "Connections made after the first", **r)
+        self.status_reasserted = Counter("status_reasserted", "Times another client overwrote the daemon's status topic while it served, and it said online again", **r)
         # forecast quality, live (exponentially weighted over evaluator.live_window scored forecasts)
         labels = ["target", "horizon"]
         quality = {

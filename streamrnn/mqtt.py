@@ -26,6 +26,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from streamrnn.config import ConfigError, MqttSettings, broker_address
+from streamrnn.logs import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Message:
     mid: int
     qos: int
     session: int  # which connection it came on: an ack is only valid on that one
+    retain: bool = False  # the broker's retained last value, replayed at subscribe: not a fresh reading
 
 
 class Link:
@@ -57,7 +59,8 @@ class Link:
         self.cfg, self.subscriptions, self.inbox, self.block = cfg, subscriptions, inbox, block
         self.status_topic = cfg.status_topic.format(instance=cfg.instance)
         self.client_id = cfg.client_id or f"streamrnn-{cfg.instance}"
-        self.counts: Counter[str] = Counter()  # queue_full, connects, reconnects, disconnects, publish_<reason>
+        self.counts: Counter[str] = Counter()  # queue_full, connects, reconnects, disconnects, status_reasserted, publish_<reason>
+        self._complaints = RateLimited(burst=5, per=60.0)  # each repeating complaint, per kind
         self.connected = self.subscribed = False
         self._intake = True
         self._session = 0
@@ -152,7 +155,7 @@ class Link:
             extra = {"broker": self.cfg.url, "reason": str(rc)}
             if rc.value in (0x04, 0x05, 0x86, 0x87):  # bad user name or password, not authorised (3.1.1 and 5)
                 extra["hint"] = "check mqtt.username, mqtt.password_file and the broker's password and ACL files"
-            log.error("broker refused the connection, retrying", extra=extra)
+            self._complaints.log(log, logging.ERROR, "refused", "broker refused the connection, retrying", **extra)
             return
         self._session += 1
         self.connected = True
@@ -160,8 +163,9 @@ class Link:
         if self.counts["connects"] > 1:
             self.counts["reconnects"] += 1
         resumed = bool(getattr(flags, "session_present", False))
-        log.info("connected", extra={"broker": self.cfg.url, "client_id": self.client_id, "session_present": resumed})
-        result, mid = client.subscribe([(t, self.cfg.qos) for t in self.subscriptions])
+        self._complaints.log(log, logging.INFO, "connected", "connected", broker=self.cfg.url, client_id=self.client_id, session_present=resumed, connects=self.counts["connects"])
+        # its own status too: anyone else's word there while it serves is said over (re-asserted)
+        result, mid = client.subscribe([(t, self.cfg.qos) for t in self.subscriptions] + [(self.status_topic, 1)])
         if result == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._pending_subs = {mid}
         else:
@@ -171,13 +175,16 @@ class Link:
         # called in paho's ``except OSError`` around the attempt: the exception says why
         err = sys.exc_info()[1]
         self.counts["connect_failures"] += 1
-        log.error("broker unreachable, retrying", extra={"broker": self.cfg.url, "error": f"{type(err).__name__}: {err}" if err else "unknown", "attempt": self.counts["connect_failures"]})
+        self._complaints.log(log, logging.ERROR, "unreachable", "broker unreachable, retrying", broker=self.cfg.url, error=f"{type(err).__name__}: {err}" if err else "unknown", attempt=self.counts["connect_failures"])
 
     def _on_subscribe(self, client: paho.Client, userdata: object, mid: int, codes: list[paho.ReasonCode], props: object) -> None:
-        bad = [str(c) for c in codes if c.is_failure]
+        *sensors, status = codes
+        bad = [str(c) for c in sensors if c.is_failure]
         if bad:
             log.error("subscriptions refused", extra={"topics": self.subscriptions, "reasons": bad})
             return
+        if status.is_failure:  # serving goes on; only an overwritten status stays as it is
+            log.warning("status topic not readable: it is not re-asserted if another client overwrites it", extra={"topic": self.status_topic, "reason": str(status), "hint": "grant the daemon's user readwrite on its status topic"})
         self._pending_subs.discard(mid)
         if not self._pending_subs:
             self.subscribed = True
@@ -189,7 +196,7 @@ class Link:
         self.connected = self.subscribed = False
         if was:
             self.counts["disconnects"] += 1
-            log.warning("disconnected", extra={"broker": self.cfg.url, "reason": str(rc)})
+            self._complaints.log(log, logging.WARNING, "disconnected", "disconnected", broker=self.cfg.url, reason=str(rc), disconnects=self.counts["disconnects"])
         # jitter the backoff so a fleet does not reconnect in lockstep after a broker restart
         lo = self.cfg.reconnect_min * random.uniform(0.5, 1.5)
         client.reconnect_delay_set(lo, max(lo, self.cfg.reconnect_max * random.uniform(0.8, 1.0)))
@@ -201,13 +208,28 @@ class Link:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = "\ufffd"  # refused by the parser as an unknown topic
-        m = Message(topic, msg.payload, time.time(), msg.mid, msg.qos, self._session)
+        if topic == self.status_topic:
+            self._status(client, msg)
+            return
+        m = Message(topic, msg.payload, time.time(), msg.mid, msg.qos, self._session, bool(msg.retain))
         try:
             self.inbox.put(m, timeout=self.block)
         except queue.Full:
             self.counts["queue_full"] += 1
             if msg.qos:
                 client.ack(msg.mid, msg.qos)
+
+
+    def _status(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
+        """A message on our own status topic: say ``online`` again if it says otherwise while we serve."""
+        if msg.qos:
+            client.ack(msg.mid, msg.qos)
+        # retained: the value replayed as we subscribed, which our "online" right after replaces
+        if msg.payload == b"online" or msg.retain or not self.subscribed or not self._intake:
+            return
+        self.counts["status_reasserted"] += 1
+        client.publish(self.status_topic, b"online", qos=1, retain=True)
+        self._complaints.log(log, logging.WARNING, "status", "status topic overwritten by another client: online again", topic=self.status_topic, payload=msg.payload[:32].decode("utf-8", "replace"))
 
 
 def _nodelay(client: paho.Client, userdata: object, sock: socket.socket) -> None:

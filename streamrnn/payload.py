@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 
-REASONS = ("oversize", "topic", "stream", "feature", "json", "type", "nonfinite", "range", "ts")
+REASONS = ("oversize", "topic", "stream", "feature", "json", "type", "nonfinite", "range", "ts", "future")
 STREAM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 TS_MIN, TS_MAX = 0.0, 1e11  # 1970 .. year 5138: a ts outside is a unit or encoding error
 _KNOWN = 65_536  # sensor topics remembered as (stream, feature); forgotten all at once past this
@@ -57,11 +57,13 @@ def subscription(tpl: str) -> str:
 class Parser:
     """Turns messages into readings for the channels the model reads (inputs, then key variables)."""
 
-    def __init__(self, channels: list[str] | tuple[str, ...], sensor_topic: str, frame_topic: str | None, max_payload: int, max_abs: float) -> None:
+    def __init__(self, channels: list[str] | tuple[str, ...], sensor_topic: str, frame_topic: str | None, max_payload: int, max_abs: float, max_future: float = math.inf, allow: re.Pattern[str] | None = None) -> None:
+        """``max_future``: seconds a ts may be ahead of the message's arrival; ``allow``: the stream
+        ids served (``streams.allow``), all valid ones if None."""
         self.index = {name: i for i, name in enumerate(channels)}
         self.sensor = _template(sensor_topic)
         self.frame = _template(frame_topic) if frame_topic else None
-        self.max_payload, self.max_abs = max_payload, max_abs
+        self.max_payload, self.max_abs, self.max_future, self.allow = max_payload, max_abs, max_future, allow
         self._known: dict[str, tuple[str, int]] = {}  # sensor topic -> (stream, feature), once valid
 
     def parse(self, topic: str, payload: bytes, arrival: float) -> list[Reading]:
@@ -88,10 +90,11 @@ class Parser:
             return self._frame(self._stream(m["stream"]), payload, arrival)
         raise Rejected("topic", f"topic {topic[:128]!r} matches no template")
 
-    @staticmethod
-    def _stream(name: str) -> str:
+    def _stream(self, name: str) -> str:
         if not STREAM_RE.match(name):
             raise Rejected("stream", f"stream id {name[:64]!r} is not [A-Za-z0-9_.:-]{{1,128}}")
+        if self.allow is not None and not self.allow.match(name):
+            raise Rejected("stream", f"stream id {name[:64]!r} matches no pattern of streams.allow")
         return name
 
     def _sensor_payload(self, payload: bytes, arrival: float) -> tuple[float, float]:
@@ -132,8 +135,7 @@ class Parser:
             raise Rejected("range", f"|{v:g}| > frames.max_abs {self.max_abs:g}")
         return v
 
-    @staticmethod
-    def _ts(x: object, arrival: float) -> float:
+    def _ts(self, x: object, arrival: float) -> float:
         if x is None:
             return arrival
         if isinstance(x, bool) or not isinstance(x, (int, float)):
@@ -144,6 +146,8 @@ class Parser:
             raise Rejected("ts", "ts too large") from None
         if not (TS_MIN < ts < TS_MAX):  # also refuses NaN and infinities
             raise Rejected("ts", f"ts {ts} is not unix seconds")
+        if ts > arrival + self.max_future:  # one such reading would make every later one late
+            raise Rejected("future", f"ts {ts:.3f} is {ts - arrival:.0f} s ahead of the clock (frames.max_future {self.max_future:g})")
         return ts
 
 

@@ -21,3 +21,17 @@ def test_one_stream_far_ahead_in_event_time_does_not_evict_the_others_on_the_wal
     replay.step([Frame("a", 1000.0, v)])
     replay.step([Frame("b", 1100.0, v)])
     assert replay.streams == ["b"]
+
+
+def test_a_forgotten_stream_starts_afresh_with_its_next_frame_and_the_others_are_untouched():
+    engine = Engine(small_settings())
+    v = np.array([1.0, 2.0, 3.0, np.nan])
+    for t in range(5):
+        engine.step([Frame("a", 1e10 + t, v), Frame("b", 100.0 + t, v + t)])  # 'a' stamped centuries ahead
+    b_hidden = engine.bank.hidden[:, :, engine.bank.rows["b"]].clone()
+    assert engine.step([Frame("a", 100.0, v)]).streams == [] and engine.counts["late"] == 1  # blind on its old clock
+    assert engine.forget("a") and not engine.forget("never-seen")
+    got = engine.step([Frame("a", 100.0, v)])  # on its new clock
+    assert got.streams == ["a"] and engine.last_ts("a") == 100.0 and engine.rings[engine.bank.rows["a"]].count == 1
+    assert (engine.bank.hidden[:, :, engine.bank.rows["b"]] == b_hidden).all()
+    assert engine.counts["forgotten"] == 1

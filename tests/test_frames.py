@@ -157,3 +157,66 @@ def test_the_wall_clock_check_walks_the_least_recently_heard_and_closes_as_a_sca
 
 def sorted_frames(frames):
     return sorted((f.stream, f.ts, tuple(np.nan_to_num(f.values, nan=-9.0))) for f in frames)
+
+
+def test_a_stream_whose_readings_stay_late_with_its_clock_running_starts_afresh_on_its_new_clock():
+    dropped = []
+    a = asm(resync_after=30.0, on_drop=dropped.append)
+    future = T0 + 10**9  # pushed far ahead once (or its clock jumped back since)
+    run(a, [Reading("s", 0, future, 1.0)])
+    frames, wall = [], 100.0
+    for k in range(10):  # the true clock: every reading late
+        wall += 10.0
+        frames += a.add(Reading("s", 0, T0 + k * P, float(k)), wall)
+    assert a.counts["late"] == 3 and a.counts["resynced"] == 1 and dropped == ["s"]
+    frames += a.expire(wall + 5.0)
+    assert [f.ts for f in frames] == [T0 + k * P for k in range(3, 10)]  # from the reading that restarted it on
+    assert a.counts["late"] == 3  # and nothing since
+
+
+def test_a_frozen_clock_is_refused_as_late_not_restarted_and_its_readings_are_bounded():
+    a = asm(max_pending=50, max_open=20.0, resync_after=30.0)
+    frames, wall = [], 0.0
+    for i in range(1000):  # a stream that never pauses, its sensors' timestamps stuck
+        wall += 0.1
+        frames += a.add(Reading("s", i % 3, T0, float(i)), wall)
+        frames += a.expire(wall)
+        assert len(a.streams["s"].pending) <= 50
+    assert [f.ts for f in frames] == [T0]  # its one tick closed once it stayed open max_open seconds
+    assert a.counts["stuck"] == 1 and a.counts["overflow"] > 0 and a.counts["late"] > 700
+    assert a.counts["resynced"] == 0 and a.pending == 0
+
+
+def test_a_busy_stream_closing_ticks_by_event_time_is_never_closed_as_stuck():
+    a = asm(max_open=5.0)
+    frames = []
+    for k, r in enumerate(grid(200)):
+        frames += a.add(r, k * 0.5)  # a tick every 1.5 s of wall time, for 300 s
+        frames += a.expire(k * 0.5)
+    assert len(frames) == 199 and a.counts["stuck"] == 0
+
+
+def test_at_the_cap_a_new_stream_displaces_the_probationer_heard_least_recently_never_an_established_stream():
+    dropped = []
+    a = asm(max_streams=3, probation=3, on_drop=dropped.append)
+    run(a, grid(4, streams=("real",)))  # established: 4 frames
+    a.add(Reading("ph1", 0, T0, 1.0), 1.0)
+    a.add(Reading("ph2", 0, T0, 1.0), 2.0)
+    a.add(Reading("ph1", 1, T0, 1.0), 3.0)  # heard again: ph2 is now the least recently heard
+    a.add(Reading("new", 0, T0, 1.0), 4.0)
+    assert set(a.streams) == {"real", "ph1", "new"} and dropped == ["ph2"] and a.counts["displaced"] == 1
+    run(a, grid(3, streams=("ph1",)), wall=5.0)
+    run(a, grid(3, streams=("new",)), wall=5.0)  # all three established now
+    with pytest.raises(Rejected) as e:
+        a.add(Reading("one-more", 0, T0, 1.0), 20.0)
+    assert e.value.reason == "capacity" and set(a.streams) == {"real", "ph1", "new"}
+
+
+def test_probation_and_the_pending_bound_survive_a_checkpoint():
+    a = asm(max_streams=2, probation=2)
+    run(a, grid(3, streams=("real",)))
+    a.add(Reading("ph", 0, T0, 1.0), 1.0)
+    b = asm(max_streams=2, probation=2)
+    b.load_state(a.state(), wall=100.0)
+    b.add(Reading("new", 0, T0, 1.0), 101.0)  # displaces the probationer, not the established stream
+    assert set(b.streams) == {"real", "new"}

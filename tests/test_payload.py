@@ -82,3 +82,28 @@ def test_a_known_topic_reads_the_same_and_the_memory_of_topics_is_bounded(monkey
     with pytest.raises(Rejected) as e:  # a remembered topic's payload is still checked
         p.parse("plant/r4/sensors/flow", b"NaN", 0.0)
     assert e.value.reason == "nonfinite"
+
+
+def test_a_ts_ahead_of_the_arrival_clock_by_more_than_max_future_is_refused_as_future():
+    p = Parser(CH, "plant/{stream}/sensors/{feature}", "plant/{stream}/frame", 1024, 1e6, max_future=300.0)
+    now = 1767225600.0
+    (r,) = p.parse("plant/r1/sensors/temp", json.dumps({"ts": now + 299.0, "value": 1}).encode(), now)
+    assert r.ts == now + 299.0  # a clock a little ahead is a clock
+    for payload in ({"ts": 32503680000.0, "value": 1}, {"ts": now + 301.0, "value": 1}):  # year 3000; just past the bound
+        with pytest.raises(Rejected) as e:
+            p.parse("plant/r1/sensors/temp", json.dumps(payload).encode(), now)
+        assert e.value.reason == "future"
+    with pytest.raises(Rejected) as e:
+        p.parse("plant/r1/frame", json.dumps({"ts": now + 3600, "temp": 1}).encode(), now)
+    assert e.value.reason == "future"
+
+
+def test_stream_ids_outside_the_allow_list_are_refused_as_stream():
+    import re
+
+    p = Parser(CH, "plant/{stream}/sensors/{feature}", "plant/{stream}/frame", 1024, 1e6, allow=re.compile(r"reactor-\d+\Z"))
+    assert p.parse("plant/reactor-7/sensors/temp", b"1", 1.0)[0].stream == "reactor-7"
+    for topic in ("plant/phantom-1/sensors/temp", "plant/reactor-x/frame"):
+        with pytest.raises(Rejected) as e:
+            p.parse(topic, b'{"temp": 1}' if topic.endswith("frame") else b"1", 1.0)
+        assert e.value.reason == "stream" and "streams.allow" in str(e.value)
