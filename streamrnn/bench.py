@@ -34,6 +34,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamrnn import children
+
 
 def machine() -> dict:
     """What the figures were measured on."""
@@ -73,7 +75,7 @@ class Stack:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         with open(self.dir / f"{name}.log", "w") as log:
-            self.procs.append(subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env))
+            self.procs.append(children.popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env))
 
     def metrics(self) -> dict[str, float]:
         """Every sample of the daemon's /metrics, keyed ``name{k="v",...}``."""
@@ -113,13 +115,7 @@ class Stack:
 
     def close(self) -> None:
         for p in reversed(self.procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            children.stop(p, 20)
         self.broker.stop()
 
 
@@ -155,7 +151,7 @@ def scrape(streams: int = 10, rate: float = 10.0, clients: int = 100, seconds: f
             stack.wait_for("streamrnn_frames_closed_total", streams * rate * 3, 90)  # past the warm-up
             for _ in range(rounds):
                 quiet.append(_phase(stack, seconds))
-                load = subprocess.Popen(  # scrapes until its stdin closes
+                load = children.popen(  # scrapes until its stdin closes
                     ["nice", "-n", "10", sys.executable, "-m", "streamrnn.bench", "_scrapers", "--port", str(stack.port), "--clients", str(clients)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                 )
@@ -315,7 +311,7 @@ def ingest(streams: int = 10, ticks: int = 1000, rounds: int = 3) -> dict:
             fc = _Forecasts(stack.broker.url)
             tick = 1
             for _ in range(rounds):
-                rx = subprocess.Popen([sys.executable, "-m", "streamrnn.loadgen", "bare", "--broker", stack.broker.url, "--topic", "bare/+/sensors/+", "--count", str(count)], stdout=subprocess.PIPE, text=True)
+                rx = children.popen([sys.executable, "-m", "streamrnn.loadgen", "bare", "--broker", stack.broker.url, "--topic", "bare/+/sensors/+", "--count", str(count)], stdout=subprocess.PIPE, text=True)
                 if rx.stdout is None or rx.stdout.readline().strip() != "ready":
                     raise RuntimeError("bare subscriber did not start")
                 load = _load(stack.broker.url, "bare/{stream}/sensors/{feature}", streams, ticks, tick)

@@ -19,6 +19,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+from streamrnn import children
 from streamrnn.demo import free_port, wait_port
 
 
@@ -54,14 +55,13 @@ class Mosquitto:
         if binary is None:
             raise RuntimeError("mosquitto is not installed: apt-get install mosquitto")
         with open(self.dir / "mosquitto.log", "a") as log:
-            self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
+            self.proc = children.popen([binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
         wait_port(self.port, 10.0, self.proc)
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
+        if self.proc is not None:
+            children.stop(self.proc, 10)
         self.proc = None
 
 

@@ -2,7 +2,9 @@
 
 Each part runs as its own process, exactly as in production (the broker is an embedded amqtt
 unless ``--broker`` names a real one). The view subscribes to the forecast and status topics and
-reads the retrain counts from the daemon's /metrics. Ctrl-C stops everything, children by pid.
+reads the retrain counts from the daemon's /metrics. Ctrl-C, SIGTERM (``timeout``, systemd) and
+SIGHUP (a closing terminal) stop everything, children by pid; a demo killed outright takes its
+children with it (:mod:`streamrnn.children`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamrnn import message, simulator
+from streamrnn import children, message, simulator
 from streamrnn.mqtt import Subscriber
 
 
@@ -60,7 +62,7 @@ class Demo:
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
         with open(Path(self.dir.name) / f"{name}.log", "w") as log:
             # a session of its own: Ctrl-C reaches the demo, which stops each child in order
-            p = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            p = children.popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append((name, p))
         return p
 
@@ -83,13 +85,7 @@ class Demo:
 
     def stop(self) -> None:
         for name, p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            children.stop(p, 20)
         if hasattr(self, "view"):
             self.view.close()
         self.dir.cleanup()
@@ -160,7 +156,17 @@ def _num(x: float | None) -> str:
     return "   -  " if x is None else f"{x:.4g}"
 
 
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP: stop as Ctrl-C does."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
+
 def run(broker: str | None, streams: int, rate: float, duration: float | None, config: Path | None, out: TextIO = sys.stdout) -> int:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
     demo = Demo(broker, streams, rate, config, out)
     tty = out.isatty()
     started = time.monotonic()
@@ -180,8 +186,10 @@ def run(broker: str | None, streams: int, rate: float, duration: float | None, c
             out.flush()
         if not tty:
             out.write(f"--- {time.monotonic() - started:.0f} s, done\n" + demo.render())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped):
         out.write("\nstopping ...\n")
     finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # a second one must not cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
         demo.stop()
     return 0

@@ -30,17 +30,22 @@ from multiprocessing.connection import Connection
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from streamrnn import children
+from streamrnn.logs import RateLimited
+
 log = logging.getLogger(__name__)
 
 _STATE, _METRICS, _RENDER = b"S", b"M", b"R"
 _TICK = 0.1  # seconds between two looks at the engine's state
+MAX_CONNECTIONS = 128  # open at once; more are closed as they come (Prometheus and the probes need a few)
+IDLE_TIMEOUT = 10.0  # seconds a connection may wait for a request or a request's next byte
 
 
 class Endpoint:
     """The daemon's side: owns the listening socket and the server process, renders on request."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int, max_rate: float = 20.0, max_age: float = 1.0, stale_after: float = 10.0) -> None:
-        self.registry, self.max_rate, self.max_age, self.stale_after = registry, max_rate, max_age, stale_after
+    def __init__(self, registry: CollectorRegistry, host: str, port: int, max_rate: float = 20.0, max_age: float = 1.0, stale_after: float = 10.0, log_format: str = "logfmt") -> None:
+        self.registry, self.max_rate, self.max_age, self.stale_after, self.log_format = registry, max_rate, max_age, stale_after, log_format
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -55,12 +60,13 @@ class Endpoint:
         self.link: Connection | None = None
         self._state = (False, time.monotonic())  # (ready, last beat of the engine loop), set by beat()
         self.restarts = 0
+        self._errors = RateLimited(burst=5, per=60.0)
 
     def start(self) -> None:
         ours, theirs = socket.socketpair()
         fds = (self.sock.fileno(), theirs.fileno())
-        args = [sys.executable, "-m", "streamrnn.endpoint", "--listen-fd", str(fds[0]), "--link-fd", str(fds[1]), "--max-age", str(self.max_age), "--stale-after", str(self.stale_after), "--max-rate", str(self.max_rate)]
-        self.proc = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.DEVNULL)
+        args = [sys.executable, "-m", "streamrnn.endpoint", "--listen-fd", str(fds[0]), "--link-fd", str(fds[1]), "--max-age", str(self.max_age), "--stale-after", str(self.stale_after), "--max-rate", str(self.max_rate), "--log-format", self.log_format]
+        self.proc = children.popen(args, pass_fds=fds, stdin=subprocess.DEVNULL)
         theirs.close()
         self.link = Connection(ours.detach())
         threading.Thread(target=self._talk, args=(self.link,), name="endpoint-link", daemon=True).start()
@@ -74,7 +80,7 @@ class Endpoint:
         """Restart the server process if it died; True if it had to."""
         if self.proc is None or self.proc.poll() is None:
             return False
-        log.error("metrics endpoint process died; restarting it", extra={"exit_code": self.proc.returncode})
+        self._errors.log(log, logging.ERROR, "died", "metrics endpoint process died; restarting it", exit_code=self.proc.returncode, restarts=self.restarts + 1)
         self._close_link()
         self.restarts += 1
         self.start()
@@ -83,11 +89,7 @@ class Endpoint:
     def close(self) -> None:
         self._close_link()
         if self.proc is not None:
-            try:
-                self.proc.wait(2.0)  # it exits when the link closes
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            children.stop(self.proc, 2.0, sig=0)  # it exits when the link closes
         self.sock.close()
 
     def _close_link(self) -> None:
@@ -104,8 +106,8 @@ class Endpoint:
                     link.recv_bytes()
                     try:
                         body = generate_latest(self.registry)
-                    except Exception:  # a collector's bug costs that scrape (a 503), never the heartbeat
-                        log.exception("rendering the metrics failed")
+                    except Exception as e:  # a collector's bug costs that scrape (a 503), never the heartbeat
+                        self._errors.log(log, logging.ERROR, "render", "rendering the metrics failed", exc_info=True, error=f"{type(e).__name__}: {e}")
                     else:
                         link.send_bytes(_METRICS + body)
                 state = self._state
@@ -184,11 +186,78 @@ class _Shared:
                     self.cond.notify_all()
 
 
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them. One more takes the place of
+    the connection idle the longest (a scraper or probe is never locked out by idle sockets); if
+    none is idle it is closed as it comes. A client that goes away is normal and silent; any other
+    error is one line, at a bounded rate, never a traceback per connection."""
+
+    daemon_threads = True
+
+    def __init__(self, sock: socket.socket, handler: type[BaseHTTPRequestHandler], max_connections: int = MAX_CONNECTIONS) -> None:
+        super().__init__(sock.getsockname()[:2], handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.idle: dict[socket.socket, None] = {}  # connections waiting for a request, oldest first
+        self.lock = threading.Lock()
+        self.errors = RateLimited(burst=5, per=60.0)
+
+    def waiting(self, conn: socket.socket, idle: bool) -> None:
+        """The handler's word: ``conn`` waits for a request (True) or is answering one."""
+        with self.lock:
+            if idle:
+                self.idle[conn] = None
+            else:
+                self.idle.pop(conn, None)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if not self.slots.acquire(blocking=False):
+            with self.lock:
+                oldest = next(iter(self.idle), None)
+                self.idle.pop(oldest, None)
+            if oldest is not None:
+                try:
+                    oldest.shutdown(socket.SHUT_RDWR)  # its thread reads the end and leaves
+                except OSError:
+                    pass  # closed meanwhile: its slot is coming back all the same
+            if oldest is None or not self.slots.acquire(timeout=1.0):
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)
+        except Exception:  # no thread could be started: the slot is given back here
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.waiting(request, False)
+            self.slots.release()
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        e = sys.exc_info()[1]
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            return  # the client went away or stalled: its business
+        self.errors.log(log, logging.ERROR, "http", "metrics endpoint: request failed", error=f"{type(e).__name__}: {e}")
+
+
 def _handler(shared: _Shared, pace: _Pace, stale_after: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as Prometheus scrapes
-        timeout = 30.0  # an idle or stalled client gives up its thread
+        timeout = IDLE_TIMEOUT  # an idle or stalled client gives up its thread
         disable_nagle_algorithm = True  # headers and body are two writes: without it, 40 ms of delayed ACK each
+
+        def handle_one_request(self) -> None:
+            self.server.waiting(self.connection, True)  # type: ignore[attr-defined]
+            super().handle_one_request()
+
+        def parse_request(self) -> bool:
+            whole = super().parse_request()  # a client slow to send its headers stays evictable
+            self.server.waiting(self.connection, False)  # type: ignore[attr-defined]
+            return whole
 
         def do_GET(self) -> None:  # noqa: N802
             path = self.path.split("?", 1)[0]
@@ -234,17 +303,18 @@ def main() -> None:
     p.add_argument("--max-age", type=float, default=1.0)
     p.add_argument("--stale-after", type=float, default=10.0)
     p.add_argument("--max-rate", type=float, default=20.0)
+    p.add_argument("--log-format", default="logfmt")
     args = p.parse_args()
     try:
         os.nice(10)  # under a flood of scrapes, the engine's process comes first
     except OSError:
         pass  # not permitted: still correct
+    from streamrnn import logs
+
+    logs.setup(args.log_format)
     sock = socket.socket(fileno=args.listen_fd)
     shared = _Shared(Connection(args.link_fd), args.max_age)
-    server = ThreadingHTTPServer(sock.getsockname()[:2], _handler(shared, _Pace(args.max_rate), args.stale_after), bind_and_activate=False)
-    server.socket.close()
-    server.socket = sock
-    server.daemon_threads = True
+    server = _Server(sock, _handler(shared, _Pace(args.max_rate), args.stale_after))
     threading.Thread(target=shared.listen, name="link", daemon=True).start()
     server.serve_forever()
 

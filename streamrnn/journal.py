@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamrnn.atomic import fsync_dir
+from streamrnn.logs import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class Journal:
         self.seq = next_seq - 1  # the last sequence number given out
         self.counts: Counter[str] = Counter()  # records, bytes, syncs, errors
         self.sync_seconds: deque[float] = deque(maxlen=10_000)  # drained by the daemon into a histogram
+        self._errors = RateLimited(burst=5, per=60.0)  # a read-only or full disk fails every batch
         self._queue: list[tuple] = []  # (kind, seq, arrival, topic, payload, token), or ("rotate" | "prune", seq)
         self._cv = threading.Condition()
         self._file = None
@@ -179,7 +181,7 @@ class Journal:
                 except OSError as e:  # the next batch opens a segment of its own
                     self.counts["errors"] += 1
                     self._abandon()
-                    log.error("journal segment could not be opened or pruned", extra={"folder": str(self.folder), "error": str(e)})
+                    self._errors.log(log, logging.ERROR, "segment", "journal segment could not be opened or pruned", folder=str(self.folder), error=str(e), errors=self.counts["errors"])
                 continue
             kind, seq, arrival, topic, payload, token = item
             start = start or seq
@@ -210,12 +212,12 @@ class Journal:
             except OSError as e:
                 self.counts["errors"] += 1
                 self._abandon()
-                log.error("journal write failed: acknowledging without a durable record", extra={"folder": str(self.folder), "error": str(e), "records": len(data)})
+                self._errors.log(log, logging.ERROR, "write", "journal write failed: acknowledging without a durable record", folder=str(self.folder), error=str(e), records=len(data), errors=self.counts["errors"])
         if tokens:
             try:
                 self.on_durable(tokens)
-            except Exception:  # a bug there must not end the thread that acknowledges everything
-                log.exception("acknowledging journaled messages failed")
+            except Exception as e:  # a bug there must not end the thread that acknowledges everything
+                self._errors.log(log, logging.ERROR, "ack", "acknowledging journaled messages failed", exc_info=True, error=f"{type(e).__name__}: {e}")
 
     def _open(self, first: int) -> None:
         self._abandon()
@@ -230,7 +232,7 @@ class Journal:
             try:
                 self._file.close()
             except OSError as e:
-                log.warning("journal segment close failed", extra={"error": str(e)})
+                self._errors.log(log, logging.WARNING, "close", "journal segment close failed", error=str(e))
             self._file = None
 
     def _prune(self, covered: int) -> None:

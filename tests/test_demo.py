@@ -3,8 +3,10 @@
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,3 +30,76 @@ def test_demo_in_a_fresh_virtualenv_shows_forecasts_within_30_seconds(tmp_path):
         assert re.search(rf"^{stream}\s+2026-\S+ \S+\s+v\d+\s+\S+\s+now [\d.]+ \| \+1 [\d.]+", final, re.M), final
     left = subprocess.run(["pgrep", "-f", str(venv)], capture_output=True, text=True).stdout.split()
     assert not [p for p in left if int(p) != os.getpid()], "demo left processes behind"
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children ...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, parent in parents.items() if parent == p]
+        out.update(kids)
+        todo += kids
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    left = set()
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":  # a zombie has ended
+                    left.add(p)
+        except OSError:
+            continue
+    return left
+
+
+def _started_demo(tmp_path: Path) -> tuple[subprocess.Popen, set[int]]:
+    out = open(tmp_path / "demo.out", "w")
+    demo = subprocess.Popen([sys.executable, "-m", "streamrnn", "demo", "--streams", "1", "--rate", "5"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    out.close()
+    deadline = time.monotonic() + 90
+    kids: set[int] = set()
+    while time.monotonic() < deadline:  # broker, daemon and simulator up, and the daemon's endpoint
+        assert demo.poll() is None, (tmp_path / "demo.out").read_text()
+        kids = _descendants(demo.pid)
+        if len(kids) >= 4 and "forecasts received" in (tmp_path / "demo.out").read_text():
+            return demo, kids
+        time.sleep(0.5)
+    demo.kill()
+    raise AssertionError(f"the demo did not start: {(tmp_path / 'demo.out').read_text()[-2000:]}")
+
+
+def _gone(pids: set[int], timeout: float) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _alive(pids)
+    for p in left:  # not to leave them to the next test
+        os.kill(p, signal.SIGKILL)
+    return left
+
+
+def test_the_demo_stopped_by_sigterm_or_sighup_stops_every_process_it_started(tmp_path):
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        demo, kids = _started_demo(tmp_path)
+        demo.send_signal(sig)
+        assert demo.wait(60) == 0
+        assert "stopping" in (tmp_path / "demo.out").read_text()
+        assert not _gone(kids, 5.0), f"{sig.name}: the demo left processes behind"
+
+
+def test_the_demo_killed_outright_takes_its_processes_with_it(tmp_path):
+    demo, kids = _started_demo(tmp_path)
+    demo.kill()
+    demo.wait(10)
+    assert not _gone(kids, 30.0), "children outlived a demo killed with SIGKILL"

@@ -133,3 +133,56 @@ def test_pace_spaces_answers_and_refuses_beyond_the_wait():
     assert time.monotonic() - start >= 0.18  # 20 answers at 100/s
     pace.next = time.monotonic() + 1.0  # a queue a second long
     assert not pace.wait()
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Threads:")).split()[1])
+
+
+def test_clients_that_drop_or_idle_are_silent_bounded_and_never_lock_out_a_scrape(endpoint, capfd):
+    from streamrnn.endpoint import MAX_CONNECTIONS
+
+    ep, c = endpoint
+    ep.beat(True)
+    wait_status(ep.port, "/metrics", 200)
+    linger = __import__("struct").pack("ii", 1, 0)  # close with a reset, as a killed client does
+    for i in range(1000):
+        s = socket.create_connection(("127.0.0.1", ep.port), 5)
+        if i % 2:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads the answer
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        s.close()
+    idle = [socket.create_connection(("127.0.0.1", ep.port), 5) for _ in range(2 * MAX_CONNECTIONS)]
+    try:
+        for s in idle[:10]:
+            s.sendall(b"GET /metr")  # slow: a request begun and not finished
+        time.sleep(1.0)
+        assert _threads(ep.proc.pid) <= MAX_CONNECTIONS + 5  # not a thread per socket
+        for _ in range(5):  # the idle sockets give way to real requests
+            ep.beat(True)
+            time.sleep(0.2)
+            assert get(ep.port, "/healthz")[0] == 200 and get(ep.port, "/metrics")[0] == 200
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.5)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Error" not in err, err[-3000:]
+
+
+def test_an_idle_connection_is_closed_after_the_timeout(monkeypatch):
+    import streamrnn.endpoint as endpoint_module
+
+    ep = Endpoint(CollectorRegistry(), "127.0.0.1", 0)
+    ep.start()
+    try:
+        wait_status(ep.port, "/healthz", 200)
+        s = socket.create_connection(("127.0.0.1", ep.port), 30)
+        start = time.monotonic()
+        assert s.recv(1) == b""  # the server closed it
+        took = time.monotonic() - start
+        assert endpoint_module.IDLE_TIMEOUT - 1 <= took < endpoint_module.IDLE_TIMEOUT + 10
+        s.close()
+    finally:
+        ep.close()

@@ -103,3 +103,14 @@ def test_after_a_crash_mid_write_the_next_records_are_not_hidden_behind_the_torn
     j.append(journal.MESSAGE, 0.0, "t", b"after")
     j.close(5.0)
     assert [(r.seq, r.payload) for r in journal.replay(tmp_path, after=5)] == [(6, b"after")]
+
+
+def test_a_disk_that_keeps_failing_is_logged_at_a_bounded_rate_and_counted_in_full(tiny_disk, caplog):
+    disk = tiny_disk("64k")
+    j = Journal(disk, lambda tokens: None)
+    for i in range(600):
+        j.append(journal.MESSAGE, 0.0, "t", b"z" * 500, token=i)
+        j.flush(5.0)  # a batch each: a write, and a failure, each
+    assert j.close(5.0)
+    said = [r for r in caplog.records if r.getMessage().startswith("journal write failed")]
+    assert j.counts["errors"] >= 400 and 1 <= len(said) <= 5  # 5 a minute
