@@ -69,16 +69,20 @@ def _work(conn: Connection, parent: int) -> None:
     conn.close()
 
 
-def _background(pid: int) -> None:
-    """Let process ``pid`` take only the CPU time that serving leaves idle: Linux's SCHED_IDLE class,
-    which a process may put its own user's processes in, yields to every normal task at once; where
-    it is missing, the lowest nice. Set by the parent as the child starts, so that its imports
-    (torch: seconds of CPU) already run there."""
-    try:
-        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+def _background(pid: int, priority: str = "idle") -> None:
+    """Set process ``pid``'s CPU priority (``trainer.priority``). ``idle``: only the CPU time that
+    serving leaves idle: Linux's SCHED_IDLE class, which a process may put its own user's processes
+    in, yields to every normal task at once; where it is missing, the lowest nice. ``low``: the
+    lowest nice, a small share however busy the box. Set by the parent as the child starts, so that
+    its imports (torch: seconds of CPU) already run there."""
+    if priority == "normal":
         return
-    except (AttributeError, OSError) as e:
-        log.debug("SCHED_IDLE not available (%s): nice 19 instead", e)
+    if priority == "idle":
+        try:
+            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except (AttributeError, OSError) as e:
+            log.debug("SCHED_IDLE not available (%s): nice 19 instead", e)
     try:
         os.setpriority(os.PRIO_PROCESS, pid, 19)
     except OSError as e:
@@ -171,7 +175,7 @@ class Retrainer:
             parent.close()
             return
         try:
-            _background(p.pid)
+            _background(p.pid, self.settings.priority)
             log.info("retrain started", extra={"pid": p.pid, "streams": len(work[0].streams), "frames": work[0].frames, "seed": work[-1]})
             _send(parent, work)
             job.verdict = parent.recv()

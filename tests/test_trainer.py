@@ -41,7 +41,7 @@ def test_a_target_seen_in_one_frame_of_twenty_still_trains():
 def test_trainer_learns_on_the_simulator():
     from streamrnn import config, simulator
 
-    settings = config.load(None, device="cpu", model={"hidden_size": 32}, trainer={"max_epochs": 8})
+    settings = config.load(None, device="cpu", model={"hidden_size": 32}, trainer={"max_epochs": 8, "max_seconds": 3600.0})
     spec = ModelSpec.from_settings(settings)
     frames = [("r", ts, v[0]) for ts, v in simulator.Reactor(1, seed=5).run(1500)]
     snap = _snapshot(frames)
