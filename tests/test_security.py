@@ -46,7 +46,7 @@ def secured(tmp_path):
         subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, pw], check=True, capture_output=True)
     local = {"/etc/mosquitto/certs/ca.crt": certs["ca"], "/etc/mosquitto/certs/server.crt": certs["server"], "/etc/mosquitto/certs/server.key": certs["server_key"],
              "/etc/mosquitto/passwd": passwd, "/etc/mosquitto/streamrnn.acl": DEPLOY / "mosquitto.acl"}  # fmt: skip
-    keys = ("cafile", "certfile", "keyfile", "tls_version", "require_certificate", "allow_anonymous", "password_file", "acl_file")
+    keys = ("cafile", "certfile", "keyfile", "tls_version", "require_certificate", "allow_anonymous", "password_file", "acl_file", "use_username_as_clientid")
     lines = [line for line in (DEPLOY / "mosquitto-tls.conf").read_text().splitlines() if line.split(" ")[0] in keys]
     assert len(lines) == len(keys), "deploy/mosquitto-tls.conf lost a security setting"
     listener = "\n".join(lines) + "\n"
@@ -74,18 +74,19 @@ def test_over_tls_with_a_password_and_the_acl_the_daemon_works_and_refusals_are_
     wrong = [DaemonProcess(tmp_path, broker.url, config=c, instance=i).launch() for c, i in ((bad_pw, "badpw"), (bad_ca, "badca"))]  # never online
     d = DaemonProcess(tmp_path, broker.url, config=good, instance="tls", client=reader).start()
     try:
-        sub = Subscriber(broker.url, "t-reader", ["plant/+/forecast"], cfg=reader)
-        pub = Publisher(broker.url, "t-gateway", cfg=client(broker.url, "gateway", ca))
-        rows = sim_rows(streams=1, steps=30)
-        publish_rows(pub, rows, rate=20)
         # the reader may read, but not write sensors: the ACL drops it before the daemon sees it
         intruder = Publisher(broker.url, "t-intruder", cfg=reader)
         intruder.publish("plant/intruder/sensors/feed_flow", b'{"ts": 1767225600, "value": 1.0}')
         intruder.close()
+        sub = Subscriber(broker.url, "t-reader", ["plant/+/forecast"], cfg=reader)
+        pub = Publisher(broker.url, "t-gateway", cfg=client(broker.url, "gateway", ca))
+        rows = sim_rows(streams=1, steps=30)
+        publish_rows(pub, rows, rate=20)
         pub.close()
         got = drain(sub, quiet=3.0)
         sub.close()
-        assert {(m["stream"], m["ts"]) for m in got} == {(s, ts) for ts, s, _ in rows}  # and nothing from the intruder
+        assert {(m["stream"], m["ts"]) for m in got} == {(s, ts) for ts, s, _ in rows}
+        assert d.sample("streamrnn_messages_received_total") == sum(1 for _, _, v in rows for x in v if x == x)  # nothing from the intruder
         assert d.sample("streamrnn_mqtt_connected") == 1
 
         for w, sign in zip(wrong, ("broker refused the connection", "CERTIFICATE_VERIFY_FAILED")):
@@ -123,3 +124,29 @@ def test_tls_settings_without_mqtts_or_a_key_without_its_certificate_fail_at_sta
         config.load(None, mqtt={"url": "mqtts://h:8883", "tls_cert": str(crt)})
     with pytest.raises(config.ConfigError, match="mqtt.password_file"):
         config.load(None, mqtt={"password_file": str(tmp_path / "missing")})
+
+
+def test_the_shipped_broker_settings_keep_the_daemons_client_id_and_status_topic_to_it(secured, tmp_path):
+    broker, certs = secured
+    ca = certs["ca"]
+    (tmp_path / "pw").write_text(PASSWORDS["streamrnn"] + "\n")
+    mqtt = {"url": broker.url, "username": "streamrnn", "password_file": str(tmp_path / "pw"), "tls_ca": str(ca), "reconnect_min": 0.2, "reconnect_max": 1.0}
+    cfg = write_config(tmp_path / "d.toml", trainer={"enabled": False}, mqtt=mqtt)
+    reader = client(broker.url, "reader", ca)
+    d = DaemonProcess(tmp_path, broker.url, config=cfg, instance="held", client=reader).start()
+    try:
+        # the gateway's credentials, the daemon's client id: the broker gives it the id "gateway"
+        thief = Publisher(broker.url, "streamrnn-held", cfg=client(broker.url, "gateway", ca))
+        thief.publish("streamrnn/held/status", b"offline", retain=True)  # not the gateway's to write: dropped
+        time.sleep(3.0)
+        thief.close()
+        status = Subscriber(broker.url, "t-status", ["streamrnn/held/status"], cfg=reader)
+        try:
+            assert status.messages.get(timeout=5).payload == b"online"
+        finally:
+            status.close()
+        assert d.sample("streamrnn_mqtt_reconnects_total") == 0 and d.sample("streamrnn_mqtt_connected") == 1
+        assert d.sample("streamrnn_status_reasserted_total") == 0  # nothing else ever reached its status topic
+    finally:
+        d.kill()
+    assert "disconnected" not in d.log() and PASSWORDS["streamrnn"] not in d.log()
