@@ -95,18 +95,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streamrnn import model, replay
+    from streamrnn import model, protocol, replay
 
     time_column = None if args.time_column == "none" else args.time_column
     table = replay.read_table(args.data, time_column, args.stream_column, args.period, _csv_list(args.sampled or ""))
     inputs = _csv_list(args.inputs) if args.inputs else list(table.columns)
     targets = inputs if args.targets in (None, "all") else _csv_list(args.targets)
+    if args.protocol and targets != inputs:
+        raise config.ConfigError("--protocol online-tsf forecasts every input: leave --targets out")
     missing = [c for c in inputs + targets if c not in table.columns]
     if missing:
         raise config.ConfigError(f"{args.data} has no numeric column {missing} (it has: {', '.join(table.columns)})")
     features: dict[str, object] = {"inputs": inputs, "targets": targets, "period": table.period}
     if args.horizon:
         features["horizon"] = args.horizon
+    elif args.protocol:
+        features["horizon"] = max(protocol.HORIZONS)
     overrides: dict[str, object] = {"features": features}
     if args.seed is not None:
         overrides["trainer"] = {"seed": args.seed}
@@ -117,8 +121,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         tmp = tempfile.TemporaryDirectory()
         out = Path(tmp.name) / "forecasts.csv"
     start, version = model.load(args.model) if args.model else (None, 0)
-    rep = replay.replay(table, settings, out, progress=not args.quiet and sys.stderr.isatty(), save_model=args.save_model, start=start, version=version)
+    kw = dict(progress=not args.quiet and sys.stderr.isatty(), save_model=args.save_model, start=start, version=version)
+    if args.protocol:
+        rep, scores = protocol.run(table, settings, out=out, **kw)
+        rep["protocol"] = {"name": args.protocol, "mse": scores}
+    else:
+        rep = replay.replay(table, settings, out, **kw)
     print(replay.format_table(rep))
+    if args.protocol:
+        print("\n" + protocol.format_table(rep["protocol"]["mse"]))
     if args.report:
         replay.write_report(args.report, rep)
     if args.plot:
@@ -208,6 +219,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--plot-target", help="target to plot (default: the last)")
     r.add_argument("--plot-step", type=int, default=1, help="forecast step to plot")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--protocol", choices=["online-tsf"], help="also score by the online forecasting protocol of the literature: every variable, normalised by the first 20 %% of the rows, the last 75 %% scored, MSE at H = 1, 24, 48 beside persistence and the linear family alone (default --horizon 48)")
     r.set_defaults(func=cmd_replay)
 
     d = sub.add_parser("demo", help="broker + simulated reactors + daemon, forecasts live in the terminal")

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Callable
 from typing import TextIO
 
 import numpy as np
@@ -117,9 +118,10 @@ def _progress(done: int, total: int, start: float, out: TextIO) -> None:
     out.flush()
 
 
-def replay(table: Table, settings: Settings, out: str | Path | None = None, progress: bool = False, save_model: str | Path | None = None, start: model.StreamRNN | None = None, version: int = 0) -> dict:
+def replay(table: Table, settings: Settings, out: str | Path | None = None, progress: bool = False, save_model: str | Path | None = None, start: model.StreamRNN | None = None, version: int = 0, on_forecast: Callable[[Forecast], None] | None = None) -> dict:
     """Stream ``table`` through a fresh engine (serving ``start`` first, if given); write forecasts
-    to ``out``; return the report. ``save_model``: where to write the final serving model."""
+    to ``out`` and hand each to ``on_forecast``; return the report. ``save_model``: where to write the
+    final serving model."""
     engine = Engine(settings, start, version)
     index = [table.columns.index(c) for c in engine.channels]
     order = np.lexsort((np.arange(len(table.ts)), table.ts))  # by time, ties in file order
@@ -140,6 +142,8 @@ def replay(table: Table, settings: Settings, out: str | Path | None = None, prog
             for fc in engine.step(frames):
                 if writer:
                     _write(writer, fc)
+                if on_forecast:
+                    on_forecast(fc)
             if engine.retrain_due:
                 engine.retrain()
             i = j

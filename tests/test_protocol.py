@@ -1,0 +1,69 @@
+"""The linear contender and the online forecasting protocol of the literature."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamrnn import protocol
+from streamrnn.linear import OnlineRidge
+
+
+def ar_process(n: int = 2000, seed: int = 0) -> np.ndarray:
+    """Three variables a linear model can learn: an AR(1), a noisy sine, and a lagged copy of the first."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 3))
+    for t in range(1, n):
+        x[t, 0] = 0.9 * x[t - 1, 0] + rng.normal()
+        x[t, 1] = np.sin(0.1 * t) + 0.1 * rng.normal()
+        x[t, 2] = 0.5 * x[t - 1, 0] + 0.1 * rng.normal()
+    return x
+
+
+def test_the_linear_family_learns_a_linear_process_online_and_beats_persistence_at_every_horizon():
+    scores = protocol.evaluate(ar_process(), lambda i: None, 12, lookback=24)
+    mse = protocol.table(scores, (1, 6, 12))
+    for h, row in mse.items():
+        assert row["linear"] < 0.7 * row["persistence"], (h, row)
+    assert mse["1"]["streamrnn"] is None  # nothing served: not scored
+
+
+def test_untrained_it_forecasts_no_change():
+    r = OnlineRidge(3, [0, 2], 4, 8, np.zeros(3), np.ones(3))
+    window = np.random.default_rng(1).normal(size=(8, 3))
+    np.testing.assert_array_equal(r.forecast(window), np.broadcast_to(window[-1, [0, 2]], (4, 2)))
+
+
+def test_a_linear_forecast_never_depends_on_a_later_row():
+    values = ar_process(600)
+    poisoned = values.copy()
+    poisoned[400:] = 1e6
+    clean = list(protocol.linear_forecasts(values, 6, lookback=16))
+    dirty = list(protocol.linear_forecasts(poisoned, 6, lookback=16))
+    for i in range(400):  # every forecast made before the poison arrived
+        np.testing.assert_array_equal(clean[i], dirty[i])
+    assert not np.allclose(clean[420], dirty[420])  # and after it, it is read
+
+
+def test_scores_are_normalised_by_the_first_fifth_and_pooled_over_steps_and_variables():
+    values = np.arange(100.0)[:, None] * np.array([[1.0, 2.0]])  # a ramp: persistence is off by k steps
+    scores = protocol.evaluate(values, lambda i: values[i] + np.arange(1, 3)[:, None] * np.array([1.0, 2.0]), 2, lookback=4)
+    std = values[:20].std(axis=0)
+    want = np.mean([(k * np.array([1.0, 2.0]) / std) ** 2 for k in (1, 2)])
+    assert scores["persistence"].mse(2) == pytest.approx(want)
+    assert scores["streamrnn"].mse(2) == 0.0  # the exact forecast
+
+
+def test_replay_reports_the_protocol_beside_persistence_and_the_linear_family(tmp_path, capsys):
+    import json
+
+    from streamrnn import cli, simulator
+
+    data, report = tmp_path / "sim.csv", tmp_path / "r.json"
+    simulator.write_csv(data, 300, 1, seed=4)
+    assert cli.main(["replay", str(data), "--stream-column", "stream", "--protocol", "online-tsf", "--horizon", "4", "--quiet", "--report", str(report)]) == 0
+    table = json.loads(report.read_text())["protocol"]["mse"]
+    assert list(table) == ["1"] and set(table["1"]) == {"persistence", "linear", "streamrnn"}
+    assert all(v is not None and v > 0 for v in table["1"].values())
+    assert "online-tsf protocol" in capsys.readouterr().out
+    assert cli.main(["replay", str(data), "--stream-column", "stream", "--protocol", "online-tsf", "--targets", "level"]) == 2
