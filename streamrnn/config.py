@@ -9,18 +9,15 @@ from __future__ import annotations
 import contextvars
 import fnmatch
 import json
-import os
 import re
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from streamrnn import simulator
+from streamrnn import environment, simulator
 
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("streamrnn_toml", default=None)
 
@@ -29,7 +26,6 @@ class ConfigError(ValueError):
     """Invalid configuration; the message names every offending field."""
 
 
-ENV_PREFIX = "STREAMRNN_"
 SECRETS = frozenset({"password"})  # field names whose values no output, error or log may show
 
 # A path is written as a string in TOML and in the environment: the one field kind that is not strict.
@@ -275,7 +271,7 @@ class Settings(BaseSettings):
     """Everything streamrnn reads at start."""
 
     model_config = SettingsConfigDict(
-        env_prefix="STREAMRNN_",
+        env_prefix=environment.PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         validate_assignment=True,
@@ -341,7 +337,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, _TypedEnv(settings_cls)]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, environment.TypedEnv(settings_cls)]
         path = _toml_path.get()
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
@@ -365,86 +361,15 @@ class Settings(BaseSettings):
         return data
 
 
-class _TypedEnv(PydanticBaseSettingsSource):
-    """``STREAMRNN_*`` variables (nested with ``__``), each string read as its field's type
-    (``"48"`` an int, ``"true"`` or ``"false"`` a bool, a list as JSON) before the strict validation
-    that the TOML file's values go through: a variable is text by nature, but ``yes`` is no boolean."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # everything is read in __call__
-
-    def __call__(self) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        for key, text in os.environ.items():
-            if not key.upper().startswith(ENV_PREFIX):
-                continue
-            parts = key[len(ENV_PREFIX) :].lower().split("__")
-            field = self.settings_cls.model_fields.get(parts[0])
-            if field is None or len(parts) > 2:
-                continue  # refused by name in load()
-            section = _section_of(field.annotation)
-            if section is None:
-                if len(parts) == 1:
-                    data[parts[0]] = _text_as(text, field.annotation)
-            elif len(parts) == 1:
-                data.setdefault(parts[0], {}).update(_json_or(text))  # a whole section as JSON
-            elif parts[1] in section.model_fields:
-                data.setdefault(parts[0], {})[parts[1]] = _text_as(text, section.model_fields[parts[1]].annotation)
-        return data
-
-
-def _json_or(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _section_of(annotation: Any) -> type[BaseModel] | None:
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-
-
-def _text_as(text: str, annotation: Any) -> Any:
-    """``text`` as the type of ``annotation``, or unchanged for the validator to refuse."""
-    kinds = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) else (annotation,)
-    t = text.strip()
-    for kind in kinds:
-        if typing.get_origin(kind) is list:
-            return _json_or(text)
-        if kind is bool and t.lower() in ("true", "false", "1", "0"):
-            return t.lower() in ("true", "1")
-        if kind is int and re.fullmatch(r"[+-]?\d+", t):
-            return int(t)
-        if kind is float and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", t):
-            return float(t)
-        if typing.get_origin(kind) is Literal and re.fullmatch(r"[+-]?\d+", t) and int(t) in typing.get_args(kind):
-            return int(t)
-    return text
-
-
-def unknown_variables(environ: typing.Mapping[str, str] | None = None) -> list[str]:
-    """The ``STREAMRNN_*`` variables that name no setting (a typo would otherwise be ignored)."""
-    out = []
-    for key in os.environ if environ is None else environ:
-        if not key.upper().startswith(ENV_PREFIX):
-            continue
-        parts = key[len(ENV_PREFIX) :].lower().split("__")
-        field = Settings.model_fields.get(parts[0])
-        section = _section_of(field.annotation) if field is not None else None
-        if field is None or (len(parts) > 1 and (section is None or len(parts) > 2 or parts[1] not in section.model_fields)):
-            out.append(key)
-    return sorted(out)
-
-
 def load(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings from ``path`` (TOML) and the environment; raise :class:`ConfigError` if wrong."""
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-    unknown = unknown_variables()
+    unknown = environment.unknown(Settings)
     if unknown:
-        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {key}: environment variable names no setting ({ENV_PREFIX}<SECTION>__<KEY>, see `streamrnn config`)" for key in unknown))
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {key}: environment variable names no setting ({environment.PREFIX}<SECTION>__<KEY>, see `streamrnn config`)" for key in unknown))
     token = _toml_path.set(path)
     try:
         return Settings(**overrides)

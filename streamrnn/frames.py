@@ -95,20 +95,14 @@ class Assembler:
         st = self.streams.get(r.stream)
         if st is not None and st.closed is not None and self.tick(r.ts) <= st.closed:
             if not self._resync(r, st, wall):
-                st.wall = wall
-                self._heard[r.stream] = st
-                self._heard.move_to_end(r.stream)
+                self._hear(r.stream, st, wall)
                 self.counts["late"] += 1
                 return []
             st = None
         if st is None:
             st = self._open_stream(r.stream)
-        st.wall = wall
         st.late_since = None
-        self._heard[r.stream] = st
-        self._heard.move_to_end(r.stream)
-        if r.stream in self._probation:
-            self._probation.move_to_end(r.stream)
+        self._hear(r.stream, st, wall)
         if len(st.pending) >= self.max_pending:
             self.counts["overflow"] += 1
             return []
@@ -120,6 +114,14 @@ class Assembler:
         st.watermark = r.ts
         last = math.ceil((r.ts - self.lateness) / self.period - _EPS) - 1  # ticks with t*p + lateness < ts
         return self._close(r.stream, st, last)
+
+    def _hear(self, name: str, st: _Stream, wall: float) -> None:
+        """The stream sent something at ``wall``: it is the most recently heard."""
+        st.wall = wall
+        self._heard[name] = st
+        self._heard.move_to_end(name)
+        if name in self._probation:
+            self._probation.move_to_end(name)
 
     def _open_stream(self, name: str) -> _Stream:
         """A new stream; at the cap, in the place of the probationer heard least recently."""
