@@ -286,7 +286,7 @@ class Daemon:
 
     def _gauges(self) -> None:
         m, e = self.metrics, self.engine
-        scores = e.evaluator.scores(live=True)
+        scores = e.evaluator.scores(live=True, flush=False)
         m.set_quality(scores)
         self._refresh_skill(scores["skill"])
         m.queue.set(self.inbox.qsize())

@@ -162,9 +162,10 @@ class Evaluator:
 
     # -- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict:
-        """Copies of the pending forecasts, the totals and the residuals (the queued truths scored first)."""
-        self.flush()
+        """Copies of the pending forecasts, the totals, the residuals and the truths queued for
+        scoring (kept queued: scoring them now would redraw the bands when this run would not)."""
         out = {name: getattr(self, f"_{name}").copy() for name in _ARRAYS}
+        out["queue"] = [tuple(a.copy() for a in entry) for entry in self._queue]
         out["total"] = {k: v.copy() for k, v in self.total.items()}
         out["live"] = {k: v.copy() for k, v in self.live.items()}
         out["bands"] = {"half": None if self._half is None else self._half.copy(), "new": self._new.copy(), "shown": self._shown.copy()}
@@ -180,11 +181,12 @@ class Evaluator:
             have, got = getattr(self, f"_{name}").shape, st[name].shape
             if got[2:] != have[2:] or (name in ("res", "res_n") and got != have):
                 raise ValueError(f"evaluator state {name} has shape {got}, this evaluator wants {have}")
-        self._queue, self._queued = [], 0
         for name in ("res", "res_n"):
             setattr(self, f"_{name}", st[name].copy())
         self._tick, self._fc, self._base = self._reslot(st["tick"], st["fc"], st["base"])
-        self._due = _NEVER
+        self._queue = [tuple(np.asarray(a) for a in entry) for entry in st.get("queue", [])]  # older checkpoints flushed it first
+        self._queued = sum(len(rows) for rows, _, _ in self._queue)
+        self._due = min((int(ticks.min()) + LAG for _, ticks, _ in self._queue), default=_NEVER)
         self._total[:] = [st["total"][k] for k in _TOTALS]
         self._live[:] = [st["live"][k] for k in _TOTALS]
         bands = st.get("bands")  # the bands as drawn, so a restart draws them again exactly when this run would
@@ -233,9 +235,14 @@ class Evaluator:
         self._half = half
         self._spread[:, 1], self._spread[:, 2] = -half, half
 
-    def scores(self, live: bool = False) -> dict[str, np.ndarray]:
-        """Per (step, target): mse, mae, persistence_mse, persistence_mae, skill, coverage, n."""
-        self.flush()
+    def scores(self, live: bool = False, flush: bool = True) -> dict[str, np.ndarray]:
+        """Per (step, target): mse, mae, persistence_mse, persistence_mae, skill, coverage, n.
+
+        ``flush=False``: as of the last scoring pass (at most LAG steps behind), for a reader on
+        the wall clock (the daemon's gauges): scoring the queued truths early would redraw the bands
+        at a moment that depends on when it looked, and the forecasts would differ from replay's."""
+        if flush:
+            self.flush()
         s = self.live if live else self.total
         with np.errstate(invalid="ignore", divide="ignore"):
             n = s["n"]

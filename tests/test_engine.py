@@ -35,3 +35,23 @@ def test_a_forgotten_stream_starts_afresh_with_its_next_frame_and_the_others_are
     assert got.streams == ["a"] and engine.last_ts("a") == 100.0 and engine.rings[engine.bank.rows["a"]].count == 1
     assert (engine.bank.hidden[:, :, engine.bank.rows["b"]] == b_hidden).all()
     assert engine.counts["forgotten"] == 1
+
+
+def test_reading_the_live_scores_or_checkpointing_never_moves_the_bands():
+    """The daemon reads the scores once a second and checkpoints on the wall clock: neither may score
+    queued truths early (that redraws the bands at a moment replay would not)."""
+    from conftest import sine_frames
+
+    from streamrnn import checkpoint
+
+    plain, watched = Engine(small_settings()), Engine(small_settings())
+    frames = sine_frames(400, streams=2)
+    for i, (s, ts, v) in enumerate(frames):
+        a, b = plain.step([Frame(s, ts, v)]), watched.step([Frame(s, ts, v)])
+        np.testing.assert_array_equal(a.lower, b.lower)
+        watched.evaluator.scores(live=True, flush=False)
+        if i % 37 == 0:  # a checkpoint, and a restart from it
+            restored = Engine(small_settings())
+            restored.load_state(checkpoint.decode(checkpoint.encode({"e": watched.state()}))["e"])
+            watched = restored
+    assert np.isfinite(a.lower).any()  # bands were drawn, and equal throughout
