@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 _PENALTIES = np.logspace(-4, 2, 13)  # times the mean eigenvalue of the Gram matrix
+_CHUNK = 2048  # examples formed at once when learning from frames
 
 
 class OnlineRidge:
@@ -41,6 +42,8 @@ class OnlineRidge:
         self.weights = np.zeros((f, o))  # untrained: no change, i.e. persistence
         self.learnt = 0
         self.penalty = float("nan")
+        self.absorbed: dict[str, int] = {}  # per stream, the frames whose examples were learnt (learn_frames)
+        self.solves = 0  # by learn_frames
 
     # -- features and targets -----------------------------------------------------------------
     def encode(self, window: np.ndarray) -> np.ndarray:
@@ -67,6 +70,50 @@ class OnlineRidge:
         if self.learnt % self.refit == 0:
             self._absorb()
             self.solve(choose=self.learnt % (8 * self.refit) == 0 or self.penalty != self.penalty)
+
+    def learn_many(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Complete examples (n, features), (n, outputs), oldest first, without solving: the
+        retrainer's way, in chunks, then one :meth:`solve`."""
+        y = np.nan_to_num(y, nan=0.0)
+        self._held.extend(zip(x, y))
+        self.learnt += len(x)
+        self._absorb()
+        self._held = [(a.copy(), b.copy()) for a, b in self._held]  # not views that keep the chunk
+
+    def learn_frames(self, streams: list[str], values: list[np.ndarray], ts: list[np.ndarray], counts: list[int], max_examples: int) -> int:
+        """Learn the examples of the streams' frames that are complete and not learnt before, then
+        solve (choosing the penalty). ``values[i]`` (n, channels) are the last n frames of
+        ``streams[i]``, of ``counts[i]`` it ever sent (ring order, NaN where missing), ``ts[i]``
+        their times. Of more new examples than ``max_examples``, as many evenly spread over them;
+        all in time order, so the recent ones the penalty is chosen on are the newest. Returns how
+        many were learnt."""
+        h, l = self.horizon, self.lookback
+        chosen: list[tuple[float, int, int]] = []  # (time, stream, frame) of each new example
+        helds = []
+        for s, (name, v, stamps, count) in enumerate(zip(streams, values, ts, counts)):
+            n = len(v)
+            first = count - n  # the global number of the snapshot's first frame
+            done = self.absorbed.get(name, 0)
+            start = max(done, first) if done <= count else first  # a stream restarted since: afresh
+            frames = np.arange(start - first, n - h)
+            chosen.extend(zip(stamps[frames].tolist(), [s] * len(frames), frames.tolist()))
+            helds.append(forward_fill(v))
+            self.absorbed[name] = max(start, count - h)
+        for gone in set(self.absorbed) - set(streams):
+            del self.absorbed[gone]
+        if len(chosen) > max_examples:
+            chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, max_examples).round().astype(int)]
+        chosen.sort()
+        for at in range(0, len(chosen), _CHUNK):
+            part = chosen[at : at + _CHUNK]
+            windows = np.stack([_window(helds[s], i, l) for _, s, i in part])
+            after = np.stack([helds[s][i + 1 : i + 1 + h] for _, s, i in part])
+            now = np.stack([helds[s][i] for _, s, i in part])
+            self.learn_many(self.encode(windows), np.nan_to_num(self.changes(now, after), nan=0.0))
+        if chosen:
+            self.solve(choose=self.solves % 8 == 0)  # an eigendecomposition: every 8th solve
+            self.solves += 1
+        return len(chosen)
 
     def _absorb(self) -> None:
         """Move the examples older than the recent ones into the forgetting sums, in one product."""
@@ -105,6 +152,57 @@ class OnlineRidge:
         except np.linalg.LinAlgError:
             pass  # singular even so: the weights served stay
 
+    # -- moving and serving ----------------------------------------------------------------------
+    def state(self) -> dict:
+        """Plain arrays and numbers: what crosses to the trainer and back, and into checkpoints."""
+        held = self._held
+        f, o = self.features, self.outputs
+        return {
+            "shape": np.array([self.channels, self.horizon, self.lookback, self.refit]), "targets": self.targets.copy(),
+            "mean": self.mean.copy(), "std": self.std.copy(), "decay": self.decay, "recent": self.recent,
+            "gram": self.gram.copy(), "cross": self.cross.copy(), "count": self.count, "weights": self.weights.copy(),
+            "held_x": np.stack([a for a, _ in held]) if held else np.zeros((0, f)), "held_y": np.stack([b for _, b in held]) if held else np.zeros((0, o)),
+            "learnt": self.learnt, "penalty": self.penalty, "absorbed": dict(self.absorbed), "solves": self.solves,
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, st: dict) -> OnlineRidge:
+        """The ridge :meth:`state` describes; raises ValueError where its parts do not fit together."""
+        channels, horizon, lookback, refit = (int(v) for v in st["shape"])
+        r = cls(channels, [int(t) for t in st["targets"]], horizon, lookback, st["mean"], st["std"], refit=refit, recent=int(st["recent"]))
+        f, o = r.features, r.outputs
+        shapes = {"gram": (f, f), "cross": (f, o), "weights": (f, o)}
+        for name, want in shapes.items():
+            if np.shape(st[name]) != want:
+                raise ValueError(f"linear state {name} has shape {np.shape(st[name])}, wants {want}")
+        if np.shape(st["held_x"])[1:] != (f,) or np.shape(st["held_y"])[1:] != (o,) or len(st["held_x"]) != len(st["held_y"]):
+            raise ValueError("linear state's recent examples do not fit its features and outputs")
+        if not all(np.isfinite(st[name]).all() for name in ("gram", "cross", "weights", "mean", "std")):
+            raise ValueError("linear state is not finite")
+        r.decay, r.count, r.learnt, r.penalty = float(st["decay"]), float(st["count"]), int(st["learnt"]), float(st["penalty"])
+        r.gram, r.cross, r.weights = np.array(st["gram"], float), np.array(st["cross"], float), np.array(st["weights"], float)
+        r._held = list(zip(np.asarray(st["held_x"], float), np.asarray(st["held_y"], float)))
+        r.absorbed = {str(k): int(v) for k, v in st["absorbed"].items()}
+        r.solves = int(st["solves"])
+        return r
+
+    def serving(self) -> tuple[np.ndarray, np.ndarray]:
+        """The weights on a window of normalised held values, oldest row first, flattened:
+        (lookback x channels, outputs) and a bias (outputs,), float32, each output scaled to
+        engineering units. The same forecasts as :meth:`predict` on :meth:`encode`'s features,
+        without forming them: the change from the newest row folds into that row's weights."""
+        l, c = self.lookback, self.channels
+        w = self.weights
+        rows = np.zeros((l, c, self.outputs))
+        rows[:-1] = w[: (l - 1) * c].reshape(l - 1, c, -1)
+        rows[-1] = w[(l - 1) * c : l * c] - rows[:-1].sum(axis=0)
+        scale = np.tile(self.std[self.targets], self.horizon)  # outputs are (step, target), target fastest
+        return (rows.reshape(l * c, -1) * scale).astype(np.float32), (w[-1] * scale).astype(np.float32)
+
+    def normalise(self, held: np.ndarray) -> np.ndarray:
+        """Held values (..., channels) on this ridge's scale, 0 (the mean) where never seen."""
+        return np.nan_to_num((held - self.mean) / self.std, nan=0.0)
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Normalised changes (..., horizon, targets) from features (..., features)."""
         return (x @ self.weights).reshape(*x.shape[:-1], self.horizon, len(self.targets))
@@ -114,3 +212,81 @@ class OnlineRidge:
         t = self.targets
         last = window[..., -1, t]
         return last[..., None, :] + self.predict(self.encode(window)) * self.std[t]
+
+
+def forward_fill(values: np.ndarray) -> np.ndarray:
+    """Sample and hold down the rows (n, channels): each NaN becomes the last value before it (NaN
+    where there is none)."""
+    seen = np.isfinite(values)
+    last = np.maximum.accumulate(np.where(seen, np.arange(len(values))[:, None], 0), axis=0)
+    out = np.take_along_axis(values, last, axis=0)
+    out[~seen & ~np.isfinite(out)] = np.nan
+    return out
+
+
+def _window(held: np.ndarray, i: int, lookback: int) -> np.ndarray:
+    """Rows i - lookback + 1 .. i of ``held``, the first row repeated before the start."""
+    lo = i - lookback + 1
+    if lo >= 0:
+        return held[lo : i + 1]
+    return np.concatenate([np.repeat(held[:1], -lo, axis=0), held[: i + 1]])
+
+
+class Windows:
+    """The last ``lookback`` normalised held rows of every stream (by bank row), to serve the ridge
+    from. Each row is written twice, ``lookback`` apart, so that a stream's window is one contiguous
+    slice wherever it starts: gathering a batch's windows is one copy of them, nothing more."""
+
+    def __init__(self, lookback: int, channels: int, rows: int = 0) -> None:
+        self.lookback, self.channels = lookback, channels
+        self.buf = np.zeros((rows, 2 * lookback * channels), dtype=np.float32)
+        self.pos = np.zeros(rows, dtype=np.int64)  # per row, where its next row is written
+        self.empty = np.ones(rows, dtype=bool)  # its next row fills the window whole
+        self._view = self._windows()
+
+    def _windows(self) -> np.ndarray:
+        """(rows, lookback + 1, lookback x channels): every window of every row, as a view."""
+        span = self.lookback * self.channels
+        return np.lib.stride_tricks.sliding_window_view(self.buf, span, axis=1)[:, :: self.channels]
+
+    def _grow(self, rows: int) -> None:
+        had = len(self.pos)
+        self.buf = np.concatenate([self.buf, np.zeros((rows - had, self.buf.shape[1]), np.float32)])
+        self.pos = np.concatenate([self.pos, np.zeros(rows - had, np.int64)])
+        self.empty = np.concatenate([self.empty, np.ones(rows - had, bool)])
+        self._view = self._windows()
+
+    def reset(self, row: int) -> None:
+        """Forget a row's window: its next row fills it whole."""
+        if row < len(self.pos):
+            self.empty[row] = True
+
+    def push(self, rows: np.ndarray, z: np.ndarray) -> None:
+        """Append one normalised row (B, channels) to each of ``rows`` (distinct)."""
+        if len(rows) and rows.max() >= len(self.pos):
+            self._grow(max(int(rows.max()) + 1, 2 * len(self.pos)))
+        l = self.lookback
+        buf = self.buf.reshape(len(self.buf), 2 * l, self.channels)
+        z = z.astype(np.float32)
+        p = self.pos[rows]
+        buf[rows, p] = z
+        buf[rows, p + l] = z
+        self.pos[rows] = (p + 1) % l
+        fresh = self.empty[rows]
+        if fresh.any():
+            buf[rows[fresh]] = z[fresh][:, None, :]
+            self.empty[rows[fresh]] = False
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """The windows of ``rows``, oldest row first, flattened: (B, lookback x channels) float32."""
+        return self._view[rows, self.pos[rows]]
+
+    def state(self) -> dict:
+        return {"buf": self.buf.copy(), "pos": self.pos.copy(), "empty": self.empty.copy()}
+
+    def load_state(self, st: dict) -> None:
+        """Go on from :meth:`state`; raises ValueError if it was made for another lookback or channels."""
+        if st["buf"].shape[1:] != self.buf.shape[1:] or not len(st["pos"]) == len(st["empty"]) == len(st["buf"]):
+            raise ValueError(f"linear windows of shape {st['buf'].shape} do not fit lookback {self.lookback} x {self.channels} channels")
+        self.buf, self.pos, self.empty = st["buf"].astype(np.float32), st["pos"].astype(np.int64), st["empty"].astype(bool)
+        self._view = self._windows()

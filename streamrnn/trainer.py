@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from streamrnn.config import TrainerSettings
+from streamrnn.linear import OnlineRidge
 from streamrnn.model import ModelSpec, StreamRNN, build
 from streamrnn.state import catch_up, centres, fill
 
@@ -39,6 +40,10 @@ class Snapshot:
     counts: list[int] = field(default_factory=list)  # frames ever appended to each ring, at the snapshot
     held: np.ndarray | None = None  # (streams, C): the serving values held and running means, at the snapshot
     centre: np.ndarray | None = None
+    linear: dict | None = None  # the linear contender's state (OnlineRidge.state), None before its first fit
+    lookback: int = 0  # the linear contender's lookback; 0: it is off
+    max_examples: int = 8192  # examples it learns from this snapshot at most
+    recurrent: bool = True  # fit the recurrent model too; False: the linear contender alone
 
     @property
     def frames(self) -> int:
@@ -80,6 +85,7 @@ class TrainReport:
     initial_val_loss: float = float("nan")
     history: list[float] = field(default_factory=list)
     calibration: list[float] = field(default_factory=list)  # mean shrink per step, 0 = persistence
+    linear: dict = field(default_factory=dict)  # the linear contender's fit: examples, penalty, seconds, error
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -329,7 +335,7 @@ class Verdict:
     state at the end of the snapshot, (state_layers, layers, streams, hidden), streams in snapshot order.
     """
 
-    outcome: str  # "promoted", "rejected" or "failed"
+    outcome: str  # "promoted", "rejected" or "failed"; "linear" for a fit of the linear contender alone
     report: TrainReport
     serve: str | None = None
     state: dict[str, np.ndarray] | None = None
@@ -337,14 +343,42 @@ class Verdict:
     champion_error: float = float("nan")
     challenger_error: float = float("nan")
     persistence_error: float = float("nan")
+    linear: dict | None = None  # the linear contender's new state, whatever became of the recurrent fit
 
 
 def retrain(snapshot: Snapshot, spec: ModelSpec, champion: dict[str, Tensor], settings: TrainerSettings, seed: int = 0) -> Verdict:
-    """Fit a challenger from the champion's weights, then judge it; never raises."""
+    """Fit a challenger from the champion's weights, then judge it, and carry the linear contender
+    over the new frames; never raises."""
+    linear, summary = fit_linear(snapshot, spec)
+    if not snapshot.recurrent:
+        return Verdict("linear", TrainReport(status="ok" if linear is not None else "failed", error=summary.get("error"), frames=snapshot.frames, linear=summary), linear=linear)
     state, report = train(snapshot, spec, champion, settings, seed)
-    if state is None:
-        return Verdict("failed", report)
-    return judge(snapshot, spec, champion, state, report, settings, seed)
+    report.linear = summary
+    verdict = Verdict("failed", report) if state is None else judge(snapshot, spec, champion, state, report, settings, seed)
+    verdict.linear = linear
+    return verdict
+
+
+def fit_linear(snapshot: Snapshot, spec: ModelSpec) -> tuple[dict | None, dict]:
+    """The linear contender's statistics carried over the snapshot's frames it has not learnt from,
+    solved again (its penalty chosen on the newest examples): (its new state, a summary). Its
+    normalisation is the first snapshot's, kept after, so that the statistics add up. (None, ...)
+    where it is off or failed; never raises."""
+    if not snapshot.lookback:
+        return None, {}
+    start = time.perf_counter()
+    try:
+        if snapshot.linear is None:
+            mean, std = normalisation(snapshot.values)
+            ridge = OnlineRidge(len(spec.channels), list(spec.target_index), spec.horizon, snapshot.lookback, mean, std)
+        else:
+            ridge = OnlineRidge.from_state(snapshot.linear)
+        examples = ridge.learn_frames(snapshot.streams, snapshot.values, snapshot.ts, snapshot.counts, snapshot.max_examples)
+        if not np.isfinite(ridge.weights).all():
+            raise FloatingPointError("non-finite weights")
+        return ridge.state(), {"examples": examples, "learnt": ridge.learnt, "penalty": ridge.penalty, "seconds": round(time.perf_counter() - start, 3)}
+    except Exception as e:  # as in train(): a failed fit keeps the contender it had
+        return None, {"error": f"{type(e).__name__}: {e}", "seconds": round(time.perf_counter() - start, 3)}
 
 
 def judge(snapshot: Snapshot, spec: ModelSpec, champion: dict[str, Tensor], challenger: dict[str, Tensor], report: TrainReport, settings: TrainerSettings, seed: int = 0) -> Verdict:

@@ -67,3 +67,18 @@ def test_replay_reports_the_protocol_beside_persistence_and_the_linear_family(tm
     assert all(v is not None and v > 0 for v in table["1"].values())
     assert "online-tsf protocol" in capsys.readouterr().out
     assert cli.main(["replay", str(data), "--stream-column", "stream", "--protocol", "online-tsf", "--targets", "level"]) == 2
+
+
+def test_the_linear_contender_learns_each_frame_once_across_snapshots_and_a_restarted_stream_afresh():
+    x = ar_process(400)
+    ts = np.arange(400.0)
+    r = OnlineRidge(3, [0, 2], 4, 8, np.zeros(3), np.ones(3))
+    assert r.learn_frames(["s"], [x[:300]], [ts[:300]], [300], 10_000) == 296  # every frame whose 4 labels arrived
+    assert r.learn_frames(["s"], [x[:300]], [ts[:300]], [300], 10_000) == 0  # the same snapshot again: nothing new
+    assert r.learn_frames(["s"], [x[50:350]], [ts[50:350]], [350], 10_000) == 50  # the ring moved on by 50
+    assert r.learn_frames(["s"], [x[:40]], [ts[:40]], [40], 10_000) == 36  # restarted: its count went back
+    assert r.learn_frames(["s", "t"], [x[:200], x[:200]], [ts[:200], ts[:200]], [200, 200], 64) == 64  # at most max_examples
+    assert set(r.absorbed) == {"s", "t"} and r.learnt > 0
+    again = OnlineRidge.from_state(r.state())
+    np.testing.assert_array_equal(again.forecast(x[-8:]), r.forecast(x[-8:]))
+    assert again.learn_frames(["t"], [x[:200]], [ts[:200]], [200], 10_000) == 0 and set(again.absorbed) == {"t"}  # 's' gone
