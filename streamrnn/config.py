@@ -139,6 +139,18 @@ class EvaluatorSettings(_Section):
     live_window: int = Field(1000, ge=10, description="scored forecasts that 'live' scores mostly reflect")
 
 
+class LinearSettings(_Section):
+    enabled: bool = Field(True, description="fit the linear contender at every retrain and offer it to the gate")
+    lookback: int = Field(96, ge=2, le=4096, description="frames of every channel the linear contender reads")
+    refit_every: int = Field(32, ge=1, description="frames (all streams) between two fits of the linear contender alone, between retrains (each retrain fits it too)")
+    max_examples: int = Field(8192, ge=64, description="examples the linear contender learns per fit at most (evenly spread over those that arrived since the last)")
+
+
+class GateSettings(_Section):
+    memory: int = Field(500, ge=10, description="scored forecasts per target and step after which one weighs 1/e in the contenders' error moments")
+    warmup: int = Field(50, ge=1, description="scored forecasts' worth (one in k at step k, whose errors overlap) a target and step needs before the gate moves it off the recurrent model")
+
+
 class FrameSettings(_Section):
     """How sensor readings become frames on the ``features.period`` grid (see frames.py)."""
 
@@ -286,6 +298,8 @@ class Settings(BaseSettings):
     streams: StreamSettings = Field(default_factory=StreamSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
     evaluator: EvaluatorSettings = Field(default_factory=EvaluatorSettings)
+    linear: LinearSettings = Field(default_factory=LinearSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
     frames: FrameSettings = Field(default_factory=FrameSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from streamrnn import trainer
+from streamrnn import gate, trainer
 from streamrnn.config import Settings
 from streamrnn.evaluator import Evaluator
+from streamrnn.linear import OnlineRidge, Windows, forward_fill
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
 from streamrnn.ring import Ring
 from streamrnn.state import HiddenBank, StreamCapError, catch_up
@@ -124,13 +125,18 @@ class Engine:
         self._std_t = self._target_std()
         self.bank = HiddenBank(self.model, len(self.channels), settings.streams.max_streams, settings.streams.idle_timeout)
         ev = settings.evaluator
-        self.evaluator = Evaluator(len(self._ti), self.spec.horizon, ev.coverage, ev.residuals, ev.live_window)
+        self.evaluator = Evaluator(len(self._ti), self.spec.horizon, ev.coverage, ev.residuals, ev.live_window, contenders=3, gate_memory=settings.gate.memory)
+        self.linear: OnlineRidge | None = None  # the linear contender, once a retrain has fitted it
+        self._windows: Windows | None = None  # and what it reads per stream
+        self._serving: tuple[np.ndarray, np.ndarray] | None = None  # its weights, as it is served
+        self._gate: tuple[int, tuple[np.ndarray, np.ndarray], np.ndarray] | None = None  # the moments' version, the gate's weights and wild limit of them
         self.rings: dict[int, Ring] = {}
         self._last_tick: dict[int, int] = {}
         self.counts: Counter[str] = Counter()
         self.frames_seen = 0
         self.retrains = 0  # verdicts adopted since the first start (checkpointed): seeds the next
         self._next_retrain = 0
+        self._next_linear = 0
         self._last_evict = -math.inf
         self.results: deque[RetrainResult] = deque(maxlen=1000)  # the latest, for reports
         self._adoption: _Adoption | None = None
@@ -163,6 +169,8 @@ class Engine:
             if new:
                 rings[row] = Ring(self.settings.ring.size, len(self.channels))
                 self.evaluator.reset(row)
+                if self._windows is not None:
+                    self._windows.reset(row)
                 self.counts["streams_created"] += 1
             if row in taken:
                 later.append(f)
@@ -193,10 +201,52 @@ class Engine:
         out = base[:, None, :] + deltas * self._std_t  # (B, H+1, T): steps 0..H
         soft = self._key & ~np.isfinite(truth)  # key variables between their samples
         now = np.where(soft, out[:, 0], base)
-        band = self.evaluator.bands(out[:, 1:])  # (B, H, 3, T): prediction, lower, upper
-        self.evaluator.record(r, t, band, base)
+        recurrent, linear = out[:, 1:], self._linear(r, held, base)
+        if linear is None:  # before the linear contender's first fit: the gate weighs the other two
+            served, mixed = self._serve(base, recurrent, base[:, None, :])
+            linear = np.float32(np.nan)
+        else:
+            served, mixed = self._serve(base, recurrent, linear)
+        band = self.evaluator.bands(served)  # (B, H, 3, T): prediction, lower, upper
+        self.evaluator.record(r, t, band, base, (recurrent, linear, mixed))
         self.frames_seen += len(rows)
         return Forecasts([f.stream for f in frames], [f.ts for f in frames], self.spec.kind, self.version, self.spec.targets, band[:, :, 0], band[:, :, 1], band[:, :, 2], now)
+
+    def _linear(self, rows: np.ndarray, held: np.ndarray, base: np.ndarray) -> np.ndarray | None:
+        """The linear contender's forecasts (B, H, T) from each stream's window, now that ``held``
+        (B, C) joined it; None before its first fit."""
+        if self._serving is None or self._windows is None or self.linear is None:
+            return None
+        self._windows.push(rows, self.linear.normalise(held))
+        w, b = self._serving
+        change = self._windows.gather(rows) @ w
+        change += b
+        return base[:, None, :] + change.reshape(len(rows), self.spec.horizon, len(self._ti))
+
+    def _serve(self, base: np.ndarray, recurrent: np.ndarray, linear: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The gate's forecasts (B, H, T): the served one and the combination of the contenders (served
+        where it has done best), each with the gate's wild weights where the linear and the recurrent
+        forecast are unusually far apart, its calm ones elsewhere."""
+        (mixed_w, served_w), limit = self.gate_weights()
+        wild = gate.wild(linear - recurrent, limit) if self._serving is not None else None
+        out = []
+        for w in (served_w, mixed_w) if not np.array_equal(served_w, mixed_w) else (served_w,):
+            fc = gate.combine(w[0], base, recurrent, linear)
+            if wild is not None and wild.any():
+                fc = np.where(wild, gate.combine(w[1], base, recurrent, linear), fc)
+            out.append(fc)
+        return out[0], out[-1]
+
+    def gate_weights(self) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+        """Per regime (:data:`gate.REGIMES`), contender (:data:`gate.CONTENDERS`), step and target,
+        the contender's share of the combination and of the served forecast (each (2, 3, H, T)), and
+        the squared disagreement past which a forecast is wild (H, T): from the errors scored so
+        far, drawn again whenever they move."""
+        ev = self.evaluator
+        if self._gate is None or self._gate[0] != ev.moments_version:
+            mixed, served = gate.weights(ev.errors, self.settings.gate.warmup)
+            self._gate = (ev.moments_version, (mixed.astype(np.float32), served.astype(np.float32)), gate.threshold(*ev.spread).astype(np.float32))
+        return self._gate[1], self._gate[2]
 
     def evict_idle(self, now: float) -> list[str]:
         """Drop the streams that sent nothing for ``streams.idle_timeout`` seconds."""
@@ -222,6 +272,8 @@ class Engine:
         del self.rings[row]
         self._last_tick.pop(row, None)
         self.evaluator.reset(row)
+        if self._windows is not None:
+            self._windows.reset(row)
 
     # -- learning ---------------------------------------------------------------------------
     @property
@@ -235,14 +287,25 @@ class Engine:
         """Some stream holds ``trainer.min_frames``: enough to fit on."""
         return max((r.count for r in self.rings.values()), default=0) >= self.settings.trainer.min_frames
 
-    def snapshot(self) -> Snapshot:
-        """Copies of every ring, for a trainer that may run elsewhere; schedules the next retrain."""
+    @property
+    def linear_due(self) -> bool:
+        """Time to fit the linear contender alone: ``linear.refit_every`` frames since it was last
+        fitted (alone or in a retrain), once a retrain could run."""
+        lin = self.settings.linear
+        return self.settings.trainer.enabled and lin.enabled and self.frames_seen >= self._next_linear and self.retrain_ready
+
+    def snapshot(self, recurrent: bool = True) -> Snapshot:
+        """Copies of every ring, for a trainer that may run elsewhere; schedules the next retrain
+        (``recurrent``), or the next fit of the linear contender alone."""
         rows = list(self.bank.rows.values())
         last = [self.rings[row].last() for row in rows]  # (ts, values) per stream
         counts = [self.rings[row].count for row in rows]
-        # Retrain sooner while the rings fill (at 2x, 4x ... the first), then every retrain_every.
-        self._next_retrain = self.frames_seen + min(max(self.frames_seen, 1), self.settings.trainer.retrain_every)
-        return Snapshot(list(self.bank.rows), [v for _, v in last], [t for t, _ in last], self.settings.trainer.holdout_fraction, counts, self.bank.held[rows], self.bank.centre[rows])
+        if recurrent:  # retrain sooner while the rings fill (at 2x, 4x ... the first), then every retrain_every
+            self._next_retrain = self.frames_seen + min(max(self.frames_seen, 1), self.settings.trainer.retrain_every)
+        lin = self.settings.linear
+        self._next_linear = self.frames_seen + lin.refit_every
+        return Snapshot(list(self.bank.rows), [v for _, v in last], [t for t, _ in last], self.settings.trainer.holdout_fraction, counts, self.bank.held[rows], self.bank.centre[rows],
+                        linear=self.linear.state() if self.linear is not None else None, lookback=lin.lookback if lin.enabled else 0, max_examples=lin.max_examples, recurrent=recurrent)  # fmt: skip
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -260,6 +323,11 @@ class Engine:
         verdict = trainer.retrain(snap, self.spec, self.state_dict(), cfg, seed=self.next_seed())
         return self.adopt(snap, verdict)
 
+    def refit_linear(self) -> RetrainResult:
+        """Fit the linear contender alone, in line (replay); the daemon has the retrainer do it."""
+        snap = self.snapshot(recurrent=False)
+        return self.adopt(snap, trainer.retrain(snap, self.spec, {}, self.settings.trainer))
+
     def adopt(self, snap: Snapshot, verdict: Verdict, at_once: bool = True) -> RetrainResult:
         """Act on a retrain's verdict between two steps: swap the model it names in, or keep serving.
         A verdict whose weights or states do not fit this model, or are not finite, is a failure.
@@ -270,7 +338,14 @@ class Engine:
         problem = self._unfit(snap, verdict)
         if problem is not None:
             verdict.report.status, verdict.report.error = "failed", problem
-            verdict = Verdict("failed", verdict.report, champion_error=verdict.champion_error, challenger_error=verdict.challenger_error, persistence_error=verdict.persistence_error)
+            verdict = Verdict("failed", verdict.report, champion_error=verdict.champion_error, challenger_error=verdict.challenger_error, persistence_error=verdict.persistence_error, linear=verdict.linear)
+        if verdict.linear is not None and self.adopt_linear(verdict.linear):
+            self.counts["linear_fitted"] += 1
+        elif verdict.report.linear.get("error"):
+            self.counts["linear_failed"] += 1
+            log.warning("linear contender not refitted: %s", verdict.report.linear["error"])
+        if verdict.outcome == "linear":  # the linear contender alone: no retrain to count
+            return RetrainResult("linear", verdict.report, version=self.version)
         version = self.version
         if verdict.serve is not None and verdict.state is not None and verdict.hidden is not None:
             self.catch_up()  # one still catching up is served first
@@ -293,6 +368,36 @@ class Engine:
         self.retrains += 1
         self.results.append(result)
         return result
+
+    def adopt_linear(self, state: dict) -> bool:
+        """Serve a retrain's linear contender from the next step; one that does not fit this
+        engine's channels, targets and horizon, or is not finite, is refused (the one before stays)."""
+        try:
+            ridge = OnlineRidge.from_state(state)
+            want = (len(self.channels), tuple(self._ti), self.spec.horizon, self.settings.linear.lookback)
+            got = (ridge.channels, tuple(ridge.targets.tolist()), ridge.horizon, ridge.lookback)
+            if got != want:
+                raise ValueError(f"it has (channels, targets, horizon, lookback) {got}, this engine {want}")
+        except (ValueError, KeyError, TypeError) as e:
+            self.counts["linear_refused"] += 1
+            log.warning("linear contender refused: %s", e)
+            return False
+        first = self.linear is None
+        self.linear, self._serving = ridge, ridge.serving()
+        if first or self._windows is None:
+            self._windows = self._fill_windows(ridge)
+        return True
+
+    def _fill_windows(self, ridge: OnlineRidge) -> Windows:
+        """Every stream's window from its ring, for a contender served for the first time."""
+        windows = Windows(ridge.lookback, len(self.channels), self.bank.capacity)
+        for row, ring in self.rings.items():
+            values = ring.last(4 * ridge.lookback)[1].astype(np.float64)
+            if len(values):
+                held = forward_fill(values)[-ridge.lookback :]
+                for z in ridge.normalise(held):  # oldest first
+                    windows.push(np.array([row]), z[None, :])
+        return windows
 
     def _unfit(self, snap: Snapshot, verdict: Verdict) -> str | None:
         """Why the model a verdict names cannot be served, or None. It comes from another process:
@@ -433,10 +538,13 @@ class Engine:
             "rings": {row: {"values": keep(r.values), "ts": keep(r.ts), "count": r.count} for row, r in self.rings.items()},
             "last_tick": dict(self._last_tick),
             "evaluator": self.evaluator.state(),
+            "linear": self.linear.state() if self.linear is not None else None,
+            "windows": self._windows.state() if self._windows is not None else None,
             "counts": dict(self.counts),
             "frames_seen": self.frames_seen,
             "retrains": self.retrains,
             "next_retrain": self._next_retrain,
+            "next_linear": self._next_linear,
             "last_evict": self._last_evict,
         }
 
@@ -470,8 +578,23 @@ class Engine:
         self.counts = Counter(st["counts"])
         self.frames_seen, self.retrains = int(st["frames_seen"]), int(st["retrains"])
         self._next_retrain = int(st["next_retrain"])
+        self._next_linear = int(st.get("next_linear", 0))
         if now is None:
             self._last_evict = float(st["last_evict"])
+        self._load_linear(st.get("linear"), st.get("windows"))
+
+    def _load_linear(self, state: dict | None, windows: dict | None) -> None:
+        """The linear contender of a checkpoint, with its windows; one made for another lookback or
+        feature set is dropped (the next retrain fits one afresh)."""
+        self.linear, self._serving, self._windows, self._gate = None, None, None, None
+        if state is None or not self.settings.linear.enabled or not self.adopt_linear(state):
+            return
+        if windows is not None:
+            try:
+                assert self._windows is not None
+                self._windows.load_state(windows)
+            except ValueError as e:
+                log.warning("linear windows not restored, filled from the rings instead: %s", e)
 
     # -- reading ----------------------------------------------------------------------------
     @property

@@ -19,16 +19,23 @@ import math
 
 import numpy as np
 
+from streamrnn import gate
+
 _TOTALS = ("n", "se", "se_p", "ae", "ae_p", "n_band", "hit")
 _ARRAYS = ("tick", "fc", "base", "res", "res_n")  # kept in a checkpoint
+_MOMENT_ROWS = 256  # scored forecasts per pass that feed the gate, at most (evenly spread)
 LAG = 8  # steps whose truths may wait to be scored together
 FLUSH = 256  # frames queued that are scored at once: a batch this large gains nothing by waiting
 _NEVER = 2**62
 
 
 class Evaluator:
-    def __init__(self, targets: int, horizon: int, coverage: float = 0.9, residuals: int = 500, live_window: int = 1000) -> None:
+    def __init__(self, targets: int, horizon: int, coverage: float = 0.9, residuals: int = 500, live_window: int = 1000, contenders: int = 0, gate_memory: int = 500) -> None:
+        """``contenders``: forecasts besides the served one and persistence that ``record`` keeps
+        and scoring compares (the gate's); ``gate_memory``: the scored forecasts per (step, target)
+        after which one weighs 1/e in their error moments."""
         self.targets, self.horizon, self.coverage = targets, horizon, coverage
+        self.contenders = contenders
         h, t = horizon, targets
         # Pending forecasts per stream row, in slots by tick modulo H+1+LAG (a forecast is kept until
         # its last step's truth is scored, which may wait LAG steps): the prediction and its band's
@@ -37,7 +44,7 @@ class Evaluator:
         # this is the engine's largest array after the rings.
         self._slots = h + 1 + LAG
         self._tick = np.zeros((0, self._slots), dtype=np.int64)
-        self._fc = np.zeros((0, self._slots, h, 2, t), dtype=np.float32)
+        self._fc = np.zeros((0, self._slots, h, 2 + contenders, t), dtype=np.float32)  # prediction, half-width, contenders
         self._base = np.zeros((0, self._slots, t), dtype=np.float32)
         # Truths waiting to be scored, and the last tick whose forecasts may be recorded before they
         # are: a later one may reuse a slot that holds a forecast they score.
@@ -60,6 +67,12 @@ class Evaluator:
         self._shown = np.zeros((h, t), dtype=bool)  # has a band, as last drawn
         self._waiting = True  # some (step, target) has no band yet
         self._ks = np.arange(1, h + 1)
+        # The errors of persistence, the contenders and their combination, per regime of the gate,
+        # step and target, as the gate weighs them.
+        self.errors = gate.Errors.zeros(h, t)
+        self.spread = np.zeros((2, h, t))  # the linear and recurrent forecasts' squared disagreement, clipped, and its weight
+        self.moments_version = 0  # moves whenever they do
+        self._gate_decay = 1.0 - 1.0 / gate_memory
 
     # -- per-stream pending forecasts -------------------------------------------------------
     def _ensure(self, row: int) -> None:
@@ -109,7 +122,7 @@ class Evaluator:
         if not valid.any():
             return
         at = rows[:, None] * self._slots + slots  # (B, H): flat (row, slot)
-        fc = self._fc.reshape(-1, 2, self.targets).take(at * self.horizon + self._ks - 1, axis=0)  # (B, H, 2, T)
+        fc = self._fc.reshape(-1, *self._fc.shape[3:]).take(at * self.horizon + self._ks - 1, axis=0)  # (B, H, 2 + contenders, T)
         truth = truth.astype(np.float32)[:, None, :]
         err = fc[:, :, 0] - truth  # NaN where either is missing
         err_p = self._base.reshape(-1, self.targets).take(at, axis=0) - truth
@@ -119,6 +132,9 @@ class Evaluator:
         n = ok.sum(axis=0)  # (H, T)
         if not n.any():
             return
+        if self.contenders:  # of more than _MOMENT_ROWS forecasts, as many evenly spread: the moments are means
+            few = slice(None) if len(ok) <= _MOMENT_ROWS else np.linspace(0, len(ok) - 1, _MOMENT_ROWS).astype(np.int64)
+            self._moments(np.concatenate([err_p[few][:, :, None], fc[few, :, 2:] - truth[few][:, :, None]], axis=2), ok[few])
         np.copyto(err, 0.0, where=~ok)
         np.copyto(err_p, 0.0, where=~ok)
         ae, ae_p = np.abs(err, out=err), np.abs(err_p, out=err_p)
@@ -140,6 +156,28 @@ class Evaluator:
         if self._new.max() >= self._redraw or (self._waiting and (self._shown != (self._res_n >= self._enough)).any()):
             self._half = None  # drawn again at the next half_width
 
+    def _moments(self, err: np.ndarray, ok: np.ndarray) -> None:
+        """Fold the errors (B, H, K, T) of persistence and the contenders into the gate's, where the
+        served forecast was scored (``ok``) and every contender had a forecast."""
+        ok = ok & np.isfinite(err).all(axis=2)
+        if not ok.any():
+            return
+        err = np.nan_to_num(err.astype(np.float64).transpose(1, 3, 0, 2))  # (H, T, B, K): each (step, target)'s errors together
+        ok = ok.transpose(1, 2, 0)
+        apart = err[..., gate.LINEAR] - err[..., gate.RECURRENT]
+        limit = gate.threshold(*self.spread)[..., None]
+        wild = gate.wild(apart, limit) & ok
+        n = ok.sum(axis=-1)
+        fade = self._gate_decay**n
+        self.spread *= fade
+        self.spread[0] += np.where(ok, np.minimum(apart * apart, limit), 0.0).sum(axis=-1)
+        self.spread[1] += n
+        self.errors.fold(0, err, ok & ~wild, self._gate_decay)
+        some = np.flatnonzero(wild.any(axis=(0, 1)))  # the few forecasts with a wild step
+        if len(some):
+            self.errors.fold(1, err[:, :, some], wild[:, :, some], self._gate_decay)
+        self.moments_version += 1
+
     def bands(self, pred: np.ndarray) -> np.ndarray:
         """Predictions (B, H, targets) within their bands: (B, H, 3, targets) float32 (as published),
         the prediction, lower and upper side by side, as ``record`` takes them; NaN bands where too
@@ -147,16 +185,19 @@ class Evaluator:
         self.half_width()
         return pred.astype(np.float32)[:, :, None, :] + self._spread
 
-    def record(self, rows: np.ndarray, ticks: np.ndarray, band: np.ndarray, base: np.ndarray) -> None:
+    def record(self, rows: np.ndarray, ticks: np.ndarray, band: np.ndarray, base: np.ndarray, contenders: tuple[np.ndarray, ...] = ()) -> None:
         """Keep forecasts made at ``ticks``: ``band`` (B, H, 3, targets) as ``bands`` draws it, base
-        (B, targets) = persistence; ``rows`` (B,) distinct."""
+        (B, targets) = persistence, and the contenders' forecasts (B, H, targets) each; ``rows``
+        (B,) distinct."""
         if ticks.max() > self._due:
             self.flush()  # a slot about to be reused may hold a forecast a queued truth scores
         s = ticks % self._slots
         self._tick[rows, s] = ticks
-        fc = np.empty((len(rows), self.horizon, 2, self.targets), dtype=np.float32)
+        fc = np.empty((len(rows), self.horizon, 2 + self.contenders, self.targets), dtype=np.float32)
         fc[:, :, 0] = band[:, :, 0]
         np.subtract(band[:, :, 2], band[:, :, 0], out=fc[:, :, 1])  # the half-width
+        for i, c in enumerate(contenders):
+            fc[:, :, 2 + i] = c
         self._fc[rows, s] = fc
         self._base[rows, s] = base
 
@@ -169,6 +210,7 @@ class Evaluator:
         out["total"] = {k: v.copy() for k, v in self.total.items()}
         out["live"] = {k: v.copy() for k, v in self.live.items()}
         out["bands"] = {"half": None if self._half is None else self._half.copy(), "new": self._new.copy(), "shown": self._shown.copy()}
+        out["gate"] = {**self.errors.state(), "spread": self.spread.copy()}
         return out
 
     def load_state(self, st: dict) -> None:
@@ -177,6 +219,10 @@ class Evaluator:
             st = {**st, "fc": np.stack([st["pred"], st["hi"] - st["pred"]], axis=3)}
         elif st["fc"].ndim == 5 and st["fc"].shape[3] == 3:  # prediction, lower and upper band
             st = {**st, "fc": np.stack([st["fc"][:, :, :, 0], st["fc"][:, :, :, 2] - st["fc"][:, :, :, 0]], axis=3)}
+        if st["fc"].ndim == 5 and st["fc"].shape[3] != 2 + self.contenders:  # kept other contenders, or none: theirs are not known
+            fc = np.full((*st["fc"].shape[:3], 2 + self.contenders, st["fc"].shape[4]), np.nan, dtype=np.float32)
+            fc[:, :, :, :2] = st["fc"][:, :, :, :2]
+            st = {**st, "fc": fc}
         for name in _ARRAYS:
             have, got = getattr(self, f"_{name}").shape, st[name].shape
             if got[2:] != have[2:] or (name in ("res", "res_n") and got != have):
@@ -189,6 +235,10 @@ class Evaluator:
         self._due = min((int(ticks.min()) + LAG for _, ticks, _ in self._queue), default=_NEVER)
         self._total[:] = [st["total"][k] for k in _TOTALS]
         self._live[:] = [st["live"][k] for k in _TOTALS]
+        kept = st.get("gate", {})  # older checkpoints: the gate starts afresh
+        self.errors = gate.Errors.from_state(kept, self.errors)
+        self.spread = kept["spread"].copy() if kept.get("spread") is not None and kept["spread"].shape == self.spread.shape else np.zeros_like(self.spread)
+        self.moments_version += 1
         bands = st.get("bands")  # the bands as drawn, so a restart draws them again exactly when this run would
         if bands is not None and bands["half"] is not None and bands["half"].shape == self._res_n.shape:
             self._draw(bands["half"].copy())

@@ -146,6 +146,8 @@ def replay(table: Table, settings: Settings, out: str | Path | None = None, prog
                     on_forecast(fc)
             if engine.retrain_due:
                 engine.retrain()
+            elif engine.linear_due:
+                engine.refit_linear()
             i = j
             if progress and time.perf_counter() - last_draw > 0.2:
                 _progress(i, total, start, sys.stderr)
