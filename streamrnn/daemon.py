@@ -288,6 +288,7 @@ class Daemon:
         m, e = self.metrics, self.engine
         scores = e.evaluator.scores(live=True, flush=False)
         m.set_quality(scores)
+        m.set_gate(e.gate_weights()[0][1])
         self._refresh_skill(scores["skill"])
         m.queue.set(self.inbox.qsize())
         m.streams.set(len(e.streams))
@@ -339,6 +340,11 @@ class Daemon:
         if done is not None:
             snap, verdict, seconds = done
             result = self.engine.adopt(snap, verdict, at_once=False)
+            if snap.lookback:
+                self.metrics.linear_fits.labels("fitted" if verdict.linear is not None else "failed").inc()
+            if result.outcome == "linear":  # the linear contender alone
+                log.debug("linear contender fitted", extra={"seconds": round(seconds, 2), "linear": verdict.report.linear})
+                return
             self.metrics.retrains.labels(result.outcome).inc()
             self.metrics.retrain_seconds.observe(seconds)
             self.metrics.retrain_running.set(0)
@@ -359,6 +365,8 @@ class Daemon:
             champion = {k: v.numpy() for k, v in self.engine.state_dict().items()}
             self.retrainer.start(snap, self.engine.spec, champion, self.engine.next_seed())
             self.metrics.retrain_running.set(1)
+        elif self.engine.linear_due:
+            self.retrainer.start(self.engine.snapshot(recurrent=False), self.engine.spec, {}, self.engine.next_seed())
 
     def _served(self) -> None:
         """An adopted model serves from now on: say so, and checkpoint it so that it survives a crash."""

@@ -16,6 +16,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from streamrnn import gate
 from streamrnn.payload import REASONS
 
 _LATENCY = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -85,6 +86,11 @@ class Metrics:
         self.val_loss = Gauge("validation_loss", "Last successful fit's validation loss (normalised)", **r)
         for g in (self.train_loss, self.val_loss):
             g.set(float("nan"))
+        self.linear_fits = Counter("linear_fits", "Fits of the linear contender (in retrains and alone), by outcome", ["outcome"], **r)
+        for outcome in ("fitted", "failed"):
+            self.linear_fits.labels(outcome)
+        self.gate_weight = Gauge("gate_weight_ratio", "Each contender's share of the served forecast, averaged over targets and steps, in calm and in wild moments", ["regime", "contender"], **r)
+        self._gate = [[self.gate_weight.labels(regime, c) for c in gate.CONTENDERS] for regime in gate.REGIMES]
         for outcome in OUTCOMES:
             self.retrains.labels(outcome)
         for reason in DROP_REASONS:
@@ -109,6 +115,12 @@ class Metrics:
         self.stream_cap = stream_cap
         self.stream_last = Gauge("stream_last_frame_timestamp_seconds", "Timestamp of a stream's last frame (first daemon.stream_metrics streams only)", ["stream"], **r) if stream_cap else None
         self._stream_shown: set[str] = set()
+
+    def set_gate(self, weights: np.ndarray) -> None:
+        """Export the gate's weights (regimes, contenders, H, targets) as their means per contender."""
+        for children, w in zip(self._gate, weights.mean(axis=(2, 3)).tolist()):
+            for child, x in zip(children, w):
+                child.set(x)
 
     def set_quality(self, scores: dict[str, np.ndarray]) -> None:
         """Export the evaluator's live scores, each (H, targets) in the order of the configuration."""

@@ -233,6 +233,10 @@ def test_a_long_retrain_does_not_stop_forecasts_and_promotion_is_never_undone(mo
     # served by the trained model: forecasts no longer flat (persistence repeats the last value)
     assert any(len(set(t["values"])) > 1 for m in promoted for t in m["targets"].values())
     assert d.sample("streamrnn_retrains_total", outcome="promoted") >= 1
+    # the linear contender is fitted in the retrain and alone between them, and the gate exported
+    assert d.sample("streamrnn_linear_fits_total", outcome="fitted") >= 2 and d.sample("streamrnn_linear_fits_total", outcome="failed") == 0
+    shares = [d.sample("streamrnn_gate_weight_ratio", regime="calm", contender=c) for c in ("persistence", "recurrent", "linear")]
+    assert abs(sum(shares) - 1.0) < 1e-6, shares
 
 
 def hostile(rng: random.Random, n: int) -> list[tuple[str, bytes, str]]:
