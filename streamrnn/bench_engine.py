@@ -30,6 +30,20 @@ def _settings(kind: str = "gru", device: str = "cpu", ring: int = 256, max_strea
     return Settings(device=device, model={"kind": kind}, ring={"size": ring}, streams={"max_streams": max_streams}, trainer={"enabled": False})
 
 
+def _engine(settings: Settings):
+    """An engine serving a fitted linear contender beside its model, as after its first retrain (the
+    trainer is off here): the cost of every step counts the contender's windows and the gate."""
+    from streamrnn.engine import Engine
+    from streamrnn.linear import OnlineRidge
+
+    engine = Engine(settings)
+    c = len(engine.channels)
+    ridge = OnlineRidge(c, list(engine.spec.target_index), engine.spec.horizon, settings.linear.lookback, np.zeros(c), np.ones(c))
+    ridge.weights = np.random.default_rng(0).normal(scale=1e-3, size=ridge.weights.shape)
+    assert engine.adopt_linear(ridge.state())
+    return engine
+
+
 def _median_us(fn, reps: int, sync: bool = False) -> float:
     ts = []
     for _ in range(reps):
@@ -59,13 +73,11 @@ def _engine_tick(engine, streams: int, ticks: int) -> list[float]:
 
 def step(batches: tuple[int, ...] = (1, 100, 1000), kinds: tuple[str, ...] = ("gru", "lstm", "rnn"), reps: int = 200) -> dict:
     """Bare step, serving step, 64-frame window and whole engine step, per kind and batch, on the CPU, one thread."""
-    from streamrnn.engine import Engine
-
     torch.set_num_threads(1)
     rows = []
     for kind in kinds:
         for b in batches:
-            engine = Engine(_settings(kind))
+            engine = _engine(_settings(kind))
             m, c = engine.model, len(engine.channels)
             x1, xw = torch.randn(b, 1, c), torch.randn(b, WINDOW, c)
             m1, mw = torch.ones(b, 1, c), torch.ones(b, WINDOW, c)
@@ -98,14 +110,12 @@ def format_step(r: dict) -> str:
 
 def streams(counts: tuple[int, ...] = (1, 10, 100, 1000, 10_000), ticks: int = 20) -> dict:
     """Per device: the state bank's recurrent step and the engine's whole step per tick, by streams."""
-    from streamrnn.engine import Engine
-
     torch.set_num_threads(1)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
         for n in counts:
-            engine = Engine(_settings(device=device, max_streams=max(counts)))
+            engine = _engine(_settings(device=device, max_streams=max(counts)))
             _engine_tick(engine, n, 3)  # every stream has a row
             bank, rows_ = engine.bank, np.arange(n)
             values = np.random.default_rng(1).normal(size=(n, len(engine.channels)))
@@ -132,10 +142,8 @@ def _rss() -> int:
 
 def _memory_one(streams_: int, ring: int) -> dict:
     """In a fresh process: RSS before and after ``streams_`` streams have stepped (rings allocated whole)."""
-    from streamrnn.engine import Engine
-
     torch.set_num_threads(1)
-    engine = Engine(_settings(ring=ring, max_streams=max(streams_, 1)))
+    engine = _engine(_settings(ring=ring, max_streams=max(streams_, 1)))
     _engine_tick(engine, 1, 2)
     before = _rss()
     _engine_tick(engine, streams_, 2)
