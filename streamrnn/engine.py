@@ -545,6 +545,7 @@ class Engine:
             "retrains": self.retrains,
             "next_retrain": self._next_retrain,
             "next_linear": self._next_linear,
+            "gate": None if self._gate is None else {"mixed": self._gate[1][0], "served": self._gate[1][1], "limit": self._gate[2]},  # as last drawn: a restart serves what this run would
             "last_evict": self._last_evict,
         }
 
@@ -582,6 +583,9 @@ class Engine:
         if now is None:
             self._last_evict = float(st["last_evict"])
         self._load_linear(st.get("linear"), st.get("windows"))
+        drawn = st.get("gate")
+        if drawn is not None and drawn["served"].shape == (len(gate.REGIMES), len(gate.CONTENDERS), self.spec.horizon, len(self._ti)):
+            self._gate = (self.evaluator.moments_version, (drawn["mixed"].copy(), drawn["served"].copy()), drawn["limit"].copy())
 
     def _load_linear(self, state: dict | None, windows: dict | None) -> None:
         """The linear contender of a checkpoint, with its windows; one made for another lookback or

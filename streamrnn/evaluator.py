@@ -71,8 +71,9 @@ class Evaluator:
         # step and target, as the gate weighs them.
         self.errors = gate.Errors.zeros(h, t)
         self.spread = np.zeros((2, h, t))  # the linear and recurrent forecasts' squared disagreement, clipped, and its weight
-        self.moments_version = 0  # moves whenever they do
+        self.moments_version = 0  # moves whenever the gate should draw its weights again
         self._gate_decay = 1.0 - 1.0 / gate_memory
+        self._gate_redraw, self._gate_new = max(1, gate_memory // 10), 0  # errors (per step and target, at most) between draws, and since the last
 
     # -- per-stream pending forecasts -------------------------------------------------------
     def _ensure(self, row: int) -> None:
@@ -176,7 +177,10 @@ class Evaluator:
         some = np.flatnonzero(wild.any(axis=(0, 1)))  # the few forecasts with a wild step
         if len(some):
             self.errors.fold(1, err[:, :, some], wild[:, :, some], self._gate_decay)
-        self.moments_version += 1
+        self._gate_new += int(n.max())
+        if self._gate_new >= self._gate_redraw:  # a tenth of its memory is new: worth drawing again
+            self._gate_new = 0
+            self.moments_version += 1
 
     def bands(self, pred: np.ndarray) -> np.ndarray:
         """Predictions (B, H, targets) within their bands: (B, H, 3, targets) float32 (as published),
@@ -210,7 +214,7 @@ class Evaluator:
         out["total"] = {k: v.copy() for k, v in self.total.items()}
         out["live"] = {k: v.copy() for k, v in self.live.items()}
         out["bands"] = {"half": None if self._half is None else self._half.copy(), "new": self._new.copy(), "shown": self._shown.copy()}
-        out["gate"] = {**self.errors.state(), "spread": self.spread.copy()}
+        out["gate"] = {**self.errors.state(), "spread": self.spread.copy(), "new": self._gate_new}
         return out
 
     def load_state(self, st: dict) -> None:
@@ -236,6 +240,7 @@ class Evaluator:
         self._total[:] = [st["total"][k] for k in _TOTALS]
         self._live[:] = [st["live"][k] for k in _TOTALS]
         kept = st.get("gate", {})  # older checkpoints: the gate starts afresh
+        self._gate_new = int(kept.get("new", 0))
         self.errors = gate.Errors.from_state(kept, self.errors)
         self.spread = kept["spread"].copy() if kept.get("spread") is not None and kept["spread"].shape == self.spread.shape else np.zeros_like(self.spread)
         self.moments_version += 1
