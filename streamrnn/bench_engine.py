@@ -31,15 +31,20 @@ def _settings(kind: str = "gru", device: str = "cpu", ring: int = 256, max_strea
 
 
 def _engine(settings: Settings):
-    """An engine serving a fitted linear contender beside its model, as after its first retrain (the
-    trainer is off here): the cost of every step counts the contender's windows and the gate."""
+    """An engine serving a linear contender beside its model, as after its first retrain (the
+    trainer is off here), the contender fitted on simulated reactor frames as a retrain fits it:
+    the cost of every step counts the contender's windows and the gate."""
+    from streamrnn import simulator
     from streamrnn.engine import Engine
     from streamrnn.linear import OnlineRidge
+    from streamrnn.trainer import normalisation
 
     engine = Engine(settings)
     c = len(engine.channels)
-    ridge = OnlineRidge(c, list(engine.spec.target_index), engine.spec.horizon, settings.linear.lookback, np.zeros(c), np.ones(c))
-    ridge.weights = np.random.default_rng(0).normal(scale=1e-3, size=ridge.weights.shape)
+    values = np.stack([v[0] for _, v in simulator.Reactor(seed=0).run(600)])
+    values = values[:, [simulator.FEATURES.index(name) for name in engine.channels]]
+    ridge = OnlineRidge(c, list(engine.spec.target_index), engine.spec.horizon, settings.linear.lookback, *normalisation([values]))
+    ridge.learn_frames(["s0"], [values], [np.arange(len(values), dtype=float)], [len(values)], settings.linear.max_examples)
     assert engine.adopt_linear(ridge.state())
     return engine
 

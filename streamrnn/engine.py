@@ -109,6 +109,16 @@ class _Adoption:
     queue: deque[str] = field(default_factory=deque)  # this round's streams still behind, in turn
 
 
+class _Drawn:
+    """The gate's weights as drawn from the errors' moments of one version: of the combination and
+    of the served forecast (each (regimes, contenders, H, T)), the wild limit, and their mixers."""
+
+    def __init__(self, version: int, mixed: np.ndarray, served: np.ndarray, limit: np.ndarray) -> None:
+        self.version, self.mixed, self.served, self.limit = version, mixed, served, limit
+        both = (served, mixed) if not np.array_equal(served, mixed) else (served,)  # the served one first
+        self.mixers = [(gate.Mixer(w[0]), w) for w in both]
+
+
 class Engine:
     def __init__(self, settings: Settings, model: StreamRNN | None = None, version: int = 0) -> None:
         self.settings = settings
@@ -128,8 +138,8 @@ class Engine:
         self.evaluator = Evaluator(len(self._ti), self.spec.horizon, ev.coverage, ev.residuals, ev.live_window, contenders=3, gate_memory=settings.gate.memory)
         self.linear: OnlineRidge | None = None  # the linear contender, once a retrain has fitted it
         self._windows: Windows | None = None  # and what it reads per stream
-        self._serving: tuple[np.ndarray, np.ndarray] | None = None  # its weights, as it is served
-        self._gate: tuple[int, tuple[np.ndarray, np.ndarray], np.ndarray] | None = None  # the moments' version, the gate's weights and wild limit of them
+        self._serving: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None  # its weights, as it is served
+        self._gate: _Drawn | None = None  # the gate's weights, as last drawn
         self.rings: dict[int, Ring] = {}
         self._last_tick: dict[int, int] = {}
         self.counts: Counter[str] = Counter()
@@ -202,11 +212,9 @@ class Engine:
         soft = self._key & ~np.isfinite(truth)  # key variables between their samples
         now = np.where(soft, out[:, 0], base)
         recurrent, linear = out[:, 1:], self._linear(r, held, base)
-        if linear is None:  # before the linear contender's first fit: the gate weighs the other two
-            served, mixed = self._serve(base, recurrent, base[:, None, :])
+        served, mixed = self._serve(base, recurrent, linear)  # before the linear contender's first fit, the gate weighs the other two
+        if linear is None:
             linear = np.float32(np.nan)
-        else:
-            served, mixed = self._serve(base, recurrent, linear)
         band = self.evaluator.bands(served)  # (B, H, 3, T): prediction, lower, upper
         self.evaluator.record(r, t, band, base, (recurrent, linear, mixed))
         self.frames_seen += len(rows)
@@ -218,23 +226,22 @@ class Engine:
         if self._serving is None or self._windows is None or self.linear is None:
             return None
         self._windows.push(rows, self.linear.normalise(held))
-        w, b = self._serving
-        change = self._windows.gather(rows) @ w
+        w_in, w_out, b = self._serving
+        change = self._windows.gather(rows) @ w_in
+        if w_out is not None:
+            change = change @ w_out
         change += b
         return base[:, None, :] + change.reshape(len(rows), self.spec.horizon, len(self._ti))
 
-    def _serve(self, base: np.ndarray, recurrent: np.ndarray, linear: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _serve(self, base: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The gate's forecasts (B, H, T): the served one and the combination of the contenders (served
         where it has done best), each with the gate's wild weights where the linear and the recurrent
         forecast are unusually far apart, its calm ones elsewhere."""
-        (mixed_w, served_w), limit = self.gate_weights()
-        wild = gate.wild(linear - recurrent, limit) if self._serving is not None else None
-        out = []
-        for w in (served_w, mixed_w) if not np.array_equal(served_w, mixed_w) else (served_w,):
-            fc = gate.combine(w[0], base, recurrent, linear)
-            if wild is not None and wild.any():
-                fc = np.where(wild, gate.combine(w[1], base, recurrent, linear), fc)
-            out.append(fc)
+        self.gate_weights()
+        drawn = self._gate
+        assert drawn is not None
+        wild = gate.wild(linear - recurrent, drawn.limit) if linear is not None else None
+        out = [mix(base, recurrent, linear, None if wild is None else (wild, w[1])) for mix, w in drawn.mixers]
         return out[0], out[-1]
 
     def gate_weights(self) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
@@ -243,10 +250,10 @@ class Engine:
         the squared disagreement past which a forecast is wild (H, T): from the errors scored so
         far, drawn again whenever they move."""
         ev = self.evaluator
-        if self._gate is None or self._gate[0] != ev.moments_version:
+        if self._gate is None or self._gate.version != ev.moments_version:
             mixed, served = gate.weights(ev.errors, self.settings.gate.warmup)
-            self._gate = (ev.moments_version, (mixed.astype(np.float32), served.astype(np.float32)), gate.threshold(*ev.spread).astype(np.float32))
-        return self._gate[1], self._gate[2]
+            self._gate = _Drawn(ev.moments_version, mixed.astype(np.float32), served.astype(np.float32), gate.threshold(*ev.spread).astype(np.float32))
+        return (self._gate.mixed, self._gate.served), self._gate.limit
 
     def evict_idle(self, now: float) -> list[str]:
         """Drop the streams that sent nothing for ``streams.idle_timeout`` seconds."""
@@ -545,7 +552,7 @@ class Engine:
             "retrains": self.retrains,
             "next_retrain": self._next_retrain,
             "next_linear": self._next_linear,
-            "gate": None if self._gate is None else {"mixed": self._gate[1][0], "served": self._gate[1][1], "limit": self._gate[2]},  # as last drawn: a restart serves what this run would
+            "gate": None if self._gate is None else {"mixed": self._gate.mixed, "served": self._gate.served, "limit": self._gate.limit},  # as last drawn: a restart serves what this run would
             "last_evict": self._last_evict,
         }
 
@@ -585,7 +592,7 @@ class Engine:
         self._load_linear(st.get("linear"), st.get("windows"))
         drawn = st.get("gate")
         if drawn is not None and drawn["served"].shape == (len(gate.REGIMES), len(gate.CONTENDERS), self.spec.horizon, len(self._ti)):
-            self._gate = (self.evaluator.moments_version, (drawn["mixed"].copy(), drawn["served"].copy()), drawn["limit"].copy())
+            self._gate = _Drawn(self.evaluator.moments_version, drawn["mixed"].copy(), drawn["served"].copy(), drawn["limit"].copy())
 
     def _load_linear(self, state: dict | None, windows: dict | None) -> None:
         """The linear contender of a checkpoint, with its windows; one made for another lookback or

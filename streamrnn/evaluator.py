@@ -23,7 +23,8 @@ from streamrnn import gate
 
 _TOTALS = ("n", "se", "se_p", "ae", "ae_p", "n_band", "hit")
 _ARRAYS = ("tick", "fc", "base", "res", "res_n")  # kept in a checkpoint
-_MOMENT_ROWS = 256  # scored forecasts per pass that feed the gate, at most (evenly spread)
+_MOMENT_ROWS = 64  # scored forecasts per pass that feed the gate, at most (evenly spread)
+_GATE_PASSES = 4  # scoring passes at least between two draws of the gate's weights
 LAG = 8  # steps whose truths may wait to be scored together
 FLUSH = 256  # frames queued that are scored at once: a batch this large gains nothing by waiting
 _NEVER = 2**62
@@ -74,6 +75,7 @@ class Evaluator:
         self.moments_version = 0  # moves whenever the gate should draw its weights again
         self._gate_decay = 1.0 - 1.0 / gate_memory
         self._gate_redraw, self._gate_new = max(1, gate_memory // 10), 0  # errors (per step and target, at most) between draws, and since the last
+        self._gate_passes = 0  # scoring passes since the last draw
 
     # -- per-stream pending forecasts -------------------------------------------------------
     def _ensure(self, row: int) -> None:
@@ -178,8 +180,9 @@ class Evaluator:
         if len(some):
             self.errors.fold(1, err[:, :, some], wild[:, :, some], self._gate_decay)
         self._gate_new += int(n.max())
-        if self._gate_new >= self._gate_redraw:  # a tenth of its memory is new: worth drawing again
-            self._gate_new = 0
+        self._gate_passes += 1
+        if self._gate_new >= self._gate_redraw and self._gate_passes >= _GATE_PASSES:  # a tenth of its memory is new: worth drawing again
+            self._gate_new = self._gate_passes = 0
             self.moments_version += 1
 
     def bands(self, pred: np.ndarray) -> np.ndarray:
@@ -214,7 +217,7 @@ class Evaluator:
         out["total"] = {k: v.copy() for k, v in self.total.items()}
         out["live"] = {k: v.copy() for k, v in self.live.items()}
         out["bands"] = {"half": None if self._half is None else self._half.copy(), "new": self._new.copy(), "shown": self._shown.copy()}
-        out["gate"] = {**self.errors.state(), "spread": self.spread.copy(), "new": self._gate_new}
+        out["gate"] = {**self.errors.state(), "spread": self.spread.copy(), "new": self._gate_new, "passes": self._gate_passes}
         return out
 
     def load_state(self, st: dict) -> None:
@@ -240,7 +243,7 @@ class Evaluator:
         self._total[:] = [st["total"][k] for k in _TOTALS]
         self._live[:] = [st["live"][k] for k in _TOTALS]
         kept = st.get("gate", {})  # older checkpoints: the gate starts afresh
-        self._gate_new = int(kept.get("new", 0))
+        self._gate_new, self._gate_passes = int(kept.get("new", 0)), int(kept.get("passes", 0))
         self.errors = gate.Errors.from_state(kept, self.errors)
         self.spread = kept["spread"].copy() if kept.get("spread") is not None and kept["spread"].shape == self.spread.shape else np.zeros_like(self.spread)
         self.moments_version += 1

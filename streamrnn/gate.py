@@ -184,20 +184,17 @@ def _weights(moments: np.ndarray, ready: np.ndarray) -> np.ndarray:
     m = moments.reshape(-1, k, k)
     scale = np.maximum(np.trace(m, axis1=1, axis2=2) / k, 1e-300)[:, None, None]
     m = m / scale  # every cell on its own scale: the tie-breaking ridge below is relative
-    best_w = np.zeros((len(m), k))
-    best_w[:, RECURRENT] = 1.0
-    best = np.full(len(m), np.inf)
-    for support in _SUPPORTS:
+    ws, losses = np.zeros((len(_SUPPORTS), len(m), k)), np.full((len(_SUPPORTS), len(m)), np.inf)
+    for i, support in enumerate(_SUPPORTS):  # the least-error weights on each support; kept where none is negative
         sub = m[:, support][:, :, support] + 1e-9 * np.eye(len(support))
         u = np.linalg.solve(sub, np.ones((len(m), len(support), 1)))[:, :, 0]
         total = u.sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            w = u / total[:, None]
-            loss = np.where(total > 0, 1.0 / total, np.inf)
-        better = (w >= 0).all(axis=1) & (loss < best)
-        best = np.where(better, loss, best)
-        best_w[better] = 0.0
-        best_w[np.ix_(better, support)] = w[better]
+            ws[i][:, support] = u / total[:, None]
+            losses[i] = np.where((ws[i] >= 0).all(axis=1) & (total > 0), 1.0 / total, np.inf)
+    pick = losses.argmin(axis=0)  # the first of the least: the smallest support
+    best = losses[pick, np.arange(len(m))]
+    best_w = ws[pick, np.arange(len(m))]
     ready = ready.reshape(-1) & np.isfinite(best)
     out = np.zeros((len(m), k))
     out[:, RECURRENT] = 1.0
@@ -205,7 +202,52 @@ def _weights(moments: np.ndarray, ready: np.ndarray) -> np.ndarray:
     return out.T.reshape(k, h, t)
 
 
-def combine(w: np.ndarray, persistence: np.ndarray, recurrent: np.ndarray, linear: np.ndarray) -> np.ndarray:
-    """The served forecast (B, H, targets): the contenders weighted per (step, target) by ``w``
-    (contenders, H, targets); ``persistence`` is (B, targets), the others (B, H, targets)."""
-    return w[0] * persistence[:, None, :] + w[1] * recurrent + w[2] * linear
+class Mixer:
+    """A combination's weights (contenders, H, targets), prepared once per draw for forecasts of any
+    batch: a (step, target) that one contender has whole (most: the served forecast is a choice)
+    is a copy of it, the rest weighted sums of the contenders they weigh (a contender of weight 0
+    is left out, so that its infinity cannot spoil the sum), so serving costs about a copy."""
+
+    def __init__(self, w: np.ndarray) -> None:
+        k, h, t = w.shape
+        self.shape, self.cells = w.shape, h * t
+        self.targets = np.arange(h * t) % t  # of each flat (step, target)
+        flat = w.reshape(k, -1)
+        support = flat != 0
+        self.copies: list[tuple[int, np.ndarray]] = []  # (contender, cells)
+        self.blends: list[tuple[np.ndarray, list[tuple[int, np.ndarray]]]] = []  # (cells, [(contender, weights)])
+        for pattern in np.unique(support.T, axis=0):
+            cells = np.flatnonzero((support.T == pattern).all(axis=1))
+            used = np.flatnonzero(pattern)
+            if len(used) == 1 and (flat[used[0], cells] == 1.0).all():
+                self.copies.append((int(used[0]), cells))
+            else:
+                self.blends.append((cells, [(int(c), flat[c, cells]) for c in used]))
+
+    def __call__(self, persistence: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None, wild: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """The forecasts (B, H, targets) from ``persistence`` (B, targets) and the others' (B, H,
+        targets; ``linear`` None: not fitted yet, persistence in its place); at the forecasts that
+        ``wild``'s mask (B, H, targets) marks, weighed by its weights (contenders, H, targets)."""
+        b = len(recurrent)
+        flat = (None, recurrent.reshape(b, -1), None if linear is None else linear.reshape(b, -1))
+
+        def values(c: int, cells: np.ndarray, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+            src = flat[c]
+            return persistence[rows, self.targets[cells]] if src is None else src[rows, cells]
+
+        out = np.empty((b, self.cells), dtype=np.result_type(persistence, recurrent, *(() if linear is None else (linear,))))
+        for c, cells in self.copies:
+            if len(cells) == self.cells:
+                out[...] = values(c, cells)
+            else:
+                out[:, cells] = values(c, cells)
+        for cells, terms in self.blends:
+            out[:, cells] = sum(w * values(c, cells) for c, w in terms)
+        out = out.reshape(recurrent.shape)
+        if wild is not None and wild[0].any():
+            at = np.nonzero(wild[0])
+            cells = at[1] * recurrent.shape[2] + at[2]
+            w = wild[1].reshape(len(flat), -1)[:, cells]
+            with np.errstate(invalid="ignore"):
+                out[at] = sum(np.where(w[c] != 0, w[c] * values(c, cells, at[0]), 0.0) for c in range(len(flat)))
+        return out

@@ -19,6 +19,7 @@ import numpy as np
 
 _PENALTIES = np.logspace(-4, 2, 13)  # times the mean eigenvalue of the Gram matrix
 _CHUNK = 2048  # examples formed at once when learning from frames
+RANK_LOSS = 1e-3  # of the forecasts' variance, what serving may leave out to serve fewer output directions
 
 
 class OnlineRidge:
@@ -186,18 +187,47 @@ class OnlineRidge:
         r.solves = int(st["solves"])
         return r
 
-    def serving(self) -> tuple[np.ndarray, np.ndarray]:
-        """The weights on a window of normalised held values, oldest row first, flattened:
-        (lookback x channels, outputs) and a bias (outputs,), float32, each output scaled to
-        engineering units. The same forecasts as :meth:`predict` on :meth:`encode`'s features,
-        without forming them: the change from the newest row folds into that row's weights."""
+    def serving(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """The weights on a window of normalised held values, oldest row first, flattened, as two
+        factors: (lookback x channels, rank) and (rank, outputs), or the first alone (None) where
+        that is cheaper; and a bias (outputs,); float32, each output scaled to engineering units.
+        The same forecasts as :meth:`predict` on :meth:`encode`'s features, without forming them
+        (the change from the newest row folds into that row's weights), but for what lies outside
+        the fewest output directions that carry all but ``RANK_LOSS`` of the forecasts' variance on
+        the examples learnt (reduced-rank regression: the outputs, H steps of every target, move
+        together, and serving costs the rank, not the outputs)."""
         l, c = self.lookback, self.channels
         w = self.weights
+        basis = self._directions()
         rows = np.zeros((l, c, self.outputs))
         rows[:-1] = w[: (l - 1) * c].reshape(l - 1, c, -1)
         rows[-1] = w[(l - 1) * c : l * c] - rows[:-1].sum(axis=0)
         scale = np.tile(self.std[self.targets], self.horizon)  # outputs are (step, target), target fastest
-        return (rows.reshape(l * c, -1) * scale).astype(np.float32), (w[-1] * scale).astype(np.float32)
+        full = rows.reshape(l * c, -1)
+        bias = (w[-1] * scale).astype(np.float32)
+        if basis is None:
+            return (full * scale).astype(np.float32), None, bias
+        return (full @ basis).astype(np.float32), (basis.T * scale).astype(np.float32), bias
+
+    def _directions(self) -> np.ndarray | None:
+        """Orthonormal output directions (outputs, rank) that carry all but ``RANK_LOSS`` of the
+        forecasts' variance on the examples learnt, or None where so many that two factors cost
+        more than one."""
+        f = self.features - 1  # the bias is served whole
+        w, gram = self.weights[:f], self.gram[:f, :f]
+        if self._held:
+            x = np.stack([a[:f] for a, _ in self._held])
+            gram = gram + x.T @ x
+        energy, vectors = np.linalg.eigh(w.T @ gram @ w)  # ascending
+        energy = np.clip(energy, 0.0, None)
+        total = energy.sum()
+        if not total > 0 or not np.isfinite(total):
+            return None
+        kept = np.cumsum(energy[::-1])
+        rank = int(np.searchsorted(kept, (1.0 - RANK_LOSS) * total)) + 1
+        if rank * (f + self.outputs) >= f * self.outputs:
+            return None
+        return vectors[:, ::-1][:, :rank]
 
     def normalise(self, held: np.ndarray) -> np.ndarray:
         """Held values (..., channels) on this ridge's scale, 0 (the mean) where never seen."""

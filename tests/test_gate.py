@@ -36,6 +36,27 @@ def test_the_combination_is_never_worse_than_the_best_contender_on_the_errors_it
         assert combined <= (errors**2).mean(axis=0).min() * (1 + 1e-6), (trial, w)
 
 
+def test_a_mixer_copies_a_contender_a_cell_has_whole_and_weighs_the_rest_and_the_wild_forecasts_by_their_own_weights():
+    rng = np.random.default_rng(5)
+    b, h, t = 7, 3, 4
+    base, recurrent, linear = rng.normal(size=(b, t)), rng.normal(size=(b, h, t)), rng.normal(size=(b, h, t))
+    calm = rng.dirichlet(np.ones(3), size=(h, t)).transpose(2, 0, 1)  # (K, H, T), blends
+    calm[:, 0, :3] = np.eye(3)  # step 1: the first three targets one contender's each
+    linear[:, 0, 1] = np.inf  # a contender not chosen does not leak into a chosen one's copy
+    wild_w = np.zeros_like(calm)
+    wild_w[0] = 1.0  # wild: persistence
+    wild = rng.uniform(size=(b, h, t)) < 0.3
+    out = gate.Mixer(calm)(base, recurrent, linear, (wild, wild_w))
+    sources = (np.broadcast_to(base[:, None, :], (b, h, t)), recurrent, linear)
+    for i in range(b):
+        for k in range(h):
+            for j in range(t):
+                w = (wild_w if wild[i, k, j] else calm)[:, k, j]
+                want = sources[int(np.argmax(w))][i, k, j] if w.max() == 1 else sum(w[c] * s[i, k, j] for c, s in enumerate(sources))
+                assert out[i, k, j] == want, (i, k, j)
+    np.testing.assert_array_equal(out[:, 0, 2][~wild[:, 0, 2]], linear[:, 0, 2][~wild[:, 0, 2]])
+
+
 def test_before_warmup_the_recurrent_model_serves_alone_and_after_it_the_best_that_beat_persistence():
     rng = np.random.default_rng(1)
     errors = rng.normal(size=(400, 4)) * np.array([1.0, 2.0, 0.5, 1.5])  # the linear family best, by far

@@ -34,6 +34,22 @@ def test_untrained_it_forecasts_no_change():
     np.testing.assert_array_equal(r.forecast(window), np.broadcast_to(window[-1, [0, 2]], (4, 2)))
 
 
+def test_it_is_served_in_the_few_output_directions_its_forecasts_move_in_and_forecasts_as_fitted():
+    from streamrnn import linear
+
+    values = ar_process(3000)
+    r = OnlineRidge(3, [0, 1, 2], 12, 24, values[:600].mean(axis=0), values[:600].std(axis=0))
+    r.learn_frames(["s"], [values], [np.arange(3000.0)], [3000], 4096)
+    w_in, w_out, bias = r.serving()
+    assert w_out is not None and w_in.shape[1] == w_out.shape[0] < r.outputs // 2  # 36 outputs: steps of three targets move together
+    windows = np.stack([values[i - 24 : i] for i in range(2500, 3000)])
+    fitted = r.forecast(windows)  # (n, H, T)
+    served = windows[:, -1, None, :] + ((r.normalise(windows).reshape(len(windows), -1) @ w_in @ w_out + bias).reshape(fitted.shape))
+    change = fitted - windows[:, -1, None, :]
+    assert np.mean((served - fitted) ** 2) <= 2 * linear.RANK_LOSS * np.mean(change**2)
+    assert np.mean((served - fitted) ** 2) > 0  # the directions left out were not nothing
+
+
 def test_a_linear_forecast_never_depends_on_a_later_row():
     values = ar_process(600)
     poisoned = values.copy()
