@@ -112,7 +112,7 @@ class OnlineRidge:
             now = np.stack([helds[s][i] for _, s, i in part])
             self.learn_many(self.encode(windows), np.nan_to_num(self.changes(now, after), nan=0.0))
         if chosen:
-            self.solve(choose=self.solves % 8 == 0)  # an eigendecomposition: every 8th solve
+            self.solve(choose=self.solves % 8 == 0 or self.solves & (self.solves - 1) == 0)  # an eigendecomposition: at solves 0, 1, 2, 4, then every 8th
             self.solves += 1
         return len(chosen)
 
@@ -137,7 +137,7 @@ class OnlineRidge:
             return
         rx = np.stack([x for x, _ in self._held])
         ry = np.stack([y for _, y in self._held])
-        if choose:
+        if choose or self.penalty != self.penalty:  # never chosen yet: now
             values, vectors = np.linalg.eigh(self.gram)
             values = np.clip(values, 0.0, None)
             scale = max(values.mean(), 1e-12)
@@ -193,41 +193,43 @@ class OnlineRidge:
         that is cheaper; and a bias (outputs,); float32, each output scaled to engineering units.
         The same forecasts as :meth:`predict` on :meth:`encode`'s features, without forming them
         (the change from the newest row folds into that row's weights), but for what lies outside
-        the fewest output directions that carry all but ``RANK_LOSS`` of the forecasts' variance on
+        the fewest output directions that carry all but ``RANK_LOSS`` of each output's variance on
         the examples learnt (reduced-rank regression: the outputs, H steps of every target, move
         together, and serving costs the rank, not the outputs)."""
         l, c = self.lookback, self.channels
         w = self.weights
-        basis = self._directions()
+        factors = self._directions()
         rows = np.zeros((l, c, self.outputs))
         rows[:-1] = w[: (l - 1) * c].reshape(l - 1, c, -1)
         rows[-1] = w[(l - 1) * c : l * c] - rows[:-1].sum(axis=0)
         scale = np.tile(self.std[self.targets], self.horizon)  # outputs are (step, target), target fastest
         full = rows.reshape(l * c, -1)
         bias = (w[-1] * scale).astype(np.float32)
-        if basis is None:
+        if factors is None:
             return (full * scale).astype(np.float32), None, bias
-        return (full @ basis).astype(np.float32), (basis.T * scale).astype(np.float32), bias
+        return (full @ factors[0]).astype(np.float32), (factors[1] * scale).astype(np.float32), bias
 
-    def _directions(self) -> np.ndarray | None:
-        """Orthonormal output directions (outputs, rank) that carry all but ``RANK_LOSS`` of the
-        forecasts' variance on the examples learnt, or None where so many that two factors cost
-        more than one."""
+    def _directions(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The fewest output directions that carry all but ``RANK_LOSS`` of every output's forecast
+        variance on the examples learnt (each output on its own scale, so that a step-1 change
+        counts as much as a step-H one), as the factors (outputs, rank), (rank, outputs) of the
+        projection onto them; None where so many that two factors cost more than one."""
         f = self.features - 1  # the bias is served whole
         w, gram = self.weights[:f], self.gram[:f, :f]
         if self._held:
             x = np.stack([a[:f] for a, _ in self._held])
             gram = gram + x.T @ x
-        energy, vectors = np.linalg.eigh(w.T @ gram @ w)  # ascending
-        energy = np.clip(energy, 0.0, None)
-        total = energy.sum()
-        if not total > 0 or not np.isfinite(total):
+        cov = w.T @ gram @ w  # the forecasts' second moments (outputs, outputs)
+        d = np.sqrt(np.clip(np.diagonal(cov), 0.0, None))
+        if not (d > 0).all() or not np.isfinite(cov).all():
             return None
-        kept = np.cumsum(energy[::-1])
-        rank = int(np.searchsorted(kept, (1.0 - RANK_LOSS) * total)) + 1
+        energy, vectors = np.linalg.eigh(cov / d[:, None] / d[None, :])  # ascending
+        kept = np.cumsum(np.clip(energy, 0.0, None)[::-1])
+        rank = int(np.searchsorted(kept, (1.0 - RANK_LOSS) * kept[-1])) + 1
         if rank * (f + self.outputs) >= f * self.outputs:
             return None
-        return vectors[:, ::-1][:, :rank]
+        v = vectors[:, ::-1][:, :rank]
+        return v / d[:, None], v.T * d[None, :]  # outputs scaled to one, projected, scaled back
 
     def normalise(self, held: np.ndarray) -> np.ndarray:
         """Held values (..., channels) on this ridge's scale, 0 (the mean) where never seen."""
