@@ -41,6 +41,7 @@ class OnlineRidge:
         self.gram, self.cross, self.count = np.zeros((f, f)), np.zeros((f, o)), 0.0  # the older examples, faded
         self._held: list[tuple[np.ndarray, np.ndarray]] = []  # the recent ones, for the penalty
         self.weights = np.zeros((f, o))  # untrained: no change, i.e. persistence
+        self.factors: tuple[np.ndarray, ...] | None = None  # the weights' output directions as drawn where they are solved; () to serve them whole
         self.learnt = 0
         self.penalty = float("nan")
         self.absorbed: dict[str, int] = {}  # per stream, the frames whose examples were learnt (learn_frames)
@@ -151,7 +152,8 @@ class OnlineRidge:
         try:
             self.weights = np.linalg.solve(gram, self.cross + rx.T @ ry)
         except np.linalg.LinAlgError:
-            pass  # singular even so: the weights served stay
+            return  # singular even so: the weights served stay
+        self.factors = self._directions() or ()  # here (the trainer's process), not where it is served
 
     # -- moving and serving ----------------------------------------------------------------------
     def state(self) -> dict:
@@ -164,6 +166,7 @@ class OnlineRidge:
             "gram": self.gram.copy(), "cross": self.cross.copy(), "count": self.count, "weights": self.weights.copy(),
             "held_x": np.stack([a for a, _ in held]) if held else np.zeros((0, f)), "held_y": np.stack([b for _, b in held]) if held else np.zeros((0, o)),
             "learnt": self.learnt, "penalty": self.penalty, "absorbed": dict(self.absorbed), "solves": self.solves,
+            "factors": None if self.factors is None else [a.copy() for a in self.factors],  # [] to serve whole
         }  # fmt: skip
 
     @classmethod
@@ -185,6 +188,13 @@ class OnlineRidge:
         r._held = list(zip(np.asarray(st["held_x"], float), np.asarray(st["held_y"], float)))
         r.absorbed = {str(k): int(v) for k, v in st["absorbed"].items()}
         r.solves = int(st["solves"])
+        factors = st.get("factors")  # older states: drawn when first served
+        if factors is not None and len(factors) == 0:
+            r.factors = ()
+        elif factors is not None and len(factors) == 2:
+            left, right = (np.asarray(a, float) for a in factors)
+            if left.ndim == right.ndim == 2 and left.shape[0] == right.shape[1] == o and left.shape[1] == right.shape[0] and np.isfinite(left).all() and np.isfinite(right).all():
+                r.factors = (left, right)
         return r
 
     def serving(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -198,14 +208,14 @@ class OnlineRidge:
         together, and serving costs the rank, not the outputs)."""
         l, c = self.lookback, self.channels
         w = self.weights
-        factors = self._directions()
+        factors = self.factors if self.factors is not None else self._directions() or ()
         rows = np.zeros((l, c, self.outputs))
         rows[:-1] = w[: (l - 1) * c].reshape(l - 1, c, -1)
         rows[-1] = w[(l - 1) * c : l * c] - rows[:-1].sum(axis=0)
         scale = np.tile(self.std[self.targets], self.horizon)  # outputs are (step, target), target fastest
         full = rows.reshape(l * c, -1)
         bias = (w[-1] * scale).astype(np.float32)
-        if factors is None:
+        if not factors:
             return (full * scale).astype(np.float32), None, bias
         return (full @ factors[0]).astype(np.float32), (factors[1] * scale).astype(np.float32), bias
 
