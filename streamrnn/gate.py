@@ -210,7 +210,7 @@ class Mixer:
 
     def __init__(self, w: np.ndarray) -> None:
         k, h, t = w.shape
-        self.shape, self.cells = w.shape, h * t
+        self.cells = h * t
         self.targets = np.arange(h * t) % t  # of each flat (step, target)
         flat = w.reshape(k, -1)
         support = flat != 0

@@ -19,7 +19,7 @@ import numpy as np
 
 _PENALTIES = np.logspace(-4, 2, 13)  # times the mean eigenvalue of the Gram matrix
 _CHUNK = 2048  # examples formed at once when learning from frames
-RANK_LOSS = 1e-3  # of the forecasts' variance, what serving may leave out to serve fewer output directions
+RANK_LOSS = 1e-3  # of each output's forecast variance (on average), what serving may leave out to serve fewer output directions
 
 
 class OnlineRidge:
