@@ -7,7 +7,8 @@ have arrived (delayed labels): nothing is learnt from a value before it arrived.
 statistics (Gram matrix and cross-products) are kept with exponential forgetting, so that the fit
 follows a drifting process; the weights are solved again every ``refit`` examples. The ridge
 penalty is chosen from a fixed grid (every 8 solves) by the error on the most recent examples,
-which the fit being judged has not seen: no penalty is tuned by hand, on any data set.
+which the fit being judged has not seen (a walk along the grid from the last choice): no
+penalty is tuned by hand, on any data set.
 
 Sharp where the signal is linear and stationary, it is the contender that recurrent forecasts
 must beat (or blend with) per target and step.
@@ -139,13 +140,7 @@ class OnlineRidge:
         rx = np.stack([x for x, _ in self._held])
         ry = np.stack([y for _, y in self._held])
         if choose or self.penalty != self.penalty:  # never chosen yet: now
-            values, vectors = np.linalg.eigh(self.gram)
-            values = np.clip(values, 0.0, None)
-            scale = max(values.mean(), 1e-12)
-            projected = vectors.T @ self.cross  # (f, o)
-            basis = rx @ vectors  # (n, f)
-            errors = [float(np.mean((basis @ (projected / (values + p * scale)[:, None]) - ry) ** 2)) for p in _PENALTIES]
-            self.penalty = float(_PENALTIES[int(np.argmin(errors))])
+            self.penalty = self._choose(rx, ry)
         gram = self.gram + rx.T @ rx
         ridge = self.penalty * max(float(np.trace(gram)) / self.features, 1e-12)
         gram[np.diag_indices_from(gram)] += ridge
@@ -154,6 +149,33 @@ class OnlineRidge:
         except np.linalg.LinAlgError:
             return  # singular even so: the weights served stay
         self.factors = self._directions() or ()  # here (the trainer's process), not where it is served
+
+    def _choose(self, rx: np.ndarray, ry: np.ndarray) -> float:
+        """The penalty of the grid under which the older examples forecast the recent ones (rx, ry)
+        best: a walk downhill from the last one chosen (the grid's middle at first), one solve per
+        penalty tried, so a few where the choice barely moves. Each solve costs a small part of
+        the eigendecomposition that would try the whole grid at once, which on wide inputs (many
+        channels times the lookback) would cost more than every other part of a fit."""
+        scale = max(float(np.trace(self.gram)) / self.features, 1e-12)  # the mean eigenvalue
+        errors: dict[int, float] = {}
+
+        def error(i: int) -> float:
+            if i not in errors:
+                gram = self.gram.copy()
+                gram[np.diag_indices_from(gram)] += _PENALTIES[i] * scale
+                try:
+                    errors[i] = float(np.mean((rx @ np.linalg.solve(gram, self.cross) - ry) ** 2))
+                except np.linalg.LinAlgError:
+                    errors[i] = np.inf
+            return errors[i]
+
+        last = np.flatnonzero(_PENALTIES == self.penalty)
+        i = int(last[0]) if len(last) else len(_PENALTIES) // 2
+        while True:
+            best = min((j for j in (i - 1, i, i + 1) if 0 <= j < len(_PENALTIES)), key=lambda j: (error(j), j != i))
+            if best == i:
+                return float(_PENALTIES[i])
+            i = best
 
     # -- moving and serving ----------------------------------------------------------------------
     def state(self) -> dict:

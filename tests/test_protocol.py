@@ -51,6 +51,31 @@ def test_it_is_served_in_the_few_output_directions_its_forecasts_move_in_and_for
     assert lost.max() > 0  # the directions left out were not nothing
 
 
+def test_the_penalty_chosen_is_the_grid_s_best_on_the_recent_examples_from_any_start():
+    from streamrnn import linear
+
+    bests = set()
+    for noise in (0.01, 1.0, 30.0):  # little noise wants a small penalty, much a large one
+        rng = np.random.default_rng(7)
+        r = OnlineRidge(3, [0], 2, 4, np.zeros(3), np.ones(3), memory=1e15, recent=48)  # no forgetting: the sums are plain
+        x = rng.normal(size=(160, r.features)) * np.geomspace(3, 0.03, r.features)  # a spread of directions, as windows have
+        y = x @ rng.normal(size=(r.features, r.outputs)) + noise * rng.normal(size=(160, r.outputs))
+        r.learn_many(x, y)
+        old, recent = slice(0, 112), slice(112, 160)
+        gram = x[old].T @ x[old]
+        errors = []
+        for p in linear._PENALTIES:
+            w = np.linalg.solve(gram + p * np.trace(gram) / r.features * np.eye(r.features), x[old].T @ y[old])
+            errors.append(np.mean((x[recent] @ w - y[recent]) ** 2))
+        best = linear._PENALTIES[int(np.argmin(errors))]
+        for start in (float("nan"), linear._PENALTIES[0], linear._PENALTIES[-1]):
+            r.penalty = start
+            r.solve(choose=True)
+            assert r.penalty == best, (noise, start, r.penalty, best, errors)
+        bests.add(best)
+    assert len(bests) == 3, bests
+
+
 def test_a_linear_forecast_never_depends_on_a_later_row():
     values = ar_process(600)
     poisoned = values.copy()
