@@ -67,12 +67,13 @@ class OnlineRidge:
 
     # -- learning and forecasting ---------------------------------------------------------------
     def learn(self, x: np.ndarray, y: np.ndarray) -> None:
-        """One complete example (features, changes); an unseen change counts as no change."""
+        """One complete example (features, changes); an unseen change counts as no change. Solved
+        every ``refit`` examples for :meth:`predict` (the protocol's online family)."""
         self._held.append((x, np.nan_to_num(y, nan=0.0)))
         self.learnt += 1
         if self.learnt % self.refit == 0:
             self._absorb()
-            self.solve(choose=self.learnt % (8 * self.refit) == 0 or self.penalty != self.penalty)
+            self.solve(choose=self.learnt % (8 * self.refit) == 0 or self.penalty != self.penalty, directions=False)
 
     def learn_many(self, x: np.ndarray, y: np.ndarray) -> None:
         """Complete examples (n, features), (n, outputs), oldest first, without solving: the
@@ -114,7 +115,7 @@ class OnlineRidge:
             now = np.stack([helds[s][i] for _, s, i in part])
             self.learn_many(self.encode(windows), np.nan_to_num(self.changes(now, after), nan=0.0))
         if chosen:
-            self.solve(choose=self.solves % 8 == 0 or self.solves & (self.solves - 1) == 0)  # an eigendecomposition: at solves 0, 1, 2, 4, then every 8th
+            self.solve(choose=self.solves % 8 == 0 or self.solves & (self.solves - 1) == 0)  # at solves 0, 1, 2, 4, then every 8th
             self.solves += 1
         return len(chosen)
 
@@ -132,9 +133,10 @@ class OnlineRidge:
         self.cross = fade * self.cross + (x * w[:, None]).T @ y
         self.count = fade * self.count + w.sum()
 
-    def solve(self, choose: bool = True) -> None:
+    def solve(self, choose: bool = True, directions: bool = True) -> None:
         """New weights from every example. ``choose``: first pick the penalty under which the
-        older examples forecast the recent ones best (an eigendecomposition; else the last one)."""
+        older examples forecast the recent ones best (else the last one); ``directions``: draw the
+        output directions it is served in (:meth:`serving`) now, else when first served."""
         if self.count < 2 or not self._held:
             return
         rx = np.stack([x for x, _ in self._held])
@@ -148,7 +150,7 @@ class OnlineRidge:
             self.weights = np.linalg.solve(gram, self.cross + rx.T @ ry)
         except np.linalg.LinAlgError:
             return  # singular even so: the weights served stay
-        self.factors = self._directions() or ()  # here (the trainer's process), not where it is served
+        self.factors = (self._directions() or ()) if directions else None  # here (the trainer's process), not where it is served
 
     def _choose(self, rx: np.ndarray, ry: np.ndarray) -> float:
         """The penalty of the grid under which the older examples forecast the recent ones (rx, ry)
