@@ -240,7 +240,7 @@ class Engine:
         self.gate_weights()
         drawn = self._gate
         assert drawn is not None
-        wild = gate.wild(linear - recurrent, drawn.limit) if linear is not None else None
+        wild = np.nonzero(gate.wild(linear - recurrent, drawn.limit)) if linear is not None else None
         out = [mix(base, recurrent, linear, None if wild is None else (wild, w[1])) for mix, w in drawn.mixers]
         return out[0], out[-1]
 

@@ -224,10 +224,11 @@ class Mixer:
             else:
                 self.blends.append((cells, [(int(c), flat[c, cells]) for c in used]))
 
-    def __call__(self, persistence: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None, wild: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    def __call__(self, persistence: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None, wild: tuple[tuple[np.ndarray, ...], np.ndarray] | None = None) -> np.ndarray:
         """The forecasts (B, H, targets) from ``persistence`` (B, targets) and the others' (B, H,
         targets; ``linear`` None: not fitted yet, persistence in its place); at the forecasts that
-        ``wild``'s mask (B, H, targets) marks, weighed by its weights (contenders, H, targets)."""
+        ``wild`` names (the indices of a (B, H, targets) mask, as ``np.nonzero`` gives them, found
+        once for every mixer), weighed by its weights (contenders, H, targets)."""
         b = len(recurrent)
         flat = (None, recurrent.reshape(b, -1), None if linear is None else linear.reshape(b, -1))
 
@@ -244,8 +245,8 @@ class Mixer:
         for cells, terms in self.blends:
             out[:, cells] = sum(w * values(c, cells) for c, w in terms)
         out = out.reshape(recurrent.shape)
-        if wild is not None and wild[0].any():
-            at = np.nonzero(wild[0])
+        if wild is not None and len(wild[0][0]):
+            at = wild[0]
             cells = at[1] * recurrent.shape[2] + at[2]
             w = wild[1].reshape(len(flat), -1)[:, cells]
             with np.errstate(invalid="ignore"):

@@ -46,7 +46,7 @@ def test_a_mixer_copies_a_contender_a_cell_has_whole_and_weighs_the_rest_and_the
     wild_w = np.zeros_like(calm)
     wild_w[0] = 1.0  # wild: persistence
     wild = rng.uniform(size=(b, h, t)) < 0.3
-    out = gate.Mixer(calm)(base, recurrent, linear, (wild, wild_w))
+    out = gate.Mixer(calm)(base, recurrent, linear, (np.nonzero(wild), wild_w))
     sources = (np.broadcast_to(base[:, None, :], (b, h, t)), recurrent, linear)
     for i in range(b):
         for k in range(h):
