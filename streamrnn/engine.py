@@ -21,11 +21,12 @@ import torch
 from streamrnn import gate, trainer
 from streamrnn.config import Settings
 from streamrnn.evaluator import Evaluator
-from streamrnn.linear import OnlineRidge, Windows, forward_fill
+from streamrnn.linear import OnlineRidge, forward_fill
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
 from streamrnn.ring import Ring
 from streamrnn.state import HiddenBank, StreamCapError, catch_up
 from streamrnn.trainer import Snapshot, TrainReport, Verdict
+from streamrnn.windows import Windows
 
 log = logging.getLogger(__name__)
 
