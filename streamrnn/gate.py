@@ -204,51 +204,47 @@ def _weights(moments: np.ndarray, ready: np.ndarray) -> np.ndarray:
 
 class Mixer:
     """A combination's weights (contenders, H, targets), prepared once per draw for forecasts of any
-    batch: a (step, target) that one contender has whole (most: the served forecast is a choice)
-    is a copy of it, the rest weighted sums of the contenders they weigh (a contender of weight 0
-    is left out, so that its infinity cannot spoil the sum), so serving costs about a copy."""
+    batch: the weighted sum of the contenders that have some weight, as whole arrays (a contender
+    of weight 1 at a cell, the others 0, is copied there exactly), so that serving costs a few
+    array operations per contender at one stream as at thousands. A contender of weight 0 at a cell
+    must not spoil it with an infinity: the rare cells that come out non-finite are summed again
+    over only the contenders they weigh."""
 
     def __init__(self, w: np.ndarray) -> None:
-        k, h, t = w.shape
-        self.cells = h * t
-        self.targets = np.arange(h * t) % t  # of each flat (step, target)
-        flat = w.reshape(k, -1)
-        support = flat != 0
-        self.copies: list[tuple[int, np.ndarray]] = []  # (contender, cells)
-        self.blends: list[tuple[np.ndarray, list[tuple[int, np.ndarray]]]] = []  # (cells, [(contender, weights)])
-        for pattern in np.unique(support.T, axis=0):
-            cells = np.flatnonzero((support.T == pattern).all(axis=1))
-            used = np.flatnonzero(pattern)
-            if len(used) == 1 and (flat[used[0], cells] == 1.0).all():
-                self.copies.append((int(used[0]), cells))
-            else:
-                self.blends.append((cells, [(int(c), flat[c, cells]) for c in used]))
+        self.w = w
+        self.used = [c for c in range(len(w)) if (w[c] != 0).any()]
+        self.whole = next((c for c in self.used if (w[c] == 1.0).all()), None)  # one contender everywhere: a copy
 
     def __call__(self, persistence: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None, wild: tuple[tuple[np.ndarray, ...], np.ndarray] | None = None) -> np.ndarray:
         """The forecasts (B, H, targets) from ``persistence`` (B, targets) and the others' (B, H,
         targets; ``linear`` None: not fitted yet, persistence in its place); at the forecasts that
         ``wild`` names (the indices of a (B, H, targets) mask, as ``np.nonzero`` gives them, found
         once for every mixer), weighed by its weights (contenders, H, targets)."""
-        b = len(recurrent)
-        flat = (None, recurrent.reshape(b, -1), None if linear is None else linear.reshape(b, -1))
-
-        def values(c: int, cells: np.ndarray, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
-            src = flat[c]
-            return persistence[rows, self.targets[cells]] if src is None else src[rows, cells]
-
-        out = np.empty((b, self.cells), dtype=np.result_type(persistence, recurrent, *(() if linear is None else (linear,))))
-        for c, cells in self.copies:
-            if len(cells) == self.cells:
-                out[...] = values(c, cells)
-            else:
-                out[:, cells] = values(c, cells)
-        for cells, terms in self.blends:
-            out[:, cells] = sum(w * values(c, cells) for c, w in terms)
-        out = out.reshape(recurrent.shape)
+        held = persistence[:, None, :]
+        sources = (held, recurrent, held if linear is None else linear)
+        dtype = np.result_type(persistence, recurrent, *(() if linear is None else (linear,)))
+        if self.whole is not None:
+            out = np.array(np.broadcast_to(sources[self.whole], recurrent.shape), dtype=dtype)
+        else:
+            out = None
+            with np.errstate(invalid="ignore"):
+                for c in self.used:  # in contender order, as the cells that spoil are summed below
+                    term = self.w[c] * sources[c]
+                    out = term if out is None else np.add(out, term, out=out)
+            out = np.asarray(out, dtype=dtype)
+            if not np.isfinite(out).all():
+                at = np.nonzero(~np.isfinite(out))
+                out[at] = _weighed(self.w[:, at[1], at[2]], persistence, recurrent, linear, at)
         if wild is not None and len(wild[0][0]):
             at = wild[0]
-            cells = at[1] * recurrent.shape[2] + at[2]
-            w = wild[1].reshape(len(flat), -1)[:, cells]
-            with np.errstate(invalid="ignore"):
-                out[at] = sum(np.where(w[c] != 0, w[c] * values(c, cells, at[0]), 0.0) for c in range(len(flat)))
+            out[at] = _weighed(wild[1][:, at[1], at[2]], persistence, recurrent, linear, at)
         return out
+
+
+def _weighed(w: np.ndarray, persistence: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None, at: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The forecasts at ``at`` (indices into (B, H, targets)) weighed by ``w`` (contenders, len(at)),
+    each contender only where it has weight."""
+    held = persistence[at[0], at[2]]
+    values = (held, recurrent[at], held if linear is None else linear[at])
+    with np.errstate(invalid="ignore"):
+        return sum(np.where(w[c] != 0, w[c] * values[c], 0.0) for c in range(len(values)))

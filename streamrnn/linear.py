@@ -267,7 +267,9 @@ class OnlineRidge:
 
     def normalise(self, held: np.ndarray) -> np.ndarray:
         """Held values (..., channels) on this ridge's scale, 0 (the mean) where never seen."""
-        return np.nan_to_num((held - self.mean) / self.std, nan=0.0)
+        z = (held - self.mean) / self.std
+        z[np.isnan(z)] = 0.0
+        return z
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Normalised changes (..., horizon, targets) from features (..., features)."""
