@@ -11,10 +11,14 @@ luck. So what is served is persistence, unless another of the four had less squa
 by more than chance (a one-sided test on the difference of squared errors, Diebold and Mariano's,
 at ``SIGNIFICANT`` standard errors), at that step or over all steps of that target; of those that
 did, the one with the least at that step. Errors k steps ahead overlap k - 1 steps with their
-neighbours', so only one in k counts as evidence; a (step, target) with too little of it is judged
-on its target's errors pooled over the steps, and where that is too little, on its regime's pooled
-over steps and targets. Only errors already scored enter, so no choice depends on a value that had
-not arrived when the forecast was made.
+neighbours', so only one in k counts as evidence, and the errors' weights fade: a (step, target)
+with too little of it within the gate's memory (far steps, always) is judged on its target's
+errors pooled over the steps, and where that is too little, on its regime's pooled over steps and
+targets. One with enough is judged on its own errors drawn toward its target's, the more the less
+evidence it has (a prior of ``warmup`` errors' worth): the steps of one target err alike, and a
+choice or a combination drawn from a few dozen effective errors is mostly noise. Only errors
+already scored enter, so no choice depends on a value that had not arrived when the forecast was
+made.
 
 Weights learnt in calm times do not carry over to the moments after a set-point step or an upset,
 when a linear model extrapolates the jump in its window for as long as the window holds it. So a
@@ -106,11 +110,13 @@ def weights(errors: Errors, warmup: float) -> tuple[np.ndarray, np.ndarray]:
         ess = np.where(errors.weight2 > 0, errors.weight**2 / errors.weight2, 0.0) / steps  # effective errors behind the sums
         second, fourth = (np.nan_to_num(m / errors.weight[..., None, None]) for m in (errors.second, errors.fourth))
     own, target, regime = levels(second, fourth, ess, errors.count / steps)
+    own = own._replace(seen=np.minimum(own.seen, own.ess))  # the errors seen, as far as they still weigh
     by_own = own.seen >= warmup
     by_target = ~by_own & (target.seen >= warmup)
     by_regime = ~by_own & ~by_target & (regime.seen >= warmup)
     cell = by_own[..., None, None], by_target[..., None, None]
-    second = np.where(cell[0], own.second, np.where(cell[1], target.second, regime.second))
+    shrink = (own.ess / (own.ess + warmup))[..., None, None]
+    second = np.where(cell[0], shrink * own.second + (1 - shrink) * target.second, np.where(cell[1], target.second, regime.second))
     ready = by_own | by_target | by_regime
     # a cell of its own may go by its target's steps too: a lead over all of them is better evidence
     beats = ((by_own | by_target)[..., None] & _beats(target)) | (by_own[..., None] & _beats(own)) | (by_regime[..., None] & _beats(regime))

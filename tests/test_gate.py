@@ -144,3 +144,37 @@ def test_a_target_with_too_few_errors_of_its_own_goes_by_its_regime():
     e.count[0, 0] = 10  # now not even all three together have enough: the recurrent model everywhere
     _, served = gate.weights(e, warmup=50)
     np.testing.assert_array_equal(served[0, gate.RECURRENT, 0], [1, 1, 1])
+
+
+def test_a_step_whose_errors_have_faded_goes_by_its_target_however_many_it_has_seen():
+    """After a long run a far step has seen thousands of errors, but within the gate's memory only a
+    few dozen effective ones, one in k of them news: it is judged on its target's steps pooled."""
+    rng = np.random.default_rng(6)
+    near = rng.normal(size=(400, 4)) * np.array([1.0, 3.0, 0.3, 3.0])  # the linear family best
+    far = rng.normal(size=(400, 4)) * np.array([1.0, 3.0, 1.2, 3.0])  # persistence best, not by much
+    e = errors_of(near, far)
+    _, served = gate.weights(e, warmup=50)
+    np.testing.assert_array_equal(served[0, :, 1, 0], [1, 0, 0])  # 200 effective errors of its own: persistence
+    e.count[:] = 100_000  # a long run, with weights of a memory of 100 errors: 100 / 2 effective at step 2
+    scale = 100 / 400
+    e.second[0, 1] *= scale
+    e.fourth[0, 1] *= scale
+    e.weight[0, 1] = 100.0
+    e.weight2[0, 1] = 100.0
+    _, served = gate.weights(e, warmup=60)
+    np.testing.assert_array_equal(served[0, :, 1, 0], [0, 0, 1])  # its target's: the linear family
+
+
+def test_a_step_with_little_evidence_of_its_own_is_weighed_toward_its_target():
+    """The combination of a step with a few dozen effective errors lies between the one its own
+    errors alone would draw and its target's, nearer its own the more errors it has."""
+    rng = np.random.default_rng(8)
+    near = rng.normal(size=(4000, 4)) * np.array([1.0, 3.0, 0.5, 3.0])
+    odd = rng.normal(size=(120, 4)) * np.array([1.0, 0.8, 1.5, 3.0])  # the recurrent model best here
+    mixed, _ = gate.weights(errors_of(near, odd), warmup=50)
+    alone = gate._weights(moments_of(odd), np.array([[True]]))[:, 0, 0]
+    assert alone[gate.RECURRENT] > 0.5 > alone[gate.LINEAR]
+    got = mixed[0, :, 1, 0]
+    assert mixed[0, gate.LINEAR, 0, 0] > got[gate.LINEAR] > alone[gate.LINEAR]
+    more, _ = gate.weights(errors_of(near, np.tile(odd, (4, 1))), warmup=50)
+    assert got[gate.RECURRENT] < more[0, gate.RECURRENT, 1, 0] < alone[gate.RECURRENT] + 1e-9
