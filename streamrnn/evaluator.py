@@ -76,6 +76,7 @@ class Evaluator:
         self._gate_decay = 1.0 - 1.0 / gate_memory
         self._gate_redraw, self._gate_new = max(1, gate_memory // 10), 0  # errors (per step and target, at most) between draws, and since the last
         self._gate_passes = 0  # scoring passes since the last draw
+        self._gate_drawn = 0.0  # errors (per step and target, at most) folded as of the last draw
 
     # -- per-stream pending forecasts -------------------------------------------------------
     def _ensure(self, row: int) -> None:
@@ -181,8 +182,12 @@ class Evaluator:
             self.errors.fold(1, err[:, :, some], wild[:, :, some], self._gate_decay)
         self._gate_new += int(n.max())
         self._gate_passes += 1
-        if self._gate_new >= self._gate_redraw and self._gate_passes >= _GATE_PASSES:  # a tenth of its memory is new: worth drawing again
+        seen = float(self.errors.count.sum(axis=0).max())
+        # worth drawing again: a tenth of its memory is new, or, while the evidence is young (a new
+        # contender's first errors), it has doubled since the last draw
+        if (self._gate_new >= self._gate_redraw and self._gate_passes >= _GATE_PASSES) or seen >= 2 * self._gate_drawn:
             self._gate_new = self._gate_passes = 0
+            self._gate_drawn = seen
             self.moments_version += 1
 
     def bands(self, pred: np.ndarray) -> np.ndarray:
@@ -217,7 +222,7 @@ class Evaluator:
         out["total"] = {k: v.copy() for k, v in self.total.items()}
         out["live"] = {k: v.copy() for k, v in self.live.items()}
         out["bands"] = {"half": None if self._half is None else self._half.copy(), "new": self._new.copy(), "shown": self._shown.copy()}
-        out["gate"] = {**self.errors.state(), "spread": self.spread.copy(), "new": self._gate_new, "passes": self._gate_passes}
+        out["gate"] = {**self.errors.state(), "spread": self.spread.copy(), "new": self._gate_new, "passes": self._gate_passes, "drawn": self._gate_drawn}
         return out
 
     def load_state(self, st: dict) -> None:
@@ -245,6 +250,7 @@ class Evaluator:
         kept = st.get("gate", {})  # older checkpoints: the gate starts afresh
         self._gate_new, self._gate_passes = int(kept.get("new", 0)), int(kept.get("passes", 0))
         self.errors = gate.Errors.from_state(kept, self.errors)
+        self._gate_drawn = float(kept.get("drawn", self.errors.count.sum(axis=0).max()))  # older checkpoints: as of now
         self.spread = kept["spread"].copy() if kept.get("spread") is not None and kept["spread"].shape == self.spread.shape else np.zeros_like(self.spread)
         self.moments_version += 1
         bands = st.get("bands")  # the bands as drawn, so a restart draws them again exactly when this run would

@@ -194,3 +194,23 @@ def test_the_residual_ring_keeps_the_newest_errors_in_arrival_order():
         seen += [abs(x) for x in truth[:, 0] if x == x]
         assert sorted(ev._res[0, 0]) == sorted(seen[-10:])
     assert ev._res_n[0, 0] == len(seen)
+
+
+def test_the_gate_is_drawn_again_as_its_first_errors_double_then_every_tenth_of_its_memory():
+    """A new contender's first errors reach the gate within a few passes (each time they have
+    doubled), not a tenth of the gate's memory later; once the evidence is mature, a draw waits for
+    a tenth of its memory (50 errors here) of new errors."""
+    rng = np.random.default_rng(9)
+    ev = Evaluator(targets=1, horizon=2, contenders=3, gate_memory=500)
+    ev.reset(0)
+    versions = []
+    for tick in range(2000):
+        x = rng.normal(size=(1, 1))
+        ev.score(np.array([0]), np.array([tick]), x)
+        fc = np.full((1, 2, 1), 0.5)
+        ev.record(np.array([0]), np.array([tick]), ev.bands(fc), x[0:1], (fc, fc * 2, fc))
+        versions.append((int(ev.errors.count[:, 0, 0].sum()), ev.moments_version))
+    young = max(v for n, v in versions if n < 50)
+    assert young >= 3  # drawn at about 8, 16 and 32 errors: before the 50 of a tenth of the memory
+    later = versions[1999][1] - versions[999][1]  # a thousand errors at step 1
+    assert 12 <= later <= 22, later
