@@ -22,8 +22,8 @@ import numpy as np
 from streamrnn import gate
 
 _TOTALS = ("n", "se", "se_p", "ae", "ae_p", "n_band", "hit")
-_ARRAYS = ("tick", "fc", "base", "res", "res_n")  # kept in a checkpoint
-_MOMENT_ROWS = 64  # scored forecasts per pass that feed the gate, at most (evenly spread)
+_ARRAYS = ("tick", "fc", "base", "ctick", "cfc", "res", "res_n")  # kept in a checkpoint
+_MOMENT_ROWS = 64  # streams whose contenders' forecasts are kept for the gate (a panel), and scored forecasts per pass that feed it, at most
 _GATE_PASSES = 4  # scoring passes at least between two draws of the gate's weights
 LAG = 8  # steps whose truths may wait to be scored together
 FLUSH = 256  # frames queued that are scored at once: a batch this large gains nothing by waiting
@@ -42,11 +42,16 @@ class Evaluator:
         # its last step's truth is scored, which may wait LAG steps): the prediction and its band's
         # half-width side by side, so that scoring a batch gathers each forecast step in one piece,
         # and the persistence forecast. float32, as the forecasts are published: at 1,000 streams
-        # this is the engine's largest array after the rings.
+        # this is the engine's largest array after the rings. The contenders' forecasts, which only
+        # the gate's error moments read, are kept for a panel of streams (all of them up to
+        # _MOMENT_ROWS), in slots of their own.
         self._slots = h + 1 + LAG
         self._tick = np.zeros((0, self._slots), dtype=np.int64)
-        self._fc = np.zeros((0, self._slots, h, 2 + contenders, t), dtype=np.float32)  # prediction, half-width, contenders
+        self._fc = np.zeros((0, self._slots, h, 2, t), dtype=np.float32)  # prediction, half-width
         self._base = np.zeros((0, self._slots, t), dtype=np.float32)
+        self._ctick = np.zeros((0, self._slots), dtype=np.int64)
+        self._cfc = np.zeros((0, self._slots, h, contenders, t), dtype=np.float32)
+        self._epoch = 4 * self._slots  # ticks between two turns of the panel
         # Truths waiting to be scored, and the last tick whose forecasts may be recorded before they
         # are: a later one may reuse a slot that holds a forecast they score.
         self._queue: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -90,7 +95,8 @@ class Evaluator:
             return out
 
         self._tick, self._fc, self._base = grow(self._tick), grow(self._fc), grow(self._base)
-        self._tick[had:] = -1  # no forecast: a slot is read only where its tick is the one wanted
+        self._ctick, self._cfc = grow(self._ctick), grow(self._cfc)
+        self._tick[had:] = self._ctick[had:] = -1  # no forecast: a slot is read only where its tick is the one wanted
 
     def reset(self, row: int) -> None:
         """Open a stream's row, or forget its pending forecasts (the row is reused or its state was
@@ -98,7 +104,17 @@ class Evaluator:
         or recorded."""
         self.flush()
         self._ensure(row)
-        self._tick[row] = -1
+        self._tick[row] = self._ctick[row] = -1
+
+    def panel(self, rows: np.ndarray, ticks: np.ndarray) -> np.ndarray | slice:
+        """Which of a batch's forecasts (``rows``, ``ticks`` as ``record`` takes them) keep their
+        contenders' for the gate: every one while the streams' rows are at most _MOMENT_ROWS, else
+        a panel of about that many rows, turning every few horizons so that every stream takes its
+        turn; a function of row and tick alone, so that a replay and the daemon keep the same."""
+        stride = -(-len(self._tick) // _MOMENT_ROWS)
+        if stride <= 1:
+            return slice(None)
+        return np.flatnonzero((rows + ticks // self._epoch) % stride == 0)
 
     def score(self, rows: np.ndarray, ticks: np.ndarray, truth: np.ndarray) -> None:
         """Score what was forecast for ``ticks`` against ``truth`` (B, targets), NaN where not
@@ -136,9 +152,8 @@ class Evaluator:
         n = ok.sum(axis=0)  # (H, T)
         if not n.any():
             return
-        if self.contenders:  # of more than _MOMENT_ROWS forecasts, as many evenly spread: the moments are means
-            few = slice(None) if len(ok) <= _MOMENT_ROWS else np.linspace(0, len(ok) - 1, _MOMENT_ROWS).astype(np.int64)
-            self._moments(np.concatenate([err_p[few][:, :, None], fc[few, :, 2:] - truth[few][:, :, None]], axis=2), ok[few])
+        if self.contenders:
+            self._contenders(rows, slots, made, truth, err_p, ok)
         np.copyto(err, 0.0, where=~ok)
         np.copyto(err_p, 0.0, where=~ok)
         ae, ae_p = np.abs(err, out=err), np.abs(err_p, out=err_p)
@@ -159,6 +174,21 @@ class Evaluator:
         self._new += n
         if self._new.max() >= self._redraw or (self._waiting and (self._shown != (self._res_n >= self._enough)).any()):
             self._half = None  # drawn again at the next half_width
+
+    def _contenders(self, rows: np.ndarray, slots: np.ndarray, made: np.ndarray, truth: np.ndarray, err_p: np.ndarray, ok: np.ndarray) -> None:
+        """The errors of the contenders' forecasts kept for these truths (B, 1, T), into the gate's
+        moments beside persistence's (``err_p``, (B, H, T)); of more than _MOMENT_ROWS of them, as
+        many evenly spread: the moments are means."""
+        kept = self._ctick[rows[:, None], slots] == made  # (B, H)
+        some = np.flatnonzero(kept.any(axis=1))
+        if not len(some):
+            return
+        if len(some) > _MOMENT_ROWS:
+            some = some[np.linspace(0, len(some) - 1, _MOMENT_ROWS).astype(np.int64)]
+        at = (rows[some, None] * self._slots + slots[some]) * self.horizon + self._ks - 1
+        cfc = self._cfc.reshape(-1, *self._cfc.shape[3:]).take(at, axis=0)  # (S, H, K, T)
+        err = np.concatenate([err_p[some][:, :, None], cfc - truth[some][:, :, None]], axis=2)
+        self._moments(err, ok[some] & kept[some][..., None])
 
     def _moments(self, err: np.ndarray, ok: np.ndarray) -> None:
         """Fold the errors (B, H, K, T) of persistence and the contenders into the gate's, where the
@@ -197,21 +227,24 @@ class Evaluator:
         self.half_width()
         return pred.astype(np.float32)[:, :, None, :] + self._spread
 
-    def record(self, rows: np.ndarray, ticks: np.ndarray, band: np.ndarray, base: np.ndarray, contenders: tuple[np.ndarray, ...] = ()) -> None:
+    def record(self, rows: np.ndarray, ticks: np.ndarray, band: np.ndarray, base: np.ndarray, contenders: tuple[np.ndarray, ...] = (), panel: np.ndarray | slice = slice(None)) -> None:
         """Keep forecasts made at ``ticks``: ``band`` (B, H, 3, targets) as ``bands`` draws it, base
-        (B, targets) = persistence, and the contenders' forecasts (B, H, targets) each; ``rows``
-        (B,) distinct."""
+        (B, targets) = persistence, and the contenders' forecasts (P, H, targets) each at the
+        forecasts ``panel`` names (:meth:`panel`); ``rows`` (B,) distinct."""
         if ticks.max() > self._due:
             self.flush()  # a slot about to be reused may hold a forecast a queued truth scores
         s = ticks % self._slots
         self._tick[rows, s] = ticks
-        fc = np.empty((len(rows), self.horizon, 2 + self.contenders, self.targets), dtype=np.float32)
+        fc = np.empty((len(rows), self.horizon, 2, self.targets), dtype=np.float32)
         fc[:, :, 0] = band[:, :, 0]
         np.subtract(band[:, :, 2], band[:, :, 0], out=fc[:, :, 1])  # the half-width
-        for i, c in enumerate(contenders):
-            fc[:, :, 2 + i] = c
         self._fc[rows, s] = fc
         self._base[rows, s] = base
+        if contenders:
+            r, s = rows[panel], s[panel]
+            self._ctick[r, s] = ticks[panel]
+            for i, c in enumerate(contenders):
+                self._cfc[r, s, :, i] = c
 
     # -- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict:
@@ -231,10 +264,13 @@ class Evaluator:
             st = {**st, "fc": np.stack([st["pred"], st["hi"] - st["pred"]], axis=3)}
         elif st["fc"].ndim == 5 and st["fc"].shape[3] == 3:  # prediction, lower and upper band
             st = {**st, "fc": np.stack([st["fc"][:, :, :, 0], st["fc"][:, :, :, 2] - st["fc"][:, :, :, 0]], axis=3)}
-        if st["fc"].ndim == 5 and st["fc"].shape[3] != 2 + self.contenders:  # kept other contenders, or none: theirs are not known
-            fc = np.full((*st["fc"].shape[:3], 2 + self.contenders, st["fc"].shape[4]), np.nan, dtype=np.float32)
-            fc[:, :, :, :2] = st["fc"][:, :, :, :2]
-            st = {**st, "fc": fc}
+        k, fc = self.contenders, st["fc"]
+        if "cfc" not in st:  # written before the contenders' forecasts had slots of their own: after the band's, if at all
+            kept = fc.ndim == 5 and fc.shape[3] == 2 + k
+            st = {**st, "fc": fc[:, :, :, :2], "ctick": st["tick"].copy() if kept else np.full_like(st["tick"], -1),
+                  "cfc": fc[:, :, :, 2:] if kept else np.full((*fc.shape[:3], k, fc.shape[4]), np.nan, np.float32)}  # fmt: skip
+        elif st["cfc"].ndim == 5 and st["cfc"].shape[3] != k:  # kept other contenders: theirs are not known
+            st = {**st, "ctick": np.full_like(st["ctick"], -1), "cfc": np.full((*st["cfc"].shape[:3], k, st["cfc"].shape[4]), np.nan, np.float32)}
         for name in _ARRAYS:
             have, got = getattr(self, f"_{name}").shape, st[name].shape
             if got[2:] != have[2:] or (name in ("res", "res_n") and got != have):
@@ -242,6 +278,7 @@ class Evaluator:
         for name in ("res", "res_n"):
             setattr(self, f"_{name}", st[name].copy())
         self._tick, self._fc, self._base = self._reslot(st["tick"], st["fc"], st["base"])
+        self._ctick, self._cfc = self._reslot(st["ctick"], st["cfc"])
         self._queue = [tuple(np.asarray(a) for a in entry) for entry in st.get("queue", [])]  # older checkpoints flushed it first
         self._queued = sum(len(rows) for rows, _, _ in self._queue)
         self._due = min((int(ticks.min()) + LAG for _, ticks, _ in self._queue), default=_NEVER)
@@ -261,18 +298,18 @@ class Evaluator:
         else:
             self._half = None
 
-    def _reslot(self, tick: np.ndarray, fc: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Pending forecasts saved with any number of slots, each in its slot here (by tick)."""
+    def _reslot(self, tick: np.ndarray, *kept: np.ndarray) -> list[np.ndarray]:
+        """Pending forecasts saved with any number of slots (their ticks, and what is kept of them
+        per slot), each in its slot here (by tick)."""
         rows = len(tick)
-        out_tick = np.full((rows, self._slots), -1, dtype=np.int64)
-        out_fc = np.full((rows, self._slots, *self._fc.shape[2:]), np.nan, dtype=self._fc.dtype)
-        out_base = np.full((rows, self._slots, self.targets), np.nan, dtype=self._base.dtype)
+        out = [np.full((rows, self._slots), -1, dtype=np.int64)] + [np.full((rows, self._slots, *a.shape[2:]), np.nan, dtype=np.float32) for a in kept]
         r, s = np.nonzero(tick >= 0)
         order = np.argsort(tick[r, s], kind="stable")  # of two that meet in one slot, the newer stays
         r, s = r[order], s[order]
         to = tick[r, s] % self._slots
-        out_tick[r, to], out_fc[r, to], out_base[r, to] = tick[r, s], fc[r, s], base[r, s]
-        return out_tick, out_fc, out_base
+        for a, b in zip(out, (tick, *kept)):
+            a[r, to] = b[r, s]
+        return out
 
     # -- bands and scores -------------------------------------------------------------------
     def half_width(self) -> np.ndarray:

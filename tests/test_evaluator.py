@@ -196,6 +196,46 @@ def test_the_residual_ring_keeps_the_newest_errors_in_arrival_order():
     assert ev._res_n[0, 0] == len(seen)
 
 
+def test_past_64_streams_the_contenders_of_a_turning_panel_feed_the_gate():
+    """With more streams than the gate needs, only a panel of them keeps its contenders' forecasts,
+    each stream taking its turn; the gate's errors are those of the right forecasts: the linear
+    contender, 0.1 off the truth, persistence, the last value of a white noise, and the recurrent
+    one, 1.0 off, come out in that order by their mean squares."""
+    rng = np.random.default_rng(7)
+    n, horizon = 300, 4
+    ev = Evaluator(targets=2, horizon=horizon, contenders=3)
+    rows = np.arange(n)
+    for row in rows:
+        ev.reset(row)
+    x = rng.normal(size=(500 + horizon, n, 2))  # the truths, tick by tick
+    seen: set[int] = set()
+    for tick in range(500):
+        ev.score(rows, np.full(n, tick), x[tick])
+        ahead = np.swapaxes(x[tick + 1 : tick + 1 + horizon], 0, 1)  # (B, H, T): what is coming
+        panel = ev.panel(rows, np.full(n, tick))
+        assert isinstance(panel, np.ndarray) and 0 < len(panel) <= 64
+        seen.update(panel.tolist())
+        linear, recurrent = ahead + 0.1 * rng.normal(size=ahead.shape), ahead + rng.normal(size=ahead.shape)
+        band = ev.bands(ahead + 0.5 * rng.normal(size=ahead.shape))
+        ev.record(rows, np.full(n, tick), band, x[tick], (recurrent[panel], linear[panel], linear[panel]), panel)
+    assert seen == set(range(n))  # every stream took its turn
+    count = ev.errors.count.sum(axis=0)
+    assert (count > 1000).all() and (count < 500 * 64).all()
+    mse = np.diagonal(ev.errors.second[0], axis1=-2, axis2=-1) / ev.errors.weight[0][..., None]  # (H, T, K + 1)
+    np.testing.assert_allclose(mse[..., 0], 2.0, rtol=0.25)  # persistence: two unit noises apart
+    np.testing.assert_allclose(mse[..., 1], 1.0, rtol=0.25)
+    np.testing.assert_allclose(mse[..., 2], 0.01, rtol=0.25)
+
+
+def test_up_to_64_streams_every_forecast_keeps_its_contenders():
+    ev = Evaluator(targets=1, horizon=2, contenders=3)
+    for row in range(64):
+        ev.reset(row)
+    assert ev.panel(np.arange(64), np.zeros(64, int)) == slice(None)
+    ev.reset(64)
+    assert len(ev.panel(np.arange(65), np.zeros(65, int))) < 65
+
+
 def test_the_gate_is_drawn_again_as_its_first_errors_double_then_every_tenth_of_its_memory():
     """A new contender's first errors reach the gate within a few passes (each time they have
     doubled), not a tenth of the gate's memory later; once the evidence is mature, a draw waits for
