@@ -43,7 +43,7 @@ def _engine(settings: Settings):
     c = len(engine.channels)
     values = np.stack([v[0] for _, v in simulator.Reactor(seed=0).run(600)])
     values = values[:, [simulator.FEATURES.index(name) for name in engine.channels]]
-    ridge = OnlineRidge(c, list(engine.spec.target_index), engine.spec.horizon, settings.linear.lookback, *normalisation([values]))
+    ridge = OnlineRidge(c, list(engine.spec.target_index), engine.spec.horizon, settings.linear.lookback, *normalisation([values]), calendar=settings.linear.calendar)
     ridge.learn_frames(["s0"], [values], [np.arange(len(values), dtype=float)], [len(values)], settings.linear.max_examples)
     assert engine.adopt_linear(ridge.state())
     return engine

@@ -21,7 +21,7 @@ import torch
 from streamrnn import gate, trainer
 from streamrnn.config import Settings
 from streamrnn.evaluator import Evaluator
-from streamrnn.linear import OnlineRidge, forward_fill
+from streamrnn.linear import OnlineRidge, calendar, forward_fill
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
 from streamrnn.ring import Ring
 from streamrnn.state import HiddenBank, StreamCapError, catch_up
@@ -139,7 +139,7 @@ class Engine:
         self.evaluator = Evaluator(len(self._ti), self.spec.horizon, ev.coverage, ev.residuals, ev.live_window, contenders=3, gate_memory=settings.gate.memory)
         self.linear: OnlineRidge | None = None  # the linear contender, once a retrain has fitted it
         self._windows: Windows | None = None  # and what it reads per stream
-        self._serving: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None  # its weights, as it is served
+        self._serving: tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None] | None = None  # its weights, as it is served
         self._gate: _Drawn | None = None  # the gate's weights, as last drawn
         self.rings: dict[int, Ring] = {}
         self._last_tick: dict[int, int] = {}
@@ -212,38 +212,44 @@ class Engine:
         out = base[:, None, :] + deltas * self._std_t  # (B, H+1, T): steps 0..H
         soft = self._key & ~np.isfinite(truth)  # key variables between their samples
         now = np.where(soft, out[:, 0], base)
-        recurrent, linear = out[:, 1:], self._linear(r, held, base)
-        served, mixed = self._serve(base, recurrent, linear)  # before the linear contender's first fit, the gate weighs the other two
-        if linear is None:
-            linear = np.float32(np.nan)
+        recurrent, linear = out[:, 1:], self._linear(r, held, base, frames)
+        panel = self.evaluator.panel(r, t)  # the forecasts whose contenders the gate will score
+        served, mixed = self._serve(base, recurrent, linear, panel)  # before the linear contender's first fit, the gate weighs the other two
         band = self.evaluator.bands(served)  # (B, H, 3, T): prediction, lower, upper
-        self.evaluator.record(r, t, band, base, (recurrent, linear, mixed))
+        self.evaluator.record(r, t, band, base, (recurrent[panel], np.float32(np.nan) if linear is None else linear[panel], mixed), panel)
         self.frames_seen += len(rows)
         return Forecasts([f.stream for f in frames], [f.ts for f in frames], self.spec.kind, self.version, self.spec.targets, band[:, :, 0], band[:, :, 1], band[:, :, 2], now)
 
-    def _linear(self, rows: np.ndarray, held: np.ndarray, base: np.ndarray) -> np.ndarray | None:
+    def _linear(self, rows: np.ndarray, held: np.ndarray, base: np.ndarray, frames: list[Frame]) -> np.ndarray | None:
         """The linear contender's forecasts (B, H, T) from each stream's window, now that ``held``
-        (B, C) joined it; None before its first fit."""
+        (B, C) of ``frames`` joined it; None before its first fit."""
         if self._serving is None or self._windows is None or self.linear is None:
             return None
         self._windows.push(rows, self.linear.normalise(held))
-        w_in, w_out, b = self._serving
+        w_in, w_out, b, w_when = self._serving
         change = self._windows.gather(rows) @ w_in
         if w_out is not None:
             change = change @ w_out
         change += b
+        if w_when is not None:
+            change += calendar(np.array([f.ts for f in frames])).astype(np.float32) @ w_when
         return base[:, None, :] + change.reshape(len(rows), self.spec.horizon, len(self._ti))
 
-    def _serve(self, base: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """The gate's forecasts (B, H, T): the served one and the combination of the contenders (served
-        where it has done best), each with the gate's wild weights where the linear and the recurrent
-        forecast are unusually far apart, its calm ones elsewhere."""
+    def _serve(self, base: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None, panel: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
+        """The gate's forecasts: the served one (B, H, T), and the combination of the contenders
+        (served where it has done best) at the forecasts ``panel`` names, for the gate to score;
+        each with the gate's wild weights where the linear and the recurrent forecast are unusually
+        far apart, its calm ones elsewhere."""
         self.gate_weights()
         drawn = self._gate
         assert drawn is not None
-        wild = np.nonzero(gate.wild(linear - recurrent, drawn.limit)) if linear is not None else None
-        out = [mix(base, recurrent, linear, None if wild is None else (wild, w[1])) for mix, w in drawn.mixers]
-        return out[0], out[-1]
+        wild = gate.wild(linear - recurrent, drawn.limit) if linear is not None else None
+        (serve, w), (mix, m) = drawn.mixers[0], drawn.mixers[-1]
+        served = serve(base, recurrent, linear, None if wild is None else (np.nonzero(wild), w[1]))
+        if len(drawn.mixers) == 1:
+            return served, served[panel]
+        few = None if linear is None else linear[panel]
+        return served, mix(base[panel], recurrent[panel], few, None if wild is None else (np.nonzero(wild[panel]), m[1]))
 
     def gate_weights(self) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
         """Per regime (:data:`gate.REGIMES`), contender (:data:`gate.CONTENDERS`), step and target,
@@ -313,7 +319,7 @@ class Engine:
         lin = self.settings.linear
         self._next_linear = self.frames_seen + lin.refit_every
         return Snapshot(list(self.bank.rows), [v for _, v in last], [t for t, _ in last], self.settings.trainer.holdout_fraction, counts, self.bank.held[rows], self.bank.centre[rows],
-                        linear=self.linear.state() if self.linear is not None else None, lookback=lin.lookback if lin.enabled else 0, max_examples=lin.max_examples, recurrent=recurrent)  # fmt: skip
+                        linear=self.linear.state() if self.linear is not None else None, lookback=lin.lookback if lin.enabled else 0, calendar=lin.calendar, max_examples=lin.max_examples, recurrent=recurrent)  # fmt: skip
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -382,10 +388,11 @@ class Engine:
         engine's channels, targets and horizon, or is not finite, is refused (the one before stays)."""
         try:
             ridge = OnlineRidge.from_state(state)
-            want = (len(self.channels), tuple(self._ti), self.spec.horizon, self.settings.linear.lookback)
-            got = (ridge.channels, tuple(ridge.targets.tolist()), ridge.horizon, ridge.lookback)
+            lin = self.settings.linear
+            want = (len(self.channels), tuple(self._ti), self.spec.horizon, lin.lookback, lin.calendar)
+            got = (ridge.channels, tuple(ridge.targets.tolist()), ridge.horizon, ridge.lookback, ridge.calendar)
             if got != want:
-                raise ValueError(f"it has (channels, targets, horizon, lookback) {got}, this engine {want}")
+                raise ValueError(f"it has (channels, targets, horizon, lookback, calendar) {got}, this engine {want}")
         except (ValueError, KeyError, TypeError) as e:
             self.counts["linear_refused"] += 1
             log.warning("linear contender refused: %s", e)

@@ -1,8 +1,9 @@
 """The linear contender: direct multi-step ridge regression on a lookback window, learnt online.
 
 From the last ``lookback`` rows of every channel (as changes from the newest row, plus the newest
-row's level and a bias, on the normalised scale) to the next ``horizon`` changes of every target,
-in closed form. A row's example is complete, and learnt, only once the ``horizon`` rows after it
+row's level and a bias, on the normalised scale), and optionally the time of day and of the week
+of the newest row (:func:`calendar`: plants follow the sun and the shifts), to the next
+``horizon`` changes of every target, in closed form. A row's example is complete, and learnt, only once the ``horizon`` rows after it
 have arrived (delayed labels): nothing is learnt from a value before it arrived. The sufficient
 statistics (Gram matrix and cross-products) are kept with exponential forgetting, so that the fit
 follows a drifting process; the weights are solved again every ``refit`` examples. The ridge
@@ -19,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 _PENALTIES = np.logspace(-4, 2, 13)  # times the mean eigenvalue of the Gram matrix
+CALENDAR = 4  # calendar features: the first harmonics of the day and of the week
+_CYCLES = np.array([86400.0, 7 * 86400.0])  # a day and a week, in seconds
 _CHUNK = 2048  # examples formed at once when learning from frames
 RANK_LOSS = 1e-3  # of each output's forecast variance (on average), what serving may leave out to serve fewer output directions
 
@@ -27,13 +30,15 @@ class OnlineRidge:
     """One direct multi-step ridge over ``channels`` inputs for ``targets`` (indices into the
     channels), fitted from the examples of every stream that feeds it."""
 
-    def __init__(self, channels: int, targets: list[int], horizon: int, lookback: int, mean: np.ndarray, std: np.ndarray, refit: int = 24, memory: float | None = None, recent: int | None = None) -> None:
+    def __init__(self, channels: int, targets: list[int], horizon: int, lookback: int, mean: np.ndarray, std: np.ndarray, refit: int = 24, memory: float | None = None, recent: int | None = None, calendar: bool = False) -> None:
         """``mean``, ``std``: per channel, the normalisation (from data seen before); ``memory``:
         examples after which an example weighs 1/e (default 20 x the features); ``recent``: the
-        examples held out to choose the penalty (default 4 x horizon, at least 48)."""
+        examples held out to choose the penalty (default 4 x horizon, at least 48); ``calendar``:
+        the newest row's time of day and of the week as inputs too (its ``ts``, unix seconds)."""
         self.channels, self.targets, self.horizon, self.lookback = channels, np.asarray(targets), horizon, lookback
         self.mean, self.std = np.asarray(mean, float), np.where(np.asarray(std, float) > 0, std, 1.0)
-        self.features = lookback * channels + 1
+        self.calendar = calendar
+        self.features = lookback * channels + (CALENDAR if calendar else 0) + 1
         self.outputs = horizon * len(targets)
         self.decay = float(np.exp(-1.0 / (memory or 20 * self.features)))
         self.recent = recent or max(48, 4 * horizon)
@@ -49,15 +54,16 @@ class OnlineRidge:
         self.solves = 0  # by learn_frames
 
     # -- features and targets -----------------------------------------------------------------
-    def encode(self, window: np.ndarray) -> np.ndarray:
-        """Features of windows (..., lookback, channels) of held values (NaN where never seen):
-        (..., features)."""
+    def encode(self, window: np.ndarray, ts: np.ndarray | float | None = None) -> np.ndarray:
+        """Features of windows (..., lookback, channels) of held values (NaN where never seen),
+        whose newest rows came at ``ts`` (..., ), needed with ``calendar``: (..., features)."""
         z = (window - self.mean) / self.std
         z = np.nan_to_num(z, nan=0.0)
         last = z[..., -1, :]
         changes = z[..., :-1, :] - last[..., None, :]
         flat = changes.reshape(*z.shape[:-2], -1)
-        return np.concatenate([flat, last, np.ones((*z.shape[:-2], 1))], axis=-1)
+        when = (calendar(np.broadcast_to(np.asarray(ts, float), z.shape[:-2])),) if self.calendar else ()
+        return np.concatenate([flat, last, *when, np.ones((*z.shape[:-2], 1))], axis=-1)
 
     def changes(self, now: np.ndarray, after: np.ndarray) -> np.ndarray:
         """The normalised changes of the targets from ``now`` (..., channels) to the ``horizon``
@@ -113,7 +119,7 @@ class OnlineRidge:
             windows = np.stack([_window(helds[s], i, l) for _, s, i in part])
             after = np.stack([helds[s][i + 1 : i + 1 + h] for _, s, i in part])
             now = np.stack([helds[s][i] for _, s, i in part])
-            self.learn_many(self.encode(windows), np.nan_to_num(self.changes(now, after), nan=0.0))
+            self.learn_many(self.encode(windows, np.array([t for t, _, _ in part])), np.nan_to_num(self.changes(now, after), nan=0.0))
         if chosen:
             self.solve(choose=self.solves % 8 == 0 or self.solves & (self.solves - 1) == 0)  # at solves 0, 1, 2, 4, then every 8th
             self.solves += 1
@@ -185,7 +191,7 @@ class OnlineRidge:
         held = self._held
         f, o = self.features, self.outputs
         return {
-            "shape": np.array([self.channels, self.horizon, self.lookback, self.refit]), "targets": self.targets.copy(),
+            "shape": np.array([self.channels, self.horizon, self.lookback, self.refit]), "targets": self.targets.copy(), "calendar": self.calendar,
             "mean": self.mean.copy(), "std": self.std.copy(), "decay": self.decay, "recent": self.recent,
             "gram": self.gram.copy(), "cross": self.cross.copy(), "count": self.count, "weights": self.weights.copy(),
             "held_x": np.stack([a for a, _ in held]) if held else np.zeros((0, f)), "held_y": np.stack([b for _, b in held]) if held else np.zeros((0, o)),
@@ -197,7 +203,7 @@ class OnlineRidge:
     def from_state(cls, st: dict) -> OnlineRidge:
         """The ridge :meth:`state` describes; raises ValueError where its parts do not fit together."""
         channels, horizon, lookback, refit = (int(v) for v in st["shape"])
-        r = cls(channels, [int(t) for t in st["targets"]], horizon, lookback, st["mean"], st["std"], refit=refit, recent=int(st["recent"]))
+        r = cls(channels, [int(t) for t in st["targets"]], horizon, lookback, st["mean"], st["std"], refit=refit, recent=int(st["recent"]), calendar=bool(st.get("calendar", False)))
         f, o = r.features, r.outputs
         shapes = {"gram": (f, f), "cross": (f, o), "weights": (f, o)}
         for name, want in shapes.items():
@@ -221,10 +227,11 @@ class OnlineRidge:
                 r.factors = (left, right)
         return r
 
-    def serving(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    def serving(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
         """The weights on a window of normalised held values, oldest row first, flattened, as two
         factors: (lookback x channels, rank) and (rank, outputs), or the first alone (None) where
-        that is cheaper; and a bias (outputs,); float32, each output scaled to engineering units.
+        that is cheaper; a bias (outputs,); and the weights on the :func:`calendar` features
+        (CALENDAR, outputs), None without them; float32, each output scaled to engineering units.
         The same forecasts as :meth:`predict` on :meth:`encode`'s features, without forming them
         (the change from the newest row folds into that row's weights), but for what lies outside
         the fewest output directions that carry all but ``RANK_LOSS`` of each output's variance on
@@ -239,9 +246,10 @@ class OnlineRidge:
         scale = np.tile(self.std[self.targets], self.horizon)  # outputs are (step, target), target fastest
         full = rows.reshape(l * c, -1)
         bias = (w[-1] * scale).astype(np.float32)
+        when = (w[l * c : l * c + CALENDAR] * scale).astype(np.float32) if self.calendar else None
         if not factors:
-            return (full * scale).astype(np.float32), None, bias
-        return (full @ factors[0]).astype(np.float32), (factors[1] * scale).astype(np.float32), bias
+            return (full * scale).astype(np.float32), None, bias, when
+        return (full @ factors[0]).astype(np.float32), (factors[1] * scale).astype(np.float32), bias, when
 
     def _directions(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The fewest output directions that carry all but ``RANK_LOSS`` of every output's forecast
@@ -275,11 +283,20 @@ class OnlineRidge:
         """Normalised changes (..., horizon, targets) from features (..., features)."""
         return (x @ self.weights).reshape(*x.shape[:-1], self.horizon, len(self.targets))
 
-    def forecast(self, window: np.ndarray) -> np.ndarray:
-        """Forecasts in engineering units (..., horizon, targets) from windows of held values."""
+    def forecast(self, window: np.ndarray, ts: np.ndarray | float | None = None) -> np.ndarray:
+        """Forecasts in engineering units (..., horizon, targets) from windows of held values
+        (whose newest rows came at ``ts``, with ``calendar``)."""
         t = self.targets
         last = window[..., -1, t]
-        return last[..., None, :] + self.predict(self.encode(window)) * self.std[t]
+        return last[..., None, :] + self.predict(self.encode(window, ts)) * self.std[t]
+
+
+def calendar(ts: np.ndarray) -> np.ndarray:
+    """The time of day and of the week of unix times ``ts`` (...,), as the sine and cosine of
+    each: (..., CALENDAR). UTC: a plant's offset from it shifts each cycle's phase, which a linear
+    model on both the sine and the cosine absorbs."""
+    phase = (np.asarray(ts, float)[..., None] % _CYCLES) * (2 * np.pi / _CYCLES)
+    return np.concatenate([np.sin(phase), np.cos(phase)], axis=-1)  # sin day, sin week, cos day, cos week
 
 
 def forward_fill(values: np.ndarray) -> np.ndarray:

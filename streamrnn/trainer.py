@@ -42,6 +42,7 @@ class Snapshot:
     centre: np.ndarray | None = None
     linear: dict | None = None  # the linear contender's state (OnlineRidge.state), None before its first fit
     lookback: int = 0  # the linear contender's lookback; 0: it is off
+    calendar: bool = False  # and whether it reads the time of day and of the week
     max_examples: int = 8192  # examples it learns from this snapshot at most
     recurrent: bool = True  # fit the recurrent model too; False: the linear contender alone
 
@@ -370,7 +371,7 @@ def fit_linear(snapshot: Snapshot, spec: ModelSpec) -> tuple[dict | None, dict]:
     try:
         if snapshot.linear is None:
             mean, std = normalisation(snapshot.values)
-            ridge = OnlineRidge(len(spec.channels), list(spec.target_index), spec.horizon, snapshot.lookback, mean, std)
+            ridge = OnlineRidge(len(spec.channels), list(spec.target_index), spec.horizon, snapshot.lookback, mean, std, calendar=snapshot.calendar)
         else:
             ridge = OnlineRidge.from_state(snapshot.linear)
         examples = ridge.learn_frames(snapshot.streams, snapshot.values, snapshot.ts, snapshot.counts, snapshot.max_examples)

@@ -38,13 +38,15 @@ def test_it_is_served_in_the_few_output_directions_its_forecasts_move_in_and_for
     from streamrnn import linear
 
     values = ar_process(3000)
-    r = OnlineRidge(3, [0, 1, 2], 12, 24, values[:600].mean(axis=0), values[:600].std(axis=0))
-    r.learn_frames(["s"], [values], [np.arange(3000.0)], [3000], 4096)
-    w_in, w_out, bias = r.serving()
+    ts = 600.0 * np.arange(3000)  # ten-minute rows: the calendar features move
+    r = OnlineRidge(3, [0, 1, 2], 12, 24, values[:600].mean(axis=0), values[:600].std(axis=0), calendar=True)
+    r.learn_frames(["s"], [values], [ts], [3000], 4096)
+    w_in, w_out, bias, w_when = r.serving()
     assert w_out is not None and w_in.shape[1] == w_out.shape[0] < r.outputs // 2  # 36 outputs: steps of three targets move together
+    assert w_when is not None and w_when.shape == (linear.CALENDAR, r.outputs) and np.abs(w_when).max() > 0
     windows = np.stack([values[i - 24 : i] for i in range(2500, 3000)])
-    fitted = r.forecast(windows)  # (n, H, T)
-    served = windows[:, -1, None, :] + ((r.normalise(windows).reshape(len(windows), -1) @ w_in @ w_out + bias).reshape(fitted.shape))
+    fitted = r.forecast(windows, ts[2499:2999])  # (n, H, T)
+    served = windows[:, -1, None, :] + ((r.normalise(windows).reshape(len(windows), -1) @ w_in @ w_out + bias + linear.calendar(ts[2499:2999]) @ w_when).reshape(fitted.shape))
     change = fitted - windows[:, -1, None, :]
     lost = np.mean((served - fitted) ** 2, axis=0) / np.mean(change**2, axis=0)  # per (step, target), of its own variance
     assert lost.mean() <= 2 * linear.RANK_LOSS, lost
@@ -124,3 +126,25 @@ def test_the_linear_contender_learns_each_frame_once_across_snapshots_and_a_rest
     again = OnlineRidge.from_state(r.state())
     np.testing.assert_array_equal(again.forecast(x[-8:]), r.forecast(x[-8:]))
     assert again.learn_frames(["t"], [x[:200]], [ts[:200]], [200], 10_000) == 0 and set(again.absorbed) == {"t"}  # 's' gone
+
+
+def test_the_time_of_day_forecasts_what_a_short_window_cannot_see_coming():
+    """A level that steps up and down at fixed hours (a day shift) under noise: from a two-hour
+    window the next steps are a guess, from the time of day too they are known."""
+    from streamrnn import linear
+
+    rng = np.random.default_rng(3)
+    n, ts = 8000, 600.0 * np.arange(8000)
+    hour = ts % 86400 / 3600
+    level = np.where((hour >= 8) & (hour < 16), 3.0, 0.0)
+    values = np.stack([level + 0.3 * rng.normal(size=n), rng.normal(size=n)], axis=1)
+    errors = {}
+    for with_calendar in (False, True):
+        r = OnlineRidge(2, [0], 12, 12, values[:1000].mean(axis=0), values[:1000].std(axis=0), calendar=with_calendar)
+        r.learn_frames(["s"], [values[:6000]], [ts[:6000]], [6000], 8192)
+        at = np.arange(6000, n - 12)
+        windows = np.stack([values[i - 11 : i + 1] for i in at])
+        truth = np.stack([values[i + 1 : i + 13, :1] for i in at])
+        errors[with_calendar] = float(np.mean((r.forecast(windows, ts[at]) - truth) ** 2))
+    assert errors[True] < 0.7 * errors[False], errors
+    assert linear.calendar(np.array([0.0, 43200.0])).round(6).tolist() == [[0, 0, 1, 1], [0, np.sin(np.pi / 7).round(6), -1, np.cos(np.pi / 7).round(6)]]
