@@ -143,7 +143,7 @@ class LinearSettings(_Section):
     enabled: bool = Field(True, description="fit the linear contender at every retrain and offer it to the gate")
     lookback: int = Field(96, ge=2, le=4096, description="frames of every channel the linear contender reads")
     calendar: bool = Field(True, description="the linear contender reads the time of day and of the week of each frame's ts too")
-    refit_every: int = Field(32, ge=1, description="frames (all streams) between two fits of the linear contender alone, between retrains (each retrain fits it too)")
+    refit_every: int = Field(24, ge=1, description="frames (all streams) between two fits of the linear contender alone, between retrains (each retrain fits it too)")
     max_examples: int = Field(8192, ge=64, description="examples the linear contender learns per fit at most (evenly spread over those that arrived since the last)")
 
 
