@@ -266,9 +266,9 @@ class Evaluator:
             st = {**st, "fc": np.stack([st["fc"][:, :, :, 0], st["fc"][:, :, :, 2] - st["fc"][:, :, :, 0]], axis=3)}
         k, fc = self.contenders, st["fc"]
         if "cfc" not in st:  # written before the contenders' forecasts had slots of their own: after the band's, if at all
-            kept = fc.ndim == 5 and fc.shape[3] == 2 + k
-            st = {**st, "fc": fc[:, :, :, :2], "ctick": st["tick"].copy() if kept else np.full_like(st["tick"], -1),
-                  "cfc": fc[:, :, :, 2:] if kept else np.full((*fc.shape[:3], k, fc.shape[4]), np.nan, np.float32)}  # fmt: skip
+            beside = fc.ndim == 5 and fc.shape[3] == 2 + k
+            st = {**st, "fc": fc[:, :, :, :2], "ctick": st["tick"].copy() if beside else np.full_like(st["tick"], -1),
+                  "cfc": fc[:, :, :, 2:] if beside else np.full((*fc.shape[:3], k, fc.shape[4]), np.nan, np.float32)}  # fmt: skip
         elif st["cfc"].ndim == 5 and st["cfc"].shape[3] != k:  # kept other contenders: theirs are not known
             st = {**st, "ctick": np.full_like(st["ctick"], -1), "cfc": np.full((*st["cfc"].shape[:3], k, st["cfc"].shape[4]), np.nan, np.float32)}
         for name in _ARRAYS:

@@ -3,13 +3,13 @@
 From the last ``lookback`` rows of every channel (as changes from the newest row, plus the newest
 row's level and a bias, on the normalised scale), and optionally the time of day and of the week
 of the newest row (:func:`calendar`: plants follow the sun and the shifts), to the next
-``horizon`` changes of every target, in closed form. A row's example is complete, and learnt, only once the ``horizon`` rows after it
-have arrived (delayed labels): nothing is learnt from a value before it arrived. The sufficient
-statistics (Gram matrix and cross-products) are kept with exponential forgetting, so that the fit
-follows a drifting process; the weights are solved again every ``refit`` examples. The ridge
-penalty is chosen from a fixed grid (every 8 solves) by the error on the most recent examples,
-which the fit being judged has not seen (a walk along the grid from the last choice): no
-penalty is tuned by hand, on any data set.
+``horizon`` changes of every target, in closed form. A row's example is complete, and learnt, only
+once the ``horizon`` rows after it have arrived (delayed labels): nothing is learnt from a value
+before it arrived. The sufficient statistics (Gram matrix and cross-products) are kept with
+exponential forgetting, so that the fit follows a drifting process; the weights are solved again
+every ``refit`` examples. The ridge penalty is chosen from a fixed grid (every 8 solves) by the
+error on the most recent examples, which the fit being judged has not seen (a walk along the grid
+from the last choice): no penalty is tuned by hand, on any data set.
 
 Sharp where the signal is linear and stationary, it is the contender that recurrent forecasts
 must beat (or blend with) per target and step.
