@@ -204,6 +204,7 @@ class Engine:
 
     def _forecast(self, rows: list[int], ticks: list[int], frames: list[Frame]) -> Forecasts:
         r, t = np.asarray(rows), np.asarray(ticks)
+        stamps = [f.ts for f in frames]
         values = np.array([f.values for f in frames])  # (B, C)
         truth = values.take(self._ti, axis=1)
         self.evaluator.score(r, t, truth)
@@ -212,17 +213,17 @@ class Engine:
         out = base[:, None, :] + deltas * self._std_t  # (B, H+1, T): steps 0..H
         soft = self._key & ~np.isfinite(truth)  # key variables between their samples
         now = np.where(soft, out[:, 0], base)
-        recurrent, linear = out[:, 1:], self._linear(r, held, base, frames)
+        recurrent, linear = out[:, 1:], self._linear(r, held, base, stamps)
         panel = self.evaluator.panel(r, t)  # the forecasts whose contenders the gate will score
         served, mixed = self._serve(base, recurrent, linear, panel)  # before the linear contender's first fit, the gate weighs the other two
         band = self.evaluator.bands(served)  # (B, H, 3, T): prediction, lower, upper
         self.evaluator.record(r, t, band, base, (recurrent[panel], np.float32(np.nan) if linear is None else linear[panel], mixed), panel)
         self.frames_seen += len(rows)
-        return Forecasts([f.stream for f in frames], [f.ts for f in frames], self.spec.kind, self.version, self.spec.targets, band[:, :, 0], band[:, :, 1], band[:, :, 2], now)
+        return Forecasts([f.stream for f in frames], stamps, self.spec.kind, self.version, self.spec.targets, band[:, :, 0], band[:, :, 1], band[:, :, 2], now)
 
-    def _linear(self, rows: np.ndarray, held: np.ndarray, base: np.ndarray, frames: list[Frame]) -> np.ndarray | None:
+    def _linear(self, rows: np.ndarray, held: np.ndarray, base: np.ndarray, stamps: list[float]) -> np.ndarray | None:
         """The linear contender's forecasts (B, H, T) from each stream's window, now that ``held``
-        (B, C) of ``frames`` joined it; None before its first fit."""
+        (B, C) of the frames at ``stamps`` joined it; None before its first fit."""
         if self._serving is None or self._windows is None or self.linear is None:
             return None
         self._windows.push(rows, self.linear.normalise(held))
@@ -232,7 +233,7 @@ class Engine:
             change = change @ w_out
         change += b
         if w_when is not None:
-            change += calendar(np.array([f.ts for f in frames])).astype(np.float32) @ w_when
+            change += calendar(np.array(stamps)).astype(np.float32) @ w_when
         return base[:, None, :] + change.reshape(len(rows), self.spec.horizon, len(self._ti))
 
     def _serve(self, base: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None, panel: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
