@@ -1,5 +1,5 @@
 """Seconds-long runs of the durability benchmarks: they measure what they say (the figures
-themselves come from the full commands, see the README)."""
+themselves come from the full commands, see docs/performance.md)."""
 
 from __future__ import annotations
 
