@@ -75,7 +75,7 @@ def _median_us(fn, reps: int, sync: bool = False) -> float:
 
 def _engine_tick(engine, streams: int, ticks: int) -> list[float]:
     """Seconds per engine.step of ``streams`` frames, one tick after another."""
-    from streamrnn.engine import Frame
+    from streamrnn.frames import Frame
 
     rng = np.random.default_rng(0)
     names = [f"s{i}" for i in range(streams)]

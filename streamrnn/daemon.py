@@ -27,16 +27,17 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
-from streamrnn import __version__, journal, message
+from streamrnn import __version__, forecast, journal
 from streamrnn.checkpoint import Store, check_layout, layout
 from streamrnn.config import ConfigError, Settings
-from streamrnn.engine import Engine, Frame
+from streamrnn.engine import Engine
+from streamrnn.frames import Frame
 from streamrnn.frames import Assembler
 from streamrnn.logs import RateLimited
 from streamrnn.endpoint import Endpoint
 from streamrnn.metrics import Metrics
 from streamrnn.model import StreamRNN
-from streamrnn.mqtt import Link, Message
+from streamrnn.mqtt import Link, Delivery
 from streamrnn.notify import Notifier
 from streamrnn.payload import Parser, Rejected, subscription
 from streamrnn.retrainer import Retrainer
@@ -69,7 +70,7 @@ class Daemon:
             len(self.engine.channels), s.features.period, s.lateness, s.max_hold, s.frames.idle_close, s.streams.max_streams, s.streams.idle_timeout,
             max_pending=s.max_pending, max_open=s.max_open, probation=s.streams.probation, resync_after=s.resync_after, on_drop=self.engine.forget,
         )
-        self.inbox: queue.Queue[Message] = queue.Queue(m.queue_size)
+        self.inbox: queue.Queue[Delivery] = queue.Queue(m.queue_size)
         subs = [subscription(m.sensor_topic)] + ([subscription(m.frame_topic)] if m.frame_topic else [])
         self.link = Link(m, subs, self.inbox)
         self.retrainer = Retrainer(s.trainer) if s.trainer.enabled else None
@@ -89,7 +90,7 @@ class Daemon:
         self.forecast_topic = m.forecast_topic
         self.skill: dict[str, float | None] = {}
         self._rejects = RateLimited(burst=5, per=60.0)
-        self._carry: list[Message] = []  # taken from the inbox, not yet ingested (a turn served early)
+        self._carry: list[Delivery] = []  # taken from the inbox, not yet ingested (a turn served early)
         self._synced: dict[str, Counter[str]] = {}
         self._logged: Counter[str] = Counter()
         self._last_slow = -math.inf
@@ -204,7 +205,7 @@ class Daemon:
         self._housekeeping()
         return len(msgs)
 
-    def _take(self, wait: float) -> list[Message]:
+    def _take(self, wait: float) -> list[Delivery]:
         try:
             out = [self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait()]
         except queue.Empty:
@@ -216,7 +217,7 @@ class Daemon:
             pass  # drained
         return out
 
-    def _ingest(self, msg: Message, wall: float) -> list[Frame] | None:
+    def _ingest(self, msg: Delivery, wall: float) -> list[Frame] | None:
         """The frames a message closed; None if it was refused."""
         if msg.retain and not self.settings.mqtt.accept_retained:
             self._refuse("retained", msg, "a retained message is the broker's last value, replayed at subscribe: old news (mqtt.accept_retained)")
@@ -232,7 +233,7 @@ class Daemon:
             self._refuse("internal", msg, f"{type(e).__name__}: {e}", exc_info=True)
         return None
 
-    def _refuse(self, reason: str, msg: Message, detail: str, exc_info: bool = False) -> None:
+    def _refuse(self, reason: str, msg: Delivery, detail: str, exc_info: bool = False) -> None:
         self.metrics.dropped.labels(reason).inc()
         level = logging.ERROR if exc_info else logging.WARNING
         self._rejects.log(log, level, reason, "message refused", exc_info=exc_info, reason=reason, detail=detail, topic=msg.topic[:200])
@@ -249,7 +250,7 @@ class Daemon:
         self.metrics.frames_missing.inc(sum(1 for f in frames if np.isnan(f.values).any()))
         when = dict(zip([(f.stream, f.ts) for f in frames], closed or []))
         topic, latency = self.forecast_topic, self.metrics.latency
-        payloads = message.encode_all(forecasts, self.settings.features.period, self.skill)
+        payloads = forecast.encode_all(forecasts, self.settings.features.period, self.skill)
         reasons = self.link.publish_many(zip([topic.format(stream=s) for s in forecasts.streams], payloads))
         sent = time.perf_counter()
         published = 0
@@ -400,7 +401,7 @@ class Daemon:
         last, replayed, frames = seq, 0, 0
         for rec in journal.replay(folder, after=seq):
             if rec.kind == journal.MESSAGE:  # on the clock it arrived by, as it was taken then
-                got = self._ingest(Message(rec.topic, rec.payload, rec.arrival, 0, 0, -1), rec.arrival) or []
+                got = self._ingest(Delivery(rec.topic, rec.payload, rec.arrival, 0, 0, -1), rec.arrival) or []
             else:
                 got = self.assembler.close(rec.topic, rec.tick)
             self._serve(got)
@@ -415,7 +416,7 @@ class Daemon:
         if replayed or seq:
             log.info("journal replayed", extra={"records": replayed, "frames": frames, "seconds": round(time.perf_counter() - t0, 3)})
 
-    def _acknowledge(self, msgs: list[Message]) -> None:
+    def _acknowledge(self, msgs: list[Delivery]) -> None:
         """The journal's thread: these messages are on disk now."""
         for msg in msgs:
             self.link.ack(msg)

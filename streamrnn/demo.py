@@ -25,7 +25,7 @@ from typing import TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamrnn import children, message, simulator
+from streamrnn import children, forecast, simulator
 from streamrnn.mqtt import Subscriber
 
 
@@ -149,7 +149,7 @@ def message_doc(payload: bytes) -> dict | None:
         doc = json.loads(payload)
     except ValueError:
         return None
-    return doc if isinstance(doc, dict) and doc.get("schema") == message.SCHEMA_ID else None
+    return doc if isinstance(doc, dict) and doc.get("schema") == forecast.SCHEMA_ID else None
 
 
 def _num(x: float | None) -> str:

@@ -25,11 +25,21 @@ from __future__ import annotations
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from streamrnn.engine import Frame
 from streamrnn.payload import Reading, Rejected
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One stream at one tick: values per channel (``Engine.channels``), NaN where not observed."""
+
+    stream: str
+    ts: float
+    values: np.ndarray
+
 
 _EPS = 1e-6  # of a tick: ts that float arithmetic put a hair off the grid still lands on it
 

@@ -42,7 +42,9 @@ logging.getLogger("paho").addFilter(_Benign())
 
 
 @dataclass(slots=True)
-class Message:
+class Delivery:
+    """A message the broker delivered to us: what it said, when it came, and what acknowledging it takes."""
+
     topic: str
     payload: bytes
     arrival: float  # wall clock, unix seconds
@@ -55,7 +57,7 @@ class Message:
 class Link:
     """One broker connection for the daemon; thread-safe where the engine thread calls it."""
 
-    def __init__(self, cfg: MqttSettings, subscriptions: list[str], inbox: queue.Queue[Message], block: float = 1.0) -> None:
+    def __init__(self, cfg: MqttSettings, subscriptions: list[str], inbox: queue.Queue[Delivery], block: float = 1.0) -> None:
         self.cfg, self.subscriptions, self.inbox, self.block = cfg, subscriptions, inbox, block
         self.status_topic = cfg.status_topic.format(instance=cfg.instance)
         self.client_id = cfg.client_id or f"streamrnn-{cfg.instance}"
@@ -121,7 +123,7 @@ class Link:
         return self.connected and self.subscribed
 
     # -- engine thread --------------------------------------------------------------------
-    def ack(self, msg: Message) -> None:
+    def ack(self, msg: Delivery) -> None:
         if msg.qos and msg.session == self._session and self.connected:
             self.client.ack(msg.mid, msg.qos)
 
@@ -211,7 +213,7 @@ class Link:
         if topic == self.status_topic:
             self._status(client, msg)
             return
-        m = Message(topic, msg.payload, time.time(), msg.mid, msg.qos, self._session, bool(msg.retain))
+        m = Delivery(topic, msg.payload, time.time(), msg.mid, msg.qos, self._session, bool(msg.retain))
         try:
             self.inbox.put(m, timeout=self.block)
         except queue.Full:
@@ -340,16 +342,16 @@ class Publisher:
 
 
 class Subscriber:
-    """A plain subscribing client for tools: messages land in ``messages`` (a queue of Message).
+    """A plain subscribing client for tools: messages land in ``messages`` (a queue of Delivery).
     With ``clean=False`` the broker keeps its session (and what arrives) across a disconnect."""
 
     def __init__(self, url: str, client_id: str, topics: list[str], qos: int = 1, timeout: float = 10.0, clean: bool = True, cfg: MqttSettings | None = None) -> None:
-        self.messages: queue.Queue[Message] = queue.Queue()
+        self.messages: queue.Queue[Delivery] = queue.Queue()
         subscribed = threading.Event()
 
         def setup(c: paho.Client) -> None:
             c.on_subscribe = lambda *a: subscribed.set()
-            c.on_message = lambda client, userdata, msg: self.messages.put(Message(msg.topic, msg.payload, time.time(), msg.mid, msg.qos, 0))
+            c.on_message = lambda client, userdata, msg: self.messages.put(Delivery(msg.topic, msg.payload, time.time(), msg.mid, msg.qos, 0))
 
         self.client = _open(url, client_id, timeout, setup, clean, cfg)
         self.client.subscribe([(t, qos) for t in topics])

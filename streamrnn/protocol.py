@@ -16,7 +16,7 @@ import numpy as np
 
 from streamrnn import replay
 from streamrnn.config import Settings
-from streamrnn.engine import Forecast
+from streamrnn.forecast import Forecast
 from streamrnn.linear import OnlineRidge
 from streamrnn.replay import Table
 

@@ -22,7 +22,9 @@ import numpy as np
 from streamrnn import model
 from streamrnn.atomic import write_text
 from streamrnn.config import Settings
-from streamrnn.engine import Engine, Frame, Forecast
+from streamrnn.engine import Engine
+from streamrnn.forecast import Forecast
+from streamrnn.frames import Frame
 from streamrnn.evaluator import finite_or_none
 
 

@@ -14,7 +14,8 @@ from conftest import sine_frames, small_settings
 
 from streamrnn import checkpoint
 from streamrnn.checkpoint import CheckpointMismatch, CorruptCheckpoint, Store
-from streamrnn.engine import Engine, Frame
+from streamrnn.engine import Engine
+from streamrnn.frames import Frame
 from streamrnn.frames import Assembler
 from streamrnn.payload import Reading
 

@@ -19,9 +19,10 @@ import pytest
 import torch
 from conftest import write_config
 
-from streamrnn import config, message, simulator, trainer
+from streamrnn import config, forecast, simulator, trainer
 from streamrnn.broker import Mosquitto
-from streamrnn.engine import Engine, Frame
+from streamrnn.engine import Engine
+from streamrnn.frames import Frame
 from streamrnn.model import ModelSpec, build, save
 from streamrnn.mqtt import Publisher, Subscriber
 
@@ -122,7 +123,7 @@ def test_jittered_sensors_give_one_forecast_per_stream_and_tick_equal_to_replay_
     # exactly one per stream and tick, each valid
     keys = [(m["stream"], m["ts"]) for m in got]
     assert sorted(keys) == sorted((s, ts) for ts, s, _ in rows)
-    schema = message.schema()
+    schema = forecast.schema()
     for m in got:
         jsonschema.validate({k: v for k, v in m.items() if not k.startswith("_")}, schema)
         assert m["_topic"] == f"plant/{m['stream']}/forecast"
@@ -137,7 +138,7 @@ def test_jittered_sensors_give_one_forecast_per_stream_and_tick_equal_to_replay_
             if s != name:
                 continue
             (fc,) = engine.step([Frame(s, ts, v[order])])
-            want = message.document(fc, P)
+            want = forecast.document(fc, P)
             for t, body in want["targets"].items():  # the bands pool the errors of all streams: compared with replay below
                 have = by_key[(s, ts)]["targets"][t]
                 np.testing.assert_allclose(_num(have["values"] + [have["now"]]), _num(body["values"] + [body["now"]]), rtol=2e-6, err_msg=f"{s} {ts} {t}")
@@ -415,7 +416,7 @@ def test_a_stream_whose_next_reading_waits_in_a_backlog_is_not_closed_as_silent(
     """Silence is judged on the arrival clock: a turn that leaves messages behind (here a batch cap
     of 3) must not close a stream by wall clock while its next reading is among them."""
     from streamrnn import daemon as daemon_module
-    from streamrnn.mqtt import Message
+    from streamrnn.mqtt import Delivery
 
     monkeypatch.setattr(daemon_module, "_BATCH", 3)
     settings = config.load(None, mqtt={"url": "mqtt://127.0.0.1:1", "instance": "backlog"}, trainer={"enabled": False}, frames={"idle_close": 0.2})
@@ -423,9 +424,9 @@ def test_a_stream_whose_next_reading_waits_in_a_backlog_is_not_closed_as_silent(
     served: list[Frame] = []
     monkeypatch.setattr(d, "_serve", lambda frames, closed=None: served.extend(frames))
 
-    def msg(stream: str, feature: int, ts: float, arrival: float) -> Message:
+    def msg(stream: str, feature: int, ts: float, arrival: float) -> Delivery:
         topic = SENSOR.format(stream=stream, feature=simulator.FEATURES[feature])
-        return Message(topic, json.dumps({"ts": ts, "value": 1.0 + feature}).encode(), arrival, 0, 0, 0)
+        return Delivery(topic, json.dumps({"ts": ts, "value": 1.0 + feature}).encode(), arrival, 0, 0, 0)
 
     t = time.time()
     d.inbox.put(msg("a", 0, 5 * P, t))

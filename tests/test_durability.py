@@ -14,9 +14,10 @@ import pytest
 from conftest import DaemonProcess, write_config
 from test_daemon import P, a_model, drain, publish_rows, sim_rows
 
-from streamrnn import config, message, simulator
+from streamrnn import config, forecast, simulator
 from streamrnn.checkpoint import Store, layout
-from streamrnn.engine import Engine, Frame
+from streamrnn.engine import Engine
+from streamrnn.frames import Frame
 from streamrnn.mqtt import Publisher, Subscriber
 
 pytestmark = pytest.mark.broker
@@ -32,7 +33,7 @@ def reference(settings, model, rows) -> dict:
         for ts, s, v in rows:
             if s == name:
                 (fc,) = engine.step([Frame(s, ts, v[order])])
-                out[(s, ts)] = message.document(fc, P)
+                out[(s, ts)] = forecast.document(fc, P)
     return out
 
 

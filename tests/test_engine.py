@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from conftest import small_settings
 
-from streamrnn.engine import Engine, Frame
+from streamrnn.engine import Engine
+from streamrnn.frames import Frame
 
 
 def test_one_stream_far_ahead_in_event_time_does_not_evict_the_others_on_the_wall_clock():

@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import sine_frames, small_settings
-from streamrnn.engine import Engine, Frame
+from streamrnn.engine import Engine
+from streamrnn.frames import Frame
 from streamrnn.evaluator import Evaluator
 
 

@@ -6,7 +6,8 @@ import numpy as np
 from conftest import sine_frames, small_settings
 
 from streamrnn import gate
-from streamrnn.engine import Engine, Frame
+from streamrnn.engine import Engine
+from streamrnn.frames import Frame
 
 
 def moments_of(errors: np.ndarray) -> np.ndarray:

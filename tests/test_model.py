@@ -10,7 +10,8 @@ import torch
 
 from conftest import sine_frames, small_settings
 from streamrnn import model as M
-from streamrnn.engine import Engine, Frame
+from streamrnn.engine import Engine
+from streamrnn.frames import Frame
 from streamrnn.trainer import centres, fill
 
 KINDS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]

@@ -14,7 +14,8 @@ import torch
 from conftest import sine_frames, small_settings
 
 from streamrnn import trainer
-from streamrnn.engine import Engine, Frame
+from streamrnn.engine import Engine
+from streamrnn.frames import Frame
 from streamrnn.retrainer import Retrainer, _recv, _send
 
 

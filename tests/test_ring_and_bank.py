@@ -5,7 +5,8 @@ import tracemalloc
 import numpy as np
 
 from conftest import small_settings
-from streamrnn.engine import Engine, Frame
+from streamrnn.engine import Engine
+from streamrnn.frames import Frame
 from streamrnn.ring import Ring
 
 

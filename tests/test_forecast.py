@@ -4,19 +4,19 @@ import re
 import jsonschema
 import numpy as np
 
-from streamrnn import message
-from streamrnn.engine import Forecast, Forecasts
+from streamrnn import forecast
+from streamrnn.forecast import Forecast, Forecasts
 
 
-def forecast(h=3, nan_band=False):
+def make(h=3, nan_band=False):
     vals = np.array([[1.23456789, 101325.123456], [1.3, 101400.0], [1.4, 101500.0]])[:h]
     band = np.full_like(vals, np.nan) if nan_band else np.full_like(vals, 0.05)
     return Forecast("reactor-01", 1767225610.0, "gru", 2, ("conc", "pressure"), vals, vals - band, vals + band, np.array([1.2, np.nan]))
 
 
 def test_message_validates_and_reads_as_documented():
-    doc = json.loads(message.encode(forecast(), 10.0, {"conc": 0.12, "pressure": None}))
-    jsonschema.validate(doc, message.schema())
+    doc = json.loads(forecast.encode(make(), 10.0, {"conc": 0.12, "pressure": None}))
+    jsonschema.validate(doc, forecast.schema())
     assert doc["stream"] == "reactor-01" and doc["ts"] == 1767225610.0 and doc["period"] == 10.0 and doc["horizon"] == 3
     assert doc["model"] == {"kind": "gru", "version": 2}
     conc = doc["targets"]["conc"]
@@ -27,16 +27,16 @@ def test_message_validates_and_reads_as_documented():
 
 
 def test_missing_bands_are_null_and_still_valid():
-    doc = json.loads(message.encode(forecast(nan_band=True), 10.0))
-    jsonschema.validate(doc, message.schema())
+    doc = json.loads(forecast.encode(make(nan_band=True), 10.0))
+    jsonschema.validate(doc, forecast.schema())
     assert doc["targets"]["conc"]["lower"] == [None, None, None]
 
 
 def test_schema_refuses_what_the_daemon_never_sends():
-    good = message.document(forecast(), 10.0)
+    good = forecast.document(make(), 10.0)
     for broken in ({**good, "extra": 1}, {k: v for k, v in good.items() if k != "model"}, {**good, "horizon": 0}):
         try:
-            jsonschema.validate(broken, message.schema())
+            jsonschema.validate(broken, forecast.schema())
         except jsonschema.ValidationError:
             continue
         raise AssertionError(f"schema accepted {broken}")
@@ -47,7 +47,7 @@ def test_numbers_are_float32_in_their_shortest_decimal_at_every_scale():
     vals = rng.normal(size=(2, 50, 1)) * 10.0 ** rng.integers(-40, 38, size=(2, 50, 1))
     vals[0, :3, 0] = [0.0, np.inf, -np.inf]
     batch = Forecasts(["a", "b"], [0.0, 1.0], "gru", 0, ("x",), vals, vals, vals, vals[:, 0, :])
-    for i, raw in enumerate(message.encode_all(batch, 10.0)):
+    for i, raw in enumerate(forecast.encode_all(batch, 10.0)):
         text = re.search(rb'"values":\[([^]]*)\]', raw).group(1).decode().split(",")
         for token, x in zip(text, vals[i, :, 0]):
             if not np.isfinite(x):
@@ -73,12 +73,12 @@ def test_a_batch_encodes_as_each_forecast_alone_would():
     now[2, 1] = np.nan
     batch = Forecasts([f"s{i}" for i in range(b)], [10.0 * i for i in range(b)], "lstm", 7, ("conc", "pressure"), vals, lower, upper, now)
     skill = {"conc": 0.5, "pressure": None}
-    encoded = message.encode_all(batch, 10.0, skill)
+    encoded = forecast.encode_all(batch, 10.0, skill)
     assert len(encoded) == b
     for i, (fc, raw) in enumerate(zip(batch, encoded)):
-        assert raw == message.encode(fc, 10.0, skill)
+        assert raw == forecast.encode(fc, 10.0, skill)
         doc = json.loads(raw)
-        jsonschema.validate(doc, message.schema())
+        jsonschema.validate(doc, forecast.schema())
         assert doc["stream"] == f"s{i}" and doc["model"] == {"kind": "lstm", "version": 7}
         for j, name in enumerate(("conc", "pressure")):
             got = np.array(doc["targets"][name]["values"])

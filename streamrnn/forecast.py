@@ -1,4 +1,5 @@
-"""The forecast message: one JSON object per stream per closed frame, its schema in ``schema/``.
+"""The forecast: its value types, and the message it is published as, one JSON object per stream
+per closed frame, its schema in ``schema/``.
 
 Numbers are the float32 values the model computes, each written as the shortest decimal that reads
 back as the same float32 (at most 9 significant digits); a value that does not exist yet (a band
@@ -9,12 +10,59 @@ The layout is versioned by ``schema`` and kept stable: add fields, never rename 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 import orjson
 
-from streamrnn.engine import Forecast, Forecasts
+@dataclass(frozen=True)
+class Forecast:
+    """Steps 1..H for every target at ``ts + k * period``; ``now`` is step 0 (the soft sensor)."""
+
+    stream: str
+    ts: float
+    kind: str
+    version: int
+    targets: tuple[str, ...]
+    values: np.ndarray  # (H, targets), engineering units
+    lower: np.ndarray  # (H, targets), NaN until enough errors were seen
+    upper: np.ndarray
+    now: np.ndarray  # (targets,)
+
+
+class Forecasts(Sequence[Forecast]):
+    """The forecasts of one step, as arrays over its streams: encoded in one pass by the daemon,
+    read one :class:`Forecast` at a time by everyone else."""
+
+    __slots__ = ("streams", "ts", "kind", "version", "targets", "values", "lower", "upper", "now")
+
+    def __init__(self, streams: list[str], ts: list[float], kind: str, version: int, targets: tuple[str, ...], values: np.ndarray, lower: np.ndarray, upper: np.ndarray, now: np.ndarray) -> None:
+        self.streams, self.ts, self.kind, self.version, self.targets = streams, ts, kind, version, targets
+        self.values, self.lower, self.upper, self.now = values, lower, upper, now  # (B, H, T) x 3, (B, T)
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        return Forecast(self.streams[i], self.ts[i], self.kind, self.version, self.targets, self.values[i], self.lower[i], self.upper[i], self.now[i])
+
+    def __add__(self, other: Forecasts) -> Forecasts:
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        cat = lambda a, b: np.concatenate([a, b])  # noqa: E731
+        return Forecasts(self.streams + other.streams, self.ts + other.ts, self.kind, other.version, self.targets, cat(self.values, other.values), cat(self.lower, other.lower), cat(self.upper, other.upper), cat(self.now, other.now))
+
+    @classmethod
+    def empty(cls, kind: str, version: int, targets: tuple[str, ...], horizon: int) -> Forecasts:
+        z = np.zeros((0, horizon, len(targets)))
+        return cls([], [], kind, version, targets, z, z, z, np.zeros((0, len(targets))))
+
 
 SCHEMA_ID = "streamrnn.forecast/1"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY  # float32 arrays written by orjson itself: no Python floats made
