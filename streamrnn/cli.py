@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from streamrnn import __version__, config, simulator
+from streamrnn.tools.bench import PARTS
 
 
 def _csv_list(text: str) -> list[str]:
@@ -142,7 +143,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A broker, simulated reactors and the daemon, forecasts live in the terminal."""
-    from streamrnn import demo
+    from streamrnn.tools import demo
 
     try:
         return demo.run(args.broker, args.streams, args.rate, args.duration, args.config)
@@ -153,29 +154,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Benchmarks on real processes; each figure against its reference in the same run."""
-    from streamrnn import bench, bench_engine
+    from streamrnn.tools import bench
 
-    quick = args.quick
-    parts = {
-        "ingest": (lambda: bench.ingest(args.streams, 30 if quick else 1000, 1 if quick else args.rounds), bench.format_ingest),
-        "latency": (lambda: bench.latency((1, 10) if quick else (1, 100, 1000), 3.0 if quick else 20.0, rounds=1 if quick else args.rounds, min_ticks=8 if quick else 30, rate_msgs=args.messages), bench.format_latency),
-        "step": (lambda: bench_engine.step((1, 10) if quick else (1, 100, 1000), ("gru",) if quick else ("gru", "lstm", "rnn"), 20 if quick else 200), bench_engine.format_step),
-        "streams": (lambda: bench_engine.streams((1, 10) if quick else (1, 10, 100, 1000, 10_000), 5 if quick else 20), bench_engine.format_streams),
-        "memory": (lambda: bench_engine.memory((10,) if quick else (100, 1000, 5000), (256,) if quick else (256, 4096)), bench_engine.format_memory),
-        "scrape": (lambda: bench.scrape(args.streams, args.rate, args.clients, args.seconds, args.rounds), bench.format_scrape),
-        "journal": (lambda: bench.journal(args.streams, args.rate, args.seconds, args.rounds), bench.format_journal),
-        "soak": (lambda: bench.soak(args.minutes, args.warmup, args.streams, args.rate), bench.format_soak),
-    }
-    names = ["ingest", "latency", "step", "streams", "memory"] if args.what == "all" else [args.what]
-    report: dict = {"machine": bench.machine()}
-    for name in names:
-        run, text = parts[name]
-        report[name] = run()
-        if not args.json:
-            print(text(report[name]) + "\n", flush=True)
-    if args.json:
-        print(json.dumps(report if args.what == "all" else {"machine": report["machine"], **report[args.what]}, indent=2))
-    return 0 if report.get("soak", {}).get("flat", True) else 1
+    return bench.run(args.what, args.json, quick=args.quick, streams=args.streams, rate=args.rate, rounds=args.rounds, messages=args.messages,
+                     clients=args.clients, seconds=args.seconds, minutes=args.minutes, warmup=args.warmup)  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -231,7 +213,7 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks, each figure beside its reference measured in the same run")
-    b.add_argument("what", nargs="?", default="all", choices=["all", "ingest", "latency", "step", "streams", "memory", "scrape", "journal", "soak"], help="all (default): ingest, latency, step, streams and memory; ingest: the daemon against a bare paho subscriber; latency: frame to forecast, idle and retraining; step: stateful step against re-running a window; streams: time per tick up to 10,000 streams (CPU and GPU); memory: bytes per stream; scrape: the step loop under /metrics scrapers; journal: its cost; soak: memory over a long run")
+    b.add_argument("what", nargs="?", default="all", choices=["all", *PARTS], help="all (default): ingest, latency, step, streams and memory; ingest: the daemon against a bare paho subscriber; latency: frame to forecast, idle and retraining; step: stateful step against re-running a window; streams: time per tick up to 10,000 streams (CPU and GPU); memory: bytes per stream; scrape: the step loop under /metrics scrapers; journal: its cost; soak: memory over a long run")
     b.add_argument("--quick", action="store_true", help="a seconds-long smoke of each part (what CI runs)")
     b.add_argument("--streams", type=int, default=10)
     b.add_argument("--rate", type=float, default=10.0, help="frames per second per stream")

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers (pytest -n): one thread each, so that none waits on another's spinning threads
@@ -11,7 +13,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from streamrnn import children, config
+from streamrnn import config  # noqa: E402
+from streamrnn.tools.broker import Mosquitto, mosquitto_binary  # noqa: E402
+from streamrnn.tools.processes import DaemonProcess  # noqa: E402, F401  (the tests import it from here)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -65,16 +69,6 @@ def sine_frames(n: int, streams: int = 1, key_every: int = 5, seed: int = 0) -> 
 
 
 # -- a real broker and a real daemon ------------------------------------------------------------
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-
-from streamrnn.broker import Mosquitto, mosquitto_binary  # noqa: E402
-from streamrnn.demo import free_port  # noqa: E402
-from streamrnn.mqtt import Subscriber  # noqa: E402
 
 
 @pytest.fixture
@@ -104,74 +98,6 @@ def write_config(path: Path, **sections: dict) -> Path:
             lines.insert(0, f"{name} = {value(fields)}")
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-class DaemonProcess:
-    """``python -m streamrnn run`` as a child process, with its log in a file."""
-
-    def __init__(self, workdir: Path, broker_url: str, config: Path | None = None, model: Path | None = None, instance: str = "test", env: dict[str, str] | None = None, client=None) -> None:
-        self.dir, self.url, self.instance, self.env = workdir, broker_url, instance, env
-        self.client = client  # MqttSettings of the test's own clients (TLS, credentials), if any
-        self.metrics_port = free_port()
-        self.log_path = workdir / f"daemon-{instance}.log"
-        args = [sys.executable, "-m", "streamrnn", "run", "--broker", broker_url, "--metrics-port", str(self.metrics_port), "--instance", instance]
-        if config:
-            args += ["--config", str(config)]
-        if model:
-            args += ["--model", str(model)]
-        self.args = args
-        self.proc: subprocess.Popen | None = None
-
-    def launch(self) -> DaemonProcess:
-        """Start the process; do not wait for it to get online."""
-        with open(self.log_path, "a") as log:
-            env = {**os.environ, **self.env} if self.env else None
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        return self
-
-    def start(self, timeout: float = 60.0) -> DaemonProcess:
-        """Start the process and wait for its retained status to say ``online``."""
-        status = Subscriber(self.url, f"t-status-{self.instance}-{time.monotonic_ns()}", [f"streamrnn/{self.instance}/status"], cfg=self.client)
-        self.launch()
-        try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-                try:
-                    msg = status.messages.get(timeout=0.2)
-                except Exception:
-                    continue
-                if msg.payload == b"online":
-                    return self
-            raise TimeoutError(f"daemon not online after {timeout} s:\n{self.log()}")
-        finally:
-            status.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def metrics(self) -> str:
-        return urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-
-    def sample(self, name: str, **labels: str) -> float:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        for fam in text_string_to_metric_families(self.metrics()):
-            for s in fam.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    return s.value
-        raise KeyError(f"{name}{labels} not exported")
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM, and its exit code; killed (-9) if it has not ended within ``timeout``."""
-        assert self.proc is not None
-        return children.stop(self.proc, timeout)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 from conftest import DaemonProcess, write_config
 
 from streamrnn import checkpoint, simulator
-from streamrnn.broker import Mosquitto, mosquitto_binary
+from streamrnn.tools.broker import Mosquitto, mosquitto_binary
 from streamrnn.mqtt import Publisher, Subscriber
 
 pytestmark = pytest.mark.broker

@@ -20,7 +20,7 @@ import torch
 from conftest import write_config
 
 from streamrnn import config, forecast, simulator, trainer
-from streamrnn.broker import Mosquitto
+from streamrnn.tools.broker import Mosquitto
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
 from streamrnn.model import ModelSpec, build, save

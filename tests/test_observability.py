@@ -19,7 +19,7 @@ import yaml
 from conftest import write_config
 
 from streamrnn import children
-from streamrnn.demo import free_port, wait_port
+from streamrnn.tools.processes import free_port, wait_port
 
 pytestmark = pytest.mark.broker
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

@@ -12,7 +12,7 @@ from conftest import DaemonProcess, write_config
 from test_daemon import drain, publish_rows, sim_rows
 
 from streamrnn import config
-from streamrnn.broker import Mosquitto
+from streamrnn.tools.broker import Mosquitto
 from streamrnn.mqtt import Publisher, Subscriber
 
 pytestmark = pytest.mark.broker

@@ -2,7 +2,7 @@
 
 - :class:`Mosquitto`: a real mosquitto on a free port, for the tests and benchmarks.
 - :func:`serve`: an embedded amqtt for the demo, so that nothing but pip is needed. Run as
-  ``python -m streamrnn.broker --port N``; it serves until SIGTERM or SIGINT.
+  ``python -m streamrnn.tools.broker --port N``; it serves until SIGTERM or SIGINT.
 
 For production use a real broker (Eclipse Mosquitto, see deploy/mosquitto.conf).
 """
@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 from streamrnn import children
-from streamrnn.demo import free_port, wait_port
+from streamrnn.tools.processes import free_port, wait_port
 
 
 def mosquitto_binary() -> str | None:
@@ -86,7 +86,7 @@ async def serve(host: str, port: int) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m streamrnn.broker")
+    p = argparse.ArgumentParser(prog="python -m streamrnn.tools.broker")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
     args = p.parse_args()

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from streamrnn.bench import table
+from streamrnn.tools.bench.report import table
 from streamrnn.config import Settings
 
 WINDOW = 64
@@ -173,7 +173,7 @@ def memory(counts: tuple[int, ...] = (100, 1000, 5000), rings: tuple[int, ...] =
     rows = []
     for ring in rings:
         for n in counts:
-            out = subprocess.run([sys.executable, "-m", "streamrnn.bench_engine", str(n), str(ring)], capture_output=True, text=True, timeout=600)
+            out = subprocess.run([sys.executable, "-m", "streamrnn.tools.bench.engine", str(n), str(ring)], capture_output=True, text=True, timeout=600)
             if out.returncode:
                 raise RuntimeError(f"memory at {n} streams, ring {ring}: {out.stderr.strip()[-400:]}")
             rows.append(json.loads(out.stdout))

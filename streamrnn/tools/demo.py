@@ -14,7 +14,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,25 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamrnn import children, forecast, simulator
 from streamrnn.mqtt import Subscriber
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[2:4]} exited with code {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
+from streamrnn.tools.processes import free_port, wait_port
 
 
 class Demo:
@@ -69,7 +50,7 @@ class Demo:
     def start(self) -> None:
         if self.broker is None:
             port = free_port()
-            p = self._spawn("broker", "-m", "streamrnn.broker", "--port", str(port))
+            p = self._spawn("broker", "-m", "streamrnn.tools.broker", "--port", str(port))
             wait_port(port, 20, p)
             self.broker = f"mqtt://127.0.0.1:{port}"
         cfg = ["--config", str(self.config)] if self.config else []

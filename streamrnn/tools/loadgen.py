@@ -1,4 +1,4 @@
-"""Load for ``streamrnn bench``, each part a process of its own (``python -m streamrnn.loadgen``).
+"""Load for ``streamrnn bench``, each part a process of its own (``python -m streamrnn.tools.loadgen``).
 
 - ``publish``: a raw MQTT 3.1.1 publisher that writes pre-encoded QoS 1 PUBLISH packets as fast as
   the broker reads them (paho's publisher tops out near 11,000 QoS 1 messages/s, below what a
@@ -174,7 +174,7 @@ def bare(url: str, topic: str, count: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m streamrnn.loadgen")
+    p = argparse.ArgumentParser(prog="python -m streamrnn.tools.loadgen")
     p.add_argument("what", choices=["publish", "bare"])
     p.add_argument("--broker", required=True)
     p.add_argument("--topic", required=True, help="publish: template with {stream} and {feature}; bare: the filter")
