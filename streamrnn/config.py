@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from streamrnn import environment, simulator
+from streamrnn import environment, plant
 
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("streamrnn_toml", default=None)
 
@@ -65,9 +65,9 @@ class ModelSettings(_Section):
 class FeatureSettings(_Section):
     """What is read, what is forecast, and on which grid."""
 
-    inputs: list[str] = Field(default_factory=lambda: list(simulator.AUXILIARIES))
-    targets: list[str] = Field(default_factory=lambda: list(simulator.FEATURES))
-    period: float = Field(simulator.PERIOD, gt=0, description="seconds between two steps")
+    inputs: list[str] = Field(default_factory=lambda: list(plant.AUXILIARIES))
+    targets: list[str] = Field(default_factory=lambda: list(plant.FEATURES))
+    period: float = Field(plant.PERIOD, gt=0, description="seconds between two steps")
     horizon: int = Field(10, ge=1, le=1000, description="forecast steps H")
 
     @field_validator("inputs", "targets")

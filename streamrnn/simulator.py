@@ -17,24 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-PERIOD = 10.0  # seconds of process time between two frames
-KEY = "product_conc"
-AUXILIARIES = (
-    "feed_flow",  # m3/h
-    "feed_temp",  # degC
-    "feed_conc",  # kmol/m3 of A
-    "coolant_flow",  # m3/h
-    "coolant_in_temp",  # degC
-    "coolant_out_temp",  # degC
-    "reactor_temp",  # degC
-    "reactor_pressure",  # bar
-    "level",  # m
-    "outlet_flow",  # m3/h
-    "conc_a",  # kmol/m3, online analyser
-    "agitator_power",  # kW, rises with viscosity, i.e. with product
-    "offgas_flow",  # Nm3/h, the side reaction's gas
-)
-FEATURES = (*AUXILIARIES, KEY)
+from streamrnn.plant import AUXILIARIES, FEATURES, KEY, PERIOD  # noqa: F401  (the simulator's sensors, re-exported)
+
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z: event time of step 0
 
 _NOISE = np.array([0.05, 0.15, 0.01, 0.02, 0.1, 0.1, 0.1, 0.004, 0.004, 0.05, 0.008, 0.03, 0.01, 0.006])
