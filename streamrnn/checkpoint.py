@@ -132,7 +132,8 @@ def check_layout(saved: dict[str, Any], wanted: dict[str, Any], path: Path) -> N
             diffs.append(f"{key}: checkpoint {a!r}, configuration {b!r}")
     if diffs:
         raise CheckpointMismatch(
-            f"checkpoint {path} was made for another model or feature set:\n  " + "\n  ".join(diffs)
+            f"checkpoint {path} was made for another model or feature set:\n  "
+            + "\n  ".join(diffs)
             + "\nRestore the configuration it was made with, or move the checkpoint directory away to start afresh."
         )
 

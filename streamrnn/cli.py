@@ -54,7 +54,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     print(f"publishing {args.streams} reactors x {len(simulator.FEATURES)} sensors at {args.rate:g} frames/s to {args.broker}", flush=True)
     try:
-        while not stop.is_set() and (args.steps is None or step < args.steps) and (args.duration is None or time.monotonic() - start < args.duration):
+        while (
+            not stop.is_set()
+            and (args.steps is None or step < args.steps)
+            and (args.duration is None or time.monotonic() - start < args.duration)
+        ):
             ts, values = reactor.step()
             batch = [(topics[i][j], v) for i in range(args.streams) for j, v in enumerate(values[i]) if math.isfinite(v)]
             rng.shuffle(batch)  # sensors do not report in a fixed order
@@ -156,8 +160,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Benchmarks on real processes; each figure against its reference in the same run."""
     from streamrnn.tools import bench
 
-    return bench.run(args.what, args.json, quick=args.quick, streams=args.streams, rate=args.rate, rounds=args.rounds, messages=args.messages,
-                     clients=args.clients, seconds=args.seconds, minutes=args.minutes, warmup=args.warmup)  # fmt: skip
+    return bench.run(
+        args.what,
+        args.json,
+        quick=args.quick,
+        streams=args.streams,
+        rate=args.rate,
+        rounds=args.rounds,
+        messages=args.messages,
+        clients=args.clients,
+        seconds=args.seconds,
+        minutes=args.minutes,
+        warmup=args.warmup,
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -201,7 +216,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--plot-target", help="target to plot (default: the last)")
     r.add_argument("--plot-step", type=int, default=1, help="forecast step to plot")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--protocol", choices=["online-tsf"], help="also score by the online forecasting protocol of the literature: every variable, normalised by the first 20 %% of the rows, the last 75 %% scored, MSE at H = 1, 24, 48 beside persistence and the linear family alone (default --horizon 48)")
+    r.add_argument(
+        "--protocol",
+        choices=["online-tsf"],
+        help="also score by the online forecasting protocol of the literature: every variable, normalised "
+        "by the first 20 %% of the rows, the last 75 %% scored, MSE at H = 1, 24, 48 beside persistence "
+        "and the linear family alone (default --horizon 48)",
+    )
     r.set_defaults(func=cmd_replay)
 
     d = sub.add_parser("demo", help="broker + simulated reactors + daemon, forecasts live in the terminal")
@@ -213,7 +234,17 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks, each figure beside its reference measured in the same run")
-    b.add_argument("what", nargs="?", default="all", choices=["all", *PARTS], help="all (default): ingest, latency, step, streams and memory; ingest: the daemon against a bare paho subscriber; latency: frame to forecast, idle and retraining; step: stateful step against re-running a window; streams: time per tick up to 10,000 streams (CPU and GPU); memory: bytes per stream; scrape: the step loop under /metrics scrapers; journal: its cost; soak: memory over a long run")
+    b.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        choices=["all", *PARTS],
+        help="all (default): ingest, latency, step, streams and memory; ingest: the daemon against a bare "
+        "paho subscriber; latency: frame to forecast, idle and retraining; step: stateful step against "
+        "re-running a window; streams: time per tick up to 10,000 streams (CPU and GPU); memory: "
+        "bytes per stream; scrape: the step loop under /metrics scrapers; journal: its cost; soak: "
+        "memory over a long run",
+    )
     b.add_argument("--quick", action="store_true", help="a seconds-long smoke of each part (what CI runs)")
     b.add_argument("--streams", type=int, default=10)
     b.add_argument("--rate", type=float, default=10.0, help="frames per second per stream")
@@ -221,8 +252,19 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=float, default=5.0, help="soak: minutes before memory must stay flat")
     b.add_argument("--clients", type=int, default=100, help="concurrent scrapers")
     b.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
-    b.add_argument("--messages", type=float, default=3500.0, help="latency: sensor messages per second at most (ticks of 10 Hz at most); at 7,000 a daemon of 1,000 streams on 2 cores falls behind, and its latency is then its queue's")
-    b.add_argument("--rounds", type=int, default=3, help="rounds of the parts that alternate phases (ingest, latency, scrape, journal): medians over them")
+    b.add_argument(
+        "--messages",
+        type=float,
+        default=3500.0,
+        help="latency: sensor messages per second at most (ticks of 10 Hz at most); at 7,000 a daemon "
+        "of 1,000 streams on 2 cores falls behind, and its latency is then its queue's",
+    )
+    b.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of the parts that alternate phases (ingest, latency, scrape, journal): medians over them",
+    )
     b.add_argument("--json", action="store_true", help="machine-readable report")
     b.set_defaults(func=cmd_bench)
 
@@ -238,7 +280,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=(args.log_level or "warning").upper(), format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s")
+    logging.basicConfig(
+        level=(args.log_level or "warning").upper(), format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s"
+    )
     try:
         return args.func(args)
     except config.ConfigError as e:

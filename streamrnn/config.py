@@ -90,8 +90,16 @@ class RingSettings(_Section):
 class StreamSettings(_Section):
     max_streams: int = Field(1000, ge=1, le=1_000_000)
     idle_timeout: float = Field(3600.0, gt=0, description="seconds without a frame before a stream is evicted")
-    allow: list[str] = Field(default_factory=list, description="stream-id patterns served (shell globs: 'reactor-*'); others are refused as 'stream'. Empty: every valid id")
-    probation: int = Field(10, ge=1, description="frames a new stream sends before it is established; at streams.max_streams a new stream displaces the probationer heard least recently, never an established one")
+    allow: list[str] = Field(
+        default_factory=list,
+        description="stream-id patterns served (shell globs: 'reactor-*'); others are refused as 'stream'. Empty: every valid id",
+    )
+    probation: int = Field(
+        10,
+        ge=1,
+        description="frames a new stream sends before it is established; at streams.max_streams a new stream "
+        "displaces the probationer heard least recently, never an established one",
+    )
 
     @field_validator("allow")
     @classmethod
@@ -129,8 +137,17 @@ class TrainerSettings(_Section):
     key_dropout: float = Field(0.5, ge=0, le=1, description="share of key samples hidden to train the nowcast")
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch threads for training (0: one, so that serving keeps the other cores)")
-    priority: Literal["idle", "low", "normal"] = Field("idle", description="CPU priority of the trainer process: idle (only CPU time nothing else wants: on a box kept busy by other work, retrains wait), low (nice 19: a small share however busy), normal")
-    max_memory: int | None = Field(None, ge=64, description="MiB the trainer process may allocate beyond its start; past it the retrain fails instead of the OOM killer striking. Default: half the machine's memory")
+    priority: Literal["idle", "low", "normal"] = Field(
+        "idle",
+        description="CPU priority of the trainer process: idle (only CPU time nothing else wants: on a box kept "
+        "busy by other work, retrains wait), low (nice 19: a small share however busy), normal",
+    )
+    max_memory: int | None = Field(
+        None,
+        ge=64,
+        description="MiB the trainer process may allocate beyond its start; past it the retrain fails instead "
+        "of the OOM killer striking. Default: half the machine's memory",
+    )
 
 
 class EvaluatorSettings(_Section):
@@ -143,13 +160,28 @@ class LinearSettings(_Section):
     enabled: bool = Field(True, description="fit the linear contender at every retrain and offer it to the gate")
     lookback: int = Field(96, ge=2, le=4096, description="frames of every channel the linear contender reads")
     calendar: bool = Field(True, description="the linear contender reads the time of day and of the week of each frame's ts too")
-    refit_every: int = Field(24, ge=1, description="frames (all streams) between two fits of the linear contender alone, between retrains (each retrain fits it too)")
-    max_examples: int = Field(8192, ge=64, description="examples the linear contender learns per fit at most (evenly spread over those that arrived since the last)")
+    refit_every: int = Field(
+        24,
+        ge=1,
+        description="frames (all streams) between two fits of the linear contender alone, between retrains (each retrain fits it too)",
+    )
+    max_examples: int = Field(
+        8192,
+        ge=64,
+        description="examples the linear contender learns per fit at most (evenly spread over those that arrived since the last)",
+    )
 
 
 class GateSettings(_Section):
-    memory: int = Field(500, ge=10, description="scored forecasts per target and step after which one weighs 1/e in the contenders' error moments")
-    warmup: int = Field(50, ge=1, description="scored forecasts' worth (one in k at step k, whose errors overlap) a target and step needs before the gate moves it off the recurrent model")
+    memory: int = Field(
+        500, ge=10, description="scored forecasts per target and step after which one weighs 1/e in the contenders' error moments"
+    )
+    warmup: int = Field(
+        50,
+        ge=1,
+        description="scored forecasts' worth (one in k at step k, whose errors overlap) a target and step needs "
+        "before the gate moves it off the recurrent model",
+    )
 
 
 class FrameSettings(_Section):
@@ -159,10 +191,27 @@ class FrameSettings(_Section):
     max_hold: float | None = Field(None, gt=0, description="seconds a reading stays valid for later ticks; default one period")
     idle_close: float = Field(2.0, gt=0, description="wall-clock seconds of silence after which a stream's open ticks close")
     max_abs: float = Field(1e12, gt=0, description="readings of larger magnitude are refused as out of range")
-    max_future: float = Field(300.0, gt=0, description="seconds a reading's ts may be ahead of the daemon's clock; further ahead it is refused as 'future'")
-    resync_after: float | None = Field(None, gt=0, description="wall-clock seconds a stream's readings may all be late, their event time running, before the stream is restarted on its new clock; default the longer of 60 s and 10 periods")
-    max_pending: int | None = Field(None, ge=1, description="readings held per stream for ticks still open; more are refused as 'overflow'. Default 4 x channels x (2 + lateness / period), at least 64")
-    max_open: float | None = Field(None, gt=0, description="wall-clock seconds a stream's tick may stay open while the stream keeps sending; then it closes. Default idle_close + 2 x (period + lateness)")
+    max_future: float = Field(
+        300.0, gt=0, description="seconds a reading's ts may be ahead of the daemon's clock; further ahead it is refused as 'future'"
+    )
+    resync_after: float | None = Field(
+        None,
+        gt=0,
+        description="wall-clock seconds a stream's readings may all be late, their event time running, before "
+        "the stream is restarted on its new clock; default the longer of 60 s and 10 periods",
+    )
+    max_pending: int | None = Field(
+        None,
+        ge=1,
+        description="readings held per stream for ticks still open; more are refused as 'overflow'. Default 4 "
+        "x channels x (2 + lateness / period), at least 64",
+    )
+    max_open: float | None = Field(
+        None,
+        gt=0,
+        description="wall-clock seconds a stream's tick may stay open while the stream keeps sending; then it "
+        "closes. Default idle_close + 2 x (period + lateness)",
+    )
 
 
 class MqttSettings(_Section):
@@ -173,8 +222,12 @@ class MqttSettings(_Section):
     client_id: str | None = Field(None, max_length=128, description="default streamrnn-{instance}; fixed, so the broker keeps the session")
     username: str | None = None
     password: SecretStr | None = Field(None, description="better: password_file, or STREAMRNN_MQTT__PASSWORD; never printed")
-    password_file: AFile | None = Field(None, description="file whose first line is the password (a systemd credential, a Kubernetes secret)")
-    tls_ca: AFile | None = Field(None, description="mqtts://: CA certificates the broker's certificate must chain to (default: the system's)")
+    password_file: AFile | None = Field(
+        None, description="file whose first line is the password (a systemd credential, a Kubernetes secret)"
+    )
+    tls_ca: AFile | None = Field(
+        None, description="mqtts://: CA certificates the broker's certificate must chain to (default: the system's)"
+    )
     tls_cert: AFile | None = Field(None, description="mqtts://: client certificate, for brokers that require one")
     tls_key: AFile | None = Field(None, description="mqtts://: the client certificate's private key")
     sensor_topic: str = "plant/{stream}/sensors/{feature}"
@@ -188,8 +241,14 @@ class MqttSettings(_Section):
     max_payload: int = Field(65536, ge=64, description="bytes; larger payloads are refused")
     queue_size: int = Field(100_000, ge=1, description="messages held between the network thread and the engine")
     max_inflight: int = Field(1000, ge=1, le=65000, description="forecasts on the wire not yet acknowledged by the broker")
-    out_queue: int = Field(50_000, ge=1, le=65000, description="forecasts held by the client, e.g. while disconnected (MQTT ids are 16 bits)")
-    accept_retained: bool = Field(False, description="take retained sensor messages (the broker's last value, replayed at each subscribe) as readings; by default they are old news, refused as 'retained'")
+    out_queue: int = Field(
+        50_000, ge=1, le=65000, description="forecasts held by the client, e.g. while disconnected (MQTT ids are 16 bits)"
+    )
+    accept_retained: bool = Field(
+        False,
+        description="take retained sensor messages (the broker's last value, replayed at each subscribe) as readings; "
+        "by default they are old news, refused as 'retained'",
+    )
 
     @field_validator("url")
     @classmethod
@@ -236,11 +295,13 @@ def check_url(url: str) -> None:
     shown wherever the URL is (logs, ``streamrnn config``, process lists). Raises ValueError."""
     u = urlsplit(url)
     if "@" in u.netloc:
-        raise ValueError("credentials do not go in the URL: give mqtt.username, and the password in mqtt.password_file or STREAMRNN_MQTT__PASSWORD")
+        raise ValueError(
+            "credentials do not go in the URL: give mqtt.username, and the password in mqtt.password_file or STREAMRNN_MQTT__PASSWORD"
+        )
     if u.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not u.hostname:
         raise ValueError("must look like mqtt://host:port (or mqtts:// for TLS)")
     try:
-        u.port
+        _ = u.port  # raises on a port out of range or not a number
     except ValueError as e:
         raise ValueError(str(e)) from None
 
@@ -268,14 +329,20 @@ class DaemonSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     metrics_host: str = Field("127.0.0.1", description="address of the /metrics, /healthz, /readyz endpoint")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="port of that endpoint; none: not served")
-    metrics_max_rate: float = Field(20.0, gt=0, description="scrapes of /metrics answered per second at most; more wait their turn (probes never do)")
+    metrics_max_rate: float = Field(
+        20.0, gt=0, description="scrapes of /metrics answered per second at most; more wait their turn (probes never do)"
+    )
     stream_metrics: int = Field(0, ge=0, le=1000, description="export a series per stream for at most this many streams (0: none)")
 
 
 class CheckpointSettings(_Section):
     """Where the daemon keeps what must survive a restart, and how often it saves it."""
 
-    dir: AnyPath | None = Field(None, description="state directory for checkpoints and the journal; none: a restart starts afresh and messages are acknowledged on receipt")
+    dir: AnyPath | None = Field(
+        None,
+        description="state directory for checkpoints and the journal; none: a restart starts afresh and messages "
+        "are acknowledged on receipt",
+    )
     every: float = Field(60.0, gt=0, description="seconds between two checkpoints (also written after each model swap and on SIGTERM)")
     keep: int = Field(3, ge=1, le=100, description="checkpoints kept; the journal reaches back to the oldest")
 
@@ -292,7 +359,13 @@ class Settings(BaseSettings):
     )
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(1, ge=0, description="torch threads of the serving engine (0: torch's default, one per core); more pay only for thousands of streams on idle cores: a thread waiting for a core the broker holds stalls the step")
+    threads: int = Field(
+        1,
+        ge=0,
+        description="torch threads of the serving engine (0: torch's default, one per core); more pay only for "
+        "thousands of streams on idle cores: a thread waiting for a core the broker holds stalls "
+        "the step",
+    )
     model: ModelSettings = Field(default_factory=ModelSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     ring: RingSettings = Field(default_factory=RingSettings)
@@ -384,7 +457,13 @@ def load(path: str | Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"config file {path} does not exist")
     unknown = environment.unknown(Settings)
     if unknown:
-        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {key}: environment variable names no setting ({environment.PREFIX}<SECTION>__<KEY>, see `streamrnn config`)" for key in unknown))
+        raise ConfigError(
+            "invalid configuration:\n"
+            + "\n".join(
+                f"  {key}: environment variable names no setting ({environment.PREFIX}<SECTION>__<KEY>, see `streamrnn config`)"
+                for key in unknown
+            )
+        )
     token = _toml_path.set(path)
     try:
         return Settings(**overrides)

@@ -30,14 +30,13 @@ from prometheus_client import CollectorRegistry
 from streamrnn import __version__, forecast, journal
 from streamrnn.checkpoint import Store, check_layout, layout
 from streamrnn.config import ConfigError, Settings
-from streamrnn.engine import Engine
-from streamrnn.frames import Frame
-from streamrnn.frames import Assembler
-from streamrnn.logs import RateLimited
 from streamrnn.endpoint import Endpoint
+from streamrnn.engine import Engine
+from streamrnn.frames import Assembler, Frame
+from streamrnn.logs import RateLimited
 from streamrnn.metrics import Metrics
 from streamrnn.model import StreamRNN
-from streamrnn.mqtt import Link, Delivery
+from streamrnn.mqtt import Delivery, Link
 from streamrnn.notify import Notifier
 from streamrnn.payload import Parser, Rejected, subscription
 from streamrnn.retrainer import Retrainer
@@ -61,14 +60,28 @@ _SAID = (
 
 
 class Daemon:
-    def __init__(self, settings: Settings, model: StreamRNN | None = None, version: int = 0, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, model: StreamRNN | None = None, version: int = 0, registry: CollectorRegistry | None = None
+    ) -> None:
         self.settings = s = settings
         self.engine = Engine(settings, model, version)
         m = s.mqtt
-        self.parser = Parser(self.engine.channels, m.sensor_topic, m.frame_topic, m.max_payload, s.frames.max_abs, s.frames.max_future, s.streams.allowed())
+        self.parser = Parser(
+            self.engine.channels, m.sensor_topic, m.frame_topic, m.max_payload, s.frames.max_abs, s.frames.max_future, s.streams.allowed()
+        )
         self.assembler = Assembler(
-            len(self.engine.channels), s.features.period, s.lateness, s.max_hold, s.frames.idle_close, s.streams.max_streams, s.streams.idle_timeout,
-            max_pending=s.max_pending, max_open=s.max_open, probation=s.streams.probation, resync_after=s.resync_after, on_drop=self.engine.forget,
+            len(self.engine.channels),
+            s.features.period,
+            s.lateness,
+            s.max_hold,
+            s.frames.idle_close,
+            s.streams.max_streams,
+            s.streams.idle_timeout,
+            max_pending=s.max_pending,
+            max_open=s.max_open,
+            probation=s.streams.probation,
+            resync_after=s.resync_after,
+            on_drop=self.engine.forget,
         )
         self.inbox: queue.Queue[Delivery] = queue.Queue(m.queue_size)
         subs = [subscription(m.sensor_topic)] + ([subscription(m.frame_topic)] if m.frame_topic else [])
@@ -76,10 +89,22 @@ class Daemon:
         self.retrainer = Retrainer(s.trainer) if s.trainer.enabled else None
         spec = self.engine.spec
         self.metrics = Metrics(registry or CollectorRegistry(), spec.targets, spec.horizon, s.daemon.stream_metrics)
-        self.metrics.build.info({"version": __version__, "device": str(self.engine.device), "torch": torch.__version__, "model": s.model.kind})
+        self.metrics.build.info(
+            {"version": __version__, "device": str(self.engine.device), "torch": torch.__version__, "model": s.model.kind}
+        )
         self.metrics.version.set(version)
         self.metrics.nominal.set(s.evaluator.coverage)
-        self.http = Endpoint(self.metrics.registry, s.daemon.metrics_host, s.daemon.metrics_port, s.daemon.metrics_max_rate, log_format=s.daemon.log_format) if s.daemon.metrics_port is not None else None
+        self.http = (
+            Endpoint(
+                self.metrics.registry,
+                s.daemon.metrics_host,
+                s.daemon.metrics_port,
+                s.daemon.metrics_max_rate,
+                log_format=s.daemon.log_format,
+            )
+            if s.daemon.metrics_port is not None
+            else None
+        )
         self.notify = Notifier.from_env()
         c = s.checkpoint
         self.store = Store(_writable(c.dir) / "checkpoints", c.keep) if c.dir is not None else None
@@ -112,7 +137,15 @@ class Daemon:
             torch.set_num_threads(self.settings.threads)  # from the engine's thread, before its first step
         if self.http:
             self.http.start()
-        log.info("starting", extra={"version": __version__, "device": str(self.engine.device), "broker": self.settings.mqtt.url, "metrics_port": self.http.port if self.http else None})
+        log.info(
+            "starting",
+            extra={
+                "version": __version__,
+                "device": str(self.engine.device),
+                "broker": self.settings.mqtt.url,
+                "metrics_port": self.http.port if self.http else None,
+            },
+        )
         if self.store is not None:
             self._restore()  # before connecting: the forecasts it makes wait in the client's queue
         # what the start made (torch, the model, settings, restored state) lives as long as the
@@ -220,7 +253,9 @@ class Daemon:
     def _ingest(self, msg: Delivery, wall: float) -> list[Frame] | None:
         """The frames a message closed; None if it was refused."""
         if msg.retain and not self.settings.mqtt.accept_retained:
-            self._refuse("retained", msg, "a retained message is the broker's last value, replayed at subscribe: old news (mqtt.accept_retained)")
+            self._refuse(
+                "retained", msg, "a retained message is the broker's last value, replayed at subscribe: old news (mqtt.accept_retained)"
+            )
             return None
         try:
             frames: list[Frame] = []
@@ -269,7 +304,11 @@ class Daemon:
         ready = self.ready()
         if ready != self._was_ready:  # said at once, not at the next slow pass
             log.info("ready" if ready else "not ready", extra={"connected": self.link.connected, "subscribed": self.link.subscribed})
-            self.notify.status(f"ready: serving {len(self.engine.streams)} streams" if ready else f"not ready: broker {self.settings.mqtt.url} {'connected, subscribing' if self.link.connected else 'unreachable'}")
+            self.notify.status(
+                f"ready: serving {len(self.engine.streams)} streams"
+                if ready
+                else f"not ready: broker {self.settings.mqtt.url} {'connected, subscribing' if self.link.connected else 'unreachable'}"
+            )
             self._was_ready = ready
             if self.http:
                 self.http.beat(ready)
@@ -301,9 +340,23 @@ class Daemon:
         m.ring_fill.set(sum(held) / (len(held) * self.settings.ring.size) if held else 0.0)
         if m.stream_last is not None:
             m.set_streams({name: e.last_ts(name) for name in e.streams})
-        self._sync("link", self.link.counts, {"queue_full": m.dropped.labels("queue_full"), "reconnects": m.reconnects, "status_reasserted": m.status_reasserted})
+        self._sync(
+            "link",
+            self.link.counts,
+            {"queue_full": m.dropped.labels("queue_full"), "reconnects": m.reconnects, "status_reasserted": m.status_reasserted},
+        )
         a = self.assembler.counts
-        self._sync("assembler", a, {"late": m.dropped.labels("late"), "overflow": m.dropped.labels("overflow"), "displaced": m.stream_resets.labels("displaced"), "resynced": m.stream_resets.labels("resynced"), "stuck": m.stuck_closes})
+        self._sync(
+            "assembler",
+            a,
+            {
+                "late": m.dropped.labels("late"),
+                "overflow": m.dropped.labels("overflow"),
+                "displaced": m.stream_resets.labels("displaced"),
+                "resynced": m.stream_resets.labels("resynced"),
+                "stuck": m.stuck_closes,
+            },
+        )
         self._sync("engine", e.counts, {"refused": m.dropped.labels("refused"), "late": m.frames_late})
         for source, key, what in _SAID:  # what else the input did, said at a bounded rate
             total = (a if source == "assembler" else e.counts)[key]
@@ -352,14 +405,24 @@ class Daemon:
             if verdict.outcome != "failed":
                 self.metrics.train_loss.set(verdict.report.train_loss)
                 self.metrics.val_loss.set(verdict.report.val_loss)
-            log.info("retrain done", extra={"outcome": result.outcome, "seconds": round(seconds, 2), "model_version": result.version, "error": verdict.report.error})
+            log.info(
+                "retrain done",
+                extra={
+                    "outcome": result.outcome,
+                    "seconds": round(seconds, 2),
+                    "model_version": result.version,
+                    "error": verdict.report.error,
+                },
+            )
             if verdict.serve is not None and not self.engine.adopting:
                 self._served()
             return
         if self.retrainer.busy or self.stopping.is_set():
             return
         interval = self.settings.trainer.interval
-        due = self.engine.retrain_due or (interval is not None and time.monotonic() - self._last_retrain >= interval and self.engine.retrain_ready)
+        due = self.engine.retrain_due or (
+            interval is not None and time.monotonic() - self._last_retrain >= interval and self.engine.retrain_ready
+        )
         if due:
             self._last_retrain = time.monotonic()
             snap = self.engine.snapshot()
@@ -391,7 +454,16 @@ class Daemon:
                 log.error("checkpoint skipped: unusable", extra={"path": str(path), "error": f"{type(e).__name__}: {e}"})
                 continue
             seq = seq_
-            log.info("checkpoint restored", extra={"path": str(path), "seq": seq, "streams": len(self.engine.streams), "frames": self.engine.frames_seen, "model_version": self.engine.version})
+            log.info(
+                "checkpoint restored",
+                extra={
+                    "path": str(path),
+                    "seq": seq,
+                    "streams": len(self.engine.streams),
+                    "frames": self.engine.frames_seen,
+                    "model_version": self.engine.version,
+                },
+            )
             break
         if not seq and self.store.skipped:
             log.warning("no sound checkpoint: starting afresh, with what the journal still holds", extra={"skipped": self.store.skipped})
@@ -433,7 +505,14 @@ class Daemon:
             self._saver.join()
         self._last_checkpoint = time.monotonic()
         seq = self.journal.seq
-        state = {"streamrnn": __version__, "seq": seq, "written": time.time(), "layout": layout(self.settings), "engine": self.engine.state(live_rings=True), "assembler": self.assembler.state()}
+        state = {
+            "streamrnn": __version__,
+            "seq": seq,
+            "written": time.time(),
+            "layout": layout(self.settings),
+            "engine": self.engine.state(live_rings=True),
+            "assembler": self.assembler.state(),
+        }
         self.journal.rotate()
         self._saver = threading.Thread(target=self._save, args=(seq, state, wait), name="checkpoint", daemon=True)
         self._saver.start()
@@ -447,7 +526,16 @@ class Daemon:
             path, size = self.store.write(seq, state)
         except Exception as e:  # a full disk (or a bug) costs this checkpoint, never the daemon
             self.metrics.checkpoints.labels("failed").inc()
-            self._rejects.log(log, logging.ERROR, "checkpoint", "checkpoint failed", exc_info=not isinstance(e, OSError), folder=str(self.store.folder), seq=seq, error=f"{type(e).__name__}: {e}")
+            self._rejects.log(
+                log,
+                logging.ERROR,
+                "checkpoint",
+                "checkpoint failed",
+                exc_info=not isinstance(e, OSError),
+                folder=str(self.store.folder),
+                seq=seq,
+                error=f"{type(e).__name__}: {e}",
+            )
             return
         seconds = time.perf_counter() - t0
         m = self.metrics
@@ -458,7 +546,11 @@ class Daemon:
         oldest = self.store.oldest()
         if oldest is not None:
             self.journal.prune(oldest)
-        log.log(logging.INFO if final else logging.DEBUG, "checkpoint written", extra={"path": str(path), "seq": seq, "bytes": size, "seconds": round(seconds, 3)})
+        log.log(
+            logging.INFO if final else logging.DEBUG,
+            "checkpoint written",
+            extra={"path": str(path), "seq": seq, "bytes": size, "seconds": round(seconds, 3)},
+        )
 
 
 def _writable(folder: Path) -> Path:

@@ -44,7 +44,16 @@ IDLE_TIMEOUT = 10.0  # seconds a connection may wait for a request or a request'
 class Endpoint:
     """The daemon's side: owns the listening socket and the server process, renders on request."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int, max_rate: float = 20.0, max_age: float = 1.0, stale_after: float = 10.0, log_format: str = "logfmt") -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        max_rate: float = 20.0,
+        max_age: float = 1.0,
+        stale_after: float = 10.0,
+        log_format: str = "logfmt",
+    ) -> None:
         self.registry, self.max_rate, self.max_age, self.stale_after, self.log_format = registry, max_rate, max_age, stale_after, log_format
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -65,7 +74,23 @@ class Endpoint:
     def start(self) -> None:
         ours, theirs = socket.socketpair()
         fds = (self.sock.fileno(), theirs.fileno())
-        args = [sys.executable, "-m", "streamrnn.endpoint", "--listen-fd", str(fds[0]), "--link-fd", str(fds[1]), "--max-age", str(self.max_age), "--stale-after", str(self.stale_after), "--max-rate", str(self.max_rate), "--log-format", self.log_format]
+        args = [
+            sys.executable,
+            "-m",
+            "streamrnn.endpoint",
+            "--listen-fd",
+            str(fds[0]),
+            "--link-fd",
+            str(fds[1]),
+            "--max-age",
+            str(self.max_age),
+            "--stale-after",
+            str(self.stale_after),
+            "--max-rate",
+            str(self.max_rate),
+            "--log-format",
+            self.log_format,
+        ]
         self.proc = children.popen(args, pass_fds=fds, stdin=subprocess.DEVNULL)
         theirs.close()
         self.link = Connection(ours.detach())
@@ -80,7 +105,14 @@ class Endpoint:
         """Restart the server process if it died; True if it had to."""
         if self.proc is None or self.proc.poll() is None:
             return False
-        self._errors.log(log, logging.ERROR, "died", "metrics endpoint process died; restarting it", exit_code=self.proc.returncode, restarts=self.restarts + 1)
+        self._errors.log(
+            log,
+            logging.ERROR,
+            "died",
+            "metrics endpoint process died; restarting it",
+            exit_code=self.proc.returncode,
+            restarts=self.restarts + 1,
+        )
         self._close_link()
         self.restarts += 1
         self.start()
@@ -107,7 +139,9 @@ class Endpoint:
                     try:
                         body = generate_latest(self.registry)
                     except Exception as e:  # a collector's bug costs that scrape (a 503), never the heartbeat
-                        self._errors.log(log, logging.ERROR, "render", "rendering the metrics failed", exc_info=True, error=f"{type(e).__name__}: {e}")
+                        self._errors.log(
+                            log, logging.ERROR, "render", "rendering the metrics failed", exc_info=True, error=f"{type(e).__name__}: {e}"
+                        )
                     else:
                         link.send_bytes(_METRICS + body)
                 state = self._state
@@ -259,7 +293,7 @@ def _handler(shared: _Shared, pace: _Pace, stale_after: float) -> type[BaseHTTPR
             self.server.waiting(self.connection, False)  # type: ignore[attr-defined]
             return whole
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 if not pace.wait():

@@ -82,7 +82,9 @@ class Engine:
         self._std_t = self._target_std()
         self.bank = HiddenBank(self.model, len(self.channels), settings.streams.max_streams, settings.streams.idle_timeout)
         ev = settings.evaluator
-        self.evaluator = Evaluator(len(self._ti), self.spec.horizon, ev.coverage, ev.residuals, ev.live_window, contenders=3, gate_memory=settings.gate.memory)
+        self.evaluator = Evaluator(
+            len(self._ti), self.spec.horizon, ev.coverage, ev.residuals, ev.live_window, contenders=3, gate_memory=settings.gate.memory
+        )
         self.linear: OnlineRidge | None = None  # the linear contender, once a retrain has fitted it
         self._windows: Windows | None = None  # and what it reads per stream
         self._serving: tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None] | None = None  # its weights, as it is served
@@ -161,11 +163,23 @@ class Engine:
         now = np.where(soft, out[:, 0], base)
         recurrent, linear = out[:, 1:], self._linear(r, held, base, stamps)
         panel = self.evaluator.panel(r, t)  # the forecasts whose contenders the gate will score
-        served, mixed = self._serve(base, recurrent, linear, panel)  # before the linear contender's first fit, the gate weighs the other two
+        served, mixed = self._serve(
+            base, recurrent, linear, panel
+        )  # before the linear contender's first fit, the gate weighs the other two
         band = self.evaluator.bands(served)  # (B, H, 3, T): prediction, lower, upper
         self.evaluator.record(r, t, band, base, (recurrent[panel], np.float32(np.nan) if linear is None else linear[panel], mixed), panel)
         self.frames_seen += len(rows)
-        return Forecasts([f.stream for f in frames], stamps, self.spec.kind, self.version, self.spec.targets, band[:, :, 0], band[:, :, 1], band[:, :, 2], now)
+        return Forecasts(
+            [f.stream for f in frames],
+            stamps,
+            self.spec.kind,
+            self.version,
+            self.spec.targets,
+            band[:, :, 0],
+            band[:, :, 1],
+            band[:, :, 2],
+            now,
+        )
 
     def _linear(self, rows: np.ndarray, held: np.ndarray, base: np.ndarray, stamps: list[float]) -> np.ndarray | None:
         """The linear contender's forecasts (B, H, T) from each stream's window, now that ``held``
@@ -182,7 +196,9 @@ class Engine:
             change += calendar(np.array(stamps)).astype(np.float32) @ w_when
         return base[:, None, :] + change.reshape(len(rows), self.spec.horizon, len(self._ti))
 
-    def _serve(self, base: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None, panel: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
+    def _serve(
+        self, base: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None, panel: np.ndarray | slice
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The gate's forecasts: the served one (B, H, T), and the combination of the contenders
         (served where it has done best) at the forecasts ``panel`` names, for the gate to score;
         each with the gate's wild weights where the linear and the recurrent forecast are unusually
@@ -206,7 +222,9 @@ class Engine:
         ev = self.evaluator
         if self._gate is None or self._gate.version != ev.moments_version:
             mixed, served = gate.weights(ev.errors, self.settings.gate.warmup)
-            self._gate = _Drawn(ev.moments_version, mixed.astype(np.float32), served.astype(np.float32), gate.threshold(*ev.spread).astype(np.float32))
+            self._gate = _Drawn(
+                ev.moments_version, mixed.astype(np.float32), served.astype(np.float32), gate.threshold(*ev.spread).astype(np.float32)
+            )
         return (self._gate.mixed, self._gate.served), self._gate.limit
 
     def evict_idle(self, now: float) -> list[str]:
@@ -265,8 +283,20 @@ class Engine:
             self._next_retrain = self.frames_seen + min(max(self.frames_seen, 1), self.settings.trainer.retrain_every)
         lin = self.settings.linear
         self._next_linear = self.frames_seen + lin.refit_every
-        return Snapshot(list(self.bank.rows), [v for _, v in last], [t for t, _ in last], self.settings.trainer.holdout_fraction, counts, self.bank.held[rows], self.bank.centre[rows],
-                        linear=self.linear.state() if self.linear is not None else None, lookback=lin.lookback if lin.enabled else 0, calendar=lin.calendar, max_examples=lin.max_examples, recurrent=recurrent)  # fmt: skip
+        return Snapshot(
+            list(self.bank.rows),
+            [v for _, v in last],
+            [t for t, _ in last],
+            self.settings.trainer.holdout_fraction,
+            counts,
+            self.bank.held[rows],
+            self.bank.centre[rows],
+            linear=self.linear.state() if self.linear is not None else None,
+            lookback=lin.lookback if lin.enabled else 0,
+            calendar=lin.calendar,
+            max_examples=lin.max_examples,
+            recurrent=recurrent,
+        )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -299,7 +329,14 @@ class Engine:
         problem = self._unfit(snap, verdict)
         if problem is not None:
             verdict.report.status, verdict.report.error = "failed", problem
-            verdict = Verdict("failed", verdict.report, champion_error=verdict.champion_error, challenger_error=verdict.challenger_error, persistence_error=verdict.persistence_error, linear=verdict.linear)
+            verdict = Verdict(
+                "failed",
+                verdict.report,
+                champion_error=verdict.champion_error,
+                challenger_error=verdict.challenger_error,
+                persistence_error=verdict.persistence_error,
+                linear=verdict.linear,
+            )
         if verdict.linear is not None and self.adopt_linear(verdict.linear):
             self.counts["linear_fitted"] += 1
         elif verdict.report.linear.get("error"):
@@ -318,13 +355,24 @@ class Engine:
                 self.catch_up()
             if verdict.serve == "persistence":
                 self.counts["fallback_persistence"] += 1
-                log.info("champion behind persistence on the held-out tail (%.4g > %.4g): serving persistence", verdict.champion_error, verdict.persistence_error)
+                log.info(
+                    "champion behind persistence on the held-out tail (%.4g > %.4g): serving persistence",
+                    verdict.champion_error,
+                    verdict.persistence_error,
+                )
         result = RetrainResult(verdict.outcome, verdict.report, verdict.champion_error, verdict.challenger_error, version)
         result.extra["persistence_error"] = verdict.persistence_error
         if verdict.outcome == "failed":
             log.warning("retrain failed: %s", verdict.report.error)
         else:
-            log.info("retrain %s: holdout error %.4g (champion %.4g, persistence %.4g), version %d", verdict.outcome, verdict.challenger_error, verdict.champion_error, verdict.persistence_error, self.version)
+            log.info(
+                "retrain %s: holdout error %.4g (champion %.4g, persistence %.4g), version %d",
+                verdict.outcome,
+                verdict.challenger_error,
+                verdict.champion_error,
+                verdict.persistence_error,
+                self.version,
+            )
         self.counts[f"retrain_{verdict.outcome}"] += 1
         self.retrains += 1
         self.results.append(result)
@@ -459,7 +507,9 @@ class Engine:
             rows = np.array([row for row, _, _, _ in members])
             at = torch.as_tensor(rows, device=self.device)
             values = np.stack([self.rings[row].last(k)[1][:n] for row, _, _, k in members])  # (B, n, C), oldest first
-            a.hidden[:, :, at], a.held[rows], a.centre[rows] = catch_up(a.model, a.hidden[:, :, at], values, a.held[rows], a.centre[rows], self.bank.alpha)
+            a.hidden[:, :, at], a.held[rows], a.centre[rows] = catch_up(
+                a.model, a.hidden[:, :, at], values, a.held[rows], a.centre[rows], self.bank.alpha
+            )
             for _, stream, _, _ in members:
                 ring, count = a.reached[stream]
                 a.reached[stream] = (ring, count + n)
@@ -496,7 +546,15 @@ class Engine:
             "spec": self.spec.to_dict(),
             "version": self.version,
             "weights": {k: v.numpy() for k, v in self.state_dict().items()},
-            "bank": {"rows": dict(b.rows), "names": list(b.names), "free": list(b._free), "last_seen": b.last_seen.copy(), "held": b.held.copy(), "centre": b.centre.copy(), "hidden": b.hidden.detach().cpu().numpy().copy()},
+            "bank": {
+                "rows": dict(b.rows),
+                "names": list(b.names),
+                "free": list(b._free),
+                "last_seen": b.last_seen.copy(),
+                "held": b.held.copy(),
+                "centre": b.centre.copy(),
+                "hidden": b.hidden.detach().cpu().numpy().copy(),
+            },
             "rings": {row: {"values": keep(r.values), "ts": keep(r.ts), "count": r.count} for row, r in self.rings.items()},
             "last_tick": dict(self._last_tick),
             "evaluator": self.evaluator.state(),
@@ -507,7 +565,13 @@ class Engine:
             "retrains": self.retrains,
             "next_retrain": self._next_retrain,
             "next_linear": self._next_linear,
-            "gate": None if self._gate is None else {"mixed": self._gate.mixed, "served": self._gate.served, "limit": self._gate.limit},  # as last drawn: a restart serves what this run would
+            "gate": None
+            if self._gate is None
+            else {
+                "mixed": self._gate.mixed,
+                "served": self._gate.served,
+                "limit": self._gate.limit,
+            },  # as last drawn: a restart serves what this run would
             "last_evict": self._last_evict,
         }
 
@@ -520,7 +584,11 @@ class Engine:
         b, size = st["bank"], self.settings.ring.size
         hidden = torch.as_tensor(b["hidden"])
         rows = len(b["names"])
-        if hidden.shape[2] != rows or b["held"].shape != (rows, len(self.channels)) or any(r["values"].shape != (size, len(self.channels)) for r in st["rings"].values()):
+        if (
+            hidden.shape[2] != rows
+            or b["held"].shape != (rows, len(self.channels))
+            or any(r["values"].shape != (size, len(self.channels)) for r in st["rings"].values())
+        ):
             raise ValueError("checkpoint's streams do not fit its own model and ring layout")
         self.evaluator.load_state(st["evaluator"])
         self._adoption = None
@@ -580,4 +648,3 @@ class Engine:
             if x is not None:
                 v[i] = x
         return Frame(stream, ts, v)
-

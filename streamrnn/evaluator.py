@@ -23,7 +23,9 @@ from streamrnn import gate
 
 _TOTALS = ("n", "se", "se_p", "ae", "ae_p", "n_band", "hit")
 _ARRAYS = ("tick", "fc", "base", "ctick", "cfc", "res", "res_n")  # kept in a checkpoint
-_MOMENT_ROWS = 64  # streams whose contenders' forecasts are kept for the gate (a panel), and scored forecasts per pass that feed it, at most
+_MOMENT_ROWS = (
+    64  # streams whose contenders' forecasts are kept for the gate (a panel), and scored forecasts per pass that feed it, at most
+)
 _GATE_PASSES = 4  # scoring passes at least between two draws of the gate's weights
 LAG = 8  # steps whose truths may wait to be scored together
 FLUSH = 256  # frames queued that are scored at once: a batch this large gains nothing by waiting
@@ -31,7 +33,16 @@ _NEVER = 2**62
 
 
 class Evaluator:
-    def __init__(self, targets: int, horizon: int, coverage: float = 0.9, residuals: int = 500, live_window: int = 1000, contenders: int = 0, gate_memory: int = 500) -> None:
+    def __init__(
+        self,
+        targets: int,
+        horizon: int,
+        coverage: float = 0.9,
+        residuals: int = 500,
+        live_window: int = 1000,
+        contenders: int = 0,
+        gate_memory: int = 500,
+    ) -> None:
         """``contenders``: forecasts besides the served one and persistence that ``record`` keeps
         and scoring compares (the gate's); ``gate_memory``: the scored forecasts per (step, target)
         after which one weighs 1/e in their error moments."""
@@ -79,7 +90,10 @@ class Evaluator:
         self.spread = np.zeros((2, h, t))  # the linear and recurrent forecasts' squared disagreement, clipped, and its weight
         self.moments_version = 0  # moves whenever the gate should draw its weights again
         self._gate_decay = 1.0 - 1.0 / gate_memory
-        self._gate_redraw, self._gate_new = max(1, gate_memory // 10), 0  # errors (per step and target, at most) between draws, and since the last
+        self._gate_redraw, self._gate_new = (
+            max(1, gate_memory // 10),
+            0,
+        )  # errors (per step and target, at most) between draws, and since the last
         self._gate_passes = 0  # scoring passes since the last draw
         self._gate_drawn = 0.0  # errors (per step and target, at most) folded as of the last draw
 
@@ -159,7 +173,17 @@ class Evaluator:
         ae, ae_p = np.abs(err, out=err), np.abs(err_p, out=err_p)
         half = fc[:, :, 1]  # NaN where the forecast had no band
         f8 = np.float64
-        got = np.array([n, np.einsum("bij,bij->ij", ae, ae, dtype=f8), np.einsum("bij,bij->ij", ae_p, ae_p, dtype=f8), ae.sum(axis=0, dtype=f8), ae_p.sum(axis=0, dtype=f8), (ok & (half == half)).sum(axis=0), (ok & (ae <= half)).sum(axis=0)])  # in _TOTALS order
+        got = np.array(
+            [
+                n,
+                np.einsum("bij,bij->ij", ae, ae, dtype=f8),
+                np.einsum("bij,bij->ij", ae_p, ae_p, dtype=f8),
+                ae.sum(axis=0, dtype=f8),
+                ae_p.sum(axis=0, dtype=f8),
+                (ok & (half == half)).sum(axis=0),
+                (ok & (ae <= half)).sum(axis=0),
+            ]
+        )  # in _TOTALS order
         self._total += got
         self._live *= self._decay**n  # a batch's forecasts count as one after another in the live view
         self._live += got
@@ -175,7 +199,9 @@ class Evaluator:
         if self._new.max() >= self._redraw or (self._waiting and (self._shown != (self._res_n >= self._enough)).any()):
             self._half = None  # drawn again at the next half_width
 
-    def _contenders(self, rows: np.ndarray, slots: np.ndarray, made: np.ndarray, truth: np.ndarray, err_p: np.ndarray, ok: np.ndarray) -> None:
+    def _contenders(
+        self, rows: np.ndarray, slots: np.ndarray, made: np.ndarray, truth: np.ndarray, err_p: np.ndarray, ok: np.ndarray
+    ) -> None:
         """The errors of the contenders' forecasts kept for these truths (B, 1, T), into the gate's
         moments beside persistence's (``err_p``, (B, H, T)); of more than _MOMENT_ROWS of them, as
         many evenly spread: the moments are means."""
@@ -227,7 +253,15 @@ class Evaluator:
         self.half_width()
         return pred.astype(np.float32)[:, :, None, :] + self._spread
 
-    def record(self, rows: np.ndarray, ticks: np.ndarray, band: np.ndarray, base: np.ndarray, contenders: tuple[np.ndarray, ...] = (), panel: np.ndarray | slice = slice(None)) -> None:
+    def record(
+        self,
+        rows: np.ndarray,
+        ticks: np.ndarray,
+        band: np.ndarray,
+        base: np.ndarray,
+        contenders: tuple[np.ndarray, ...] = (),
+        panel: np.ndarray | slice = slice(None),
+    ) -> None:
         """Keep forecasts made at ``ticks``: ``band`` (B, H, 3, targets) as ``bands`` draws it, base
         (B, targets) = persistence, and the contenders' forecasts (P, H, targets) each at the
         forecasts ``panel`` names (:meth:`panel`); ``rows`` (B,) distinct."""
@@ -255,7 +289,13 @@ class Evaluator:
         out["total"] = {k: v.copy() for k, v in self.total.items()}
         out["live"] = {k: v.copy() for k, v in self.live.items()}
         out["bands"] = {"half": None if self._half is None else self._half.copy(), "new": self._new.copy(), "shown": self._shown.copy()}
-        out["gate"] = {**self.errors.state(), "spread": self.spread.copy(), "new": self._gate_new, "passes": self._gate_passes, "drawn": self._gate_drawn}
+        out["gate"] = {
+            **self.errors.state(),
+            "spread": self.spread.copy(),
+            "new": self._gate_new,
+            "passes": self._gate_passes,
+            "drawn": self._gate_drawn,
+        }
         return out
 
     def load_state(self, st: dict) -> None:
@@ -267,10 +307,18 @@ class Evaluator:
         k, fc = self.contenders, st["fc"]
         if "cfc" not in st:  # written before the contenders' forecasts had slots of their own: after the band's, if at all
             beside = fc.ndim == 5 and fc.shape[3] == 2 + k
-            st = {**st, "fc": fc[:, :, :, :2], "ctick": st["tick"].copy() if beside else np.full_like(st["tick"], -1),
-                  "cfc": fc[:, :, :, 2:] if beside else np.full((*fc.shape[:3], k, fc.shape[4]), np.nan, np.float32)}  # fmt: skip
+            st = {
+                **st,
+                "fc": fc[:, :, :, :2],
+                "ctick": st["tick"].copy() if beside else np.full_like(st["tick"], -1),
+                "cfc": fc[:, :, :, 2:] if beside else np.full((*fc.shape[:3], k, fc.shape[4]), np.nan, np.float32),
+            }
         elif st["cfc"].ndim == 5 and st["cfc"].shape[3] != k:  # kept other contenders: theirs are not known
-            st = {**st, "ctick": np.full_like(st["ctick"], -1), "cfc": np.full((*st["cfc"].shape[:3], k, st["cfc"].shape[4]), np.nan, np.float32)}
+            st = {
+                **st,
+                "ctick": np.full_like(st["ctick"], -1),
+                "cfc": np.full((*st["cfc"].shape[:3], k, st["cfc"].shape[4]), np.nan, np.float32),
+            }
         for name in _ARRAYS:
             have, got = getattr(self, f"_{name}").shape, st[name].shape
             if got[2:] != have[2:] or (name in ("res", "res_n") and got != have):
@@ -288,7 +336,11 @@ class Evaluator:
         self._gate_new, self._gate_passes = int(kept.get("new", 0)), int(kept.get("passes", 0))
         self.errors = gate.Errors.from_state(kept, self.errors)
         self._gate_drawn = float(kept.get("drawn", self.errors.count.sum(axis=0).max()))  # older checkpoints: as of now
-        self.spread = kept["spread"].copy() if kept.get("spread") is not None and kept["spread"].shape == self.spread.shape else np.zeros_like(self.spread)
+        self.spread = (
+            kept["spread"].copy()
+            if kept.get("spread") is not None and kept["spread"].shape == self.spread.shape
+            else np.zeros_like(self.spread)
+        )
         self.moments_version += 1
         bands = st.get("bands")  # the bands as drawn, so a restart draws them again exactly when this run would
         if bands is not None and bands["half"] is not None and bands["half"].shape == self._res_n.shape:
@@ -302,7 +354,9 @@ class Evaluator:
         """Pending forecasts saved with any number of slots (their ticks, and what is kept of them
         per slot), each in its slot here (by tick)."""
         rows = len(tick)
-        out = [np.full((rows, self._slots), -1, dtype=np.int64)] + [np.full((rows, self._slots, *a.shape[2:]), np.nan, dtype=np.float32) for a in kept]
+        out = [np.full((rows, self._slots), -1, dtype=np.int64)] + [
+            np.full((rows, self._slots, *a.shape[2:]), np.nan, dtype=np.float32) for a in kept
+        ]
         r, s = np.nonzero(tick >= 0)
         order = np.argsort(tick[r, s], kind="stable")  # of two that meet in one slot, the newer stays
         r, s = r[order], s[order]

@@ -17,6 +17,7 @@ from importlib import resources
 import numpy as np
 import orjson
 
+
 @dataclass(frozen=True)
 class Forecast:
     """Steps 1..H for every target at ``ts + k * period``; ``now`` is step 0 (the soft sensor)."""
@@ -38,7 +39,18 @@ class Forecasts(Sequence[Forecast]):
 
     __slots__ = ("streams", "ts", "kind", "version", "targets", "values", "lower", "upper", "now")
 
-    def __init__(self, streams: list[str], ts: list[float], kind: str, version: int, targets: tuple[str, ...], values: np.ndarray, lower: np.ndarray, upper: np.ndarray, now: np.ndarray) -> None:
+    def __init__(
+        self,
+        streams: list[str],
+        ts: list[float],
+        kind: str,
+        version: int,
+        targets: tuple[str, ...],
+        values: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        now: np.ndarray,
+    ) -> None:
         self.streams, self.ts, self.kind, self.version, self.targets = streams, ts, kind, version, targets
         self.values, self.lower, self.upper, self.now = values, lower, upper, now  # (B, H, T) x 3, (B, T)
 
@@ -48,15 +60,27 @@ class Forecasts(Sequence[Forecast]):
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
             return [self[j] for j in range(len(self))[i]]
-        return Forecast(self.streams[i], self.ts[i], self.kind, self.version, self.targets, self.values[i], self.lower[i], self.upper[i], self.now[i])
+        return Forecast(
+            self.streams[i], self.ts[i], self.kind, self.version, self.targets, self.values[i], self.lower[i], self.upper[i], self.now[i]
+        )
 
     def __add__(self, other: Forecasts) -> Forecasts:
         if not len(other):
             return self
         if not len(self):
             return other
-        cat = lambda a, b: np.concatenate([a, b])  # noqa: E731
-        return Forecasts(self.streams + other.streams, self.ts + other.ts, self.kind, other.version, self.targets, cat(self.values, other.values), cat(self.lower, other.lower), cat(self.upper, other.upper), cat(self.now, other.now))
+        cat = lambda a, b: np.concatenate([a, b])
+        return Forecasts(
+            self.streams + other.streams,
+            self.ts + other.ts,
+            self.kind,
+            other.version,
+            self.targets,
+            cat(self.values, other.values),
+            cat(self.lower, other.lower),
+            cat(self.upper, other.upper),
+            cat(self.now, other.now),
+        )
 
     @classmethod
     def empty(cls, kind: str, version: int, targets: tuple[str, ...], horizon: int) -> Forecasts:
@@ -73,14 +97,17 @@ def encode_all(fcs: Forecasts, period: float, skill: dict[str, float | None] | N
     if not len(fcs):
         return []
     skill = skill or {}
-    f32 = lambda a: np.ascontiguousarray(np.swapaxes(a, 1, 2), dtype=np.float32)  # noqa: E731  (B, T, H)
+    f32 = lambda a: np.ascontiguousarray(np.swapaxes(a, 1, 2), dtype=np.float32)
     values, lower, upper = f32(fcs.values), f32(fcs.lower), f32(fcs.upper)
     now = fcs.now.astype(np.float32)
     names = [(name, skill.get(name)) for name in fcs.targets]
     model, horizon = {"kind": fcs.kind, "version": fcs.version}, int(fcs.values.shape[1])
     out = []
     for stream, ts, v, lo, up, n in zip(fcs.streams, fcs.ts, values, lower, upper, now):
-        targets = {name: {"now": n_, "values": v_, "lower": lo_, "upper": up_, "skill": sk} for (name, sk), n_, v_, lo_, up_ in zip(names, n, v, lo, up)}
+        targets = {
+            name: {"now": n_, "values": v_, "lower": lo_, "upper": up_, "skill": sk}
+            for (name, sk), n_, v_, lo_, up_ in zip(names, n, v, lo, up)
+        }
         doc = {"schema": SCHEMA_ID, "stream": stream, "ts": ts, "period": period, "horizon": horizon, "model": model, "targets": targets}
         out.append(orjson.dumps(doc, option=_NUMPY))  # NaN and infinities as null
     return out

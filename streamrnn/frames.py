@@ -137,7 +137,9 @@ class Assembler:
         """A new stream; at the cap, in the place of the probationer heard least recently."""
         if len(self.streams) >= self.max_streams:
             if not self._probation:
-                raise Rejected("capacity", f"stream {name!r} refused: {self.max_streams} streams open (streams.max_streams), none of them on probation")
+                raise Rejected(
+                    "capacity", f"stream {name!r} refused: {self.max_streams} streams open (streams.max_streams), none of them on probation"
+                )
             victim, _ = self._probation.popitem(last=False)
             self._drop(victim)
             self.counts["displaced"] += 1

@@ -140,7 +140,9 @@ def levels(second: np.ndarray, fourth: np.ndarray, ess: np.ndarray, seen: np.nda
 
     best_ess, best_seen = ess.max(axis=1, keepdims=True), seen.max(axis=1, keepdims=True)
     target = Level(mean(own.second, (1,)), mean(own.fourth, (1,)), best_ess, best_seen)
-    regime = Level(mean(own.second, (1, 2)), mean(own.fourth, (1, 2)), best_ess.sum(axis=2, keepdims=True), best_seen.sum(axis=2, keepdims=True))
+    regime = Level(
+        mean(own.second, (1, 2)), mean(own.fourth, (1, 2)), best_ess.sum(axis=2, keepdims=True), best_seen.sum(axis=2, keepdims=True)
+    )
     return own, target, regime
 
 
@@ -221,7 +223,13 @@ class Mixer:
         self.used = [c for c in range(len(w)) if (w[c] != 0).any()]
         self.whole = next((c for c in self.used if (w[c] == 1.0).all()), None)  # one contender everywhere: a copy
 
-    def __call__(self, persistence: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None, wild: tuple[tuple[np.ndarray, ...], np.ndarray] | None = None) -> np.ndarray:
+    def __call__(
+        self,
+        persistence: np.ndarray,
+        recurrent: np.ndarray,
+        linear: np.ndarray | None,
+        wild: tuple[tuple[np.ndarray, ...], np.ndarray] | None = None,
+    ) -> np.ndarray:
         """The forecasts (B, H, targets) from ``persistence`` (B, targets) and the others' (B, H,
         targets; ``linear`` None: not fitted yet, persistence in its place); at the forecasts that
         ``wild`` names (the indices of a (B, H, targets) mask, as ``np.nonzero`` gives them, found
@@ -247,7 +255,9 @@ class Mixer:
         return out
 
 
-def _weighed(w: np.ndarray, persistence: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None, at: tuple[np.ndarray, ...]) -> np.ndarray:
+def _weighed(
+    w: np.ndarray, persistence: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None, at: tuple[np.ndarray, ...]
+) -> np.ndarray:
     """The forecasts at ``at`` (indices into (B, H, targets)) weighed by ``w`` (contenders, len(at)),
     each contender only where it has weight."""
     held = persistence[at[0], at[2]]

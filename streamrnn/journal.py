@@ -181,7 +181,15 @@ class Journal:
                 except OSError as e:  # the next batch opens a segment of its own
                     self.counts["errors"] += 1
                     self._abandon()
-                    self._errors.log(log, logging.ERROR, "segment", "journal segment could not be opened or pruned", folder=str(self.folder), error=str(e), errors=self.counts["errors"])
+                    self._errors.log(
+                        log,
+                        logging.ERROR,
+                        "segment",
+                        "journal segment could not be opened or pruned",
+                        folder=str(self.folder),
+                        error=str(e),
+                        errors=self.counts["errors"],
+                    )
                 continue
             kind, seq, arrival, topic, payload, token = item
             start = start or seq
@@ -212,12 +220,23 @@ class Journal:
             except OSError as e:
                 self.counts["errors"] += 1
                 self._abandon()
-                self._errors.log(log, logging.ERROR, "write", "journal write failed: acknowledging without a durable record", folder=str(self.folder), error=str(e), records=len(data), errors=self.counts["errors"])
+                self._errors.log(
+                    log,
+                    logging.ERROR,
+                    "write",
+                    "journal write failed: acknowledging without a durable record",
+                    folder=str(self.folder),
+                    error=str(e),
+                    records=len(data),
+                    errors=self.counts["errors"],
+                )
         if tokens:
             try:
                 self.on_durable(tokens)
             except Exception as e:  # a bug there must not end the thread that acknowledges everything
-                self._errors.log(log, logging.ERROR, "ack", "acknowledging journaled messages failed", exc_info=True, error=f"{type(e).__name__}: {e}")
+                self._errors.log(
+                    log, logging.ERROR, "ack", "acknowledging journaled messages failed", exc_info=True, error=f"{type(e).__name__}: {e}"
+                )
 
     def _open(self, first: int) -> None:
         self._abandon()
@@ -238,7 +257,7 @@ class Journal:
     def _prune(self, covered: int) -> None:
         segs = segments(self.folder)
         current = self._file.name if self._file is not None else None
-        for (first, path), (nxt, _) in zip(segs, segs[1:]):
+        for (_, path), (nxt, _) in zip(segs, segs[1:]):
             if nxt - 1 <= covered and str(path) != current:
                 path.unlink(missing_ok=True)
                 self.counts["pruned"] += 1

@@ -30,7 +30,19 @@ class OnlineRidge:
     """One direct multi-step ridge over ``channels`` inputs for ``targets`` (indices into the
     channels), fitted from the examples of every stream that feeds it."""
 
-    def __init__(self, channels: int, targets: list[int], horizon: int, lookback: int, mean: np.ndarray, std: np.ndarray, refit: int = 24, memory: float | None = None, recent: int | None = None, calendar: bool = False) -> None:
+    def __init__(
+        self,
+        channels: int,
+        targets: list[int],
+        horizon: int,
+        lookback: int,
+        mean: np.ndarray,
+        std: np.ndarray,
+        refit: int = 24,
+        memory: float | None = None,
+        recent: int | None = None,
+        calendar: bool = False,
+    ) -> None:
         """``mean``, ``std``: per channel, the normalisation (from data seen before); ``memory``:
         examples after which an example weighs 1/e (default 20 x the features); ``recent``: the
         examples held out to choose the penalty (default 4 x horizon, at least 48); ``calendar``:
@@ -47,7 +59,9 @@ class OnlineRidge:
         self.gram, self.cross, self.count = np.zeros((f, f)), np.zeros((f, o)), 0.0  # the older examples, faded
         self._held: list[tuple[np.ndarray, np.ndarray]] = []  # the recent ones, for the penalty
         self.weights = np.zeros((f, o))  # untrained: no change, i.e. persistence
-        self.factors: tuple[np.ndarray, ...] | None = None  # the weights' output directions as drawn where they are solved; () to serve them whole
+        self.factors: tuple[np.ndarray, ...] | None = (
+            None  # the weights' output directions as drawn where they are solved; () to serve them whole
+        )
         self.learnt = 0
         self.penalty = float("nan")
         self.absorbed: dict[str, int] = {}  # per stream, the frames whose examples were learnt (learn_frames)
@@ -97,7 +111,7 @@ class OnlineRidge:
         their times. Of more new examples than ``max_examples``, as many evenly spread over them;
         all in time order, so the recent ones the penalty is chosen on are the newest. Returns how
         many were learnt."""
-        h, l = self.horizon, self.lookback
+        h, lb = self.horizon, self.lookback
         chosen: list[tuple[float, int, int]] = []  # (time, stream, frame) of each new example
         helds = []
         for s, (name, v, stamps, count) in enumerate(zip(streams, values, ts, counts)):
@@ -116,7 +130,7 @@ class OnlineRidge:
         chosen.sort()
         for at in range(0, len(chosen), _CHUNK):
             part = chosen[at : at + _CHUNK]
-            windows = np.stack([_window(helds[s], i, l) for _, s, i in part])
+            windows = np.stack([_window(helds[s], i, lb) for _, s, i in part])
             after = np.stack([helds[s][i + 1 : i + 1 + h] for _, s, i in part])
             now = np.stack([helds[s][i] for _, s, i in part])
             self.learn_many(self.encode(windows, np.array([t for t, _, _ in part])), np.nan_to_num(self.changes(now, after), nan=0.0))
@@ -191,19 +205,41 @@ class OnlineRidge:
         held = self._held
         f, o = self.features, self.outputs
         return {
-            "shape": np.array([self.channels, self.horizon, self.lookback, self.refit]), "targets": self.targets.copy(), "calendar": self.calendar,
-            "mean": self.mean.copy(), "std": self.std.copy(), "decay": self.decay, "recent": self.recent,
-            "gram": self.gram.copy(), "cross": self.cross.copy(), "count": self.count, "weights": self.weights.copy(),
-            "held_x": np.stack([a for a, _ in held]) if held else np.zeros((0, f)), "held_y": np.stack([b for _, b in held]) if held else np.zeros((0, o)),
-            "learnt": self.learnt, "penalty": self.penalty, "absorbed": dict(self.absorbed), "solves": self.solves,
+            "shape": np.array([self.channels, self.horizon, self.lookback, self.refit]),
+            "targets": self.targets.copy(),
+            "calendar": self.calendar,
+            "mean": self.mean.copy(),
+            "std": self.std.copy(),
+            "decay": self.decay,
+            "recent": self.recent,
+            "gram": self.gram.copy(),
+            "cross": self.cross.copy(),
+            "count": self.count,
+            "weights": self.weights.copy(),
+            "held_x": np.stack([a for a, _ in held]) if held else np.zeros((0, f)),
+            "held_y": np.stack([b for _, b in held]) if held else np.zeros((0, o)),
+            "learnt": self.learnt,
+            "penalty": self.penalty,
+            "absorbed": dict(self.absorbed),
+            "solves": self.solves,
             "factors": None if self.factors is None else [a.copy() for a in self.factors],  # [] to serve whole
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_state(cls, st: dict) -> OnlineRidge:
         """The ridge :meth:`state` describes; raises ValueError where its parts do not fit together."""
         channels, horizon, lookback, refit = (int(v) for v in st["shape"])
-        r = cls(channels, [int(t) for t in st["targets"]], horizon, lookback, st["mean"], st["std"], refit=refit, recent=int(st["recent"]), calendar=bool(st.get("calendar", False)))
+        r = cls(
+            channels,
+            [int(t) for t in st["targets"]],
+            horizon,
+            lookback,
+            st["mean"],
+            st["std"],
+            refit=refit,
+            recent=int(st["recent"]),
+            calendar=bool(st.get("calendar", False)),
+        )
         f, o = r.features, r.outputs
         shapes = {"gram": (f, f), "cross": (f, o), "weights": (f, o)}
         for name, want in shapes.items():
@@ -223,7 +259,13 @@ class OnlineRidge:
             r.factors = ()
         elif factors is not None and len(factors) == 2:
             left, right = (np.asarray(a, float) for a in factors)
-            if left.ndim == right.ndim == 2 and left.shape[0] == right.shape[1] == o and left.shape[1] == right.shape[0] and np.isfinite(left).all() and np.isfinite(right).all():
+            if (
+                left.ndim == right.ndim == 2
+                and left.shape[0] == right.shape[1] == o
+                and left.shape[1] == right.shape[0]
+                and np.isfinite(left).all()
+                and np.isfinite(right).all()
+            ):
                 r.factors = (left, right)
         return r
 
@@ -237,16 +279,16 @@ class OnlineRidge:
         the fewest output directions that carry all but ``RANK_LOSS`` of each output's variance on
         the examples learnt (reduced-rank regression: the outputs, H steps of every target, move
         together, and serving costs the rank, not the outputs)."""
-        l, c = self.lookback, self.channels
+        lb, c = self.lookback, self.channels
         w = self.weights
         factors = self.factors if self.factors is not None else self._directions() or ()
-        rows = np.zeros((l, c, self.outputs))
-        rows[:-1] = w[: (l - 1) * c].reshape(l - 1, c, -1)
-        rows[-1] = w[(l - 1) * c : l * c] - rows[:-1].sum(axis=0)
+        rows = np.zeros((lb, c, self.outputs))
+        rows[:-1] = w[: (lb - 1) * c].reshape(lb - 1, c, -1)
+        rows[-1] = w[(lb - 1) * c : lb * c] - rows[:-1].sum(axis=0)
         scale = np.tile(self.std[self.targets], self.horizon)  # outputs are (step, target), target fastest
-        full = rows.reshape(l * c, -1)
+        full = rows.reshape(lb * c, -1)
         bias = (w[-1] * scale).astype(np.float32)
-        when = (w[l * c : l * c + CALENDAR] * scale).astype(np.float32) if self.calendar else None
+        when = (w[lb * c : lb * c + CALENDAR] * scale).astype(np.float32) if self.calendar else None
         if not factors:
             return (full * scale).astype(np.float32), None, bias, when
         return (full @ factors[0]).astype(np.float32), (factors[1] * scale).astype(np.float32), bias, when

@@ -44,22 +44,38 @@ class Metrics:
         self.frames_late = Counter("frames_late", "Frames that came after a later frame of their stream had been stepped", **r)
         self.frames_missing = Counter("frames_with_missing_values", "Closed frames with at least one feature missing", **r)
         self.streams = Gauge("streams_active", "Streams with a hidden state", **r)
-        self.stream_resets = Counter("streams_reset", "Streams dropped and started afresh: displaced (a probationer, at streams.max_streams) or resynced (its clock moved: frames.resync_after)", ["reason"], **r)
-        self.stuck_closes = Counter("ticks_stuck_closed", "Ticks closed because their stream kept sending while none closed for frames.max_open seconds (a stuck sensor clock)", **r)
+        self.stream_resets = Counter(
+            "streams_reset",
+            "Streams dropped and started afresh: displaced (a probationer, at streams.max_streams) or "
+            "resynced (its clock moved: frames.resync_after)",
+            ["reason"],
+            **r,
+        )
+        self.stuck_closes = Counter(
+            "ticks_stuck_closed",
+            "Ticks closed because their stream kept sending while none closed for frames.max_open seconds (a stuck sensor clock)",
+            **r,
+        )
         for reason in ("displaced", "resynced"):
             self.stream_resets.labels(reason)
         self.ring_frames = Gauge("ring_frames", "Frames held in the ring buffers of all streams", **r)
         self.ring_fill = Gauge("ring_fill_ratio", "Mean fraction of a stream's ring buffer that is filled", **r)
-        self.step = Histogram("step_duration_seconds", "One batched engine step over the frames closed together (its _count: steps)", buckets=_LATENCY, **r)
+        self.step = Histogram(
+            "step_duration_seconds", "One batched engine step over the frames closed together (its _count: steps)", buckets=_LATENCY, **r
+        )
         # output
-        self.latency = Histogram("forecast_latency_seconds", "Frame closed to its forecast handed to the MQTT client, per forecast", buckets=_LATENCY, **r)
+        self.latency = Histogram(
+            "forecast_latency_seconds", "Frame closed to its forecast handed to the MQTT client, per forecast", buckets=_LATENCY, **r
+        )
         self.published = Counter("forecasts_published", "Forecast messages published", **r)
         self.publish_failed = Counter("publish_failures", "Forecast messages the MQTT client refused, by reason", ["reason"], **r)
         self.pending = Gauge("publish_pending", "Published messages the broker has not acknowledged yet", **r)
         self.connected = Gauge("mqtt_connected", "1 while connected to the broker", **r)
         self.subscribed = Gauge("mqtt_subscribed", "1 while the sensor subscriptions are active", **r)
         self.reconnects = Counter("mqtt_reconnects", "Connections made after the first", **r)
-        self.status_reasserted = Counter("status_reasserted", "Times another client overwrote the daemon's status topic while it served, and it said online again", **r)
+        self.status_reasserted = Counter(
+            "status_reasserted", "Times another client overwrote the daemon's status topic while it served, and it said online again", **r
+        )
         # forecast quality, live (exponentially weighted over evaluator.live_window scored forecasts)
         labels = ["target", "horizon"]
         quality = {
@@ -79,7 +95,12 @@ class Metrics:
                     child.set(float("nan"))
         # model and retraining
         self.retrains = Counter("retrains", "Retrains by outcome", ["outcome"], **r)
-        self.retrain_seconds = Histogram("retrain_duration_seconds", "Wall time of one retrain, snapshot to verdict", buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600), **r)
+        self.retrain_seconds = Histogram(
+            "retrain_duration_seconds",
+            "Wall time of one retrain, snapshot to verdict",
+            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+            **r,
+        )
         self.retrain_running = Gauge("retrain_running", "1 while a retrain runs in the trainer process", **r)
         self.version = Gauge("model_version", "Version of the serving model: 0 at start, +1 per model swapped in", **r)
         self.train_loss = Gauge("training_loss", "Last successful fit's training loss (normalised: about 1 - skill)", **r)
@@ -89,7 +110,12 @@ class Metrics:
         self.linear_fits = Counter("linear_fits", "Fits of the linear contender (in retrains and alone), by outcome", ["outcome"], **r)
         for outcome in ("fitted", "failed"):
             self.linear_fits.labels(outcome)
-        self.gate_weight = Gauge("gate_weight_ratio", "Each contender's share of the served forecast, averaged over targets and steps, in calm and in wild moments", ["regime", "contender"], **r)
+        self.gate_weight = Gauge(
+            "gate_weight_ratio",
+            "Each contender's share of the served forecast, averaged over targets and steps, in calm and in wild moments",
+            ["regime", "contender"],
+            **r,
+        )
         self._gate = [[self.gate_weight.labels(regime, c) for c in gate.CONTENDERS] for regime in gate.REGIMES]
         for outcome in OUTCOMES:
             self.retrains.labels(outcome)
@@ -99,21 +125,39 @@ class Metrics:
             self.publish_failed.labels(reason)
         # durability: checkpoints and the journal (checkpoint.dir)
         self.checkpoints = Counter("checkpoints", "Checkpoints written, by outcome (failed: e.g. a full disk)", ["outcome"], **r)
-        self.checkpoint_seconds = Histogram("checkpoint_duration_seconds", "Encoding and writing one checkpoint, off the engine thread", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), **r)
+        self.checkpoint_seconds = Histogram(
+            "checkpoint_duration_seconds",
+            "Encoding and writing one checkpoint, off the engine thread",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            **r,
+        )
         self.checkpoint_bytes = Gauge("checkpoint_size_bytes", "Size of the last checkpoint written", **r)
         self.checkpoint_last = Gauge("checkpoint_last_success_timestamp_seconds", "Unix time of the last checkpoint written", **r)
         self.checkpoints_skipped = Counter("checkpoints_skipped", "Unsound checkpoint files skipped at start (truncated or altered)", **r)
         self.replayed = Counter("journal_replayed_records", "Journal records replayed at start, after the checkpoint restored", **r)
         self.journal_records = Counter("journal_records", "Records written to the journal", **r)
-        self.journal_errors = Counter("journal_write_errors", "Journal writes that failed (messages then acknowledged without a durable record)", **r)
-        self.journal_sync = Histogram("journal_sync_duration_seconds", "Writing and fsyncing one batch of journal records", buckets=_LATENCY, **r)
+        self.journal_errors = Counter(
+            "journal_write_errors", "Journal writes that failed (messages then acknowledged without a durable record)", **r
+        )
+        self.journal_sync = Histogram(
+            "journal_sync_duration_seconds", "Writing and fsyncing one batch of journal records", buckets=_LATENCY, **r
+        )
         for outcome in ("written", "failed"):
             self.checkpoints.labels(outcome)
         self.endpoint_restarts = Counter("endpoint_restarts", "Restarts of the HTTP endpoint's process", **r)
         self.build = Info("build", "Version, device, torch and model kind", **r)
         # opt-in, capped: the last frame time of each of the first stream_cap streams
         self.stream_cap = stream_cap
-        self.stream_last = Gauge("stream_last_frame_timestamp_seconds", "Timestamp of a stream's last frame (first daemon.stream_metrics streams only)", ["stream"], **r) if stream_cap else None
+        self.stream_last = (
+            Gauge(
+                "stream_last_frame_timestamp_seconds",
+                "Timestamp of a stream's last frame (first daemon.stream_metrics streams only)",
+                ["stream"],
+                **r,
+            )
+            if stream_cap
+            else None
+        )
         self._stream_shown: set[str] = set()
 
     def set_gate(self, weights: np.ndarray) -> None:
@@ -140,4 +184,3 @@ class Metrics:
             if stream in self._stream_shown or len(self._stream_shown) < self.stream_cap:
                 self._stream_shown.add(stream)
                 self.stream_last.labels(stream).set(ts)
-

@@ -67,11 +67,19 @@ class ModelSpec:
     def from_settings(cls, settings: Any) -> ModelSpec:
         m = settings.model
         return cls(
-            kind=m.kind, channels=tuple(settings.channels), targets=tuple(settings.features.targets),
-            horizon=settings.features.horizon, hidden_size=m.hidden_size, num_layers=m.num_layers,
-            nonlinearity=m.nonlinearity, dropout=m.dropout, bias=m.bias, head_hidden=m.head_hidden,
-            n_inputs=len(settings.features.inputs), centre_halflife=m.centre_halflife,
-        )  # fmt: skip
+            kind=m.kind,
+            channels=tuple(settings.channels),
+            targets=tuple(settings.features.targets),
+            horizon=settings.features.horizon,
+            hidden_size=m.hidden_size,
+            num_layers=m.num_layers,
+            nonlinearity=m.nonlinearity,
+            dropout=m.dropout,
+            bias=m.bias,
+            head_hidden=m.head_hidden,
+            n_inputs=len(settings.features.inputs),
+            centre_halflife=m.centre_halflife,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

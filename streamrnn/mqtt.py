@@ -142,7 +142,13 @@ class Link:
                 taken.append(info)
                 reasons.append(None)
                 continue
-            reason = "queue_full" if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE else "no_connection" if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN else paho.error_string(info.rc)
+            reason = (
+                "queue_full"
+                if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
+                else "no_connection"
+                if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
+                else paho.error_string(info.rc)
+            )
             self.counts[f"publish_{reason}"] += 1
             reasons.append(reason)
         with self._lock:
@@ -165,7 +171,16 @@ class Link:
         if self.counts["connects"] > 1:
             self.counts["reconnects"] += 1
         resumed = bool(getattr(flags, "session_present", False))
-        self._complaints.log(log, logging.INFO, "connected", "connected", broker=self.cfg.url, client_id=self.client_id, session_present=resumed, connects=self.counts["connects"])
+        self._complaints.log(
+            log,
+            logging.INFO,
+            "connected",
+            "connected",
+            broker=self.cfg.url,
+            client_id=self.client_id,
+            session_present=resumed,
+            connects=self.counts["connects"],
+        )
         # its own status too: anyone else's word there while it serves is said over (re-asserted)
         result, mid = client.subscribe([(t, self.cfg.qos) for t in self.subscriptions] + [(self.status_topic, 1)])
         if result == MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -177,7 +192,15 @@ class Link:
         # called in paho's ``except OSError`` around the attempt: the exception says why
         err = sys.exc_info()[1]
         self.counts["connect_failures"] += 1
-        self._complaints.log(log, logging.ERROR, "unreachable", "broker unreachable, retrying", broker=self.cfg.url, error=f"{type(err).__name__}: {err}" if err else "unknown", attempt=self.counts["connect_failures"])
+        self._complaints.log(
+            log,
+            logging.ERROR,
+            "unreachable",
+            "broker unreachable, retrying",
+            broker=self.cfg.url,
+            error=f"{type(err).__name__}: {err}" if err else "unknown",
+            attempt=self.counts["connect_failures"],
+        )
 
     def _on_subscribe(self, client: paho.Client, userdata: object, mid: int, codes: list[paho.ReasonCode], props: object) -> None:
         *sensors, status = codes
@@ -186,7 +209,10 @@ class Link:
             log.error("subscriptions refused", extra={"topics": self.subscriptions, "reasons": bad})
             return
         if status.is_failure:  # serving goes on; only an overwritten status stays as it is
-            log.warning("status topic not readable: it is not re-asserted if another client overwrites it", extra={"topic": self.status_topic, "reason": str(status), "hint": "grant the daemon's user readwrite on its status topic"})
+            log.warning(
+                "status topic not readable: it is not re-asserted if another client overwrites it",
+                extra={"topic": self.status_topic, "reason": str(status), "hint": "grant the daemon's user readwrite on its status topic"},
+            )
         self._pending_subs.discard(mid)
         if not self._pending_subs:
             self.subscribed = True
@@ -198,7 +224,15 @@ class Link:
         self.connected = self.subscribed = False
         if was:
             self.counts["disconnects"] += 1
-            self._complaints.log(log, logging.WARNING, "disconnected", "disconnected", broker=self.cfg.url, reason=str(rc), disconnects=self.counts["disconnects"])
+            self._complaints.log(
+                log,
+                logging.WARNING,
+                "disconnected",
+                "disconnected",
+                broker=self.cfg.url,
+                reason=str(rc),
+                disconnects=self.counts["disconnects"],
+            )
         # jitter the backoff so a fleet does not reconnect in lockstep after a broker restart
         lo = self.cfg.reconnect_min * random.uniform(0.5, 1.5)
         client.reconnect_delay_set(lo, max(lo, self.cfg.reconnect_max * random.uniform(0.8, 1.0)))
@@ -221,7 +255,6 @@ class Link:
             if msg.qos:
                 client.ack(msg.mid, msg.qos)
 
-
     def _status(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
         """A message on our own status topic: say ``online`` again if it says otherwise while we serve."""
         if msg.qos:
@@ -231,7 +264,14 @@ class Link:
             return
         self.counts["status_reasserted"] += 1
         client.publish(self.status_topic, b"online", qos=1, retain=True)
-        self._complaints.log(log, logging.WARNING, "status", "status topic overwritten by another client: online again", topic=self.status_topic, payload=msg.payload[:32].decode("utf-8", "replace"))
+        self._complaints.log(
+            log,
+            logging.WARNING,
+            "status",
+            "status topic overwritten by another client: online again",
+            topic=self.status_topic,
+            payload=msg.payload[:32].decode("utf-8", "replace"),
+        )
 
 
 def _nodelay(client: paho.Client, userdata: object, sock: socket.socket) -> None:
@@ -275,7 +315,14 @@ def secure(c: paho.Client, cfg: MqttSettings) -> tuple[str, int]:
     return host, port
 
 
-def _open(url: str, client_id: str, timeout: float, setup: Callable[[paho.Client], None] | None = None, clean: bool = True, cfg: MqttSettings | None = None) -> paho.Client:
+def _open(
+    url: str,
+    client_id: str,
+    timeout: float,
+    setup: Callable[[paho.Client], None] | None = None,
+    clean: bool = True,
+    cfg: MqttSettings | None = None,
+) -> paho.Client:
     """A connected client for tools (TCP_NODELAY, its network thread running and reconnecting);
     credentials and TLS from ``cfg`` where given."""
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean, protocol=paho.MQTTv311)
@@ -304,7 +351,9 @@ class Publisher:
     """A plain publishing client for tools (the simulator, tests, benchmarks): a bounded window of
     unacknowledged messages, every result checked."""
 
-    def __init__(self, url: str, client_id: str, qos: int = 1, window: int = 1000, timeout: float = 10.0, cfg: MqttSettings | None = None) -> None:
+    def __init__(
+        self, url: str, client_id: str, qos: int = 1, window: int = 1000, timeout: float = 10.0, cfg: MqttSettings | None = None
+    ) -> None:
         self.qos, self.window = qos, window
         self._open: deque[paho.MQTTMessageInfo] = deque()
         self.client = _open(url, client_id, timeout, lambda c: c.max_inflight_messages_set(min(window, 65000)), cfg=cfg)
@@ -345,13 +394,24 @@ class Subscriber:
     """A plain subscribing client for tools: messages land in ``messages`` (a queue of Delivery).
     With ``clean=False`` the broker keeps its session (and what arrives) across a disconnect."""
 
-    def __init__(self, url: str, client_id: str, topics: list[str], qos: int = 1, timeout: float = 10.0, clean: bool = True, cfg: MqttSettings | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        topics: list[str],
+        qos: int = 1,
+        timeout: float = 10.0,
+        clean: bool = True,
+        cfg: MqttSettings | None = None,
+    ) -> None:
         self.messages: queue.Queue[Delivery] = queue.Queue()
         subscribed = threading.Event()
 
         def setup(c: paho.Client) -> None:
             c.on_subscribe = lambda *a: subscribed.set()
-            c.on_message = lambda client, userdata, msg: self.messages.put(Delivery(msg.topic, msg.payload, time.time(), msg.mid, msg.qos, 0))
+            c.on_message = lambda client, userdata, msg: self.messages.put(
+                Delivery(msg.topic, msg.payload, time.time(), msg.mid, msg.qos, 0)
+            )
 
         self.client = _open(url, client_id, timeout, setup, clean, cfg)
         self.client.subscribe([(t, qos) for t in topics])

@@ -57,7 +57,16 @@ def subscription(tpl: str) -> str:
 class Parser:
     """Turns messages into readings for the channels the model reads (inputs, then key variables)."""
 
-    def __init__(self, channels: list[str] | tuple[str, ...], sensor_topic: str, frame_topic: str | None, max_payload: int, max_abs: float, max_future: float = math.inf, allow: re.Pattern[str] | None = None) -> None:
+    def __init__(
+        self,
+        channels: list[str] | tuple[str, ...],
+        sensor_topic: str,
+        frame_topic: str | None,
+        max_payload: int,
+        max_abs: float,
+        max_future: float = math.inf,
+        allow: re.Pattern[str] | None = None,
+    ) -> None:
         """``max_future``: seconds a ts may be ahead of the message's arrival; ``allow``: the stream
         ids served (``streams.allow``), all valid ones if None."""
         self.index = {name: i for i, name in enumerate(channels)}

@@ -115,8 +115,10 @@ def table(scores: dict[str, Scores], horizons: tuple[int, ...] = HORIZONS) -> di
 def format_table(result: dict[str, dict[str, float | None]]) -> str:
     """The protocol's table: normalised MSE per horizon and forecaster."""
     names = list(next(iter(result.values())))
-    lines = ["online-tsf protocol: normalised MSE (first 20 % of the rows), last 75 % scored, mean over variables and steps 1..H",
-             f"  {'H':>3} " + " ".join(f"{n:>12}" for n in names)]  # fmt: skip
+    lines = [
+        "online-tsf protocol: normalised MSE (first 20 % of the rows), last 75 % scored, mean over variables and steps 1..H",
+        f"  {'H':>3} " + " ".join(f"{n:>12}" for n in names),
+    ]
     for h, row in result.items():
         lines.append(f"  {h:>3} " + " ".join(f"{'-' if row[n] is None else f'{row[n]:.4f}':>12}" for n in names))
     return "\n".join(lines)

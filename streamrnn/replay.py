@@ -11,10 +11,10 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TextIO
 
 import numpy as np
@@ -23,9 +23,9 @@ from streamrnn import model
 from streamrnn.atomic import write_text
 from streamrnn.config import Settings
 from streamrnn.engine import Engine
+from streamrnn.evaluator import finite_or_none
 from streamrnn.forecast import Forecast
 from streamrnn.frames import Frame
-from streamrnn.evaluator import finite_or_none
 
 
 @dataclass
@@ -44,7 +44,7 @@ def _time(cell: str) -> float:
         return float(cell)
     except ValueError:
         dt = datetime.fromisoformat(cell.strip())
-        return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def _number(cell: str) -> float:
@@ -52,7 +52,9 @@ def _number(cell: str) -> float:
     return float(cell) if cell and cell.lower() not in ("nan", "na", "null", "none") else math.nan
 
 
-def read_table(path: str | Path, time_column: str | None = "", stream_column: str | None = None, period: float | None = None, sampled: list[str] = ()) -> Table:
+def read_table(
+    path: str | Path, time_column: str | None = "", stream_column: str | None = None, period: float | None = None, sampled: list[str] = ()
+) -> Table:
     """Read ``path``; ``time_column`` '' means the first column, None means rows are ``period`` apart.
 
     Columns in ``sampled`` are sample-and-hold instruments (analysers): a value equal to the row
@@ -120,7 +122,16 @@ def _progress(done: int, total: int, start: float, out: TextIO) -> None:
     out.flush()
 
 
-def replay(table: Table, settings: Settings, out: str | Path | None = None, progress: bool = False, save_model: str | Path | None = None, start: model.StreamRNN | None = None, version: int = 0, on_forecast: Callable[[Forecast], None] | None = None) -> dict:
+def replay(
+    table: Table,
+    settings: Settings,
+    out: str | Path | None = None,
+    progress: bool = False,
+    save_model: str | Path | None = None,
+    start: model.StreamRNN | None = None,
+    version: int = 0,
+    on_forecast: Callable[[Forecast], None] | None = None,
+) -> dict:
     """Stream ``table`` through a fresh engine (serving ``start`` first, if given); write forecasts
     to ``out`` and hand each to ``on_forecast``; return the report. ``save_model``: where to write the
     final serving model."""
@@ -178,7 +189,7 @@ def report(engine: Engine, seconds: float) -> dict:
     h = engine.spec.horizon
     targets = {}
     for j, name in enumerate(engine.spec.targets):
-        col = lambda key: [finite_or_none(x) for x in sc[key][:, j]]  # noqa: E731
+        col = lambda key: [finite_or_none(x) for x in sc[key][:, j]]
         targets[name] = {
             "horizons": list(range(1, h + 1)),
             "n": [int(x) for x in sc["n"][:, j]],
@@ -211,10 +222,12 @@ def mean_skill(rep: dict, target: str) -> float:
 
 def format_table(rep: dict) -> str:
     """A plain-text table of skill per target and horizon."""
-    lines = [f"{rep['frames']} frames in {rep['seconds']:.1f} s ({rep['frames_per_second']:,.0f}/s); "
-             f"retrains: {rep['retrains']['promoted']} promoted, {rep['retrains']['rejected']} rejected, "
-             f"{rep['retrains']['failed']} failed; model {rep['model']['kind']} v{rep['model']['version']}"]  # fmt: skip
-    fmt = lambda x, p=4: "-" if x is None else f"{x:.{p}g}"  # noqa: E731
+    lines = [
+        f"{rep['frames']} frames in {rep['seconds']:.1f} s ({rep['frames_per_second']:,.0f}/s); "
+        f"retrains: {rep['retrains']['promoted']} promoted, {rep['retrains']['rejected']} rejected, "
+        f"{rep['retrains']['failed']} failed; model {rep['model']['kind']} v{rep['model']['version']}"
+    ]
+    fmt = lambda x, p=4: "-" if x is None else f"{x:.{p}g}"
     for name, t in rep["targets"].items():
         lines.append("")
         lines.append(f"{name}: mean skill {mean_skill(rep, name):+.3f}")

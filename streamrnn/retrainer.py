@@ -127,7 +127,9 @@ class Retrainer:
         if self.job is not None:
             raise RuntimeError("a retrain is already running")
         job = self.job = Job(snapshot)
-        job.thread = threading.Thread(target=self._run, args=(job, (snapshot, spec, champion, self.settings, seed)), name="trainer", daemon=True)
+        job.thread = threading.Thread(
+            target=self._run, args=(job, (snapshot, spec, champion, self.settings, seed)), name="trainer", daemon=True
+        )
         job.thread.start()
 
     def poll(self) -> tuple[Snapshot, Verdict, float] | None:

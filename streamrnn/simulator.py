@@ -36,7 +36,7 @@ class Reactor:
         self.streams, self.key_every = streams, key_every
         self.rng = np.random.default_rng(seed)
         s = streams
-        vary = lambda: 1.0 + 0.05 * self.rng.standard_normal(s)  # noqa: E731  one design, small spread
+        vary = lambda: 1.0 + 0.05 * self.rng.standard_normal(s)
         self.area, self.k1ref, self.k2ref, self.ua = 1.0 * vary(), 0.5 * vary(), 0.05 * vary(), 0.3 * vary()
         self.cat_tau = 10 * 1440 * vary()  # minutes: catalyst activity e-folds in ~10 days
         self.foul_tau = 5 * 1440 * vary()
@@ -71,7 +71,9 @@ class Reactor:
             self.feed_temp += 0.02 * (320.0 - self.feed_temp) * minutes + 0.1 * math.sqrt(minutes) * rng.standard_normal(s)
             p = minutes / 45.0  # about one step change per 45 minutes per reactor
             hit = rng.random((5, s)) < p
-            self.feed_flow_sp = np.where(hit[0], np.clip(self.feed_flow_sp * (1 + 0.1 * rng.standard_normal(s)), 0.2, 0.4), self.feed_flow_sp)
+            self.feed_flow_sp = np.where(
+                hit[0], np.clip(self.feed_flow_sp * (1 + 0.1 * rng.standard_normal(s)), 0.2, 0.4), self.feed_flow_sp
+            )
             self.feed_temp = np.where(hit[1], self.feed_temp + 4.0 * rng.standard_normal(s), self.feed_temp)
             self.feed_conc = np.where(hit[2], np.clip(self.feed_conc * (1 + 0.08 * rng.standard_normal(s)), 1.5, 2.5), self.feed_conc)
             self.temp_sp = np.where(hit[3], np.clip(self.temp_sp + 2.0 * rng.standard_normal(s), 342.0, 358.0), self.temp_sp)

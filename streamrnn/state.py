@@ -99,7 +99,9 @@ class HiddenBank:
         return list(self.rows)
 
 
-def catch_up(model: StreamRNN, hidden: torch.Tensor, values: np.ndarray, held: np.ndarray | None, centre: np.ndarray | None, alpha: float) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def catch_up(
+    model: StreamRNN, hidden: torch.Tensor, values: np.ndarray, held: np.ndarray | None, centre: np.ndarray | None, alpha: float
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """States (state_layers, layers, B, hidden) stepped over ``values`` (B, k, C), frames they
     missed, from the values held and running means of before them (B, C; None: nothing seen yet),
     as serving would have stepped them: in one pass of the model over the frames as a sequence.
@@ -130,7 +132,9 @@ def fill(values: np.ndarray, held: np.ndarray | None = None) -> np.ndarray:
     return np.take_along_axis(values, idx, axis=-2)
 
 
-def centres(values: np.ndarray, alpha: float, centre: np.ndarray | None = None, held: np.ndarray | None = None, *, filled: np.ndarray | None = None) -> np.ndarray:
+def centres(
+    values: np.ndarray, alpha: float, centre: np.ndarray | None = None, held: np.ndarray | None = None, *, filled: np.ndarray | None = None
+) -> np.ndarray:
     """The running mean after each frame (axis -2 of (..., T, C)), exactly as the bank keeps it while
     serving, from the ``centre`` and ``held`` values (..., C) of before the first frame (none
     seen if not given); a batch of streams is one loop over time. ``filled``: ``fill(values,

@@ -4,8 +4,9 @@ Truncated BPTT: each stream is cut into contiguous segments of ``segment_windows
 steps; a batch of segments is run window by window with the hidden state carried and detached
 between windows (``hidden = hidden.detach()``). The loss is the MSE of the predicted changes on the
 scale of each target's k-step change (its persistence error, so the loss reads as 1 - skill),
-counted only where the truth was observed, every target weighted equally however rarely measured. A fresh sample of a target that is not an input is hidden from the
-input at random (``key_dropout``) and the step-0 output is trained to recover it: the nowcast.
+counted only where the truth was observed, every target weighted equally however rarely measured.
+A fresh sample of a target that is not an input is hidden from the input at random
+(``key_dropout``) and the step-0 output is trained to recover it: the nowcast.
 Early stop on a validation tail; the most recent ``holdout_fraction`` is never seen here, it is
 what the engine judges the challenger on. Any exception or non-finite loss gives a failed report
 and no candidate, never a broken model.
@@ -186,7 +187,9 @@ def run_loss(model: StreamRNN, parts: list[dict[str, np.ndarray]], steps: slice 
     return total / weight if weight else float("nan")
 
 
-def train(snapshot: Snapshot, spec: ModelSpec, state: dict[str, Tensor], settings: TrainerSettings, seed: int = 0) -> tuple[dict[str, Tensor] | None, TrainReport]:
+def train(
+    snapshot: Snapshot, spec: ModelSpec, state: dict[str, Tensor], settings: TrainerSettings, seed: int = 0
+) -> tuple[dict[str, Tensor] | None, TrainReport]:
     """Fit from ``state`` on the snapshot's frames before its held-out tail; never raises."""
     report = TrainReport(frames=snapshot.frames)
     start = time.perf_counter()
@@ -198,7 +201,9 @@ def train(snapshot: Snapshot, spec: ModelSpec, state: dict[str, Tensor], setting
     return result, report
 
 
-def _fit(snapshot: Snapshot, spec: ModelSpec, state: dict[str, Tensor], cfg: TrainerSettings, seed: int, report: TrainReport, start: float) -> dict[str, Tensor] | None:
+def _fit(
+    snapshot: Snapshot, spec: ModelSpec, state: dict[str, Tensor], cfg: TrainerSettings, seed: int, report: TrainReport, start: float
+) -> dict[str, Tensor] | None:
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout draws from the global generator
@@ -216,7 +221,7 @@ def _fit(snapshot: Snapshot, spec: ModelSpec, state: dict[str, Tensor], cfg: Tra
 
     model = StreamRNN(spec)
     model.load_state_dict(state)
-    f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)
     model.set_normalisation(f32(mean), f32(std), f32(dscale))
 
     seg = cfg.window * cfg.segment_windows
@@ -352,7 +357,13 @@ def retrain(snapshot: Snapshot, spec: ModelSpec, champion: dict[str, Tensor], se
     over the new frames; never raises."""
     linear, summary = fit_linear(snapshot, spec)
     if not snapshot.recurrent:
-        return Verdict("linear", TrainReport(status="ok" if linear is not None else "failed", error=summary.get("error"), frames=snapshot.frames, linear=summary), linear=linear)
+        return Verdict(
+            "linear",
+            TrainReport(
+                status="ok" if linear is not None else "failed", error=summary.get("error"), frames=snapshot.frames, linear=summary
+            ),
+            linear=linear,
+        )
     state, report = train(snapshot, spec, champion, settings, seed)
     report.linear = summary
     verdict = Verdict("failed", report) if state is None else judge(snapshot, spec, champion, state, report, settings, seed)
@@ -371,18 +382,33 @@ def fit_linear(snapshot: Snapshot, spec: ModelSpec) -> tuple[dict | None, dict]:
     try:
         if snapshot.linear is None:
             mean, std = normalisation(snapshot.values)
-            ridge = OnlineRidge(len(spec.channels), list(spec.target_index), spec.horizon, snapshot.lookback, mean, std, calendar=snapshot.calendar)
+            ridge = OnlineRidge(
+                len(spec.channels), list(spec.target_index), spec.horizon, snapshot.lookback, mean, std, calendar=snapshot.calendar
+            )
         else:
             ridge = OnlineRidge.from_state(snapshot.linear)
         examples = ridge.learn_frames(snapshot.streams, snapshot.values, snapshot.ts, snapshot.counts, snapshot.max_examples)
         if not np.isfinite(ridge.weights).all():
             raise FloatingPointError("non-finite weights")
-        return ridge.state(), {"examples": examples, "learnt": ridge.learnt, "penalty": ridge.penalty, "seconds": round(time.perf_counter() - start, 3)}
+        return ridge.state(), {
+            "examples": examples,
+            "learnt": ridge.learnt,
+            "penalty": ridge.penalty,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
     except Exception as e:  # as in train(): a failed fit keeps the contender it had
         return None, {"error": f"{type(e).__name__}: {e}", "seconds": round(time.perf_counter() - start, 3)}
 
 
-def judge(snapshot: Snapshot, spec: ModelSpec, champion: dict[str, Tensor], challenger: dict[str, Tensor], report: TrainReport, settings: TrainerSettings, seed: int = 0) -> Verdict:
+def judge(
+    snapshot: Snapshot,
+    spec: ModelSpec,
+    champion: dict[str, Tensor],
+    challenger: dict[str, Tensor],
+    report: TrainReport,
+    settings: TrainerSettings,
+    seed: int = 0,
+) -> Verdict:
     """Champion, challenger and persistence on the snapshot's held-out tail; the best is served.
 
     The challenger wins only with an error below both others. A champion that has fallen behind
@@ -396,7 +422,9 @@ def judge(snapshot: Snapshot, spec: ModelSpec, champion: dict[str, Tensor], chal
         raws = [v.astype(np.float64) for v in snapshot.values]
         scale = change_scale(raws, spec, [None] * len(raws))
         err = {name: holdout_error(m, snapshot, scale) for name, m in models.items()}
-        verdict = Verdict("rejected", report, champion_error=err["champion"], challenger_error=err["challenger"], persistence_error=err["persistence"])
+        verdict = Verdict(
+            "rejected", report, champion_error=err["champion"], challenger_error=err["challenger"], persistence_error=err["persistence"]
+        )
         others = [e for e in (err["champion"], err["persistence"]) if np.isfinite(e)]
         if np.isfinite(err["challenger"]) and err["challenger"] < min(others, default=np.inf):
             verdict.outcome, verdict.serve = "promoted", "challenger"

@@ -39,13 +39,13 @@ class Windows:
         """Append one normalised row (B, channels) to each of ``rows`` (distinct)."""
         if len(rows) and rows.max() >= len(self.pos):
             self._grow(max(int(rows.max()) + 1, 2 * len(self.pos)))
-        l = self.lookback
-        buf = self.buf.reshape(len(self.buf), 2 * l, self.channels)
+        lb = self.lookback
+        buf = self.buf.reshape(len(self.buf), 2 * lb, self.channels)
         z = z.astype(np.float32)
         p = self.pos[rows]
         buf[rows, p] = z
-        buf[rows, p + l] = z
-        self.pos[rows] = (p + 1) % l
+        buf[rows, p + lb] = z
+        self.pos[rows] = (p + 1) % lb
         fresh = self.empty[rows]
         if fresh.any():
             buf[rows[fresh]] = z[fresh][:, None, :]

@@ -9,13 +9,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers (pytest -n): one t
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
-from streamrnn import config  # noqa: E402
-from streamrnn.tools.broker import Mosquitto, mosquitto_binary  # noqa: E402
-from streamrnn.tools.processes import DaemonProcess  # noqa: E402, F401  (the tests import it from here)
+from streamrnn import config
+from streamrnn.tools.broker import Mosquitto, mosquitto_binary
+from streamrnn.tools.processes import DaemonProcess
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -46,7 +46,15 @@ def small_settings(**over) -> config.Settings:
         # budgets in epochs and steps: a wall-clock one would cut training short on a busy machine
         # and the trainer process at the daemon's priority: on a box busy with other work, one that
         # takes only idle CPU time (the default) may wait for minutes
-        "trainer": {"window": 16, "batch_size": 8, "max_epochs": 6, "min_frames": 128, "retrain_every": 256, "max_seconds": 3600.0, "priority": "normal"},
+        "trainer": {
+            "window": 16,
+            "batch_size": 8,
+            "max_epochs": 6,
+            "min_frames": 128,
+            "retrain_every": 256,
+            "max_seconds": 3600.0,
+            "priority": "normal",
+        },
     }
     for k, v in over.items():
         base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
@@ -82,6 +90,7 @@ def mosquitto(tmp_path):
 
 def write_config(path: Path, **sections: dict) -> Path:
     """A TOML file from nested dicts (values: str, bool, numbers, lists of str)."""
+
     def value(v):
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -123,7 +132,10 @@ def tiny_disk(tmp_path):
     def make(size: str = "64k") -> Path:
         mnt = tmp_path / f"tiny-{len(mounted)}"
         mnt.mkdir()
-        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True).returncode:
+        if (
+            os.geteuid() != 0
+            or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True).returncode
+        ):
             pytest.skip("cannot mount a tmpfs here (not root)")
         mounted.append(mnt)
         return mnt

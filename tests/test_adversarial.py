@@ -25,8 +25,8 @@ import pytest
 from conftest import DaemonProcess, write_config
 
 from streamrnn import checkpoint, simulator
-from streamrnn.tools.broker import Mosquitto, mosquitto_binary
 from streamrnn.mqtt import Publisher, Subscriber
+from streamrnn.tools.broker import Mosquitto, mosquitto_binary
 
 pytestmark = pytest.mark.broker
 GOOD = ("reactor-01", "reactor-02")
@@ -52,7 +52,9 @@ class Traffic(threading.Thread):
             for i, stream in enumerate(GOOD):
                 for j, v in enumerate(values[i]):
                     if v == v:  # measured
-                        self.pub.publish(SENSOR.format(stream=stream, feature=simulator.FEATURES[j]), json.dumps({"ts": ts, "value": v}).encode())
+                        self.pub.publish(
+                            SENSOR.format(stream=stream, feature=simulator.FEATURES[j]), json.dumps({"ts": ts, "value": v}).encode()
+                        )
             k += 1
             self.stop.wait(max(0.0, start + k / RATE - time.monotonic()))
         self.pub.close()
@@ -245,7 +247,11 @@ def test_stream_id_floods_are_refused_by_the_allow_list_or_displaced_and_a_new_r
 def test_oversized_and_deeply_nested_payloads_are_refused(stack):
     over0, json0 = stack.dropped("oversize"), stack.dropped("json")
     topic = SENSOR.format(stream=GOOD[0], feature="feed_flow")
-    nested = [b"[" * 30_000 + b"]" * 30_000, b'{"value": ' + b"[" * 20_000 + b"1" + b"]" * 20_000 + b"}", b'{"a":' * 10_000 + b"1" + b"}" * 10_000]
+    nested = [
+        b"[" * 30_000 + b"]" * 30_000,
+        b'{"value": ' + b"[" * 20_000 + b"1" + b"]" * 20_000 + b"}",
+        b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
+    ]
     for _ in range(20):
         stack.attacker.publish(topic, b"[" * 70_000 + b"]" * 70_000)
         stack.attacker.publish(topic, b"1" * 65_537)
@@ -277,7 +283,9 @@ def test_a_client_id_takeover_and_an_overwritten_status_are_undone(stack):
         assert stack.counted("streamrnn_mqtt_reconnects_total", reconnects0 + 1) >= reconnects0 + 1
         assert stack.counted("streamrnn_mqtt_connected", 1) == 1
         stack.forecasts.fresh(GOOD, start)  # it took its session back and serves
-        assert stack.counted("streamrnn_messages_dropped_total", retained0 + 1000, reason="retained") >= retained0 + 1000  # resubscribed: old news again
+        assert (
+            stack.counted("streamrnn_messages_dropped_total", retained0 + 1000, reason="retained") >= retained0 + 1000
+        )  # resubscribed: old news again
 
         stack.attacker.publish("streamrnn/adv/status", b"offline", retain=True)
         stack.attacker.flush()
@@ -326,12 +334,18 @@ def test_configuration_typos_fail_at_start_by_name_and_no_secret_is_ever_shown(s
         return subprocess.run([sys.executable, "-m", "streamrnn", *args], capture_output=True, text=True, env=full, timeout=120)
 
     typo = write_config(tmp_path / "typo.toml", streams={"max_stream": 10})
-    wrong = write_config(tmp_path / "wrong.toml", trainer={"enabled": "yes"}, mqtt={"password": PASSWORD, "reconnect_min": 5.0, "reconnect_max": 1.0})
+    wrong = write_config(
+        tmp_path / "wrong.toml", trainer={"enabled": "yes"}, mqtt={"password": PASSWORD, "reconnect_min": 5.0, "reconnect_max": 1.0}
+    )
     secret_url = f"mqtt://streamrnn:{PASSWORD}@127.0.0.1:{stack.broker.port}"
     cases = [
         (run("run", "--config", str(typo), "--broker", stack.url), 2, "streams.max_stream: unknown setting"),
         (run("run", "--config", str(wrong), "--broker", stack.url), 2, "trainer.enabled: Input should be a valid boolean (got 'yes')"),
-        (run("run", "--broker", stack.url, env={"STREAMRNN_MODELS__HIDDEN_SIZE": "8", "STREAMRNN_MQTT__PASSWORD": PASSWORD}), 2, "STREAMRNN_MODELS__HIDDEN_SIZE: environment variable names no setting"),
+        (
+            run("run", "--broker", stack.url, env={"STREAMRNN_MODELS__HIDDEN_SIZE": "8", "STREAMRNN_MQTT__PASSWORD": PASSWORD}),
+            2,
+            "STREAMRNN_MODELS__HIDDEN_SIZE: environment variable names no setting",
+        ),
         (run("run", "--broker", secret_url), 2, "credentials do not go in the URL"),
         (run("simulate", "--broker", secret_url, "--duration", "1"), 2, "credentials do not go in the URL"),
         (run("config", env={"STREAMRNN_MQTT__PASSWORD": PASSWORD, "STREAMRNN_MQTT__USERNAME": "streamrnn"}), 0, '"password": "**********"'),
@@ -353,4 +367,7 @@ def test_after_every_attack_memory_is_back_and_no_traceback_reached_the_log(stac
         assert 1 <= len(re.findall(rf'msg="message refused" reason={reason} ', log)) <= 5 * (int(minutes) + 1), reason
     dropped = {r: int(stack.dropped(r)) for r in ("retained", "future", "late", "overflow", "stream", "oversize", "json")}
     resets = {r: int(stack.daemon.sample("streamrnn_streams_reset_total", reason=r)) for r in ("displaced", "resynced")}
-    print(f"\nadversarial: dropped {dropped}, streams reset {resets}, RSS {stack.rss0 / 1e6:.0f} -> {rss / 1e6:.0f} MB, log {len(log.splitlines())} lines in {minutes:.1f} min, {stack.figures}")
+    print(
+        f"\nadversarial: dropped {dropped}, streams reset {resets}, RSS {stack.rss0 / 1e6:.0f} -> "
+        f"{rss / 1e6:.0f} MB, log {len(log.splitlines())} lines in {minutes:.1f} min, {stack.figures}"
+    )

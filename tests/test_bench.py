@@ -42,7 +42,13 @@ def test_bench_all_quick_measures_every_part_against_its_reference():
     lat = {(x["streams"], x["phase"]): x for x in r["latency"]["rows"]}
     assert set(lat) == {(1, "idle"), (1, "retrain"), (10, "idle"), (10, "retrain")}
     for x in lat.values():
-        assert x["ticks"] >= 8 and abs(x["backlog_s"]) < 60 and x["forecasts"] > 0 and 0 < x["close_p50_ms"] <= x["close_p99_ms"] and 0 < x["rtt_p50_ms"] <= x["rtt_p99_ms"] <= x["rtt_max_ms"]
+        assert (
+            x["ticks"] >= 8
+            and abs(x["backlog_s"]) < 60
+            and x["forecasts"] > 0
+            and 0 < x["close_p50_ms"] <= x["close_p99_ms"]
+            and 0 < x["rtt_p50_ms"] <= x["rtt_p99_ms"] <= x["rtt_max_ms"]
+        )
     for x in r["step"]["rows"]:  # a 64-frame window costs more than one step; the engine does more than its model step
         assert x["window_us"] > x["bare_us"] > 0 and x["engine_us"] > x["serving_us"] > 0
     assert [x["streams"] for x in r["streams"]["rows"] if x["device"] == "cpu"] == [1, 10]
@@ -52,8 +58,8 @@ def test_bench_all_quick_measures_every_part_against_its_reference():
 
 
 def test_the_load_at_a_steady_rate_sends_each_streams_sensors_together_and_spreads_the_streams_over_each_tick(mosquitto):
-    from streamrnn.tools.loadgen import T0, publish
     from streamrnn.mqtt import Subscriber
+    from streamrnn.tools.loadgen import T0, publish
 
     streams, ticks, rate, channels = 4, 3, 5.0, ["a", "b", "c"]
     sub = Subscriber(mosquitto.url, "t-load", ["plant/+/sensors/+"])

@@ -7,6 +7,7 @@ import errno
 import io
 import random
 import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,7 @@ from conftest import sine_frames, small_settings
 from streamrnn import checkpoint
 from streamrnn.checkpoint import CheckpointMismatch, CorruptCheckpoint, Store
 from streamrnn.engine import Engine
-from streamrnn.frames import Frame
-from streamrnn.frames import Assembler
+from streamrnn.frames import Assembler, Frame
 from streamrnn.payload import Reading
 
 
@@ -65,7 +65,9 @@ def test_live_rings_written_while_frames_come_restore_exactly_once_the_journal_i
     before = {row: r["values"].copy() for row, r in state["rings"].items()}
     stepped(a, during)  # 20 frames a stream, into slots that held the oldest of the 40
     written = checkpoint.decode(checkpoint.encode(state))
-    assert any(not np.array_equal(written["rings"][row]["values"], v, equal_nan=True) for row, v in before.items())  # the later frames are in it
+    assert any(
+        not np.array_equal(written["rings"][row]["values"], v, equal_nan=True) for row, v in before.items()
+    )  # the later frames are in it
     b = Engine(settings)
     b.load_state(written)
     stepped(b, during)  # the journal's replay

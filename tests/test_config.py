@@ -134,8 +134,16 @@ def test_a_value_of_the_wrong_type_is_refused_not_coerced(tmp_path, toml, field,
 
 
 def test_environment_values_are_read_as_their_fields_types_and_nothing_looser(monkeypatch):
-    for key, value in {"MODEL__HIDDEN_SIZE": "48", "TRAINER__ENABLED": "false", "FEATURES__PERIOD": "2.5", "MQTT__QOS": "0",
-                       "TRAINER__INTERVAL": "30", "STREAMS__ALLOW": '["reactor-*"]', "CHECKPOINT__DIR": "/var/lib/x", "MQTT__PASSWORD": "12345"}.items():  # fmt: skip
+    for key, value in {
+        "MODEL__HIDDEN_SIZE": "48",
+        "TRAINER__ENABLED": "false",
+        "FEATURES__PERIOD": "2.5",
+        "MQTT__QOS": "0",
+        "TRAINER__INTERVAL": "30",
+        "STREAMS__ALLOW": '["reactor-*"]',
+        "CHECKPOINT__DIR": "/var/lib/x",
+        "MQTT__PASSWORD": "12345",
+    }.items():
         monkeypatch.setenv(f"STREAMRNN_{key}", value)
     s = config.load()
     assert (s.model.hidden_size, s.trainer.enabled, s.features.period, s.mqtt.qos, s.trainer.interval) == (48, False, 2.5, 0, 30.0)
@@ -145,7 +153,16 @@ def test_environment_values_are_read_as_their_fields_types_and_nothing_looser(mo
         config.load()
 
 
-@pytest.mark.parametrize("name", ["STREAMRNN_MODELS__HIDDEN_SIZE", "STREAMRNN_MODEL__HIDEN_SIZE", "STREAMRNN_MODEL__HIDDEN_SIZE__X", "STREAMRNN_DEVICE__KIND", "streamrnn_nothing"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "STREAMRNN_MODELS__HIDDEN_SIZE",
+        "STREAMRNN_MODEL__HIDEN_SIZE",
+        "STREAMRNN_MODEL__HIDDEN_SIZE__X",
+        "STREAMRNN_DEVICE__KIND",
+        "streamrnn_nothing",
+    ],
+)
 def test_an_environment_variable_that_names_no_setting_is_refused_by_name(monkeypatch, name):
     monkeypatch.setenv(name, "3")
     with pytest.raises(config.ConfigError) as e:

@@ -20,11 +20,11 @@ import torch
 from conftest import write_config
 
 from streamrnn import config, forecast, simulator, trainer
-from streamrnn.tools.broker import Mosquitto
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
 from streamrnn.model import ModelSpec, build, save
 from streamrnn.mqtt import Publisher, Subscriber
+from streamrnn.tools.broker import Mosquitto
 
 pytestmark = pytest.mark.broker
 SENSOR = "plant/{stream}/sensors/{feature}"
@@ -37,7 +37,9 @@ def sim_rows(streams: int, steps: int, seed: int = 0) -> list[tuple[float, str, 
     return [(ts, names[i], v[i]) for ts, v in simulator.Reactor(streams, seed).run(steps) for i in range(streams)]
 
 
-def publish_rows(pub: Publisher, rows, rng: random.Random | None = None, spill: float = 0.0, rate: float | None = None, features=simulator.FEATURES) -> None:
+def publish_rows(
+    pub: Publisher, rows, rng: random.Random | None = None, spill: float = 0.0, rate: float | None = None, features=simulator.FEATURES
+) -> None:
     """Each finite value on its own sensor topic, tick by tick; with ``rng`` the order within a tick is
     shuffled and a ``spill`` share of each tick is sent with the next one (out of order)."""
     by_tick = defaultdict(list)
@@ -92,7 +94,7 @@ def a_model(path, rows, seed: int = 7):
     mean, std = trainer.normalisation(values)
     order = [simulator.FEATURES.index(c) for c in spec.channels]
     dscale = np.tile(0.2 * std[[order[i] for i in spec.target_index]], (spec.horizon + 1, 1))
-    f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)
     model.set_normalisation(f32(mean[order]), f32(std[order]), f32(dscale))
     with torch.no_grad():
         torch.manual_seed(seed)
@@ -102,7 +104,9 @@ def a_model(path, rows, seed: int = 7):
 
 
 @pytest.mark.parametrize("streams", [1, 3])
-def test_jittered_sensors_give_one_forecast_per_stream_and_tick_equal_to_replay_and_to_each_stream_alone(mosquitto, daemons, tmp_path, streams):
+def test_jittered_sensors_give_one_forecast_per_stream_and_tick_equal_to_replay_and_to_each_stream_alone(
+    mosquitto, daemons, tmp_path, streams
+):
     """Values and nowcasts are per stream: equal to replay's and to each stream run alone, however the
     streams interleave. The bands pool the recent errors of all streams, so they equal replay's
     where the frames are stepped in the same order: checked with one stream."""
@@ -141,7 +145,9 @@ def test_jittered_sensors_give_one_forecast_per_stream_and_tick_equal_to_replay_
             want = forecast.document(fc, P)
             for t, body in want["targets"].items():  # the bands pool the errors of all streams: compared with replay below
                 have = by_key[(s, ts)]["targets"][t]
-                np.testing.assert_allclose(_num(have["values"] + [have["now"]]), _num(body["values"] + [body["now"]]), rtol=2e-6, err_msg=f"{s} {ts} {t}")
+                np.testing.assert_allclose(
+                    _num(have["values"] + [have["now"]]), _num(body["values"] + [body["now"]]), rtol=2e-6, err_msg=f"{s} {ts} {t}"
+                )
 
     # and `streamrnn replay` on the same frames gives the same numbers
     data = tmp_path / "frames.csv"
@@ -151,8 +157,26 @@ def test_jittered_sensors_give_one_forecast_per_stream_and_tick_equal_to_replay_
         for ts, s, v in rows:
             w.writerow([f"{ts:.0f}", s, *("" if np.isnan(x) else repr(float(x)) for x in v)])
     out = tmp_path / "replay.csv"
-    cmd = [sys.executable, "-m", "streamrnn", "replay", str(data), "--config", str(cfg), "--stream-column", "stream", "--inputs", ",".join(simulator.AUXILIARIES),
-           "--targets", ",".join(simulator.FEATURES), "--model", str(model_path), "--out", str(out), "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamrnn",
+        "replay",
+        str(data),
+        "--config",
+        str(cfg),
+        "--stream-column",
+        "stream",
+        "--inputs",
+        ",".join(simulator.AUXILIARIES),
+        "--targets",
+        ",".join(simulator.FEATURES),
+        "--model",
+        str(model_path),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     compared = 0
     with open(out) as f:
@@ -175,7 +199,7 @@ def _log_time(stamp: str) -> float:
     """Unix seconds of a log line's ``ts`` (UTC, milliseconds)."""
     import datetime as dt
 
-    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
 
 
 def _num(xs):
@@ -191,7 +215,17 @@ def test_a_long_retrain_does_not_stop_forecasts_and_promotion_is_never_undone(mo
         model={"hidden_size": 32, "head_hidden": 32},
         # long by a fixed amount of work (not a wall-clock budget, which a loaded machine would cut
         # short), at the daemon's priority (other work on the machine must not starve it)
-        trainer={"min_frames": 250, "retrain_every": 100_000, "window": 32, "max_epochs": 1000, "patience": 1000, "max_steps": 150, "max_seconds": 300.0, "threads": 1, "priority": "normal"},
+        trainer={
+            "min_frames": 250,
+            "retrain_every": 100_000,
+            "window": 32,
+            "max_epochs": 1000,
+            "patience": 1000,
+            "max_steps": 150,
+            "max_seconds": 300.0,
+            "threads": 1,
+            "priority": "normal",
+        },
     )
     d = daemons(mosquitto.url, config=cfg)
     sub = Subscriber(mosquitto.url, "t-forecasts", ["plant/+/forecast"])
@@ -219,7 +253,10 @@ def test_a_long_retrain_does_not_stop_forecasts_and_promotion_is_never_undone(mo
     sub.close()
     assert len(got) == len(rows)
     log = d.log()
-    done = [(_log_time(ts), float(x)) for ts, x in re.findall(r'ts=(\S+) level=info logger=streamrnn.daemon msg="retrain done" outcome=\w+ seconds=([\d.]+)', log)]
+    done = [
+        (_log_time(ts), float(x))
+        for ts, x in re.findall(r'ts=(\S+) level=info logger=streamrnn.daemon msg="retrain done" outcome=\w+ seconds=([\d.]+)', log)
+    ]
     assert done and 'msg="model served"' in log, log
     end, took = max(done, key=lambda d: d[1])  # the longest retrain: a fixed amount of work, seconds on any machine
     assert took > 1.0, log
@@ -247,15 +284,49 @@ def hostile(rng: random.Random, n: int) -> list[tuple[str, bytes, str]]:
     """(topic, payload, reason) messages, each bad in a known way."""
     good_topic = "plant/reactor-09/sensors/reactor_temp"
     makers = {
-        "json": lambda: rng.choice([b"{", b"{'value': 1}", b"\xff\xfe\x00", bytes(rng.getrandbits(8) | 0x80 for _ in range(rng.randint(1, 40))), b"", b"[1,", b"value=3"]),
-        "type": lambda: rng.choice([b'"12.5"', b"true", b"null", b"[1, 2]", b'{"val": 1}', b'{"value": "x"}', b'{"value": [1]}', b'{"value": null}', b'{"value": 1, "extra": 2}']),
-        "nonfinite": lambda: rng.choice([b"NaN", b"Infinity", b"-Infinity", b'{"value": NaN}', b"1e999", b'{"ts": 1767225600, "value": -1e400}']),
-        "range": lambda: rng.choice([b"1e300", b"-9.9e15", b'{"value": 123456789012345678901234567890}', str(rng.uniform(1e13, 1e200)).encode()]),
-        "ts": lambda: rng.choice([b'{"ts": "now", "value": 1}', b'{"ts": -1, "value": 1}', b'{"ts": 1e30, "value": 1}', b'{"ts": Infinity, "value": 1}', b'{"ts": true, "value": 1}']),
+        "json": lambda: rng.choice(
+            [
+                b"{",
+                b"{'value': 1}",
+                b"\xff\xfe\x00",
+                bytes(rng.getrandbits(8) | 0x80 for _ in range(rng.randint(1, 40))),
+                b"",
+                b"[1,",
+                b"value=3",
+            ]
+        ),
+        "type": lambda: rng.choice(
+            [
+                b'"12.5"',
+                b"true",
+                b"null",
+                b"[1, 2]",
+                b'{"val": 1}',
+                b'{"value": "x"}',
+                b'{"value": [1]}',
+                b'{"value": null}',
+                b'{"value": 1, "extra": 2}',
+            ]
+        ),
+        "nonfinite": lambda: rng.choice(
+            [b"NaN", b"Infinity", b"-Infinity", b'{"value": NaN}', b"1e999", b'{"ts": 1767225600, "value": -1e400}']
+        ),
+        "range": lambda: rng.choice(
+            [b"1e300", b"-9.9e15", b'{"value": 123456789012345678901234567890}', str(rng.uniform(1e13, 1e200)).encode()]
+        ),
+        "ts": lambda: rng.choice(
+            [
+                b'{"ts": "now", "value": 1}',
+                b'{"ts": -1, "value": 1}',
+                b'{"ts": 1e30, "value": 1}',
+                b'{"ts": Infinity, "value": 1}',
+                b'{"ts": true, "value": 1}',
+            ]
+        ),
         "oversize": lambda: b"[" + b"1," * rng.randint(40_000, 100_000) + b"1]",
     }
     out = []
-    for i in range(n):
+    for _ in range(n):
         kind = rng.choice([*makers, "feature", "stream", "topic", "frame"])
         if kind == "feature":
             out.append((f"plant/reactor-09/sensors/{rng.choice(['unknown', 'x' * 300, 'Reactor_Temp', 'ü', '%s'])}", b"1.0", "feature"))
@@ -284,7 +355,7 @@ def test_hostile_payloads_are_counted_by_reason_and_the_daemon_keeps_forecasting
         if reason is None:
             try:
                 parser.parse(topic, payload, 0.0)
-            except Exception as e:  # noqa: BLE001 - each is a Rejected, checked next
+            except Exception as e:
                 reason = e.reason
         expected[reason] += 1
     assert None not in expected and sum(expected.values()) == 1500 and len(expected) >= 9
@@ -419,7 +490,9 @@ def test_a_stream_whose_next_reading_waits_in_a_backlog_is_not_closed_as_silent(
     from streamrnn.mqtt import Delivery
 
     monkeypatch.setattr(daemon_module, "_BATCH", 3)
-    settings = config.load(None, mqtt={"url": "mqtt://127.0.0.1:1", "instance": "backlog"}, trainer={"enabled": False}, frames={"idle_close": 0.2})
+    settings = config.load(
+        None, mqtt={"url": "mqtt://127.0.0.1:1", "instance": "backlog"}, trainer={"enabled": False}, frames={"idle_close": 0.2}
+    )
     d = daemon_module.Daemon(settings)
     served: list[Frame] = []
     monkeypatch.setattr(d, "_serve", lambda frames, closed=None: served.extend(frames))
@@ -482,7 +555,13 @@ def test_a_verdict_is_caught_up_over_turns_and_no_retrain_starts_until_its_model
     from streamrnn import daemon as daemon_module
 
     monkeypatch.setattr(daemon_module, "_CATCH_UP", 2)  # 2 frames a turn
-    settings = config.load(None, mqtt={"url": "mqtt://127.0.0.1:1", "instance": "catch-up"}, features={"inputs": ["a", "b", "c"], "targets": ["a", "key"], "period": 1.0, "horizon": 4}, model={"hidden_size": 32, "head_hidden": 32}, trainer={"min_frames": 50, "window": 16, "max_epochs": 2, "interval": 0.001})
+    settings = config.load(
+        None,
+        mqtt={"url": "mqtt://127.0.0.1:1", "instance": "catch-up"},
+        features={"inputs": ["a", "b", "c"], "targets": ["a", "key"], "period": 1.0, "horizon": 4},
+        model={"hidden_size": 32, "head_hidden": 32},
+        trainer={"min_frames": 50, "window": 16, "max_epochs": 2, "interval": 0.001},
+    )
     d = daemon_module.Daemon(settings)
     frames = sine_frames(310, streams=2)
     for s, ts, v in frames[:600]:
@@ -496,7 +575,7 @@ def test_a_verdict_is_caught_up_over_turns_and_no_retrain_starts_until_its_model
     monkeypatch.setattr(d.retrainer, "poll", lambda: done.pop() if done else None)
     started: list[int] = []
     monkeypatch.setattr(d.retrainer, "start", lambda snap, spec, champion, seed: started.append(d.engine.version))
-    version = lambda: d.metrics.registry.get_sample_value("streamrnn_model_version")  # noqa: E731
+    version = lambda: d.metrics.registry.get_sample_value("streamrnn_model_version")
     turns = 0
     while version() == 0:
         assert d.engine.version == 0 and not started  # the old model serves; no retrain meanwhile

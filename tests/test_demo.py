@@ -22,7 +22,13 @@ def test_demo_in_a_fresh_virtualenv_shows_forecasts_within_30_seconds(tmp_path):
     subprocess.run(pip, check=True, timeout=600, capture_output=True)
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
     assert shutil.which("mosquitto", path=env["PATH"]) is None  # no broker installed on this path
-    out = subprocess.run([str(venv / "bin" / "streamrnn"), "demo", "--streams", "2", "--duration", "30"], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(venv / "bin" / "streamrnn"), "demo", "--streams", "2", "--duration", "30"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
     assert "metrics: http://127.0.0.1:" in text
@@ -68,7 +74,12 @@ def _alive(pids: set[int]) -> set[int]:
 
 def _started_demo(tmp_path: Path) -> tuple[subprocess.Popen, set[int]]:
     out = open(tmp_path / "demo.out", "w")
-    demo = subprocess.Popen([sys.executable, "-m", "streamrnn", "demo", "--streams", "1", "--rate", "5"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "streamrnn", "demo", "--streams", "1", "--rate", "5"],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     out.close()
     deadline = time.monotonic() + 90
     kids: set[int] = set()

@@ -31,7 +31,13 @@ def test_systemd_unit_verifies(tmp_path):
     dropin = tmp_path / "streamrnn.service.d"
     dropin.mkdir()
     shutil.copy(DEPLOY / "systemd" / "gpu.conf", dropin / "gpu.conf")
-    r = subprocess.run([analyze, "verify", "streamrnn.service"], cwd=tmp_path, capture_output=True, text=True, env={"SYSTEMD_UNIT_PATH": f"{tmp_path}:", "PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [analyze, "verify", "streamrnn.service"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"SYSTEMD_UNIT_PATH": f"{tmp_path}:", "PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
     bad = tmp_path / "broken.service"
     bad.write_text(unit.replace("[Service]\n", "[Service]\nNoSuchKey=1\n"))

@@ -57,7 +57,12 @@ def test_kill_9_at_random_moments_loses_no_frame_and_forecasts_go_on_as_if_it_ne
     model_path = tmp_path / "model.pt"
     model = a_model(model_path, rows)
     state = tmp_path / "state"
-    cfg = write_config(tmp_path / "d.toml", trainer={"enabled": False}, checkpoint={"dir": str(state), "every": 1.0, "keep": 3}, mqtt={"reconnect_min": 0.2, "reconnect_max": 1.0})
+    cfg = write_config(
+        tmp_path / "d.toml",
+        trainer={"enabled": False},
+        checkpoint={"dir": str(state), "every": 1.0, "keep": 3},
+        mqtt={"reconnect_min": 0.2, "reconnect_max": 1.0},
+    )
     sub = Subscriber(mosquitto.url, "t-forecasts", ["plant/+/forecast"])
     d = DaemonProcess(tmp_path, mosquitto.url, config=cfg, model=model_path).start()
     pub = Publisher(mosquitto.url, "t-sensors")
@@ -66,7 +71,7 @@ def test_kill_9_at_random_moments_loses_no_frame_and_forecasts_go_on_as_if_it_ne
     try:
         # three kills at random moments of the 25 s stream; before the 2nd and 3rd restart the newest
         # checkpoint is torn or has a flipped bit, so the one before it (and more journal) is used
-        for i, how in enumerate((None, "truncate", "flip")):
+        for how in (None, "truncate", "flip"):
             time.sleep(rng.uniform(2.0, 5.0))
             assert sender.is_alive(), "the stream ended before the kills: slow the publisher down"
             d.kill()
@@ -90,7 +95,13 @@ def test_kill_9_at_random_moments_loses_no_frame_and_forecasts_go_on_as_if_it_ne
         assert m["model"]["version"] == 0
         for t, body in w["targets"].items():
             h = m["targets"][t]
-            np.testing.assert_allclose(_num(h["values"] + [h["now"]]), _num(body["values"] + [body["now"]]), rtol=1e-5, atol=1e-5, err_msg=f"{m['stream']} {m['ts']} {t}")
+            np.testing.assert_allclose(
+                _num(h["values"] + [h["now"]]),
+                _num(body["values"] + [body["now"]]),
+                rtol=1e-5,
+                atol=1e-5,
+                err_msg=f"{m['stream']} {m['ts']} {t}",
+            )
     log = d.log()
     assert log.count("checkpoint restored") == 3 and log.count("checkpoint skipped") == 2
     assert "journal replayed" in log
@@ -133,7 +144,9 @@ def test_a_trainer_that_raises_returns_nan_hangs_or_runs_out_of_memory_never_tou
     rate = 20.0
     # the deadline leaves a loaded machine time to start the trainer's interpreter and torch first;
     # the trainer at the daemon's priority, so that other work on the machine cannot starve it
-    cfg = write_config(tmp_path / "d.toml", trainer={"min_frames": 40, "retrain_every": 20, "deadline": 30.0, "max_memory": 256, "priority": "normal"})
+    cfg = write_config(
+        tmp_path / "d.toml", trainer={"min_frames": 40, "retrain_every": 20, "deadline": 30.0, "max_memory": 256, "priority": "normal"}
+    )
     env = {"PYTHONPATH": str(tmp_path / "faults"), "TEST_STREAMRNN_FAULTS": "raise,nan,hang,oom"}
     signs = ("injected fault", "weights are not finite", "passed its deadline", "MemoryError")
     d = DaemonProcess(tmp_path, mosquitto.url, config=cfg, env=env).start()
@@ -182,7 +195,12 @@ def test_a_checkpoint_for_another_model_stops_the_daemon_at_start_naming_the_dif
     engine = Engine(old)
     Store(state / "checkpoints").write(7, {"seq": 7, "layout": layout(old), "engine": engine.state(), "assembler": {}})
     cfg = write_config(tmp_path / "d.toml", checkpoint={"dir": str(state)})  # hidden_size back to its default
-    r = subprocess.run([sys.executable, "-m", "streamrnn", "run", "--config", str(cfg), "--broker", "mqtt://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "streamrnn", "run", "--config", str(cfg), "--broker", "mqtt://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0
     assert "was made for another model or feature set" in r.stderr and "model.hidden_size: checkpoint 32, configuration 64" in r.stderr
     assert "Traceback" not in r.stderr
@@ -192,7 +210,12 @@ def test_a_checkpoint_dir_that_cannot_be_written_fails_at_start_naming_the_field
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     cfg = write_config(tmp_path / "d.toml", checkpoint={"dir": str(blocker / "state")})
-    r = subprocess.run([sys.executable, "-m", "streamrnn", "run", "--config", str(cfg), "--broker", "mqtt://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "streamrnn", "run", "--config", str(cfg), "--broker", "mqtt://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "checkpoint.dir:" in r.stderr and "cannot be created or written" in r.stderr, r.stderr
 
 
@@ -210,7 +233,10 @@ def test_a_full_disk_under_checkpoint_dir_is_counted_and_logged_and_forecasts_go
         sub.close()
         assert {(m["stream"], m["ts"]) for m in got} == {(s, ts) for ts, s, _ in rows}
         time.sleep(1.2)
-        assert d.sample("streamrnn_checkpoints_total", outcome="failed") >= 5 and d.sample("streamrnn_checkpoints_total", outcome="written") == 0
+        assert (
+            d.sample("streamrnn_checkpoints_total", outcome="failed") >= 5
+            and d.sample("streamrnn_checkpoints_total", outcome="written") == 0
+        )
         assert "checkpoint failed" in d.log() and "No space left on device" in d.log()
         assert d.proc.poll() is None
         assert d.terminate() == 0  # the last checkpoint fails too: still a clean exit

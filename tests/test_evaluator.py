@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import numpy as np
-
 from conftest import sine_frames, small_settings
+
 from streamrnn.engine import Engine
-from streamrnn.frames import Frame
 from streamrnn.evaluator import Evaluator
+from streamrnn.frames import Frame
 
 
 def test_a_forecast_is_scored_only_when_its_frame_arrives():
@@ -139,7 +139,11 @@ def test_pending_forecasts_saved_with_other_slots_are_scored_after_a_load():
     newest = st["tick"].max(axis=1, keepdims=True)
     keep = st["tick"] > newest - 5
     r, s = np.nonzero(keep)
-    narrow = {"tick": np.full((len(keep), 5), -1), "fc": np.full((len(keep), 5, *st["fc"].shape[2:]), np.nan), "base": np.full((len(keep), 5, 2), np.nan)}
+    narrow = {
+        "tick": np.full((len(keep), 5), -1),
+        "fc": np.full((len(keep), 5, *st["fc"].shape[2:]), np.nan),
+        "base": np.full((len(keep), 5, 2), np.nan),
+    }
     narrow["tick"][r, st["tick"][r, s] % 5] = st["tick"][r, s]
     narrow["fc"][r, st["tick"][r, s] % 5] = st["fc"][r, s]
     narrow["base"][r, st["tick"][r, s] % 5] = st["base"][r, s]

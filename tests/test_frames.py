@@ -46,7 +46,7 @@ def test_shuffled_arrivals_within_the_lateness_give_the_same_frames():
     rng = random.Random(3)
     jittered = sorted(readings, key=lambda r: r.ts + rng.uniform(0, 1.9 * P))  # out of order by < lateness
     got = run(asm(lateness=2 * P), jittered)
-    key = lambda f: (f.stream, f.ts)  # noqa: E731
+    key = lambda f: (f.stream, f.ts)
     assert sorted(map(key, got)) == sorted(map(key, want)) and len(got) == 100
     by = {key(f): f.values for f in want}
     for f in got:

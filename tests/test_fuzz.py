@@ -26,11 +26,17 @@ T0 = 1767225600.0
 # topic levels: plausible or hostile (blanks, unicode), but publishable: no wildcards, no control
 # characters or non-characters (a broker disconnects a client that sends those)
 level = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Cn"), blacklist_characters="+#/"), max_size=20)
-streams = st.from_regex(STREAM_RE, fullmatch=True).map(lambda s: s[:12]) | st.sampled_from(["reactor-02", "reactor-03"]) | level  # reactor-01: the good traffic
+streams = (
+    st.from_regex(STREAM_RE, fullmatch=True).map(lambda s: s[:12]) | st.sampled_from(["reactor-02", "reactor-03"]) | level
+)  # reactor-01: the good traffic
 features = st.sampled_from(simulator.FEATURES) | level
 numbers = st.floats() | st.integers(-(10**40), 10**40) | st.floats(-1e3, 1e3)
 stamps = st.floats(T0 - 1e3, T0 + 1e4) | st.integers(T0, T0 + 10**4) | numbers | st.text(max_size=5) | st.none() | st.booleans()
-json_values = st.recursive(st.none() | st.booleans() | numbers | st.text(max_size=10), lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=8)
+json_values = st.recursive(
+    st.none() | st.booleans() | numbers | st.text(max_size=10),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=8,
+)
 topics = st.one_of(
     st.builds("plant/{}/sensors/{}".format, streams, features),
     st.builds("plant/{}/frame".format, streams),
@@ -38,8 +44,12 @@ topics = st.one_of(
 )
 payloads = st.one_of(
     numbers.map(lambda x: json.dumps(x).encode()),
-    st.fixed_dictionaries({"value": numbers | json_values}, optional={"ts": stamps, "extra": json_values}).map(lambda d: json.dumps(d).encode()),
-    st.dictionaries(st.sampled_from([*simulator.FEATURES, "ts", "other"]), numbers | st.none() | json_values, max_size=16).map(lambda d: json.dumps(d).encode()),
+    st.fixed_dictionaries({"value": numbers | json_values}, optional={"ts": stamps, "extra": json_values}).map(
+        lambda d: json.dumps(d).encode()
+    ),
+    st.dictionaries(st.sampled_from([*simulator.FEATURES, "ts", "other"]), numbers | st.none() | json_values, max_size=16).map(
+        lambda d: json.dumps(d).encode()
+    ),
     json_values.map(lambda d: json.dumps(d).encode()),
     st.binary(max_size=300),
     st.integers(60_000, 70_000).map(lambda n: b"[" + b"1," * (n // 2) + b"1]"),

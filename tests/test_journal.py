@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 
-
 from streamrnn import journal
 from streamrnn.journal import Journal
 

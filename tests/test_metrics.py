@@ -55,7 +55,7 @@ def test_per_stream_series_are_off_by_default_and_capped():
     reg = CollectorRegistry()
     m = Metrics(reg, stream_cap=2)
     m.set_streams({"s1": 1.0, "s2": 2.0, "s3": 3.0})
-    shown = lambda: {s.labels["stream"]: s.value for s in families(reg)["streamrnn_stream_last_frame_timestamp_seconds"].samples}  # noqa: E731
+    shown = lambda: {s.labels["stream"]: s.value for s in families(reg)["streamrnn_stream_last_frame_timestamp_seconds"].samples}
     assert shown() == {"s1": 1.0, "s2": 2.0}
     m.set_streams({"s2": 4.0, "s3": 5.0})  # s1 left: its series goes, s3 takes the free place
     assert shown() == {"s2": 4.0, "s3": 5.0}

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 import torch
-
 from conftest import sine_frames, small_settings
+
 from streamrnn import model as M
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
@@ -119,7 +119,11 @@ def test_engine_streams_interleaved_equal_separate_passes(kind, nl):
         raw = np.stack([v for name, _, v in frames if name == s])
         held = fill(raw)
         with torch.no_grad():
-            out, _ = m(torch.as_tensor(held, dtype=torch.float32)[None], torch.as_tensor(centres(raw, m.spec.centre_alpha), dtype=torch.float32)[None], torch.as_tensor(np.isfinite(raw))[None])
+            out, _ = m(
+                torch.as_tensor(held, dtype=torch.float32)[None],
+                torch.as_tensor(centres(raw, m.spec.centre_alpha), dtype=torch.float32)[None],
+                torch.as_tensor(np.isfinite(raw))[None],
+            )
         base = held[:, [0, 3]]
         want = base[:, None, :] + out[0, :, 1:].double().numpy() * std[1:]
         np.testing.assert_allclose(np.stack(got[s]), want, atol=1e-5, rtol=0)
@@ -153,6 +157,7 @@ def test_saved_model_is_self_contained_and_loads_without_pickles(tmp_path):
     assert version == 7 and loaded.spec == m.spec
     for k, v in m.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
+
     # weights_only refuses an arbitrary pickled object in place of a model file
     class Evil:
         def __reduce__(self):

@@ -105,7 +105,12 @@ def test_daemon_speaks_sd_notify(listener, mosquitto, tmp_path):
     path, sock = listener
     env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000", "STREAMRNN_TRAINER__ENABLED": "false"}
     log = open(tmp_path / "daemon.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamrnn", "run", "--broker", mosquitto.url, "--instance", "notify"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamrnn", "run", "--broker", mosquitto.url, "--instance", "notify"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         msgs: list[tuple[float, str]] = []
         deadline = time.monotonic() + 120  # however long a loaded machine takes to start it

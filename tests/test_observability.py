@@ -63,9 +63,15 @@ class Prometheus:
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(conf))
         self.log = open(workdir / "prometheus.log", "w")
         self.proc = subprocess.Popen(
-            [binary("prometheus"), f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                binary("prometheus"),
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         wait_port(self.port, 30, self.proc)
         deadline = time.monotonic() + 30  # the API answers 503 until the storage is open
@@ -94,7 +100,11 @@ class Prometheus:
 
 def test_promtool_checks_the_shipped_config_and_rules():
     promtool = binary("promtool")
-    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "streamrnn-alerts.yml"], ["test", "rules", "streamrnn-alerts.test.yml"]):
+    for args in (
+        ["check", "config", "prometheus.yml"],
+        ["check", "rules", "streamrnn-alerts.yml"],
+        ["test", "rules", "streamrnn-alerts.test.yml"],
+    ):
         r = subprocess.run([promtool, *args], cwd=DEPLOY / "prometheus", capture_output=True, text=True)
         assert r.returncode == 0, f"promtool {' '.join(args)}:\n{r.stdout}\n{r.stderr}"
 
@@ -103,17 +113,44 @@ def test_every_dashboard_query_and_alert_rule_against_a_real_prometheus(mosquitt
     cfg = write_config(
         tmp_path / "d.toml",
         # a retrain of fixed work, at the daemon's priority: on a machine busy with other work an idle-priority one may wait for minutes
-        trainer={"min_frames": 200, "retrain_every": 100_000, "window": 16, "max_steps": 20, "max_seconds": 300.0, "rewarm": 64, "threads": 1, "priority": "normal"},
+        trainer={
+            "min_frames": 200,
+            "retrain_every": 100_000,
+            "window": 16,
+            "max_steps": 20,
+            "max_seconds": 300.0,
+            "rewarm": 64,
+            "threads": 1,
+            "priority": "normal",
+        },
     )
     daemon = daemons(mosquitto.url, config=cfg, instance="obs")
     prom = Prometheus(tmp_path / "prometheus", daemon.metrics_port)
-    sim = subprocess.Popen([sys.executable, "-m", "streamrnn", "simulate", "--broker", mosquitto.url, "--streams", "2", "--rate", "20", "--duration", "400", "--key-every", "5"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamrnn",
+            "simulate",
+            "--broker",
+            mosquitto.url,
+            "--streams",
+            "2",
+            "--rate",
+            "20",
+            "--duration",
+            "400",
+            "--key-every",
+            "5",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 360
         while time.monotonic() < deadline:  # until a retrain has finished and been scraped a few times
             done = prom.query('sum(streamrnn_retrains_total{job="streamrnn"})')
-            if done and float(done[0]["value"][1]) >= 1 and prom.query('streamrnn_retrain_duration_seconds_count offset 5s'):
+            if done and float(done[0]["value"][1]) >= 1 and prom.query("streamrnn_retrain_duration_seconds_count offset 5s"):
                 break
             time.sleep(1)
         else:
@@ -192,8 +229,27 @@ def wait_sample(daemon, name: str, value: float, timeout: float) -> bool:
 
 def test_bench_scrape_smoke():
     """A seconds-long run of ``streamrnn bench scrape``: it measures, and every scrape was answered."""
-    r = subprocess.run([sys.executable, "-m", "streamrnn", "bench", "scrape", "--streams", "2", "--clients", "10", "--seconds", "3", "--rounds", "1", "--json"],
-                       capture_output=True, text=True, timeout=240)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamrnn",
+            "bench",
+            "scrape",
+            "--streams",
+            "2",
+            "--clients",
+            "10",
+            "--seconds",
+            "3",
+            "--rounds",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout)
     assert report["scrapers"]["scrapes"] > 0 and report["scrapers"]["errors"] == 0

@@ -46,7 +46,11 @@ def test_it_is_served_in_the_few_output_directions_its_forecasts_move_in_and_for
     assert w_when is not None and w_when.shape == (linear.CALENDAR, r.outputs) and np.abs(w_when).max() > 0
     windows = np.stack([values[i - 24 : i] for i in range(2500, 3000)])
     fitted = r.forecast(windows, ts[2499:2999])  # (n, H, T)
-    served = windows[:, -1, None, :] + ((r.normalise(windows).reshape(len(windows), -1) @ w_in @ w_out + bias + linear.calendar(ts[2499:2999]) @ w_when).reshape(fitted.shape))
+    served = windows[:, -1, None, :] + (
+        (r.normalise(windows).reshape(len(windows), -1) @ w_in @ w_out + bias + linear.calendar(ts[2499:2999]) @ w_when).reshape(
+            fitted.shape
+        )
+    )
     change = fitted - windows[:, -1, None, :]
     lost = np.mean((served - fitted) ** 2, axis=0) / np.mean(change**2, axis=0)  # per (step, target), of its own variance
     assert lost.mean() <= 2 * linear.RANK_LOSS, lost
@@ -105,7 +109,24 @@ def test_replay_reports_the_protocol_beside_persistence_and_the_linear_family(tm
 
     data, report = tmp_path / "sim.csv", tmp_path / "r.json"
     simulator.write_csv(data, 300, 1, seed=4)
-    assert cli.main(["replay", str(data), "--stream-column", "stream", "--protocol", "online-tsf", "--horizon", "4", "--quiet", "--report", str(report)]) == 0
+    assert (
+        cli.main(
+            [
+                "replay",
+                str(data),
+                "--stream-column",
+                "stream",
+                "--protocol",
+                "online-tsf",
+                "--horizon",
+                "4",
+                "--quiet",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     table = json.loads(report.read_text())["protocol"]["mse"]
     assert list(table) == ["1"] and set(table["1"]) == {"persistence", "linear", "streamrnn"}
     assert all(v is not None and v > 0 for v in table["1"].values())
@@ -147,4 +168,7 @@ def test_the_time_of_day_forecasts_what_a_short_window_cannot_see_coming():
         truth = np.stack([values[i + 1 : i + 13, :1] for i in at])
         errors[with_calendar] = float(np.mean((r.forecast(windows, ts[at]) - truth) ** 2))
     assert errors[True] < 0.7 * errors[False], errors
-    assert linear.calendar(np.array([0.0, 43200.0])).round(6).tolist() == [[0, 0, 1, 1], [0, np.sin(np.pi / 7).round(6), -1, np.cos(np.pi / 7).round(6)]]
+    assert linear.calendar(np.array([0.0, 43200.0])).round(6).tolist() == [
+        [0, 0, 1, 1],
+        [0, np.sin(np.pi / 7).round(6), -1, np.cos(np.pi / 7).round(6)],
+    ]

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import DATA
+
 from streamrnn import cli, replay, simulator
 
 TEP_ANALYSERS = ",".join(f"XMEAS_{i}" for i in range(37, 42))
@@ -28,8 +28,25 @@ def test_replay_cli_writes_forecasts_report_and_plot(tmp_path):
     data = tmp_path / "sim.csv"
     assert cli.main(["simulate", "--csv", str(data), "--steps", "400", "--streams", "2", "--seed", "1"]) == 0
     out, rep, png = tmp_path / "f.csv", tmp_path / "r.json", tmp_path / "p.png"
-    args = ["replay", str(data), "--stream-column", "stream", "--inputs", "reactor_temp,coolant_flow,feed_temp",
-            "--targets", f"reactor_temp,{simulator.KEY}", "--horizon", "3", "--out", str(out), "--report", str(rep), "--plot", str(png), "--quiet"]  # fmt: skip
+    args = [
+        "replay",
+        str(data),
+        "--stream-column",
+        "stream",
+        "--inputs",
+        "reactor_temp,coolant_flow,feed_temp",
+        "--targets",
+        f"reactor_temp,{simulator.KEY}",
+        "--horizon",
+        "3",
+        "--out",
+        str(out),
+        "--report",
+        str(rep),
+        "--plot",
+        str(png),
+        "--quiet",
+    ]
     assert cli.main(args) == 0
     report = json.loads(rep.read_text())
     assert report["frames"] == 800 and report["streams"] == 2
@@ -81,8 +98,28 @@ def _skill_ok(rep: dict, targets: list[str]) -> None:
 @pytest.mark.skipif(not (DATA / "tep" / "d00_te.csv").exists(), reason="shared/data is not beside the checkout")
 def test_tep_analysers_beat_persistence(tmp_path):
     rep_path = tmp_path / "tep.json"
-    assert cli.main(["replay", str(DATA / "tep" / "d00_te.csv"), "--time-column", "none", "--period", "180", "--targets", TEP_ANALYSERS,
-                     "--sampled", TEP_ANALYSERS, "--horizon", "10", "--report", str(rep_path), "--quiet"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "replay",
+                str(DATA / "tep" / "d00_te.csv"),
+                "--time-column",
+                "none",
+                "--period",
+                "180",
+                "--targets",
+                TEP_ANALYSERS,
+                "--sampled",
+                TEP_ANALYSERS,
+                "--horizon",
+                "10",
+                "--report",
+                str(rep_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     _skill_ok(json.loads(rep_path.read_text()), TEP_ANALYSERS.split(","))
 
 
@@ -90,7 +127,10 @@ def test_tep_analysers_beat_persistence(tmp_path):
 @pytest.mark.skipif(not (DATA / "ett" / "ETTh1.csv").exists(), reason="shared/data is not beside the checkout")
 def test_ett_oil_temperature_beats_persistence(tmp_path):
     rep_path = tmp_path / "ett.json"
-    assert cli.main(["replay", str(DATA / "ett" / "ETTh1.csv"), "--targets", "OT", "--horizon", "24", "--report", str(rep_path), "--quiet"]) == 0
+    assert (
+        cli.main(["replay", str(DATA / "ett" / "ETTh1.csv"), "--targets", "OT", "--horizon", "24", "--report", str(rep_path), "--quiet"])
+        == 0
+    )
     rep = json.loads(rep_path.read_text())
     assert rep["frames"] == 17420
     _skill_ok(rep, ["OT"])
@@ -100,8 +140,26 @@ def test_ett_oil_temperature_beats_persistence(tmp_path):
 def test_simulator_key_variable_and_auxiliaries_beat_persistence(tmp_path):
     data, rep_path = tmp_path / "sim.csv", tmp_path / "sim.json"
     simulator.write_csv(data, 3000, 2, seed=11)
-    assert cli.main(["replay", str(data), "--stream-column", "stream", "--inputs", ",".join(simulator.AUXILIARIES),
-                     "--targets", ",".join(simulator.FEATURES), "--horizon", "10", "--report", str(rep_path), "--quiet"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "replay",
+                str(data),
+                "--stream-column",
+                "stream",
+                "--inputs",
+                ",".join(simulator.AUXILIARIES),
+                "--targets",
+                ",".join(simulator.FEATURES),
+                "--horizon",
+                "10",
+                "--report",
+                str(rep_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rep = json.loads(rep_path.read_text())
     _skill_ok(rep, [simulator.KEY])
     aux = [np.mean([s for s in rep["targets"][n]["skill"] if s is not None]) for n in simulator.AUXILIARIES]
@@ -117,8 +175,10 @@ def test_a_replay_repeats_bit_for_bit_beside_a_cpu_bound_load(tmp_path):
     data = tmp_path / "sim.csv"
     simulator.write_csv(data, 700, 1, seed=5)
     cfg = tmp_path / "small.toml"  # small and quick, with a wall-clock budget a loaded machine would hit
-    cfg.write_text("[model]\nhidden_size = 16\nhead_hidden = 16\n[ring]\nsize = 512\n"
-                   "[trainer]\nwindow = 16\nmin_frames = 200\nretrain_every = 200\nmax_epochs = 3\nmax_seconds = 0.05\n")  # fmt: skip
+    cfg.write_text(
+        "[model]\nhidden_size = 16\nhead_hidden = 16\n[ring]\nsize = 512\n"
+        "[trainer]\nwindow = 16\nmin_frames = 200\nretrain_every = 200\nmax_epochs = 3\nmax_seconds = 0.05\n"
+    )
     args = ["replay", str(data), "--config", str(cfg), "--stream-column", "stream", "--horizon", "3", "--quiet", "--seed", "1"]
     idle, busy = tmp_path / "idle.csv", tmp_path / "busy.csv"
     idle_report, busy_report = tmp_path / "idle.json", tmp_path / "busy.json"

@@ -70,7 +70,15 @@ def test_a_snapshot_reaches_the_trainer_whole_in_a_few_buffers_however_many_stre
     values = [rng.normal(size=(n, 3)).astype(np.float32) for n in lengths]
     for v in values:
         v[0, 1] = np.nan
-    snap = trainer.Snapshot([f"s{i}" for i in range(streams)], values, [rng.normal(size=n) for n in lengths], 0.2, [int(n) + 5 for n in lengths], rng.normal(size=(streams, 3)), rng.normal(size=(streams, 3)))
+    snap = trainer.Snapshot(
+        [f"s{i}" for i in range(streams)],
+        values,
+        [rng.normal(size=n) for n in lengths],
+        0.2,
+        [int(n) + 5 for n in lengths],
+        rng.normal(size=(streams, 3)),
+        rng.normal(size=(streams, 3)),
+    )
     buffers = []
     pickle.dumps(snap, protocol=5, buffer_callback=buffers.append)
     assert len(buffers) <= 6
@@ -192,10 +200,17 @@ def test_adopting_a_verdict_is_as_if_its_model_had_served_since_the_snapshot():
     assert engine.version == 1
     for stream in ("s0", "s1"):
         row = engine.bank.rows[stream]
-        torch.testing.assert_close(engine.bank.hidden[:, :, row], twin.bank.hidden[:, :, twin.bank.rows[stream]])  # up to float rounding: a batch of 2 here, of 1 there
-        assert not torch.equal(engine.bank.hidden[:, :, row], torch.as_tensor(verdict.hidden[:, :, snap.streams.index(stream)]))  # the frames moved it
+        torch.testing.assert_close(
+            engine.bank.hidden[:, :, row], twin.bank.hidden[:, :, twin.bank.rows[stream]]
+        )  # up to float rounding: a batch of 2 here, of 1 there
+        assert not torch.equal(
+            engine.bank.hidden[:, :, row], torch.as_tensor(verdict.hidden[:, :, snap.streams.index(stream)])
+        )  # the frames moved it
     recent = engine.rings[engine.bank.rows["s2"]].last()[1]
-    torch.testing.assert_close(engine.bank.hidden[:, :, engine.bank.rows["s2"] : engine.bank.rows["s2"] + 1], trainer.warm(engine.model, [recent], engine.settings.trainer.rewarm))
+    torch.testing.assert_close(
+        engine.bank.hidden[:, :, engine.bank.rows["s2"] : engine.bank.rows["s2"] + 1],
+        trainer.warm(engine.model, [recent], engine.settings.trainer.rewarm),
+    )
     nxt = [Frame(s, ts + 3.0, v) for s, ts, v in later[-2:]]
     np.testing.assert_allclose(engine.step(nxt).values, twin.step(nxt).values, rtol=1e-5, atol=1e-6)  # and so are the next forecasts
 
@@ -265,7 +280,13 @@ def test_a_verdict_that_does_not_fit_or_is_not_finite_is_a_failure_and_serving_i
     some = next(iter(good.state))
 
     def spoiled(**change):
-        return trainer.Verdict(good.outcome, trainer.TrainReport(status="ok"), serve=good.serve, state={**good.state, **change.get("state", {})}, hidden=change.get("hidden", good.hidden))
+        return trainer.Verdict(
+            good.outcome,
+            trainer.TrainReport(status="ok"),
+            serve=good.serve,
+            state={**good.state, **change.get("state", {})},
+            hidden=change.get("hidden", good.hidden),
+        )
 
     cases = {
         "not finite": spoiled(state={some: np.full_like(good.state[some], np.nan)}),
@@ -285,4 +306,6 @@ def test_a_verdict_that_does_not_fit_or_is_not_finite_is_a_failure_and_serving_i
     # s0 went idle, was evicted and came back since the snapshot: a new stream, warmed, not the old one's state
     assert engine.streams == ["s0"]
     recent = engine.rings[engine.bank.rows["s0"]].last()[1]
-    torch.testing.assert_close(engine.bank.hidden[:, :, engine.bank.rows["s0"]][:, :, None], trainer.warm(engine.model, [recent], engine.settings.trainer.rewarm))
+    torch.testing.assert_close(
+        engine.bank.hidden[:, :, engine.bank.rows["s0"]][:, :, None], trainer.warm(engine.model, [recent], engine.settings.trainer.rewarm)
+    )

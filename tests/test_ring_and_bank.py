@@ -3,8 +3,8 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
-
 from conftest import small_settings
+
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
 from streamrnn.ring import Ring

@@ -12,8 +12,8 @@ from conftest import DaemonProcess, write_config
 from test_daemon import drain, publish_rows, sim_rows
 
 from streamrnn import config
-from streamrnn.tools.broker import Mosquitto
 from streamrnn.mqtt import Publisher, Subscriber
+from streamrnn.tools.broker import Mosquitto
 
 pytestmark = pytest.mark.broker
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -32,7 +32,24 @@ def pki(folder: Path) -> dict[str, Path]:
     openssl("req", "-x509", *ec, "-keyout", "other.key", "-out", "other.crt", "-days", "2", "-subj", "/CN=another CA", cwd=folder)
     openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=folder)
     (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext", cwd=folder)
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        cwd=folder,
+    )
     return {"ca": folder / "ca.crt", "other": folder / "other.crt", "server": folder / "server.crt", "server_key": folder / "server.key"}
 
 
@@ -44,9 +61,24 @@ def secured(tmp_path):
     passwd.touch()
     for user, pw in PASSWORDS.items():
         subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, pw], check=True, capture_output=True)
-    local = {"/etc/mosquitto/certs/ca.crt": certs["ca"], "/etc/mosquitto/certs/server.crt": certs["server"], "/etc/mosquitto/certs/server.key": certs["server_key"],
-             "/etc/mosquitto/passwd": passwd, "/etc/mosquitto/streamrnn.acl": DEPLOY / "mosquitto.acl"}  # fmt: skip
-    keys = ("cafile", "certfile", "keyfile", "tls_version", "require_certificate", "allow_anonymous", "password_file", "acl_file", "use_username_as_clientid")
+    local = {
+        "/etc/mosquitto/certs/ca.crt": certs["ca"],
+        "/etc/mosquitto/certs/server.crt": certs["server"],
+        "/etc/mosquitto/certs/server.key": certs["server_key"],
+        "/etc/mosquitto/passwd": passwd,
+        "/etc/mosquitto/streamrnn.acl": DEPLOY / "mosquitto.acl",
+    }
+    keys = (
+        "cafile",
+        "certfile",
+        "keyfile",
+        "tls_version",
+        "require_certificate",
+        "allow_anonymous",
+        "password_file",
+        "acl_file",
+        "use_username_as_clientid",
+    )
     lines = [line for line in (DEPLOY / "mosquitto-tls.conf").read_text().splitlines() if line.split(" ")[0] in keys]
     assert len(lines) == len(keys), "deploy/mosquitto-tls.conf lost a security setting"
     listener = "\n".join(lines) + "\n"
@@ -66,12 +98,21 @@ def test_over_tls_with_a_password_and_the_acl_the_daemon_works_and_refusals_are_
     ca = certs["ca"]
     (tmp_path / "pw").write_text(PASSWORDS["streamrnn"] + "\n")
     (tmp_path / "bad").write_text("Wr0ng-Pa55-Zq\n")
-    mqtt = {"url": broker.url, "username": "streamrnn", "password_file": str(tmp_path / "pw"), "tls_ca": str(ca), "reconnect_min": 0.2, "reconnect_max": 1.0}
+    mqtt = {
+        "url": broker.url,
+        "username": "streamrnn",
+        "password_file": str(tmp_path / "pw"),
+        "tls_ca": str(ca),
+        "reconnect_min": 0.2,
+        "reconnect_max": 1.0,
+    }
     good = write_config(tmp_path / "good.toml", trainer={"enabled": False}, mqtt=mqtt)
     bad_pw = write_config(tmp_path / "badpw.toml", trainer={"enabled": False}, mqtt=mqtt | {"password_file": str(tmp_path / "bad")})
     bad_ca = write_config(tmp_path / "badca.toml", trainer={"enabled": False}, mqtt=mqtt | {"tls_ca": str(certs["other"])})
     reader = client(broker.url, "reader", ca)
-    wrong = [DaemonProcess(tmp_path, broker.url, config=c, instance=i).launch() for c, i in ((bad_pw, "badpw"), (bad_ca, "badca"))]  # never online
+    wrong = [
+        DaemonProcess(tmp_path, broker.url, config=c, instance=i).launch() for c, i in ((bad_pw, "badpw"), (bad_ca, "badca"))
+    ]  # never online
     d = DaemonProcess(tmp_path, broker.url, config=good, instance="tls", client=reader).start()
     try:
         # the reader may read, but not write sensors: the ACL drops it before the daemon sees it
@@ -130,7 +171,14 @@ def test_the_shipped_broker_settings_keep_the_daemons_client_id_and_status_topic
     broker, certs = secured
     ca = certs["ca"]
     (tmp_path / "pw").write_text(PASSWORDS["streamrnn"] + "\n")
-    mqtt = {"url": broker.url, "username": "streamrnn", "password_file": str(tmp_path / "pw"), "tls_ca": str(ca), "reconnect_min": 0.2, "reconnect_max": 1.0}
+    mqtt = {
+        "url": broker.url,
+        "username": "streamrnn",
+        "password_file": str(tmp_path / "pw"),
+        "tls_ca": str(ca),
+        "reconnect_min": 0.2,
+        "reconnect_max": 1.0,
+    }
     cfg = write_config(tmp_path / "d.toml", trainer={"enabled": False}, mqtt=mqtt)
     reader = client(broker.url, "reader", ca)
     d = DaemonProcess(tmp_path, broker.url, config=cfg, instance="held", client=reader).start()

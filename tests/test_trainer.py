@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from conftest import sine_frames, small_settings
+
 from streamrnn import trainer
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
@@ -72,8 +72,10 @@ def test_nan_loss_leaves_the_serving_model_untouched(monkeypatch):
 
 def test_an_exception_in_training_is_a_failed_report(monkeypatch):
     engine = _fed_engine()
+
     def boom(*a, **k):
         raise MemoryError("out of memory")
+
     monkeypatch.setattr(trainer, "prepare", boom)
     result = engine.retrain()
     assert result.outcome == "failed" and "MemoryError" in result.report.error and engine.version == 0

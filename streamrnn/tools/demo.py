@@ -54,9 +54,33 @@ class Demo:
             wait_port(port, 20, p)
             self.broker = f"mqtt://127.0.0.1:{port}"
         cfg = ["--config", str(self.config)] if self.config else []
-        self._spawn("daemon", "-m", "streamrnn", "run", *cfg, "--broker", self.broker, "--metrics-port", str(self.metrics_port), "--instance", "demo")
+        self._spawn(
+            "daemon",
+            "-m",
+            "streamrnn",
+            "run",
+            *cfg,
+            "--broker",
+            self.broker,
+            "--metrics-port",
+            str(self.metrics_port),
+            "--instance",
+            "demo",
+        )
         self.view = Subscriber(self.broker, f"streamrnn-demo-view-{os.getpid()}", ["plant/+/forecast", "streamrnn/demo/status"])
-        self._spawn("simulator", "-m", "streamrnn", "simulate", *cfg, "--broker", self.broker, "--streams", str(self.streams), "--rate", str(self.rate))
+        self._spawn(
+            "simulator",
+            "-m",
+            "streamrnn",
+            "simulate",
+            *cfg,
+            "--broker",
+            self.broker,
+            "--streams",
+            str(self.streams),
+            "--rate",
+            str(self.rate),
+        )
         self.out.write(
             f"streamrnn demo: {self.streams} simulated reactors at {self.rate:g} frames/s -> {self.broker}\n"
             f"  metrics: http://127.0.0.1:{self.metrics_port}/metrics   logs: {self.dir.name}/\n"
@@ -65,7 +89,7 @@ class Demo:
         self.out.flush()
 
     def stop(self) -> None:
-        for name, p in reversed(self.procs):
+        for _, p in reversed(self.procs):
             children.stop(p, 20)
         if hasattr(self, "view"):
             self.view.close()
@@ -115,7 +139,7 @@ class Demo:
             d = self.latest[name]
             t = d["targets"].get(simulator.KEY) or next(iter(d["targets"].values()))
             h = d["horizon"]
-            when = dt.datetime.fromtimestamp(d["ts"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            when = dt.datetime.fromtimestamp(d["ts"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
             steps = sorted({1, max(1, h // 2), h})
             cells = "  ".join(f"+{k} {_num(t['values'][k - 1])} [{_num(t['lower'][k - 1])}, {_num(t['upper'][k - 1])}]" for k in steps)
             skill = "   n/a" if t["skill"] is None else f"{t['skill']:+.3f}"

@@ -43,7 +43,9 @@ def packet(topic: str, payload: bytes, mid: int) -> bytes:
     return b"\x32" + _varint(len(body)) + body
 
 
-def tick_packets(template: str, streams: int, channels: list[str], tick: int, period: float, t0: float, mid: int) -> tuple[list[bytes], int]:
+def tick_packets(
+    template: str, streams: int, channels: list[str], tick: int, period: float, t0: float, mid: int
+) -> tuple[list[bytes], int]:
     """Every sensor of every stream for one tick, a buffer per stream; and the next message id."""
     ts = t0 + tick * period
     out = []
@@ -103,7 +105,9 @@ class RawPublisher:
             self.sock.close()
 
 
-def publish(url: str, template: str, channels: list[str], streams: int, ticks: int, rate: float | None, period: float, t0: float, first_tick: int) -> dict:
+def publish(
+    url: str, template: str, channels: list[str], streams: int, ticks: int, rate: float | None, period: float, t0: float, first_tick: int
+) -> dict:
     """``ticks`` ticks of every sensor of ``streams`` streams: all at once (``rate`` None), or
     ``rate`` ticks per second with stream ``s`` of each tick sent ``s / streams`` of a tick after
     its first. Returns when the burst started (``{first_tick: t}``), or when each stream's part of

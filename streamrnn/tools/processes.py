@@ -54,12 +54,33 @@ class DaemonProcess:
     credentials) of the clients that watch its status; ``session``: a process group of its own,
     so that a Ctrl-C in the terminal reaches only the parent, which stops it in order."""
 
-    def __init__(self, workdir: Path, broker_url: str, config: Path | None = None, model: Path | None = None, instance: str = "test", env: dict[str, str] | None = None, client=None, session: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        broker_url: str,
+        config: Path | None = None,
+        model: Path | None = None,
+        instance: str = "test",
+        env: dict[str, str] | None = None,
+        client=None,
+        session: bool = False,
+    ) -> None:
         self.dir, self.url, self.instance, self.env, self.session = workdir, broker_url, instance, env, session
         self.client = client
         self.metrics_port = free_port()
         self.log_path = workdir / f"daemon-{instance}.log"
-        args = [sys.executable, "-m", "streamrnn", "run", "--broker", broker_url, "--metrics-port", str(self.metrics_port), "--instance", instance]
+        args = [
+            sys.executable,
+            "-m",
+            "streamrnn",
+            "run",
+            "--broker",
+            broker_url,
+            "--metrics-port",
+            str(self.metrics_port),
+            "--instance",
+            instance,
+        ]
         if config:
             args += ["--config", str(config)]
         if model:
@@ -78,7 +99,9 @@ class DaemonProcess:
         """Start the process and wait for its retained status to say ``online``."""
         from streamrnn.mqtt import Subscriber
 
-        status = Subscriber(self.url, f"t-status-{self.instance}-{time.monotonic_ns()}", [f"streamrnn/{self.instance}/status"], cfg=self.client)
+        status = Subscriber(
+            self.url, f"t-status-{self.instance}-{time.monotonic_ns()}", [f"streamrnn/{self.instance}/status"], cfg=self.client
+        )
         self.launch()
         try:
             deadline = time.monotonic() + timeout

@@ -36,22 +36,36 @@ def journal(streams: int = 20, rate: float = 20.0, seconds: float = 10.0, rounds
     keys = ("messages_per_s", "cpu_us_per_message", "step_ms_per_frame", "latency_ms", "journal_sync_ms", "records_per_sync")
     med = {mode: {k: statistics.median(p[k] for p in phases) for k in keys} for mode, phases in runs.items()}
     return {
-        "streams": streams, "rate": rate, "seconds": seconds, "rounds": rounds, "off": med["off"], "on": med["on"], "runs": runs,
+        "streams": streams,
+        "rate": rate,
+        "seconds": seconds,
+        "rounds": rounds,
+        "off": med["off"],
+        "on": med["on"],
+        "runs": runs,
         "cpu_ratio": med["on"]["cpu_us_per_message"] / med["off"]["cpu_us_per_message"],
         "latency_ratio": med["on"]["latency_ms"] / med["off"]["latency_ms"],
         "step_ratio": med["on"]["step_ms_per_frame"] / med["off"]["step_ms_per_frame"],
-    }  # fmt: skip
+    }
+
 
 def format_journal(r: dict) -> str:
     out = [
-        f"journal cost: {r['streams']} streams x 14 sensors at {r['rate']:g} frames/s; {r['rounds']} daemons each way, {r['seconds']:g} s measured; medians",
+        f"journal cost: {r['streams']} streams x 14 sensors at {r['rate']:g} frames/s; {r['rounds']} "
+        f"daemons each way, {r['seconds']:g} s measured; medians",
         f"{'journal':<9}{'msg/s':>8}{'cpu us/msg':>12}{'step ms/frame':>15}{'latency ms':>12}{'sync ms':>9}{'records/sync':>14}",
     ]
     for mode in ("off", "on"):
         p = r[mode]
-        out.append(f"{mode:<9}{p['messages_per_s']:>8.0f}{p['cpu_us_per_message']:>12.1f}{p['step_ms_per_frame']:>15.3f}{p['latency_ms']:>12.3f}{p['journal_sync_ms']:>9.3f}{p['records_per_sync']:>14.1f}")
-    out.append(f"on / off: CPU per message {r['cpu_ratio']:.3f}, step time per frame {r['step_ratio']:.3f}, mean frame-to-forecast latency {r['latency_ratio']:.3f}")
+        out.append(
+            f"{mode:<9}{p['messages_per_s']:>8.0f}{p['cpu_us_per_message']:>12.1f}{p['step_ms_per_frame']:>15.3f}{p['latency_ms']:>12.3f}{p['journal_sync_ms']:>9.3f}{p['records_per_sync']:>14.1f}"
+        )
+    out.append(
+        f"on / off: CPU per message {r['cpu_ratio']:.3f}, step time per frame {r['step_ratio']:.3f}, "
+        f"mean frame-to-forecast latency {r['latency_ratio']:.3f}"
+    )
     return "\n".join(out)
+
 
 def soak(minutes: float = 30.0, warmup: float = 5.0, streams: int = 10, rate: float = 10.0, every: float = 10.0) -> dict:
     """Resident memory of the daemon over a long run at ``streams * rate`` frames/s, journal and
@@ -74,22 +88,35 @@ def soak(minutes: float = 30.0, warmup: float = 5.0, streams: int = 10, rate: fl
     n = max(1, int(5 * 60 / every))  # five minutes of samples
     first, last = statistics.fmean(after[:n]) if after else float("nan"), statistics.fmean(after[-n:]) if after else float("nan")
     return {
-        "minutes": minutes, "warmup": warmup, "streams": streams, "rate": rate, "frames": final.get("streamrnn_frames_closed_total", 0.0),
+        "minutes": minutes,
+        "warmup": warmup,
+        "streams": streams,
+        "rate": rate,
+        "frames": final.get("streamrnn_frames_closed_total", 0.0),
         "retrains": {o: final.get(f'streamrnn_retrains_total{{outcome="{o}"}}', 0.0) for o in ("promoted", "rejected", "failed")},
         "checkpoints": final.get('streamrnn_checkpoints_total{outcome="written"}', 0.0),
-        "rss_at_warmup_mb": base / 1e6, "rss_min_mb": min(after) / 1e6 if after else float("nan"), "rss_max_mb": max(after) / 1e6 if after else float("nan"),
+        "rss_at_warmup_mb": base / 1e6,
+        "rss_min_mb": min(after) / 1e6 if after else float("nan"),
+        "rss_max_mb": max(after) / 1e6 if after else float("nan"),
         "rss_last_mb": after[-1] / 1e6 if after else float("nan"),
         "spread": (max(after) - min(after)) / base if after else float("nan"),
-        "first_5min_mb": first / 1e6, "last_5min_mb": last / 1e6, "trend": (last - first) / first if after else float("nan"),
+        "first_5min_mb": first / 1e6,
+        "last_5min_mb": last / 1e6,
+        "trend": (last - first) / first if after else float("nan"),
         "flat": bool(after) and abs(last - first) / first <= 0.05,
         "samples": samples,
-    }  # fmt: skip
+    }
+
 
 def format_soak(r: dict) -> str:
-    return "\n".join([
-        f"soak: {r['minutes']:g} min at {r['streams'] * r['rate']:g} frames/s ({r['streams']} streams), journal and retraining on",
-        f"frames {r['frames']:.0f}, retrains {r['retrains']}, checkpoints {r['checkpoints']:.0f}",
-        f"resident memory after the {r['warmup']:g} min warm-up: {r['rss_at_warmup_mb']:.1f} MB then, min {r['rss_min_mb']:.1f}, max {r['rss_max_mb']:.1f}, last {r['rss_last_mb']:.1f}",
-        f"mean of the first 5 min after it {r['first_5min_mb']:.1f} MB, of the last 5 min {r['last_5min_mb']:.1f} MB: trend {100 * r['trend']:+.2f} %  -> {'flat' if r['flat'] else 'NOT flat'} (limit 5 %)",
-        f"momentary spread (max - min) / at warm-up: {100 * r['spread']:.2f} % (checkpoint copies and verdicts come and go)",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"soak: {r['minutes']:g} min at {r['streams'] * r['rate']:g} frames/s ({r['streams']} streams), journal and retraining on",
+            f"frames {r['frames']:.0f}, retrains {r['retrains']}, checkpoints {r['checkpoints']:.0f}",
+            f"resident memory after the {r['warmup']:g} min warm-up: {r['rss_at_warmup_mb']:.1f} MB then, "
+            f"min {r['rss_min_mb']:.1f}, max {r['rss_max_mb']:.1f}, last {r['rss_last_mb']:.1f}",
+            f"mean of the first 5 min after it {r['first_5min_mb']:.1f} MB, of the last 5 min {r['last_5min_mb']:.1f} "
+            f"MB: trend {100 * r['trend']:+.2f} %  -> {'flat' if r['flat'] else 'NOT flat'} (limit 5 %)",
+            f"momentary spread (max - min) / at warm-up: {100 * r['spread']:.2f} % (checkpoint copies and verdicts come and go)",
+        ]
+    )

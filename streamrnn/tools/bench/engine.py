@@ -20,14 +20,16 @@ import time
 import numpy as np
 import torch
 
-from streamrnn.tools.bench.report import table
 from streamrnn.config import Settings
+from streamrnn.tools.bench.report import table
 
 WINDOW = 64
 
 
 def _settings(kind: str = "gru", device: str = "cpu", ring: int = 256, max_streams: int = 20_000) -> Settings:
-    return Settings(device=device, model={"kind": kind}, ring={"size": ring}, streams={"max_streams": max_streams}, trainer={"enabled": False})
+    return Settings(
+        device=device, model={"kind": kind}, ring={"size": ring}, streams={"max_streams": max_streams}, trainer={"enabled": False}
+    )
 
 
 def _engine(settings: Settings):
@@ -43,7 +45,14 @@ def _engine(settings: Settings):
     c = len(engine.channels)
     values = np.stack([v[0] for _, v in simulator.Reactor(seed=0).run(600)])
     values = values[:, [simulator.FEATURES.index(name) for name in engine.channels]]
-    ridge = OnlineRidge(c, list(engine.spec.target_index), engine.spec.horizon, settings.linear.lookback, *normalisation([values]), calendar=settings.linear.calendar)
+    ridge = OnlineRidge(
+        c,
+        list(engine.spec.target_index),
+        engine.spec.horizon,
+        settings.linear.lookback,
+        *normalisation([values]),
+        calendar=settings.linear.calendar,
+    )
     ridge.learn_frames(["s0"], [values], [np.arange(len(values), dtype=float)], [len(values)], settings.linear.max_examples)
     assert engine.adopt_linear(ridge.state())
     return engine
@@ -111,19 +120,41 @@ def step(batches: tuple[int, ...] = (1, 100, 1000), kinds: tuple[str, ...] = ("g
                 window = _median_us(lambda: m(xw, xw, mw, None), max(5, n // 4))
             _warm(engine, b)
             whole = 1e6 * statistics.median(_engine_tick(engine, b, n))
-            rows.append({"kind": kind, "batch": b, "bare_us": bare, "serving_us": serve, "window_us": window, "engine_us": whole, "window_ratio": window / bare, "engine_ratio": whole / bare, "engine_us_per_frame": whole / b})
+            rows.append(
+                {
+                    "kind": kind,
+                    "batch": b,
+                    "bare_us": bare,
+                    "serving_us": serve,
+                    "window_us": window,
+                    "engine_us": whole,
+                    "window_ratio": window / bare,
+                    "engine_ratio": whole / bare,
+                    "engine_us_per_frame": whole / b,
+                }
+            )
     return {"threads": 1, "window": WINDOW, "rows": rows}
 
 
 def format_step(r: dict) -> str:
     return table(
         f"stateful step vs re-running the last {r['window']} frames, CPU, {r['threads']} thread; medians (us per batch)",
-        [("model", "<6", "kind"), ("batch", ">7", "batch"), ("bare step", ">11.0f", "bare_us"), ("serving", ">9.0f", "serving_us"), ("window", ">10.0f", "window_us"), ("window/step", ">13.2f", "window_ratio"),
-         ("engine", ">10.0f", "engine_us"), ("engine/step", ">13.2f", "engine_ratio"), ("us/frame", ">10.1f", "engine_us_per_frame")],
+        [
+            ("model", "<6", "kind"),
+            ("batch", ">7", "batch"),
+            ("bare step", ">11.0f", "bare_us"),
+            ("serving", ">9.0f", "serving_us"),
+            ("window", ">10.0f", "window_us"),
+            ("window/step", ">13.2f", "window_ratio"),
+            ("engine", ">10.0f", "engine_us"),
+            ("engine/step", ">13.2f", "engine_ratio"),
+            ("us/frame", ">10.1f", "engine_us_per_frame"),
+        ],
         r["rows"],
         "bare step: the model's forward over one frame on ready tensors, as a hand-written loop steps it; serving: the same step as the\n"
-        "engine makes it (cell kernels, numpy in and out); engine: the whole step (state bank, rings, scoring, bands) - target <= 1.5x bare at batch 1",
-    )  # fmt: skip
+        "engine makes it (cell kernels, numpy in and out); engine: the whole step (state bank, rings, "
+        "scoring, bands) - target <= 1.5x bare at batch 1",
+    )
 
 
 def streams(counts: tuple[int, ...] = (1, 10, 100, 1000, 10_000), ticks: int = 20) -> dict:
@@ -140,17 +171,32 @@ def streams(counts: tuple[int, ...] = (1, 10, 100, 1000, 10_000), ticks: int = 2
             cuda = device == "cuda"
             recurrent = _median_us(lambda: bank.step(engine.model, rows_, values), max(5, ticks), sync=cuda)
             whole = 1e6 * statistics.median(_engine_tick(engine, n, ticks))
-            rows.append({"device": device, "streams": n, "recurrent_ms": recurrent / 1e3, "engine_ms": whole / 1e3, "engine_us_per_stream": whole / n})
+            rows.append(
+                {
+                    "device": device,
+                    "streams": n,
+                    "recurrent_ms": recurrent / 1e3,
+                    "engine_ms": whole / 1e3,
+                    "engine_us_per_stream": whole / n,
+                }
+            )
     return {"threads": 1, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "rows": rows}
 
 
 def format_streams(r: dict) -> str:
     return table(
         f"many streams: time per tick, medians (CPU: 1 thread{'; GPU: ' + r['gpu'] if r['gpu'] else '; no CUDA here'})",
-        [("device", "<8", "device"), ("streams", ">9", "streams"), ("recurrent ms", ">14.3f", "recurrent_ms"), ("engine ms", ">11.3f", "engine_ms"), ("us/stream", ">11.1f", "engine_us_per_stream")],
+        [
+            ("device", "<8", "device"),
+            ("streams", ">9", "streams"),
+            ("recurrent ms", ">14.3f", "recurrent_ms"),
+            ("engine ms", ">11.3f", "engine_ms"),
+            ("us/stream", ">11.1f", "engine_us_per_stream"),
+        ],
         r["rows"],
-        "recurrent: hold the values, gather states, model, scatter, outputs to the host; engine: the whole step - targets 1,000 streams <= 5 ms (CPU), 10,000 <= 10 ms (GPU)",
-    )  # fmt: skip
+        "recurrent: hold the values, gather states, model, scatter, outputs to the host; engine: "
+        "the whole step - targets 1,000 streams <= 5 ms (CPU), 10,000 <= 10 ms (GPU)",
+    )
 
 
 def _rss() -> int:
@@ -166,14 +212,22 @@ def _memory_one(streams_: int, ring: int) -> dict:
     before = _rss()
     _engine_tick(engine, streams_, 2)
     after = _rss()
-    return {"streams": streams_, "ring": ring, "rss_before_mb": before / 1e6, "rss_after_mb": after / 1e6, "bytes_per_stream": (after - before) / streams_}
+    return {
+        "streams": streams_,
+        "ring": ring,
+        "rss_before_mb": before / 1e6,
+        "rss_after_mb": after / 1e6,
+        "bytes_per_stream": (after - before) / streams_,
+    }
 
 
 def memory(counts: tuple[int, ...] = (100, 1000, 5000), rings: tuple[int, ...] = (256, 4096)) -> dict:
     rows = []
     for ring in rings:
         for n in counts:
-            out = subprocess.run([sys.executable, "-m", "streamrnn.tools.bench.engine", str(n), str(ring)], capture_output=True, text=True, timeout=600)
+            out = subprocess.run(
+                [sys.executable, "-m", "streamrnn.tools.bench.engine", str(n), str(ring)], capture_output=True, text=True, timeout=600
+            )
             if out.returncode:
                 raise RuntimeError(f"memory at {n} streams, ring {ring}: {out.stderr.strip()[-400:]}")
             rows.append(json.loads(out.stdout))
@@ -184,9 +238,15 @@ def memory(counts: tuple[int, ...] = (100, 1000, 5000), rings: tuple[int, ...] =
 def format_memory(r: dict) -> str:
     return table(
         "resident memory by streams and ring size (each a fresh process; rings are allocated whole)",
-        [("ring", ">6", "ring"), ("streams", ">9", "streams"), ("RSS MB", ">9.0f", "rss_after_mb"), ("bytes/stream", ">14.0f", "bytes_per_stream"), ("of which ring", ">15.0f", lambda x: x["ring"] * r["ring_bytes_per_frame"])],
+        [
+            ("ring", ">6", "ring"),
+            ("streams", ">9", "streams"),
+            ("RSS MB", ">9.0f", "rss_after_mb"),
+            ("bytes/stream", ">14.0f", "bytes_per_stream"),
+            ("of which ring", ">15.0f", lambda x: x["ring"] * r["ring_bytes_per_frame"]),
+        ],
         r["rows"],
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":  # one memory configuration, in its own process

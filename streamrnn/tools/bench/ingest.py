@@ -21,13 +21,32 @@ def run_load(url: str, topic: str, streams: int, ticks: int, first_tick: int, ra
     from streamrnn.config import Settings
 
     s = Settings()  # the daemon's channels and period
-    args = ["-m", "streamrnn.tools.loadgen", "publish", "--broker", url, "--topic", topic, "--channels", ",".join(s.channels), "--period", str(s.features.period), "--streams", str(streams), "--ticks", str(ticks), "--first-tick", str(first_tick)]
+    args = [
+        "-m",
+        "streamrnn.tools.loadgen",
+        "publish",
+        "--broker",
+        url,
+        "--topic",
+        topic,
+        "--channels",
+        ",".join(s.channels),
+        "--period",
+        str(s.features.period),
+        "--streams",
+        str(streams),
+        "--ticks",
+        str(ticks),
+        "--first-tick",
+        str(first_tick),
+    ]
     out = subprocess.run([sys.executable, *args, *(["--rate", str(rate)] if rate else [])], capture_output=True, text=True, timeout=900)
     if out.returncode:
         raise RuntimeError(f"load generator failed: {out.stderr[-500:]}")
     r = json.loads(out.stdout)
     r["started"] = {int(k): v for k, v in r["started"].items()}
     return r
+
 
 class ForecastTap:
     """The forecasts the daemon publishes, each stamped with its arrival here."""
@@ -58,6 +77,7 @@ class ForecastTap:
     def close(self) -> None:
         self.sub.close()
 
+
 def ingest(streams: int = 10, ticks: int = 1000, rounds: int = 3) -> dict:
     """Messages per second through the daemon (parsed, assembled, stepped, forecast published) and
     through a bare paho subscriber doing only ``json.loads``, on one broker, alternating rounds of
@@ -73,7 +93,22 @@ def ingest(streams: int = 10, ticks: int = 1000, rounds: int = 3) -> dict:
             fc = ForecastTap(stack.broker.url)
             tick = 1
             for _ in range(rounds):
-                rx = children.popen([sys.executable, "-m", "streamrnn.tools.loadgen", "bare", "--broker", stack.broker.url, "--topic", "bare/+/sensors/+", "--count", str(count)], stdout=subprocess.PIPE, text=True)
+                rx = children.popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "streamrnn.tools.loadgen",
+                        "bare",
+                        "--broker",
+                        stack.broker.url,
+                        "--topic",
+                        "bare/+/sensors/+",
+                        "--count",
+                        str(count),
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
                 if rx.stdout is None or rx.stdout.readline().strip() != "ready":
                     raise RuntimeError("bare subscriber did not start")
                 load = run_load(stack.broker.url, "bare/{stream}/sensors/{feature}", streams, ticks, tick)
@@ -94,12 +129,26 @@ def ingest(streams: int = 10, ticks: int = 1000, rounds: int = 3) -> dict:
                 fc.close()
             stack.close()
     med = {k: statistics.median(v) for k, v in runs.items()}
-    return {"streams": streams, "ticks": ticks, "messages": count, "rounds": rounds, "runs": runs, "bare_per_s": med["bare"], "daemon_per_s": med["daemon"], "ratio": med["daemon"] / med["bare"], "dropped": dropped}
+    return {
+        "streams": streams,
+        "ticks": ticks,
+        "messages": count,
+        "rounds": rounds,
+        "runs": runs,
+        "bare_per_s": med["bare"],
+        "daemon_per_s": med["daemon"],
+        "ratio": med["daemon"] / med["bare"],
+        "dropped": dropped,
+    }
+
 
 def format_ingest(r: dict) -> str:
-    return "\n".join([
-        f"ingest: bursts of {r['messages']} QoS 1 sensor messages ({r['streams']} streams x 14 sensors x {r['ticks']} ticks), {r['rounds']} rounds each, medians",
-        f"bare paho subscriber (json.loads only): {r['bare_per_s']:>8.0f} msg/s   runs {[round(x) for x in r['runs']['bare']]}",
-        f"daemon (to the last forecast received): {r['daemon_per_s']:>8.0f} msg/s   runs {[round(x) for x in r['runs']['daemon']]}",
-        f"daemon / bare: {r['ratio']:.2f}  (target >= 0.8); messages dropped by the daemon: {r['dropped']:.0f}",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"ingest: bursts of {r['messages']} QoS 1 sensor messages ({r['streams']} streams x 14 sensors "
+            f"x {r['ticks']} ticks), {r['rounds']} rounds each, medians",
+            f"bare paho subscriber (json.loads only): {r['bare_per_s']:>8.0f} msg/s   runs {[round(x) for x in r['runs']['bare']]}",
+            f"daemon (to the last forecast received): {r['daemon_per_s']:>8.0f} msg/s   runs {[round(x) for x in r['runs']['daemon']]}",
+            f"daemon / bare: {r['ratio']:.2f}  (target >= 0.8); messages dropped by the daemon: {r['dropped']:.0f}",
+        ]
+    )

@@ -20,9 +20,15 @@ def machine() -> dict:
     mosq = mosquitto_binary()
     broker = subprocess.run([mosq, "-h"], capture_output=True, text=True).stdout.split("\n")[0] if mosq else None
     return {
-        "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "paho": installed("paho-mqtt"), "mosquitto": broker, "streamrnn": __version__,
-    }  # fmt: skip
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "paho": installed("paho-mqtt"),
+        "mosquitto": broker,
+        "streamrnn": __version__,
+    }
 
 
 def table(title: str, columns: list[tuple[str, str, str | Callable[[dict], object]]], rows: list[dict], footer: str | None = None) -> str:

@@ -18,13 +18,26 @@ class Stack:
     def __init__(self, workdir: Path, streams: int, rate: float, env: dict[str, str] | None = None, simulate: bool = True) -> None:
         self.dir = workdir
         self.broker = Mosquitto(workdir / "broker").start()
-        self.daemon = DaemonProcess(workdir, self.broker.url, instance="bench", env={"STREAMRNN_TRAINER__ENABLED": "false", **(env or {})}).launch()
+        self.daemon = DaemonProcess(
+            workdir, self.broker.url, instance="bench", env={"STREAMRNN_TRAINER__ENABLED": "false", **(env or {})}
+        ).launch()
         self.port = self.daemon.metrics_port
         self.procs: list[subprocess.Popen] = []
         wait_port(self.port, 60, self.daemon.proc)
         if simulate:
             with open(workdir / "simulator.log", "w") as log:
-                sim = [sys.executable, "-m", "streamrnn", "simulate", "--broker", self.broker.url, "--streams", str(streams), "--rate", str(rate)]
+                sim = [
+                    sys.executable,
+                    "-m",
+                    "streamrnn",
+                    "simulate",
+                    "--broker",
+                    self.broker.url,
+                    "--streams",
+                    str(streams),
+                    "--rate",
+                    str(rate),
+                ]
                 self.procs.append(children.popen(sim, stdout=log, stderr=subprocess.STDOUT))
 
     def metrics(self) -> dict[str, float]:
@@ -62,7 +75,7 @@ def phase(stack: Stack, seconds: float) -> dict[str, float]:
     a = stack.metrics()
     time.sleep(seconds)
     b = stack.metrics()
-    d = lambda k: b.get(k, 0.0) - a.get(k, 0.0)  # noqa: E731
+    d = lambda k: b.get(k, 0.0) - a.get(k, 0.0)
     steps = d("streamrnn_step_duration_seconds_count")
     frames = d("streamrnn_frames_closed_total")
     msgs = d("streamrnn_messages_received_total")
@@ -76,5 +89,7 @@ def phase(stack: Stack, seconds: float) -> dict[str, float]:
         "frames": frames,
         "step_ms": 1e3 * d("streamrnn_step_duration_seconds_sum") / steps if steps else float("nan"),
         "step_ms_per_frame": 1e3 * d("streamrnn_step_duration_seconds_sum") / frames if frames else float("nan"),
-        "latency_ms": 1e3 * d("streamrnn_forecast_latency_seconds_sum") / d("streamrnn_forecast_latency_seconds_count") if steps else float("nan"),
+        "latency_ms": 1e3 * d("streamrnn_forecast_latency_seconds_sum") / d("streamrnn_forecast_latency_seconds_count")
+        if steps
+        else float("nan"),
     }
