@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from streamrnn import gate, trainer
+from streamrnn import trainer
+from streamrnn.adoption import Adoption
 from streamrnn.config import Settings
+from streamrnn.contenders import Contenders
 from streamrnn.evaluator import Evaluator
 from streamrnn.forecast import Forecasts
 from streamrnn.frames import Frame
-from streamrnn.linear import OnlineRidge, calendar, forward_fill
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
 from streamrnn.ring import Ring
-from streamrnn.state import HiddenBank, StreamCapError, catch_up
+from streamrnn.state import HiddenBank, StreamCapError
 from streamrnn.trainer import Snapshot, TrainReport, Verdict
-from streamrnn.windows import Windows
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +41,6 @@ class RetrainResult:
     challenger_error: float = float("nan")
     version: int = 0
     extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class _Adoption:
-    """A verdict's model whose states are being caught up over the frames since its snapshot, a few
-    at a time, while the model before it serves."""
-
-    model: StreamRNN
-    hidden: torch.Tensor  # (state_layers, layers, rows, hidden) by bank row, as of ``reached``
-    held: np.ndarray  # (rows, C): the values held and running means as of ``reached``
-    centre: np.ndarray
-    reached: dict[str, tuple[Ring, int]]  # stream -> its ring, and the frames of it stepped over
-    queue: deque[str] = field(default_factory=deque)  # this round's streams still behind, in turn
-
-
-class _Drawn:
-    """The gate's weights as drawn from the errors' moments of one version: of the combination and
-    of the served forecast (each (regimes, contenders, H, T)), the wild limit, and their mixers."""
-
-    def __init__(self, version: int, mixed: np.ndarray, served: np.ndarray, limit: np.ndarray) -> None:
-        self.version, self.mixed, self.served, self.limit = version, mixed, served, limit
-        both = (served, mixed) if not np.array_equal(served, mixed) else (served,)  # the served one first
-        self.mixers = [(gate.Mixer(w[0]), w) for w in both]
 
 
 class Engine:
@@ -85,10 +62,7 @@ class Engine:
         self.evaluator = Evaluator(
             len(self._ti), self.spec.horizon, ev.coverage, ev.residuals, ev.live_window, contenders=3, gate_memory=settings.gate.memory
         )
-        self.linear: OnlineRidge | None = None  # the linear contender, once a retrain has fitted it
-        self._windows: Windows | None = None  # and what it reads per stream
-        self._serving: tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None] | None = None  # its weights, as it is served
-        self._gate: _Drawn | None = None  # the gate's weights, as last drawn
+        self.contenders = Contenders(settings, len(self.channels), self._ti, self.spec.horizon, self.evaluator)
         self.rings: dict[int, Ring] = {}
         self._last_tick: dict[int, int] = {}
         self.counts: Counter[str] = Counter()
@@ -98,7 +72,7 @@ class Engine:
         self._next_linear = 0
         self._last_evict = -math.inf
         self.results: deque[RetrainResult] = deque(maxlen=1000)  # the latest, for reports
-        self._adoption: _Adoption | None = None
+        self._adoption: Adoption | None = None  # a verdict's model being caught up
 
     def _target_std(self) -> np.ndarray:
         """Engineering units of one output unit, per step and target (H+1, T)."""
@@ -128,8 +102,7 @@ class Engine:
             if new:
                 rings[row] = Ring(self.settings.ring.size, len(self.channels))
                 self.evaluator.reset(row)
-                if self._windows is not None:
-                    self._windows.reset(row)
+                self.contenders.reset(row)
                 self.counts["streams_created"] += 1
             if row in taken:
                 later.append(f)
@@ -161,11 +134,10 @@ class Engine:
         out = base[:, None, :] + deltas * self._std_t  # (B, H+1, T): steps 0..H
         soft = self._key & ~np.isfinite(truth)  # key variables between their samples
         now = np.where(soft, out[:, 0], base)
-        recurrent, linear = out[:, 1:], self._linear(r, held, base, stamps)
+        recurrent, linear = out[:, 1:], self.contenders.linear_forecast(r, held, base, stamps)
         panel = self.evaluator.panel(r, t)  # the forecasts whose contenders the gate will score
-        served, mixed = self._serve(
-            base, recurrent, linear, panel
-        )  # before the linear contender's first fit, the gate weighs the other two
+        # before the linear contender's first fit, the gate weighs the other two
+        served, mixed = self.contenders.serve(base, recurrent, linear, panel)
         band = self.evaluator.bands(served)  # (B, H, 3, T): prediction, lower, upper
         self.evaluator.record(r, t, band, base, (recurrent[panel], np.float32(np.nan) if linear is None else linear[panel], mixed), panel)
         self.frames_seen += len(rows)
@@ -181,51 +153,9 @@ class Engine:
             now,
         )
 
-    def _linear(self, rows: np.ndarray, held: np.ndarray, base: np.ndarray, stamps: list[float]) -> np.ndarray | None:
-        """The linear contender's forecasts (B, H, T) from each stream's window, now that ``held``
-        (B, C) of the frames at ``stamps`` joined it; None before its first fit."""
-        if self._serving is None or self._windows is None or self.linear is None:
-            return None
-        self._windows.push(rows, self.linear.normalise(held))
-        w_in, w_out, b, w_when = self._serving
-        change = self._windows.gather(rows) @ w_in
-        if w_out is not None:
-            change = change @ w_out
-        change += b
-        if w_when is not None:
-            change += calendar(np.array(stamps)).astype(np.float32) @ w_when
-        return base[:, None, :] + change.reshape(len(rows), self.spec.horizon, len(self._ti))
-
-    def _serve(
-        self, base: np.ndarray, recurrent: np.ndarray, linear: np.ndarray | None, panel: np.ndarray | slice
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The gate's forecasts: the served one (B, H, T), and the combination of the contenders
-        (served where it has done best) at the forecasts ``panel`` names, for the gate to score;
-        each with the gate's wild weights where the linear and the recurrent forecast are unusually
-        far apart, its calm ones elsewhere."""
-        self.gate_weights()
-        drawn = self._gate
-        assert drawn is not None
-        wild = gate.wild(linear - recurrent, drawn.limit) if linear is not None else None
-        (serve, w), (mix, m) = drawn.mixers[0], drawn.mixers[-1]
-        served = serve(base, recurrent, linear, None if wild is None else (np.nonzero(wild), w[1]))
-        if len(drawn.mixers) == 1:
-            return served, served[panel]
-        few = None if linear is None else linear[panel]
-        return served, mix(base[panel], recurrent[panel], few, None if wild is None else (np.nonzero(wild[panel]), m[1]))
-
     def gate_weights(self) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
-        """Per regime (:data:`gate.REGIMES`), contender (:data:`gate.CONTENDERS`), step and target,
-        the contender's share of the combination and of the served forecast (each (2, 3, H, T)), and
-        the squared disagreement past which a forecast is wild (H, T): from the errors scored so
-        far, drawn again whenever they move."""
-        ev = self.evaluator
-        if self._gate is None or self._gate.version != ev.moments_version:
-            mixed, served = gate.weights(ev.errors, self.settings.gate.warmup)
-            self._gate = _Drawn(
-                ev.moments_version, mixed.astype(np.float32), served.astype(np.float32), gate.threshold(*ev.spread).astype(np.float32)
-            )
-        return (self._gate.mixed, self._gate.served), self._gate.limit
+        """The gate's weights as it serves them now (:meth:`Contenders.weights`)."""
+        return self.contenders.weights()
 
     def evict_idle(self, now: float) -> list[str]:
         """Drop the streams that sent nothing for ``streams.idle_timeout`` seconds."""
@@ -251,8 +181,7 @@ class Engine:
         del self.rings[row]
         self._last_tick.pop(row, None)
         self.evaluator.reset(row)
-        if self._windows is not None:
-            self._windows.reset(row)
+        self.contenders.reset(row)
 
     # -- learning ---------------------------------------------------------------------------
     @property
@@ -291,7 +220,7 @@ class Engine:
             counts,
             self.bank.held[rows],
             self.bank.centre[rows],
-            linear=self.linear.state() if self.linear is not None else None,
+            linear=self.contenders.linear.state() if self.contenders.linear is not None else None,
             lookback=lin.lookback if lin.enabled else 0,
             calendar=lin.calendar,
             max_examples=lin.max_examples,
@@ -349,7 +278,7 @@ class Engine:
             self.catch_up()  # one still catching up is served first
             model = StreamRNN(self.spec)
             model.load_state_dict({k: torch.as_tensor(v) for k, v in verdict.state.items()})
-            self._adoption = self._begin(model, snap, torch.as_tensor(verdict.hidden))
+            self._adoption = Adoption(model.to(self.device).eval(), snap, torch.as_tensor(verdict.hidden), self.bank, self.rings)
             version = self.version + 1
             if at_once:
                 self.catch_up()
@@ -381,33 +310,11 @@ class Engine:
     def adopt_linear(self, state: dict) -> bool:
         """Serve a retrain's linear contender from the next step; one that does not fit this
         engine's channels, targets and horizon, or is not finite, is refused (the one before stays)."""
-        try:
-            ridge = OnlineRidge.from_state(state)
-            lin = self.settings.linear
-            want = (len(self.channels), tuple(self._ti), self.spec.horizon, lin.lookback, lin.calendar)
-            got = (ridge.channels, tuple(ridge.targets.tolist()), ridge.horizon, ridge.lookback, ridge.calendar)
-            if got != want:
-                raise ValueError(f"it has (channels, targets, horizon, lookback, calendar) {got}, this engine {want}")
-        except (ValueError, KeyError, TypeError) as e:
+        refused = self.contenders.adopt(state, self.rings, self.bank.capacity)
+        if refused is not None:
             self.counts["linear_refused"] += 1
-            log.warning("linear contender refused: %s", e)
-            return False
-        first = self.linear is None
-        self.linear, self._serving = ridge, ridge.serving()
-        if first or self._windows is None:
-            self._windows = self._fill_windows(ridge)
-        return True
-
-    def _fill_windows(self, ridge: OnlineRidge) -> Windows:
-        """Every stream's window from its ring, for a contender served for the first time."""
-        windows = Windows(ridge.lookback, len(self.channels), self.bank.capacity)
-        for row, ring in self.rings.items():
-            values = ring.last(4 * ridge.lookback)[1].astype(np.float64)
-            if len(values):
-                held = forward_fill(values)[-ridge.lookback :]
-                for z in ridge.normalise(held):  # oldest first
-                    windows.push(np.array([row]), z[None, :])
-        return windows
+            log.warning("linear contender refused: %s", refused)
+        return refused is None
 
     def _unfit(self, snap: Snapshot, verdict: Verdict) -> str | None:
         """Why the model a verdict names cannot be served, or None. It comes from another process:
@@ -429,26 +336,6 @@ class Engine:
             return f"verdict's hidden states are not finite or not of shape {shape}"
         return None
 
-    def _begin(self, model: StreamRNN, snap: Snapshot, hidden: torch.Tensor) -> _Adoption:
-        """Each stream of the snapshot still served starts from the state the model reached at the
-        end of the snapshot, with the values held and means of then. A stream evicted and back since
-        (a new ring, its frames not the snapshot's), or whose ring has turned over, is cold."""
-        model = model.to(self.device).eval()
-        rows, idx, reached = [], [], {}
-        for i, stream in enumerate(snap.streams if snap.held is not None else ()):  # without held values and means: all cold
-            row = self.bank.rows.get(stream)
-            ring, count = (self.rings[row], snap.counts[i]) if row is not None else (None, 0)
-            if ring is not None and 0 < count <= ring.count < count + ring.size and ring.ts[(count - 1) % ring.size] == snap.ts[i][-1]:
-                rows.append(row)
-                idx.append(i)
-                reached[stream] = (ring, count)
-        cap, c = self.bank.capacity, len(self.channels)
-        states, held, centre = model.init_hidden(cap), np.full((cap, c), np.nan), np.full((cap, c), np.nan)
-        if rows:
-            states[:, :, torch.as_tensor(rows, device=self.device)] = hidden[:, :, idx].to(self.device)
-            held[rows], centre[rows] = snap.held[idx], snap.centre[idx]
-        return _Adoption(model, states, held, centre, reached)
-
     @property
     def adopting(self) -> bool:
         """A verdict's model is being caught up: :meth:`catch_up` moves it on."""
@@ -456,77 +343,16 @@ class Engine:
 
     def catch_up(self, budget: int | None = None) -> bool:
         """Step the states of the model being adopted over up to ``budget`` of the frames they missed
-        (stream-frames; all if None), as serving would have stepped them, and serve it once every
-        stream is level. A stream the snapshot lacks, or whose ring has turned over since, is warmed
-        over its recent frames from a blank state then. Returns whether the model was swapped in.
-
-        In rounds: a round starts by finding the streams behind, then steps each over all the frames
-        it has missed, a budget's worth of them a turn (few streams over many frames: one pass of the
-        model over a sequence, and little Python per frame). A round that fits in one budget levels
-        every stream, and the model serves."""
+        (stream-frames; all if None), and serve it once every stream is level (:class:`Adoption`).
+        Returns whether the model was swapped in."""
         a = self._adoption
-        if a is None:
+        if a is None or not a.step(budget):
             return False
-        todo: list[tuple[int, str, int, int]] = []  # (row, stream, frames to step, frames behind)
-        if budget is None or not a.queue:
-            behind = [(stream, *lag) for stream in list(a.reached) if (lag := self._lag(a, stream))[1]]
-            if budget is None or sum(k for _, _, k in behind) <= budget:
-                self._advance(a, [(row, stream, k, k) for stream, row, k in behind])
-                self._swap(a)
-                return True
-            a.queue.extend(stream for stream, _, _ in behind)
-        left = budget
-        while a.queue and left:
-            row, k = self._lag(a, a.queue[0])
-            n = min(k, left)
-            if n:
-                todo.append((row, a.queue[0], n, k))
-                left -= n
-            if n == k:
-                a.queue.popleft()
-        self._advance(a, todo)
-        return False
-
-    def _lag(self, a: _Adoption, stream: str) -> tuple[int, int]:
-        """The bank row of a stream being caught up, and the frames it is behind (0 for one no
-        longer followed: evicted since, or its ring turned over, so it is warmed at the swap)."""
-        ring, count = a.reached.get(stream, (None, 0))
-        row = self.bank.rows.get(stream)
-        if ring is None or row is None or self.rings.get(row) is not ring or ring.count - count > ring.size:
-            a.reached.pop(stream, None)
-            return -1, 0
-        return row, ring.count - count
-
-    def _advance(self, a: _Adoption, todo: list[tuple[int, str, int, int]]) -> None:
-        """Step the adopted model's states over the oldest ``n`` of the ``k`` frames each stream
-        missed, the streams with as many frames as one batch."""
-        groups: dict[int, list[tuple[int, str, int, int]]] = {}
-        for t in todo:
-            groups.setdefault(t[2], []).append(t)
-        for n, members in groups.items():
-            rows = np.array([row for row, _, _, _ in members])
-            at = torch.as_tensor(rows, device=self.device)
-            values = np.stack([self.rings[row].last(k)[1][:n] for row, _, _, k in members])  # (B, n, C), oldest first
-            a.hidden[:, :, at], a.held[rows], a.centre[rows] = catch_up(
-                a.model, a.hidden[:, :, at], values, a.held[rows], a.centre[rows], self.bank.alpha
-            )
-            for _, stream, _, _ in members:
-                ring, count = a.reached[stream]
-                a.reached[stream] = (ring, count + n)
-
-    def _swap(self, a: _Adoption) -> None:
-        """Serve the adopted model from the next step on, from the states it was caught up to."""
         self._adoption = None
+        self.bank.hidden = a.serving_hidden(self.settings.trainer.rewarm)
         self.model, self.version = a.model, self.version + 1
         self._std_t = self._target_std()
-        hidden = a.model.init_hidden(self.bank.capacity)
-        kept = torch.as_tensor([self.bank.rows[stream] for stream in a.reached], dtype=torch.long, device=self.device)
-        hidden[:, :, kept] = a.hidden[:, :, kept]
-        cold = [row for stream, row in self.bank.rows.items() if stream not in a.reached]
-        if cold:
-            recent = [self.rings[row].last(self.settings.trainer.rewarm)[1] for row in cold]
-            hidden[:, :, torch.as_tensor(cold, device=self.device)] = trainer.warm(a.model, recent, self.settings.trainer.rewarm)
-        self.bank.hidden = hidden
+        return True
 
     # -- checkpoints ------------------------------------------------------------------------
     def state(self, live_rings: bool = False) -> dict:
@@ -540,38 +366,21 @@ class Engine:
         checkpoint appends that same frame to that same slot again; nothing reads a ring during
         the replay, so the state restored is exact (where the journal lost records to a full disk,
         a few of the oldest slots may hold later frames). The counts are taken here."""
-        b = self.bank
         keep = (lambda a: a) if live_rings else np.copy
         return {
             "spec": self.spec.to_dict(),
             "version": self.version,
             "weights": {k: v.numpy() for k, v in self.state_dict().items()},
-            "bank": {
-                "rows": dict(b.rows),
-                "names": list(b.names),
-                "free": list(b._free),
-                "last_seen": b.last_seen.copy(),
-                "held": b.held.copy(),
-                "centre": b.centre.copy(),
-                "hidden": b.hidden.detach().cpu().numpy().copy(),
-            },
+            "bank": self.bank.state(),
             "rings": {row: {"values": keep(r.values), "ts": keep(r.ts), "count": r.count} for row, r in self.rings.items()},
             "last_tick": dict(self._last_tick),
             "evaluator": self.evaluator.state(),
-            "linear": self.linear.state() if self.linear is not None else None,
-            "windows": self._windows.state() if self._windows is not None else None,
+            **self.contenders.state(),  # linear, windows, gate
             "counts": dict(self.counts),
             "frames_seen": self.frames_seen,
             "retrains": self.retrains,
             "next_retrain": self._next_retrain,
             "next_linear": self._next_linear,
-            "gate": None
-            if self._gate is None
-            else {
-                "mixed": self._gate.mixed,
-                "served": self._gate.served,
-                "limit": self._gate.limit,
-            },  # as last drawn: a restart serves what this run would
             "last_evict": self._last_evict,
         }
 
@@ -581,26 +390,17 @@ class Engine:
         With ``now`` (the daemon's wall clock), idleness counts from there: downtime is not silence."""
         model = StreamRNN(ModelSpec(**st["spec"]))
         model.load_state_dict({k: torch.as_tensor(v) for k, v in st["weights"].items()})
-        b, size = st["bank"], self.settings.ring.size
-        hidden = torch.as_tensor(b["hidden"])
-        rows = len(b["names"])
-        if (
-            hidden.shape[2] != rows
-            or b["held"].shape != (rows, len(self.channels))
-            or any(r["values"].shape != (size, len(self.channels)) for r in st["rings"].values())
-        ):
+        size = self.settings.ring.size
+        self.bank.check(st["bank"])
+        if any(r["values"].shape != (size, len(self.channels)) for r in st["rings"].values()):
             raise ValueError("checkpoint's streams do not fit its own model and ring layout")
         self.evaluator.load_state(st["evaluator"])
         self._adoption = None
         self.model, self.version = model.to(self.device).eval(), int(st["version"])
         self._std_t = self._target_std()
-        bank = self.bank
-        bank.rows, bank.names, bank._free = dict(b["rows"]), list(b["names"]), list(b["free"])
-        bank.last_seen, bank.held, bank.centre = b["last_seen"], b["held"], b["centre"]
+        self.bank.load_state(st["bank"], self.device, now)
         if now is not None:
-            bank.last_seen[:] = now
             self._last_evict = now
-        bank.hidden = hidden.to(self.device)
         self.rings = {}
         for row, r in st["rings"].items():
             ring = self.rings[int(row)] = Ring(size, len(self.channels))
@@ -612,23 +412,10 @@ class Engine:
         self._next_linear = int(st.get("next_linear", 0))
         if now is None:
             self._last_evict = float(st["last_evict"])
-        self._load_linear(st.get("linear"), st.get("windows"))
-        drawn = st.get("gate")
-        if drawn is not None and drawn["served"].shape == (len(gate.REGIMES), len(gate.CONTENDERS), self.spec.horizon, len(self._ti)):
-            self._gate = _Drawn(self.evaluator.moments_version, drawn["mixed"].copy(), drawn["served"].copy(), drawn["limit"].copy())
-
-    def _load_linear(self, state: dict | None, windows: dict | None) -> None:
-        """The linear contender of a checkpoint, with its windows; one made for another lookback or
-        feature set is dropped (the next retrain fits one afresh)."""
-        self.linear, self._serving, self._windows, self._gate = None, None, None, None
-        if state is None or not self.settings.linear.enabled or not self.adopt_linear(state):
-            return
-        if windows is not None:
-            try:
-                assert self._windows is not None
-                self._windows.load_state(windows)
-            except ValueError as e:
-                log.warning("linear windows not restored, filled from the rings instead: %s", e)
+        refused = self.contenders.load_state(st, self.rings, self.bank.capacity)
+        if refused is not None:
+            self.counts["linear_refused"] += 1
+            log.warning("linear contender refused: %s", refused)
 
     # -- reading ----------------------------------------------------------------------------
     @property
@@ -640,11 +427,19 @@ class Engine:
         ring = self.rings[self.bank.rows[stream]]
         return float(ring.ts[(ring.count - 1) % ring.size])
 
-    def frame(self, stream: str, ts: float, values: dict[str, float]) -> Frame:
-        """A frame from a mapping feature -> value; features not given are missing."""
-        v = np.full(len(self.channels), np.nan)
-        for i, name in enumerate(self.channels):
-            x = values.get(name)
-            if x is not None:
-                v[i] = x
-        return Frame(stream, ts, v)
+    def scores(self, live: bool = False, flush: bool = True) -> dict[str, np.ndarray]:
+        """Per (step, target): the evaluator's scores (:meth:`Evaluator.scores`)."""
+        return self.evaluator.scores(live=live, flush=flush)
+
+    def ring_frames(self) -> list[int]:
+        """Frames held in each stream's ring."""
+        return [len(r) for r in self.rings.values()]
+
+    def last_tick(self) -> int:
+        """The newest tick stepped, over every stream; -1 before any."""
+        return max(self._last_tick.values(), default=-1)
+
+    @property
+    def gate_drawn(self) -> bool:
+        """The gate has drawn its weights from scored errors at least once."""
+        return self.evaluator.moments_version > 0

@@ -185,7 +185,7 @@ def _write(writer: csv.writer, fc: Forecast) -> None:
 
 def report(engine: Engine, seconds: float) -> dict:
     """The replay's report: frames, time, retrain outcomes and per-target scores by horizon."""
-    sc = engine.evaluator.scores()
+    sc = engine.scores()
     h = engine.spec.horizon
     targets = {}
     for j, name in enumerate(engine.spec.targets):
@@ -205,7 +205,7 @@ def report(engine: Engine, seconds: float) -> dict:
         "frames": engine.frames_seen,
         "seconds": round(seconds, 3),
         "frames_per_second": round(engine.frames_seen / max(seconds, 1e-9), 1),
-        "streams": len(engine.rings),
+        "streams": len(engine.streams),
         "model": {"kind": engine.spec.kind, "version": engine.version},
         "retrains": outcomes,
         "retrain_seconds": round(sum(r.report.seconds for r in engine.results), 3),

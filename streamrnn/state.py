@@ -67,6 +67,35 @@ class HiddenBank:
         self.hidden[:, :, r] = 0.0
         return r, True
 
+    def state(self) -> dict:
+        """Copies of every row (the checkpoint's ``bank``)."""
+        return {
+            "rows": dict(self.rows),
+            "names": list(self.names),
+            "free": list(self._free),
+            "last_seen": self.last_seen.copy(),
+            "held": self.held.copy(),
+            "centre": self.centre.copy(),
+            "hidden": self.hidden.detach().cpu().numpy().copy(),
+        }
+
+    def load_state(self, st: dict, device: torch.device | str, now: float | None = None) -> None:
+        """Go on from :meth:`state`, the states on ``device``; with ``now``, every stream counts as
+        seen then (the downtime is not idleness). Raises ValueError where the parts do not fit."""
+        self.check(st)
+        hidden = torch.as_tensor(st["hidden"])
+        self.rows, self.names, self._free = dict(st["rows"]), list(st["names"]), list(st["free"])
+        self.last_seen, self.held, self.centre = st["last_seen"], st["held"], st["centre"]
+        if now is not None:
+            self.last_seen[:] = now
+        self.hidden = hidden.to(device)
+
+    def check(self, st: dict) -> None:
+        """Raises ValueError where :meth:`state`'s parts do not fit together or these channels."""
+        rows = len(st["names"])
+        if np.shape(st["hidden"])[2] != rows or st["held"].shape != (rows, self.channels) or st["centre"].shape != (rows, self.channels):
+            raise ValueError("checkpoint's hidden-state bank does not fit its own rows and channels")
+
     def idle(self, now: float) -> list[str]:
         """Streams not seen for ``idle_timeout`` seconds."""
         return [s for s, r in self.rows.items() if now - self.last_seen[r] > self.idle_timeout]

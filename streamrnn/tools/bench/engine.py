@@ -65,7 +65,7 @@ def _warm(engine, streams: int) -> None:
     from streamrnn.evaluator import LAG
 
     ticks = 0
-    while ticks < engine.spec.horizon + LAG + 2 or (engine.evaluator.moments_version == 0 and ticks < 1000):
+    while ticks < engine.spec.horizon + LAG + 2 or (not engine.gate_drawn and ticks < 1000):
         _engine_tick(engine, streams, 1)
         ticks += 1
     _engine_tick(engine, streams, 1)  # the weights are drawn at the step after the errors that move them
@@ -89,7 +89,7 @@ def _engine_tick(engine, streams: int, ticks: int) -> list[float]:
     rng = np.random.default_rng(0)
     names = [f"s{i}" for i in range(streams)]
     c, out = len(engine.channels), []
-    base = max(engine._last_tick.values(), default=-1) + 1  # after the last tick stepped
+    base = engine.last_tick() + 1  # after the last tick stepped
     for t in range(base, base + ticks):
         frames = [Frame(n, 10.0 * t, v) for n, v in zip(names, rng.normal(size=(streams, c)))]
         t0 = time.perf_counter()
