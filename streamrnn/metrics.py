@@ -8,6 +8,8 @@ off unless ``daemon.stream_metrics`` asks for it, and then capped at that many s
 
 from __future__ import annotations
 
+import time
+from collections import Counter as PlainCounter
 from collections.abc import Iterable
 
 import numpy as np
@@ -105,7 +107,14 @@ class Metrics:
         self.version = Gauge("model_version", "Version of the serving model: 0 at start, +1 per model swapped in", **r)
         self.train_loss = Gauge("training_loss", "Last successful fit's training loss (normalised: about 1 - skill)", **r)
         self.val_loss = Gauge("validation_loss", "Last successful fit's validation loss (normalised)", **r)
-        for g in (self.train_loss, self.val_loss):
+        self.holdout_error = Gauge(
+            "holdout_error",
+            "Last retrain's error on the held-out tail, by model (normalised: persistence's is about 1); the challenger serves only "
+            "below both others",
+            ["model"],
+            **r,
+        )
+        for g in (self.train_loss, self.val_loss, *(self.holdout_error.labels(m) for m in ("challenger", "champion", "persistence"))):
             g.set(float("nan"))
         self.linear_fits = Counter("linear_fits", "Fits of the linear contender (in retrains and alone), by outcome", ["outcome"], **r)
         for outcome in ("fitted", "failed"):
@@ -159,6 +168,91 @@ class Metrics:
             else None
         )
         self._stream_shown: set[str] = set()
+        self._carried: dict[str, PlainCounter[str]] = {}
+
+    def carry(self, source: str, counts: PlainCounter[str]) -> None:
+        """Carry the increments of the plain counts another part keeps (``link``, ``assembler``,
+        ``engine``, ``journal``: it owns no metrics) into their Prometheus counters."""
+        seen = self._carried.setdefault(source, PlainCounter())
+        for key, metric in self._carries(source).items():
+            delta = counts[key] - seen[key]
+            if delta > 0:
+                metric.inc(delta)
+                seen[key] = counts[key]
+
+    def _carries(self, source: str) -> dict:
+        """Which of a part's counts feeds which counter."""
+        drop, reset = self.dropped.labels, self.stream_resets.labels
+        return {
+            "link": {"queue_full": drop("queue_full"), "reconnects": self.reconnects, "status_reasserted": self.status_reasserted},
+            "assembler": {
+                "late": drop("late"),
+                "overflow": drop("overflow"),
+                "displaced": reset("displaced"),
+                "resynced": reset("resynced"),
+                "stuck": self.stuck_closes,
+            },
+            "engine": {"refused": drop("refused"), "late": self.frames_late},
+            "journal": {"records": self.journal_records, "errors": self.journal_errors},
+        }[source]
+
+    def observe_engine(self, engine, ring_size: int) -> dict[str, float | None]:
+        """The engine's live scores, gate, streams and rings, as of its last scoring pass (never
+        scoring early: that would move the bands); returns each target's live skill, the mean over
+        its steps, as the forecast messages carry it."""
+        scores = engine.scores(live=True, flush=False)
+        self.set_quality(scores)
+        self.set_gate(engine.gate_weights()[0][1])
+        self.streams.set(len(engine.streams))
+        held = engine.ring_frames()
+        self.ring_frames.set(sum(held))
+        self.ring_fill.set(sum(held) / (len(held) * ring_size) if held else 0.0)
+        if self.stream_last is not None:
+            self.set_streams({name: engine.last_ts(name) for name in engine.streams})
+        self.carry("engine", engine.counts)
+        skill = {}
+        for name, col in zip(engine.spec.targets, scores["skill"].T):
+            col = col[np.isfinite(col)]
+            skill[name] = round(float(col.mean()), 4) if len(col) else None
+        return skill
+
+    def observe_link(self, link, queued: int) -> None:
+        """The broker connection's state and counts, and the messages waiting for the engine."""
+        self.queue.set(queued)
+        self.connected.set(1 if link.connected else 0)
+        self.subscribed.set(1 if link.subscribed else 0)
+        self.pending.set(link.pending)
+        self.carry("link", link.counts)
+
+    def observe_journal(self, journal) -> None:
+        """The journal's counts and its syncs' durations since the last call."""
+        self.carry("journal", journal.counts)
+        while journal.sync_seconds:
+            self.journal_sync.observe(journal.sync_seconds.popleft())
+
+    def set_published(self, streams: list[str], ts: list[float], reasons: list[str | None], closed: dict, default: float) -> None:
+        """Forecasts just handed to the broker's client: each counted, with its latency from when its
+        frame closed (``closed`` by (stream, ts), else ``default``; perf_counter), or its refusal."""
+        sent, published = time.perf_counter(), 0
+        for key, reason in zip(zip(streams, ts), reasons):
+            if reason is None:
+                published += 1
+                self.latency.observe(sent - closed.get(key, default))
+            else:
+                self.publish_failed.labels(reason).inc()
+        self.published.inc(published)
+
+    def set_retrain(self, verdict, seconds: float, outcome: str) -> None:
+        """A retrain's verdict: its outcome and duration, and, where it fitted, its losses and the
+        held-out errors it was judged by."""
+        self.retrains.labels(outcome).inc()
+        self.retrain_seconds.observe(seconds)
+        self.retrain_running.set(0)
+        if verdict.outcome != "failed":
+            self.train_loss.set(verdict.report.train_loss)
+            self.val_loss.set(verdict.report.val_loss)
+            for model in ("challenger", "champion", "persistence"):
+                self.holdout_error.labels(model).set(getattr(verdict, f"{model}_error"))
 
     def set_gate(self, weights: np.ndarray) -> None:
         """Export the gate's weights (regimes, contenders, H, targets) as their means per contender."""

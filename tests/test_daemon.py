@@ -552,9 +552,10 @@ def test_a_verdict_is_caught_up_over_turns_and_no_retrain_starts_until_its_model
     next retrain start (from the new champion)."""
     from conftest import sine_frames
 
+    from streamrnn import cycle
     from streamrnn import daemon as daemon_module
 
-    monkeypatch.setattr(daemon_module, "_CATCH_UP", 2)  # 2 frames a turn
+    monkeypatch.setattr(cycle, "CATCH_UP", 2)  # 2 frames a turn
     settings = config.load(
         None,
         mqtt={"url": "mqtt://127.0.0.1:1", "instance": "catch-up"},
@@ -572,9 +573,9 @@ def test_a_verdict_is_caught_up_over_turns_and_no_retrain_starts_until_its_model
     for s, ts, v in frames[600:610]:  # 5 frames per stream came while it trained
         d.engine.step([Frame(s, ts, v)])
     done = [(snap, verdict, 12.0)]
-    monkeypatch.setattr(d.retrainer, "poll", lambda: done.pop() if done else None)
+    monkeypatch.setattr(d.cycle.retrainer, "poll", lambda: done.pop() if done else None)
     started: list[int] = []
-    monkeypatch.setattr(d.retrainer, "start", lambda snap, spec, champion, seed: started.append(d.engine.version))
+    monkeypatch.setattr(d.cycle.retrainer, "start", lambda snap, spec, champion, seed: started.append(d.engine.version))
     version = lambda: d.metrics.registry.get_sample_value("streamrnn_model_version")
     turns = 0
     while version() == 0:

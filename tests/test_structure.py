@@ -17,17 +17,15 @@ LONGER = {
     "config": "the settings model: one declared field per setting, each with its bounds and its meaning",
     "cli.parser": "declares every command and option, one call each",
     "metrics.Metrics.__init__": "declares every metric, one call each",
+    "metrics.Metrics": "its __init__ declares every metric; the rest is how the other parts report into them",
     "evaluator.Evaluator.__init__": "declares the evaluator's arrays, each with what it holds",
 }
 
 # Still over, being split (issue 26): each may shrink, none may grow, and an entry goes once it fits.
 PENDING = {
-    "daemon": 566,
-    "daemon.Daemon": 492,
-    "daemon.Daemon.__init__": 61,
     "endpoint": 357,
-    "engine": 650,
-    "engine.Engine": 582,
+    "engine": 445,
+    "engine.Engine": 400,
     "engine.Engine.adopt": 58,
     "evaluator": 418,
     "evaluator.Evaluator": 379,
@@ -52,10 +50,10 @@ PENDING = {
 LAYERS = [
     {"atomic", "children", "environment", "logs", "plant", "notify", "ring", "windows", "linear", "gate", "payload", "forecast"},
     {"config", "model", "simulator"},
-    {"frames", "state", "evaluator", "trainer", "checkpoint", "journal"},
-    {"engine", "retrainer"},
+    {"frames", "state", "evaluator", "contenders", "trainer", "checkpoint", "journal"},
+    {"engine", "adoption", "retrainer"},
     {"mqtt", "metrics", "endpoint"},
-    {"daemon", "replay", "protocol"},
+    {"daemon", "intake", "durability", "cycle", "replay", "protocol"},
     {"tools"},
     {"cli", "__main__"},
 ]
