@@ -1,11 +1,15 @@
 """The README's main job: `streamrnn demo` in a fresh virtualenv, after the README's install command."""
 
+import fcntl
 import os
 import re
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -33,12 +37,64 @@ def test_demo_in_a_fresh_virtualenv_shows_forecasts_within_30_seconds(tmp_path):
     text = out.stdout
     assert "metrics: http://127.0.0.1:" in text
     final = text[text.rindex("done") :]
-    received = int(re.search(r"forecasts received (\d+)", final).group(1))
+    received = int(re.search(r"(\d+) forecasts;", final).group(1))
     assert received > 20, text[-2000:]
     for stream in ("reactor-01", "reactor-02"):
-        assert re.search(rf"^{stream}\s+2026-\S+ \S+\s+v\d+\s+\S+\s+now [\d.]+ \| \+1 [\d.]+", final, re.M), final
+        assert re.search(rf"^{stream}\s+v\d+\s+skill\s+\S+\s+now [\d.]+\s+\+\d+ [\d.]+ ±\S+$", final, re.M), final
     left = subprocess.run(["pgrep", "-f", str(venv)], capture_output=True, text=True).stdout.split()
     assert not [p for p in left if int(p) != os.getpid()], "demo left processes behind"
+
+
+def test_the_demo_in_an_80_column_terminal_never_wraps_and_its_charts_move(tmp_path):
+    """The demo as a user sees it: in a pseudo-terminal 80 columns wide, every screen's lines fit,
+    the banner stays on every screen, and the charts change as forecasts arrive."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 80, 0, 0))
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "streamrnn", "demo", "--streams", "2", "--rate", "10"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    os.close(slave)
+    raw, charts, deadline = b"", [], time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and len({c for c in charts}) < 3:
+            if select.select([master], [], [], 1.0)[0]:
+                try:
+                    raw += os.read(master, 65536)
+                except OSError:
+                    break
+            screens = raw.decode(errors="replace").split("\x1b[H\x1b[J")[1:-1]  # the last may be half written
+            charts = ["\n".join(line for line in s.splitlines() if "┤" in line) for s in screens]
+            charts = [c for c in charts if c]
+            assert demo.poll() is None, raw.decode(errors="replace")[-3000:]
+        demo.send_signal(signal.SIGINT)  # Ctrl-C
+        end = time.monotonic() + 60
+        while demo.poll() is None and time.monotonic() < end:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    raw += os.read(master, 65536)
+                except OSError:
+                    break
+        assert demo.wait(10) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+        os.close(master)
+    text = raw.decode(errors="replace")
+    screens = text.split("\x1b[H\x1b[J")[1:]
+    assert len(screens) >= 3, text[-2000:]
+    for s in screens:
+        assert "metrics: http://127.0.0.1:" in s and "Ctrl-C" in s, s  # the banner on every screen
+        for line in s.replace("\r", "").splitlines():
+            assert len(line) < 80, f"{len(line)} columns: {line!r}"
+    assert len(set(charts)) >= 3, "the charts did not change as forecasts arrived"
+    assert re.search(r"^status: \S", screens[-2], re.M), screens[-2]
+    assert "logs kept in" in text
 
 
 def _descendants(pid: int) -> set[int]:
@@ -86,7 +142,7 @@ def _started_demo(tmp_path: Path) -> tuple[subprocess.Popen, set[int]]:
     while time.monotonic() < deadline:  # broker, daemon and simulator up, and the daemon's endpoint
         assert demo.poll() is None, (tmp_path / "demo.out").read_text()
         kids = _descendants(demo.pid)
-        if len(kids) >= 4 and "forecasts received" in (tmp_path / "demo.out").read_text():
+        if len(kids) >= 4 and "forecasts;" in (tmp_path / "demo.out").read_text():
             return demo, kids
         time.sleep(0.5)
     demo.kill()

@@ -9,7 +9,6 @@ children with it (:mod:`streamrnn.children`).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import queue
@@ -18,30 +17,36 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import TextIO
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from streamrnn import children, forecast, simulator
+from streamrnn import children, config, forecast, simulator
 from streamrnn.mqtt import Subscriber
-from streamrnn.tools.processes import free_port, wait_port
+from streamrnn.tools import view
+from streamrnn.tools.processes import DaemonProcess, free_port, wait_port
+
+OUTCOMES = ("promoted", "rejected", "failed")
 
 
 class Demo:
-    def __init__(self, broker: str | None, streams: int, rate: float, config: Path | None, out: TextIO) -> None:
-        self.out, self.streams, self.rate, self.config = out, streams, rate, config
+    """The demo's processes (broker, daemon, simulator) and what the view shows of them."""
+
+    def __init__(self, broker: str | None, streams: int, rate: float, config_path: Path | None, out: TextIO) -> None:
+        self.out, self.streams, self.rate, self.config = out, streams, rate, config_path
+        self.settings = config.load(config_path)
         self.broker = broker
-        self.metrics_port = free_port()
-        self.dir = tempfile.TemporaryDirectory(prefix="streamrnn-demo-")
+        self.dir = Path(tempfile.mkdtemp(prefix="streamrnn-demo-"))  # kept: the logs are what to read when it misbehaves
         self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.latest: dict[str, dict] = {}
+        self.daemon: DaemonProcess | None = None
+        self.charts: dict[str, view.Stream] = {}
         self.received = 0
-        self.status = "?"
+        self.online = "?"
+        self.retrains: dict[str, int] = {}
+        self.last: str | None = None  # the outcome of the last retrain seen
+        self.metrics: dict[str, float] | None = None
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
-        with open(Path(self.dir.name) / f"{name}.log", "w") as log:
+        with open(self.dir / f"{name}.log", "w") as log:
             # a session of its own: Ctrl-C reaches the demo, which stops each child in order
             p = children.popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append((name, p))
@@ -53,100 +58,71 @@ class Demo:
             p = self._spawn("broker", "-m", "streamrnn.tools.broker", "--port", str(port))
             wait_port(port, 20, p)
             self.broker = f"mqtt://127.0.0.1:{port}"
-        cfg = ["--config", str(self.config)] if self.config else []
-        self._spawn(
-            "daemon",
-            "-m",
-            "streamrnn",
-            "run",
-            *cfg,
-            "--broker",
-            self.broker,
-            "--metrics-port",
-            str(self.metrics_port),
-            "--instance",
-            "demo",
-        )
+        self.daemon = DaemonProcess(self.dir, self.broker, config=self.config, instance="demo", session=True).launch()
         self.view = Subscriber(self.broker, f"streamrnn-demo-view-{os.getpid()}", ["plant/+/forecast", "streamrnn/demo/status"])
-        self._spawn(
-            "simulator",
-            "-m",
-            "streamrnn",
-            "simulate",
-            *cfg,
-            "--broker",
-            self.broker,
-            "--streams",
-            str(self.streams),
-            "--rate",
-            str(self.rate),
-        )
-        self.out.write(
-            f"streamrnn demo: {self.streams} simulated reactors at {self.rate:g} frames/s -> {self.broker}\n"
-            f"  metrics: http://127.0.0.1:{self.metrics_port}/metrics   logs: {self.dir.name}/\n"
-            f"  forecasts on plant/<stream>/forecast; Ctrl-C stops everything\n"
-        )
-        self.out.flush()
+        cfg = ["--config", str(self.config)] if self.config else []
+        sim = ["-m", "streamrnn", "simulate", *cfg, "--broker", self.broker, "--streams", str(self.streams), "--rate", str(self.rate)]
+        self._spawn("simulator", *sim)
+
+    def header(self) -> list[str]:
+        """The banner, on every screen: where things are, and how to stop."""
+        port = self.daemon.metrics_port if self.daemon else 0
+        return [
+            f"streamrnn demo: {self.streams} simulated reactors at {self.rate:g} frames/s via {self.broker}",
+            f"metrics: http://127.0.0.1:{port}/metrics   logs: {self.dir}/",
+            "forecasts on plant/<stream>/forecast; Ctrl-C stops everything",
+        ]
 
     def stop(self) -> None:
-        for _, p in reversed(self.procs):
-            children.stop(p, 20)
+        """The simulator, then the daemon (it publishes what it holds), then the broker."""
+        procs = dict(self.procs)
+        if "simulator" in procs:
+            children.stop(procs["simulator"], 20)
+        if self.daemon is not None and self.daemon.proc is not None:
+            children.stop(self.daemon.proc, 20)
+        if "broker" in procs:
+            children.stop(procs["broker"], 20)
         if hasattr(self, "view"):
             self.view.close()
-        self.dir.cleanup()
 
     def check(self) -> None:
+        if self.daemon is not None:
+            self.daemon.check()
         for name, p in self.procs:
             if p.poll() is not None:
-                tail = (Path(self.dir.name) / f"{name}.log").read_text()[-2000:]
+                tail = (self.dir / f"{name}.log").read_text()[-2000:]
                 raise RuntimeError(f"the {name} exited with code {p.returncode}:\n{tail}")
 
     def poll(self) -> None:
+        """Take the forecasts and statuses that arrived, and the daemon's metrics."""
         while True:
             try:
                 msg = self.view.messages.get_nowait()
             except queue.Empty:
-                return
+                break
             if msg.topic.endswith("/status"):
-                self.status = msg.payload.decode(errors="replace")
+                self.online = msg.payload.decode(errors="replace")
                 continue
             doc = message_doc(msg.payload)
             if doc is not None:
                 self.received += 1
-                self.latest[doc["stream"]] = doc
-
-    def retrains(self) -> dict[str, int]:
+                self.charts.setdefault(doc["stream"], view.Stream(doc["stream"])).take(doc, simulator.KEY)
         try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1).read().decode()
+            self.metrics = self.daemon.samples(timeout=1) if self.daemon else None
         except OSError:
-            return {}
-        out = {}
-        for fam in text_string_to_metric_families(text):
-            if fam.name == "streamrnn_retrains":
-                for s in fam.samples:
-                    if s.name.endswith("_total"):
-                        out[s.labels["outcome"]] = int(s.value)
-        return out
+            return
+        counts = {o: int(self.metrics.get(f'streamrnn_retrains_total{{outcome="{o}"}}', 0)) for o in OUTCOMES}
+        moved = [o for o in OUTCOMES if counts[o] > self.retrains.get(o, 0)]
+        if moved:
+            self.last = moved[-1]
+        self.retrains = counts
 
     def render(self) -> str:
-        r = self.retrains()
-        lines = [
-            f"daemon {self.status}   forecasts received {self.received}   retrains: "
-            + (", ".join(f"{r.get(k, 0)} {k}" for k in ("promoted", "rejected", "failed")) if r else "(metrics not up yet)"),
-            f"{'stream':<12} {'sim time':<19} {'model':>5} {'skill':>7}  {simulator.KEY}: now | forecast [band] at +1, +H/2, +H steps",
-        ]
-        for name in sorted(self.latest):
-            d = self.latest[name]
-            t = d["targets"].get(simulator.KEY) or next(iter(d["targets"].values()))
-            h = d["horizon"]
-            when = dt.datetime.fromtimestamp(d["ts"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-            steps = sorted({1, max(1, h // 2), h})
-            cells = "  ".join(f"+{k} {_num(t['values'][k - 1])} [{_num(t['lower'][k - 1])}, {_num(t['upper'][k - 1])}]" for k in steps)
-            skill = "   n/a" if t["skill"] is None else f"{t['skill']:+.3f}"
-            lines.append(f"{name:<12} {when:<19} {'v' + str(d['model']['version']):>5} {skill:>7}  now {_num(t['now'])} | {cells}")
-        if not self.latest:
-            lines.append("(waiting for the first forecasts ...)")
-        return "\n".join(lines) + "\n"
+        r = self.retrains
+        done = ", ".join(f"{r.get(k, 0)} {k}" for k in OUTCOMES)
+        counts = f"daemon {self.online}, {self.received} forecasts; retrains: {done}"
+        state = view.status(self.metrics, self.last, self.settings.trainer.min_frames)
+        return view.screen(self.header(), state, counts, self.charts, simulator.KEY)
 
 
 def message_doc(payload: bytes) -> dict | None:
@@ -157,10 +133,6 @@ def message_doc(payload: bytes) -> dict | None:
     return doc if isinstance(doc, dict) and doc.get("schema") == forecast.SCHEMA_ID else None
 
 
-def _num(x: float | None) -> str:
-    return "   -  " if x is None else f"{x:.4g}"
-
-
 class _Stopped(Exception):
     """SIGTERM or SIGHUP: stop as Ctrl-C does."""
 
@@ -169,14 +141,17 @@ def _stop(signum: int, frame: object) -> None:
     raise _Stopped(signal.Signals(signum).name)
 
 
-def run(broker: str | None, streams: int, rate: float, duration: float | None, config: Path | None, out: TextIO = sys.stdout) -> int:
+def run(broker: str | None, streams: int, rate: float, duration: float | None, config_path: Path | None, out: TextIO = sys.stdout) -> int:
+    """Start everything, show the view until ``duration`` seconds or a signal, stop everything."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop)
-    demo = Demo(broker, streams, rate, config, out)
+    demo = Demo(broker, streams, rate, config_path, out)
     tty = out.isatty()
     started = time.monotonic()
     try:
         demo.start()
+        if not tty:
+            out.write("\n".join(demo.header()) + "\n")
         last_print = 0.0
         while duration is None or time.monotonic() - started < duration:
             time.sleep(0.5)
@@ -197,4 +172,6 @@ def run(broker: str | None, streams: int, rate: float, duration: float | None, c
         for sig in (signal.SIGTERM, signal.SIGHUP):  # a second one must not cut the stop short
             signal.signal(sig, signal.SIG_IGN)
         demo.stop()
+        out.write(f"logs kept in {demo.dir}/\n")
+        out.flush()
     return 0
