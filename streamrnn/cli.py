@@ -5,18 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
-import random
-import signal
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 from streamrnn import __version__, config, simulator
 from streamrnn.tools.bench import PARTS
+
+
+def _positive(kind: type) -> object:
+    """An argparse type: a number of ``kind`` above zero, or a usage error that says so."""
+
+    def parse(text: str) -> int | float:
+        try:
+            x = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if not x > 0:
+            raise argparse.ArgumentTypeError(f"{text} must be above 0")
+        return x
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POS_INT, POS_FLOAT = _positive(int), _positive(float)
 
 
 def _csv_list(text: str) -> list[str]:
@@ -41,43 +54,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not args.broker:
         print("streamrnn simulate: give --csv FILE or --broker mqtt://host:port", file=sys.stderr)
         return 2
-    from streamrnn.mqtt import Publisher
+    from streamrnn.tools import feed
 
-    settings = _settings(args)
-    tpl = settings.mqtt.sensor_topic
-    pub = Publisher(args.broker, f"streamrnn-sim-{os.getpid()}", cfg=settings.mqtt)  # its credentials and TLS
-    reactor = simulator.Reactor(args.streams, args.seed, args.key_every)
-    names = simulator.stream_names(args.streams)
-    topics = [[tpl.format(stream=s, feature=f) for f in simulator.FEATURES] for s in names]
-    rng = random.Random(args.seed)
-    start, sent, step = time.monotonic(), 0, 0
-    stop = _stop_on_signals()
-    print(f"publishing {args.streams} reactors x {len(simulator.FEATURES)} sensors at {args.rate:g} frames/s to {args.broker}", flush=True)
-    try:
-        while (
-            not stop.is_set()
-            and (args.steps is None or step < args.steps)
-            and (args.duration is None or time.monotonic() - start < args.duration)
-        ):
-            ts, values = reactor.step()
-            batch = [(topics[i][j], v) for i in range(args.streams) for j, v in enumerate(values[i]) if math.isfinite(v)]
-            rng.shuffle(batch)  # sensors do not report in a fixed order
-            for topic, v in batch:
-                pub.publish(topic, json.dumps({"ts": ts, "value": v}).encode())
-            sent += len(batch)
-            step += 1
-            stop.wait(max(0.0, start + step / args.rate - time.monotonic()))
-    finally:
-        pub.close()
-    print(f"published {sent} messages, {step} frames per stream", flush=True)
-    return 0
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *a: stop.set())
-    return stop
+    return feed.publish(_settings(args), args.broker, args.streams, args.rate, args.seed, args.key_every, args.steps, args.duration)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -100,10 +79,41 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streamrnn import model, protocol, replay
+    from streamrnn import model, plot, protocol, replay
 
     time_column = None if args.time_column == "none" else args.time_column
     table = replay.read_table(args.data, time_column, args.stream_column, args.period, _csv_list(args.sampled or ""))
+    for why in table.dropped:
+        print(f"streamrnn replay: {args.data}: {why}", file=sys.stderr)
+    settings = _replay_settings(args, table)
+    plot_target = args.plot_target or settings.features.targets[-1]
+    if args.plot:  # before the replay's minutes, not after
+        plot.plotting()
+        if plot_target not in settings.features.targets:
+            raise config.ConfigError(f"--plot-target {plot_target!r} is not a target (targets: {', '.join(settings.features.targets)})")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or (Path(tmp) / "forecasts.csv" if args.plot else None)
+        start, version = model.load(args.model) if args.model else (None, 0)
+        kw = dict(progress=not args.quiet and sys.stderr.isatty(), save_model=args.save_model, start=start, version=version)
+        if args.protocol:
+            rep, scores = protocol.run(table, settings, out=out, **kw)
+            rep["protocol"] = {"name": args.protocol, "mse": scores}
+        else:
+            rep = replay.replay(table, settings, out, **kw)
+        if not _said(args, rep, table, settings):
+            return 1
+        if args.report:
+            replay.write_report(args.report, rep)
+        if args.plot:
+            step = min(args.plot_step or (settings.features.horizon + 1) // 2, settings.features.horizon)  # a middle step
+            plot.plot(args.plot, out, rep, table, plot_target, step, args.plot_window)
+    return 0
+
+
+def _replay_settings(args: argparse.Namespace, table) -> config.Settings:
+    """The replay's settings: the file's columns as inputs and targets, its period, the flags."""
+    from streamrnn import protocol
+
     inputs = _csv_list(args.inputs) if args.inputs else list(table.columns)
     targets = inputs if args.targets in (None, "all") else _csv_list(args.targets)
     if args.protocol and targets != inputs:
@@ -112,37 +122,36 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if missing:
         raise config.ConfigError(f"{args.data} has no numeric column {missing} (it has: {', '.join(table.columns)})")
     features: dict[str, object] = {"inputs": inputs, "targets": targets, "period": table.period}
-    if args.horizon:
+    if args.horizon is not None:
         features["horizon"] = args.horizon
     elif args.protocol:
         features["horizon"] = max(protocol.HORIZONS)
     overrides: dict[str, object] = {"features": features}
     if args.seed is not None:
         overrides["trainer"] = {"seed": args.seed}
-    settings = _settings(args, **overrides)
-    out = args.out
-    tmp = None
-    if args.plot and not out:
-        tmp = tempfile.TemporaryDirectory()
-        out = Path(tmp.name) / "forecasts.csv"
-    start, version = model.load(args.model) if args.model else (None, 0)
-    kw = dict(progress=not args.quiet and sys.stderr.isatty(), save_model=args.save_model, start=start, version=version)
-    if args.protocol:
-        rep, scores = protocol.run(table, settings, out=out, **kw)
-        rep["protocol"] = {"name": args.protocol, "mse": scores}
-    else:
-        rep = replay.replay(table, settings, out, **kw)
+    return _settings(args, **overrides)
+
+
+def _said(args: argparse.Namespace, rep: dict, table, settings: config.Settings) -> bool:
+    """Print the replay's tables; or, where nothing could be scored, say why instead (False)."""
+    from streamrnn import protocol, replay
+
+    if not sum(sum(t["n"]) for t in rep["targets"].values()):
+        h, need = settings.features.horizon, settings.trainer.min_frames
+        print(
+            f"streamrnn replay: {args.data} has {rep['frames']} frame(s) in {len(set(table.streams))} stream(s): too few to score a "
+            f"forecast (each is scored when the frame it is for arrives, up to H = {h} steps later); the first retrain needs "
+            f"trainer.min_frames = {need} frames of a stream",
+            file=sys.stderr,
+        )
+        return False
     print(replay.format_table(rep))
+    if not sum(rep["retrains"].values()):
+        need = settings.trainer.min_frames
+        print(f"\nno retrain: no stream reached trainer.min_frames = {need} frames; the untrained model is persistence")
     if args.protocol:
         print("\n" + protocol.format_table(rep["protocol"]["mse"]))
-    if args.report:
-        replay.write_report(args.report, rep)
-    if args.plot:
-        target = args.plot_target or settings.features.targets[-1]
-        replay.plot(args.plot, out, rep, table, target, min(args.plot_step, settings.features.horizon))
-    if tmp:
-        tmp.cleanup()
-    return 0
+    return True
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -175,46 +184,65 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default, where its text does not say it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and "default" not in text and action.default not in (None, False, "", argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrnn", description=__doc__)
     p.add_argument("--version", action="version", version=f"streamrnn {__version__}")
-    p.add_argument("--log-level", help="debug, info, warning or error (run: daemon.log_level; others: warning)")
+    levels = ["debug", "info", "warning", "error"]
+    log_help = "debug, info, warning or error (run: daemon.log_level; others: warning)"
+    p.add_argument("--log-level", choices=levels, help=log_help)
+    common = argparse.ArgumentParser(add_help=False)  # options every command takes, before or after its name
+    common.add_argument("--log-level", choices=levels, default=argparse.SUPPRESS, help=log_help)
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("config", help="print the effective configuration (secrets masked)")
-    c.add_argument("--config", type=Path, help="TOML file (STREAMRNN_* variables override it)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=_Help)
+
+    config_help = "TOML file (STREAMRNN_* variables override it; none: the built-in reactor's defaults)"
+    c = command("config", "print the effective configuration (secrets masked)")
+    c.add_argument("--config", type=Path, help=config_help)
     c.set_defaults(func=cmd_config)
 
-    s = sub.add_parser("simulate", help="simulate reactors: to a CSV, or live to an MQTT broker")
+    s = command("simulate", "simulate reactors: to a CSV, or live to an MQTT broker")
     s.add_argument("--csv", type=Path, help="write frames to this CSV")
     s.add_argument("--broker", help="publish each sensor to its topic on this broker, mqtt://host:port")
-    s.add_argument("--config", type=Path, help="TOML file: the sensor topic template")
-    s.add_argument("--rate", type=float, default=1.0, help="frames per second of wall time (each one period apart in event time)")
-    s.add_argument("--duration", type=float, help="seconds to run (default: until stopped)")
-    s.add_argument("--steps", type=int, help="frames per stream (default: 5000 to a CSV, unbounded live)")
-    s.add_argument("--streams", type=int, default=1)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--key-every", type=int, default=30, help="steps between two lab samples of the key variable")
+    s.add_argument("--config", type=Path, help=config_help + "; its sensor topic template and broker credentials")
+    s.add_argument("--rate", type=POS_FLOAT, default=1.0, help="frames per second of wall time (each one period apart in event time)")
+    s.add_argument("--duration", type=POS_FLOAT, help="seconds to run (default: until stopped)")
+    s.add_argument("--steps", type=POS_INT, help="frames per stream (default: 5000 to a CSV, unbounded live)")
+    s.add_argument("--streams", type=POS_INT, default=1, help="reactors, each a stream of its own")
+    s.add_argument("--seed", type=int, default=0, help="the simulation's seed: the same seed gives the same numbers")
+    s.add_argument("--key-every", type=POS_INT, default=30, help="steps between two lab samples of the key variable")
     s.set_defaults(func=cmd_simulate)
 
-    r = sub.add_parser("replay", help="stream a CSV through the engine and score it")
-    r.add_argument("data", type=Path)
-    r.add_argument("--config", type=Path)
+    r = command("replay", "stream a CSV through the engine and score it")
+    r.add_argument("data", type=Path, help="CSV file: a header row, a time column, numeric columns")
+    r.add_argument("--config", type=Path, help=config_help)
     r.add_argument("--targets", help="comma-separated, or 'all' (default): every input")
     r.add_argument("--inputs", help="comma-separated (default: every numeric column)")
-    r.add_argument("--horizon", type=int, help="forecast steps H")
+    r.add_argument("--horizon", type=POS_INT, help="forecast steps H (default: features.horizon, 48 with --protocol)")
     r.add_argument("--time-column", default="", help="default: the first column; 'none': rows are --period apart")
-    r.add_argument("--stream-column", help="column naming the stream, for several in one file")
-    r.add_argument("--period", type=float, help="seconds between rows (default: inferred from the time column)")
+    r.add_argument("--stream-column", help="column naming the stream, for several in one file (default: one stream)")
+    r.add_argument("--period", type=POS_FLOAT, help="seconds between rows (default: inferred from the time column)")
     r.add_argument("--sampled", help="comma-separated sample-and-hold columns: a repeated value is not a new measurement")
-    r.add_argument("--seed", type=int, help="trainer seed")
+    r.add_argument("--seed", type=int, help="trainer seed (default: trainer.seed)")
     r.add_argument("--out", type=Path, help="forecasts CSV: stream,ts,target,step,value,lower,upper")
     r.add_argument("--report", type=Path, help="JSON report")
     r.add_argument("--save-model", type=Path, help="write the final serving model here (for streamrnn run --model)")
     r.add_argument("--model", type=Path, help="start from these weights instead of an untrained model")
-    r.add_argument("--plot", type=Path, help="PNG: truth, forecast and band; skill by horizon")
+    r.add_argument("--plot", type=Path, help="PNG: truth, forecast and band over the last --plot-window rows; skill by step")
     r.add_argument("--plot-target", help="target to plot (default: the last)")
-    r.add_argument("--plot-step", type=int, default=1, help="forecast step to plot")
+    r.add_argument("--plot-step", type=POS_INT, help="forecast step to plot (default: the middle of the horizon)")
+    r.add_argument("--plot-window", type=POS_INT, default=500, help="rows of the stream to plot, the last ones")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument(
         "--protocol",
@@ -225,55 +253,57 @@ def parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(func=cmd_replay)
 
-    d = sub.add_parser("demo", help="broker + simulated reactors + daemon, forecasts live in the terminal")
-    d.add_argument("--config", type=Path)
+    d = command("demo", "broker + simulated reactors + daemon, forecasts live in the terminal")
+    d.add_argument("--config", type=Path, help=config_help)
     d.add_argument("--broker", help="use this broker (default: start an embedded one on loopback)")
-    d.add_argument("--streams", type=int, default=3)
-    d.add_argument("--rate", type=float, default=10.0, help="simulated frames per second per reactor")
-    d.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
+    d.add_argument("--streams", type=POS_INT, default=3, help="simulated reactors")
+    d.add_argument("--rate", type=POS_FLOAT, default=10.0, help="simulated frames per second per reactor")
+    d.add_argument("--duration", type=POS_FLOAT, help="seconds to run (default: until Ctrl-C)")
     d.set_defaults(func=cmd_demo)
 
-    b = sub.add_parser("bench", help="benchmarks, each figure beside its reference measured in the same run")
+    b = command("bench", "benchmarks, each figure beside its reference measured in the same run")
     b.add_argument(
         "what",
         nargs="?",
         default="all",
         choices=["all", *PARTS],
-        help="all (default): ingest, latency, step, streams and memory; ingest: the daemon against a bare "
+        help="all: ingest, latency, step, streams and memory; ingest: the daemon against a bare "
         "paho subscriber; latency: frame to forecast, idle and retraining; step: stateful step against "
         "re-running a window; streams: time per tick up to 10,000 streams (CPU and GPU); memory: "
         "bytes per stream; scrape: the step loop under /metrics scrapers; journal: its cost; soak: "
         "memory over a long run",
     )
     b.add_argument("--quick", action="store_true", help="a seconds-long smoke of each part (what CI runs)")
-    b.add_argument("--streams", type=int, default=10)
-    b.add_argument("--rate", type=float, default=10.0, help="frames per second per stream")
-    b.add_argument("--minutes", type=float, default=30.0, help="soak: length of the run")
-    b.add_argument("--warmup", type=float, default=5.0, help="soak: minutes before memory must stay flat")
-    b.add_argument("--clients", type=int, default=100, help="concurrent scrapers")
-    b.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    b.add_argument("--streams", type=POS_INT, default=10, help="simulated streams (ingest, scrape, journal, soak)")
+    b.add_argument("--rate", type=POS_FLOAT, default=10.0, help="frames per second per stream")
+    b.add_argument("--minutes", type=POS_FLOAT, default=30.0, help="soak: length of the run")
+    b.add_argument("--warmup", type=POS_FLOAT, default=5.0, help="soak: minutes before memory must stay flat")
+    b.add_argument("--clients", type=POS_INT, default=100, help="concurrent scrapers")
+    b.add_argument("--seconds", type=POS_FLOAT, default=10.0, help="length of each phase")
     b.add_argument(
         "--messages",
-        type=float,
+        type=POS_FLOAT,
         default=3500.0,
         help="latency: sensor messages per second at most (ticks of 10 Hz at most); at 7,000 a daemon "
         "of 1,000 streams on 2 cores falls behind, and its latency is then its queue's",
     )
     b.add_argument(
         "--rounds",
-        type=int,
+        type=POS_INT,
         default=3,
         help="rounds of the parts that alternate phases (ingest, latency, scrape, journal): medians over them",
     )
     b.add_argument("--json", action="store_true", help="machine-readable report")
     b.set_defaults(func=cmd_bench)
 
-    n = sub.add_parser("run", help="the daemon: sensors in over MQTT, forecasts out")
-    n.add_argument("--config", type=Path, help="TOML file (STREAMRNN_* variables override it)")
-    n.add_argument("--broker", help="mqtt://host:port (overrides mqtt.url)")
-    n.add_argument("--instance", help="overrides mqtt.instance (client id and status topic)")
-    n.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port (0: any free one)")
-    n.add_argument("--model", type=Path, help="start from these weights (saved by replay --save-model)")
+    n = command("run", "the daemon: sensors in over MQTT, forecasts out")
+    n.add_argument("--config", type=Path, help=config_help)
+    n.add_argument("--broker", help="mqtt://host:port (default: mqtt.url)")
+    n.add_argument("--instance", help="client id and status topic (default: mqtt.instance)")
+    n.add_argument(
+        "--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port, 0: any free one (default: daemon.metrics_port)"
+    )
+    n.add_argument("--model", type=Path, help="start from these weights (saved by replay --save-model; default: untrained)")
     n.set_defaults(func=cmd_run)
     return p
 

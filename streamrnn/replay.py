@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -37,6 +37,7 @@ class Table:
     columns: list[str]
     values: np.ndarray  # (rows, columns)
     period: float
+    dropped: list[str] = field(default_factory=list)  # numeric-looking columns left out, and why
 
 
 def _time(cell: str) -> float:
@@ -58,42 +59,25 @@ def read_table(
     """Read ``path``; ``time_column`` '' means the first column, None means rows are ``period`` apart.
 
     Columns in ``sampled`` are sample-and-hold instruments (analysers): a value equal to the row
-    before it in the same stream is not a new measurement and becomes missing.
+    before it in the same stream is not a new measurement and becomes missing. A column with a cell
+    that is not a number is left out, and ``dropped`` says which cell (file row numbers from 1, the
+    header being row 1).
     """
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if len(rows) < 2:
         raise ValueError(f"{path}: no data rows")
     header = [h.strip() for h in rows[0]]
-    body = [r for r in rows[1:] if r]
+    numbered = [(n, r) for n, r in enumerate(rows[1:], start=2) if r]
+    body = [r for _, r in numbered]
     if time_column == "":
         time_column = header[0]
     for name in (time_column, stream_column):
         if name is not None and name not in header:
             raise ValueError(f"{path}: no column {name!r} (columns: {', '.join(header)})")
-    skip = {time_column, stream_column}
-    candidates = [(i, h) for i, h in enumerate(header) if h not in skip]
-    numeric, cols = [], []
-    for i, h in candidates:
-        try:
-            col = [_number(r[i]) for r in body]
-        except (ValueError, IndexError):
-            continue  # not a numeric column
-        numeric.append(col)
-        cols.append(h)
-    values = np.array(numeric, dtype=np.float64).T.reshape(len(body), len(cols))
+    cols, values, dropped = _numeric(header, numbered, {time_column, stream_column})
     streams = [r[header.index(stream_column)] for r in body] if stream_column else ["stream"] * len(body)
-    if time_column is None:
-        if not period:
-            raise ValueError("--period is needed when the file has no time column")
-        per_stream: dict[str, int] = {}
-        ts = np.empty(len(body))
-        for j, s in enumerate(streams):
-            n = per_stream.get(s, 0)
-            ts[j], per_stream[s] = n * period, n + 1
-    else:
-        ti = header.index(time_column)
-        ts = np.array([_time(r[ti]) for r in body])
+    ts = _times(body, header, time_column, streams, period)
     if not period:
         diffs = np.diff(np.unique(ts))
         if not len(diffs):
@@ -103,15 +87,58 @@ def read_table(
     if unknown:
         raise ValueError(f"--sampled names columns that are not numeric columns of {path}: {unknown}")
     for c in sampled:
-        j = cols.index(c)
-        last: dict[str, float] = {}
-        for r, s in enumerate(streams):
-            v = values[r, j]
-            if v == last.get(s):
-                values[r, j] = math.nan
-            elif not math.isnan(v):
-                last[s] = v
-    return Table(ts, streams, cols, values, period)
+        _sample_and_hold(values[:, cols.index(c)], streams)
+    return Table(ts, streams, cols, values, period, dropped)
+
+
+def _numeric(header: list[str], numbered: list[tuple[int, list[str]]], skip: set) -> tuple[list[str], np.ndarray, list[str]]:
+    """The columns whose every cell is a number (or empty), as (names, values (rows, columns));
+    and, for each column left out although some of its cells are numbers, where and why."""
+    cols, numeric, dropped = [], [], []
+    for i, h in enumerate(header):
+        if h in skip:
+            continue
+        col, bad = [], None
+        for n, r in numbered:
+            try:
+                col.append(_number(r[i]))
+            except (ValueError, IndexError):
+                bad = (n, r[i] if i < len(r) else None)
+                break
+        if bad is None:
+            cols.append(h)
+            numeric.append(col)
+        elif any(math.isfinite(x) for x in col):  # a numeric column spoilt by a cell, not a text column
+            cell = "no cell" if bad[1] is None else f"{bad[1]!r}"
+            dropped.append(f"column {h!r} left out: row {bad[0]} has {cell}, not a number (empty, nan or na mean missing)")
+    values = np.array(numeric, dtype=np.float64).T.reshape(len(numbered), len(cols))
+    return cols, values, dropped
+
+
+def _times(body: list[list[str]], header: list[str], time_column: str | None, streams: list[str], period: float | None) -> np.ndarray:
+    """Each row's event time: from its time column, else its place in its stream, ``period`` apart."""
+    if time_column is not None:
+        ti = header.index(time_column)
+        return np.array([_time(r[ti]) for r in body])
+    if not period:
+        raise ValueError("--period is needed when the file has no time column")
+    per_stream: dict[str, int] = {}
+    ts = np.empty(len(body))
+    for j, s in enumerate(streams):
+        n = per_stream.get(s, 0)
+        ts[j], per_stream[s] = n * period, n + 1
+    return ts
+
+
+def _sample_and_hold(column: np.ndarray, streams: list[str]) -> None:
+    """A value equal to its stream's last one is no new measurement: missing, in place."""
+    last: dict[str, float] = {}
+    for r, s in enumerate(streams):
+        v = column[r]
+        if v == last.get(s):
+            column[r] = math.nan
+        elif not math.isnan(v):
+            last[s] = v
 
 
 def _progress(done: int, total: int, start: float, out: TextIO) -> None:
@@ -243,41 +270,3 @@ def format_table(rep: dict) -> str:
 
 def write_report(path: str | Path, rep: dict) -> None:
     write_text(path, json.dumps(rep, indent=2) + "\n")
-
-
-def plot(path: str | Path, forecasts_csv: str | Path, rep: dict, table: Table, target: str, step: int) -> None:
-    """Truth, the step-``step`` forecast and its band for ``target``, and skill by horizon."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise RuntimeError("--plot needs matplotlib: pip install 'streamrnn[plot]'") from e
-    stream = table.streams[0]
-    ts, val, lo, hi = [], [], [], []
-    with open(forecasts_csv, newline="") as f:
-        for r in csv.DictReader(f):
-            if r["stream"] == stream and r["target"] == target and int(r["step"]) == step:
-                ts.append(float(r["ts"]) + step * table.period)
-                val.append(_number(r["value"]))
-                lo.append(_number(r["lower"]))
-                hi.append(_number(r["upper"]))
-    keep = [i for i, s in enumerate(table.streams) if s == stream]
-    truth = table.values[keep, table.columns.index(target)]
-    fig, (a, b) = plt.subplots(2, 1, figsize=(11, 7), gridspec_kw={"height_ratios": [2, 1]})
-    a.plot(table.ts[keep], truth, ".", ms=2, color="black", label="truth")
-    a.plot(ts, val, lw=0.8, color="tab:blue", label=f"forecast, step {step}")
-    a.fill_between(ts, lo, hi, color="tab:blue", alpha=0.2, lw=0, label=f"{rep['coverage_nominal']:.0%} band")
-    a.set_title(f"{target} ({stream})")
-    a.legend(loc="upper left")
-    for name, t in rep["targets"].items():
-        b.plot(t["horizons"], [math.nan if s is None else s for s in t["skill"]], marker="o", ms=3, label=name)
-    b.axhline(0.0, color="grey", lw=0.8)
-    b.set_xlabel("step")
-    b.set_ylabel("skill vs persistence")
-    if len(rep["targets"]) <= 8:
-        b.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

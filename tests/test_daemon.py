@@ -255,7 +255,7 @@ def test_a_long_retrain_does_not_stop_forecasts_and_promotion_is_never_undone(mo
     log = d.log()
     done = [
         (_log_time(ts), float(x))
-        for ts, x in re.findall(r'ts=(\S+) level=info logger=streamrnn.daemon msg="retrain done" outcome=\w+ seconds=([\d.]+)', log)
+        for ts, x in re.findall(r'ts=(\S+) level=info logger=streamrnn.cycle msg="retrain done" outcome=\w+ seconds=([\d.]+)', log)
     ]
     assert done and 'msg="model served"' in log, log
     end, took = max(done, key=lambda d: d[1])  # the longest retrain: a fixed amount of work, seconds on any machine
