@@ -4,7 +4,7 @@ Per batch of closed frames: score the forecasts their values resolve, keep the f
 step the hidden states of those streams as one batch, turn the outputs into forecasts in engineering
 units with conformal bands, and keep them for scoring. Retraining is offered, not forced: the caller
 asks ``retrain_due`` and runs ``retrain()`` in line (replay), or takes a ``snapshot()``, has
-``trainer.retrain`` run on it elsewhere, and ``adopt()``s the verdict between two steps (the daemon).
+``judge.retrain`` run on it elsewhere, and ``adopt()``s the verdict between two steps (the daemon).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from streamrnn import trainer
+from streamrnn import judge
 from streamrnn.adoption import Adoption
 from streamrnn.config import Settings
 from streamrnn.contenders import Contenders
@@ -27,8 +27,8 @@ from streamrnn.forecast import Forecasts
 from streamrnn.frames import Frame
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
 from streamrnn.ring import Ring
+from streamrnn.snapshot import Snapshot, TrainReport, Verdict
 from streamrnn.state import HiddenBank, StreamCapError
-from streamrnn.trainer import Snapshot, TrainReport, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +240,13 @@ class Engine:
         guard for the daemon, would make the result depend on how busy the machine was."""
         snap = self.snapshot()
         cfg = self.settings.trainer.model_copy(update={"max_seconds": math.inf})
-        verdict = trainer.retrain(snap, self.spec, self.state_dict(), cfg, seed=self.next_seed())
+        verdict = judge.retrain(snap, self.spec, self.state_dict(), cfg, seed=self.next_seed())
         return self.adopt(snap, verdict)
 
     def refit_linear(self) -> RetrainResult:
         """Fit the linear contender alone, in line (replay); the daemon has the retrainer do it."""
         snap = self.snapshot(recurrent=False)
-        return self.adopt(snap, trainer.retrain(snap, self.spec, {}, self.settings.trainer))
+        return self.adopt(snap, judge.retrain(snap, self.spec, {}, self.settings.trainer))
 
     def adopt(self, snap: Snapshot, verdict: Verdict, at_once: bool = True) -> RetrainResult:
         """Act on a retrain's verdict between two steps: swap the model it names in, or keep serving.

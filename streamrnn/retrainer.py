@@ -3,7 +3,7 @@ stall, crash or corrupt the daemon.
 
 The child is spawned (a fresh interpreter, no state shared with the engine), runs on the CPU time
 serving leaves idle (SCHED_IDLE) with its own thread count, and sends back a
-:class:`~streamrnn.trainer.Verdict` of plain arrays. A child that dies, or runs past
+:class:`~streamrnn.snapshot.Verdict` of plain arrays. A child that dies, or runs past
 ``trainer.deadline``, becomes a failed verdict. A thread per job starts the child, writes the work
 to it and waits for the verdict, so that the engine thread makes no system call for it: each may
 let another thread take the GIL for up to a switch interval (under the bench's load at 1,000
@@ -21,10 +21,10 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
-from streamrnn import trainer
+from streamrnn import judge
 from streamrnn.config import TrainerSettings
 from streamrnn.model import ModelSpec
-from streamrnn.trainer import Snapshot, TrainReport, Verdict
+from streamrnn.snapshot import Snapshot, TrainReport, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _work(conn: Connection, parent: int) -> None:
     torch.set_num_threads(settings.threads or 1)
     state = {k: torch.as_tensor(v) for k, v in champion.items()}
     try:
-        verdict = trainer.retrain(snapshot, spec, state, settings, seed)
+        verdict = judge.retrain(snapshot, spec, state, settings, seed)
     except Exception as e:  # out of memory, or a bug: the daemon is told what, and tries again later
         verdict = _failed(f"trainer raised {type(e).__name__}: {str(e)[:500]}")
     try:

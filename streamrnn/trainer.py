@@ -1,4 +1,4 @@
-"""Fits a challenger on a snapshot of the rings and judges it: (snapshot, weights, settings) -> verdict.
+"""Fits a challenger on a snapshot of the rings: (snapshot, weights, settings) -> candidate weights, report.
 
 Truncated BPTT: each stream is cut into contiguous segments of ``segment_windows`` windows of L
 steps; a batch of segments is run window by window with the hidden state carried and detached
@@ -8,7 +8,7 @@ counted only where the truth was observed, every target weighted equally however
 A fresh sample of a target that is not an input is hidden from the input at random
 (``key_dropout``) and the step-0 output is trained to recover it: the nowcast.
 Early stop on a validation tail; the most recent ``holdout_fraction`` is never seen here, it is
-what the engine judges the challenger on. Any exception or non-finite loss gives a failed report
+what the challenger is judged on (:mod:`streamrnn.judge`). Any exception or non-finite loss gives a failed report
 and no candidate, never a broken model.
 """
 
@@ -16,81 +16,18 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from streamrnn.config import TrainerSettings
-from streamrnn.linear import OnlineRidge
-from streamrnn.model import ModelSpec, StreamRNN, build
+from streamrnn.model import ModelSpec, StreamRNN
+from streamrnn.snapshot import Snapshot, TrainReport
 from streamrnn.state import catch_up, centres, fill
 
 _VAL_CHUNK = 64  # streams per batch when running whole sequences
-
-
-@dataclass
-class Snapshot:
-    """Copies of the rings at one moment: per stream, values (n, C) float32 with NaN where missing."""
-
-    streams: list[str]
-    values: list[np.ndarray]
-    ts: list[np.ndarray]
-    holdout_fraction: float = 0.15
-    counts: list[int] = field(default_factory=list)  # frames ever appended to each ring, at the snapshot
-    held: np.ndarray | None = None  # (streams, C): the serving values held and running means, at the snapshot
-    centre: np.ndarray | None = None
-    linear: dict | None = None  # the linear contender's state (OnlineRidge.state), None before its first fit
-    lookback: int = 0  # the linear contender's lookback; 0: it is off
-    calendar: bool = False  # and whether it reads the time of day and of the week
-    max_examples: int = 8192  # examples it learns from this snapshot at most
-    recurrent: bool = True  # fit the recurrent model too; False: the linear contender alone
-
-    @property
-    def frames(self) -> int:
-        return sum(len(v) for v in self.values)
-
-    def split(self, i: int) -> int:
-        """Frames of stream ``i`` before its held-out tail."""
-        n = len(self.values[i])
-        return n - max(1, int(round(n * self.holdout_fraction)))
-
-    def __getstate__(self) -> dict:
-        """Pickled with the streams' frames end to end in one array each for values and times: a
-        pipe to the trainer then carries two large buffers, written with the GIL released, instead of
-        two per stream pickled under it (thousands at 1,000 streams, stalling serving)."""
-        state = dict(self.__dict__)
-        state["lengths"] = np.array([len(v) for v in self.values], dtype=np.int64)
-        state["values"] = np.concatenate(self.values) if self.values else np.zeros((0, 0), np.float32)
-        state["ts"] = np.concatenate(self.ts) if self.ts else np.zeros(0)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        lengths = state.pop("lengths")
-        cuts = np.cumsum(lengths)[:-1]
-        for name in ("values", "ts"):
-            state[name] = np.split(state[name], cuts) if len(lengths) else []
-        self.__dict__.update(state)
-
-
-@dataclass
-class TrainReport:
-    status: str = "failed"  # "ok" or "failed"
-    error: str | None = None
-    frames: int = 0
-    epochs: int = 0
-    steps: int = 0
-    seconds: float = 0.0
-    train_loss: float = float("nan")
-    val_loss: float = float("nan")
-    initial_val_loss: float = float("nan")
-    history: list[float] = field(default_factory=list)
-    calibration: list[float] = field(default_factory=list)  # mean shrink per step, 0 = persistence
-    linear: dict = field(default_factory=dict)  # the linear contender's fit: examples, penalty, seconds, error
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def normalisation(values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -167,6 +104,17 @@ def _stack(parts: list[dict[str, np.ndarray]], length: int) -> dict[str, Tensor]
     return out
 
 
+def passes(model: StreamRNN, parts: list[dict[str, np.ndarray]]) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+    """The model run over whole sequences from a blank state, with no gradient, a chunk of them at a
+    time: (outputs, the chunk's tensors) per chunk."""
+    with torch.no_grad():
+        for i in range(0, len(parts), _VAL_CHUNK):
+            chunk = parts[i : i + _VAL_CHUNK]
+            b = _stack(chunk, max(len(p["held"]) for p in chunk))
+            out, _ = model(b["held"], b["centre"], b["mask"])
+            yield out, b
+
+
 def run_loss(model: StreamRNN, parts: list[dict[str, np.ndarray]], steps: slice = slice(None), ratio: Tensor | float = 1.0) -> float:
     """Loss of ``model`` run over whole sequences from a blank state (no gradient).
 
@@ -174,16 +122,12 @@ def run_loss(model: StreamRNN, parts: list[dict[str, np.ndarray]], steps: slice 
     onto the scale the targets ``y`` were prepared on.
     """
     total, weight = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(parts), _VAL_CHUNK):
-            chunk = parts[i : i + _VAL_CHUNK]
-            b = _stack(chunk, max(len(p["held"]) for p in chunk))
-            out, _ = model(b["held"], b["centre"], b["mask"])
-            ym = b["ym"][:, :, steps]
-            n = int(ym.sum())
-            if n:
-                total += float(masked_loss(out[:, :, steps] * ratio, b["y"][:, :, steps], ym)) * n
-                weight += n
+    for out, b in passes(model, parts):
+        ym = b["ym"][:, :, steps]
+        n = int(ym.sum())
+        if n:
+            total += float(masked_loss(out[:, :, steps] * ratio, b["y"][:, :, steps], ym)) * n
+            weight += n
     return total / weight if weight else float("nan")
 
 
@@ -204,8 +148,8 @@ def train(
 def _fit(
     snapshot: Snapshot, spec: ModelSpec, state: dict[str, Tensor], cfg: TrainerSettings, seed: int, report: TrainReport, start: float
 ) -> dict[str, Tensor] | None:
+    """Fit from ``state``: the data cut into segments, the loop with early stopping, calibration."""
     rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout draws from the global generator
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -218,12 +162,30 @@ def _fit(
     hides = [np.isfinite(raw) & target_only & (rng.random(raw.shape) < cfg.key_dropout) for raw in trains]
     mean, std = normalisation(trains)
     dscale = change_scale(trains, spec, hides)
-
     model = StreamRNN(spec)
     model.load_state_dict(state)
     f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)
     model.set_normalisation(f32(mean), f32(std), f32(dscale))
+    lanes, vals = _segments(trains, hides, spec, dscale, cfg)
+    best = _loop(model, lanes, vals, cfg, torch.Generator().manual_seed(seed), report, start)
+    model.load_state_dict(best)
+    w = calibrate(model, vals)
+    model.dscale.mul_(torch.as_tensor(w, dtype=torch.float32))
+    report.calibration = [float(x) for x in w.mean(axis=1)]
+    report.val_loss = run_loss(model, vals)
+    best = copy.deepcopy(model.state_dict())
+    if not all(bool(torch.isfinite(v).all()) for v in best.values()):
+        raise FloatingPointError("non-finite weights")
+    report.status = "ok"
+    return best
 
+
+def _segments(
+    trains: list[np.ndarray], hides: list[np.ndarray], spec: ModelSpec, dscale: np.ndarray, cfg: TrainerSettings
+) -> tuple[list, list]:
+    """Each stream's training part cut into contiguous segments of ``segment_windows`` windows (their
+    first ``burn_in`` steps not scored: the state warms up there), and each whole stream with only
+    its validation tail scored."""
     seg = cfg.window * cfg.segment_windows
     lanes, vals = [], []
     for raw, hide in zip(trains, hides):
@@ -241,7 +203,12 @@ def _fit(
         vals.append(val)
     if not lanes:
         raise ValueError("no training segment longer than the burn-in")
+    return lanes, vals
 
+
+def _loop(model: StreamRNN, lanes: list, vals: list, cfg: TrainerSettings, gen: torch.Generator, report: TrainReport, start: float) -> dict:
+    """Epochs of truncated BPTT over shuffled batches of segments, until the validation loss has not
+    improved for ``patience`` epochs or a budget is spent; the best weights seen."""
     best = copy.deepcopy(model.state_dict())
     model.eval()
     report.initial_val_loss = best_val = run_loss(model, vals)
@@ -252,24 +219,9 @@ def _fit(
         order = torch.randperm(len(lanes), generator=gen).tolist()
         losses = []
         for b0 in range(0, len(order), cfg.batch_size):
-            batch = _stack([lanes[i] for i in order[b0 : b0 + cfg.batch_size]], seg)
-            hidden = None
-            for w0 in range(0, seg, cfg.window):
-                sl = slice(w0, w0 + cfg.window)
-                ym = batch["ym"][:, sl]
-                if not bool(ym.any()):
-                    continue  # all padding or burn-in: nothing to learn, but keep the state moving
-                out, hidden = model(batch["held"][:, sl], batch["centre"][:, sl], batch["mask"][:, sl], hidden)
-                loss = masked_loss(out, batch["y"][:, sl], ym)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss at step {report.steps}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-                opt.step()
-                hidden = hidden.detach()
-                losses.append(loss.item())
-                report.steps += 1
+            losses += _batch(
+                model, _stack([lanes[i] for i in order[b0 : b0 + cfg.batch_size]], cfg.window * cfg.segment_windows), opt, cfg, report
+            )
         report.epochs = epoch + 1
         report.train_loss = float(np.mean(losses)) if losses else float("nan")
         model.eval()
@@ -284,16 +236,32 @@ def _fit(
             stale += 1
         if stale >= cfg.patience or report.steps >= cfg.max_steps or time.perf_counter() - start > cfg.max_seconds:
             break
-    model.load_state_dict(best)
-    w = calibrate(model, vals)
-    model.dscale.mul_(torch.as_tensor(w, dtype=torch.float32))
-    report.calibration = [float(x) for x in w.mean(axis=1)]
-    report.val_loss = run_loss(model, vals)
-    best = copy.deepcopy(model.state_dict())
-    if not all(bool(torch.isfinite(v).all()) for v in best.values()):
-        raise FloatingPointError("non-finite weights")
-    report.status = "ok"
     return best
+
+
+def _batch(
+    model: StreamRNN, batch: dict[str, Tensor], opt: torch.optim.Optimizer, cfg: TrainerSettings, report: TrainReport
+) -> list[float]:
+    """One batch of segments, window by window, the hidden state carried and detached between
+    windows; the windows' losses."""
+    losses, hidden = [], None
+    for w0 in range(0, batch["held"].shape[1], cfg.window):
+        sl = slice(w0, w0 + cfg.window)
+        ym = batch["ym"][:, sl]
+        if not bool(ym.any()):
+            continue  # all padding or burn-in: nothing to learn, but keep the state moving
+        out, hidden = model(batch["held"][:, sl], batch["centre"][:, sl], batch["mask"][:, sl], hidden)
+        loss = masked_loss(out, batch["y"][:, sl], ym)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at step {report.steps}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        hidden = hidden.detach()
+        losses.append(loss.item())
+        report.steps += 1
+    return losses
 
 
 def calibrate(model: StreamRNN, parts: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -304,147 +272,12 @@ def calibrate(model: StreamRNN, parts: list[dict[str, np.ndarray]]) -> np.ndarra
     """
     num = torch.zeros(model.dscale.shape, dtype=torch.float64)
     den = torch.zeros(model.dscale.shape, dtype=torch.float64)
-    with torch.no_grad():
-        for i in range(0, len(parts), _VAL_CHUNK):
-            chunk = parts[i : i + _VAL_CHUNK]
-            b = _stack(chunk, max(len(p["held"]) for p in chunk))
-            out, _ = model(b["held"], b["centre"], b["mask"])
-            out, ym = out.double() * b["ym"], b["ym"]
-            num += (out * b["y"].double() * ym).sum((0, 1))
-            den += (out**2).sum((0, 1))
+    for out, b in passes(model, parts):
+        out, ym = out.double() * b["ym"], b["ym"]
+        num += (out * b["y"].double() * ym).sum((0, 1))
+        den += (out**2).sum((0, 1))
     w = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
     return w.clamp(0.0, 1.0).numpy()
-
-
-def holdout_error(model: StreamRNN, snapshot: Snapshot, scale: np.ndarray) -> float:
-    """Error of ``model`` on each stream's held-out tail, steps 1..H, on a scale common to all models.
-
-    The model runs from a blank state over the whole snapshot; each target's error at step k is
-    divided by ``scale`` (H+1, T), the snapshot's persistence error, so the result reads as
-    1 - skill averaged over targets, and two models with different normalisations compare fairly.
-    """
-    parts = []
-    for i, raw in enumerate(snapshot.values):
-        p = prepare(raw.astype(np.float64), model.spec, scale, limit=len(raw))
-        p["ym"][: snapshot.split(i)] = False
-        parts.append(p)
-    ratio = model.dscale / torch.as_tensor(scale, dtype=torch.float32)
-    return run_loss(model, parts, slice(1, None), ratio[1:])
-
-
-@dataclass
-class Verdict:
-    """What one retrain concluded, in plain arrays so that it can cross a process boundary.
-
-    ``serve`` names the model to swap in ("challenger", or "persistence" when the champion fell
-    behind it), None to keep the champion; ``state`` holds its weights and ``hidden`` its recurrent
-    state at the end of the snapshot, (state_layers, layers, streams, hidden), streams in snapshot order.
-    """
-
-    outcome: str  # "promoted", "rejected" or "failed"; "linear" for a fit of the linear contender alone
-    report: TrainReport
-    serve: str | None = None
-    state: dict[str, np.ndarray] | None = None
-    hidden: np.ndarray | None = None
-    champion_error: float = float("nan")
-    challenger_error: float = float("nan")
-    persistence_error: float = float("nan")
-    linear: dict | None = None  # the linear contender's new state, whatever became of the recurrent fit
-
-
-def retrain(snapshot: Snapshot, spec: ModelSpec, champion: dict[str, Tensor], settings: TrainerSettings, seed: int = 0) -> Verdict:
-    """Fit a challenger from the champion's weights, then judge it, and carry the linear contender
-    over the new frames; never raises."""
-    linear, summary = fit_linear(snapshot, spec)
-    if not snapshot.recurrent:
-        return Verdict(
-            "linear",
-            TrainReport(
-                status="ok" if linear is not None else "failed", error=summary.get("error"), frames=snapshot.frames, linear=summary
-            ),
-            linear=linear,
-        )
-    state, report = train(snapshot, spec, champion, settings, seed)
-    report.linear = summary
-    verdict = Verdict("failed", report) if state is None else judge(snapshot, spec, champion, state, report, settings, seed)
-    verdict.linear = linear
-    return verdict
-
-
-def fit_linear(snapshot: Snapshot, spec: ModelSpec) -> tuple[dict | None, dict]:
-    """The linear contender's statistics carried over the snapshot's frames it has not learnt from,
-    solved again (its penalty chosen on the newest examples): (its new state, a summary). Its
-    normalisation is the first snapshot's, kept after, so that the statistics add up. (None, ...)
-    where it is off or failed; never raises."""
-    if not snapshot.lookback:
-        return None, {}
-    start = time.perf_counter()
-    try:
-        if snapshot.linear is None:
-            mean, std = normalisation(snapshot.values)
-            ridge = OnlineRidge(
-                len(spec.channels), list(spec.target_index), spec.horizon, snapshot.lookback, mean, std, calendar=snapshot.calendar
-            )
-        else:
-            ridge = OnlineRidge.from_state(snapshot.linear)
-        examples = ridge.learn_frames(snapshot.streams, snapshot.values, snapshot.ts, snapshot.counts, snapshot.max_examples)
-        if not np.isfinite(ridge.weights).all():
-            raise FloatingPointError("non-finite weights")
-        return ridge.state(), {
-            "examples": examples,
-            "learnt": ridge.learnt,
-            "penalty": ridge.penalty,
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-    except Exception as e:  # as in train(): a failed fit keeps the contender it had
-        return None, {"error": f"{type(e).__name__}: {e}", "seconds": round(time.perf_counter() - start, 3)}
-
-
-def judge(
-    snapshot: Snapshot,
-    spec: ModelSpec,
-    champion: dict[str, Tensor],
-    challenger: dict[str, Tensor],
-    report: TrainReport,
-    settings: TrainerSettings,
-    seed: int = 0,
-) -> Verdict:
-    """Champion, challenger and persistence on the snapshot's held-out tail; the best is served.
-
-    The challenger wins only with an error below both others. A champion that has fallen behind
-    persistence is replaced by it. The model to serve is warmed over the snapshot's last
-    ``settings.rewarm`` frames here, away from serving, so the swap costs the engine only the
-    frames that arrived since.
-    """
-    try:
-        start = time.perf_counter()
-        models = {"challenger": _model(spec, challenger), "champion": _model(spec, champion), "persistence": build(spec, seed=seed)}
-        raws = [v.astype(np.float64) for v in snapshot.values]
-        scale = change_scale(raws, spec, [None] * len(raws))
-        err = {name: holdout_error(m, snapshot, scale) for name, m in models.items()}
-        verdict = Verdict(
-            "rejected", report, champion_error=err["champion"], challenger_error=err["challenger"], persistence_error=err["persistence"]
-        )
-        others = [e for e in (err["champion"], err["persistence"]) if np.isfinite(e)]
-        if np.isfinite(err["challenger"]) and err["challenger"] < min(others, default=np.inf):
-            verdict.outcome, verdict.serve = "promoted", "challenger"
-        elif np.isfinite(err["persistence"]) and err["persistence"] < err["champion"]:
-            verdict.serve = "persistence"
-        if verdict.serve:
-            model = models[verdict.serve]
-            verdict.state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-            verdict.hidden = warm(model, snapshot.values, settings.rewarm).cpu().numpy()
-        report.seconds += time.perf_counter() - start
-        return verdict
-    except Exception as e:  # as in train(): a failure is a verdict, never a crash
-        report.status, report.error = "failed", f"judging: {type(e).__name__}: {e}"
-        return Verdict("failed", report)
-
-
-def _model(spec: ModelSpec, state: dict[str, Tensor]) -> StreamRNN:
-    m = StreamRNN(spec)
-    m.load_state_dict(state)
-    return m.eval()
 
 
 @torch.inference_mode()

@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import write_config
 
-from streamrnn import config, forecast, simulator, trainer
+from streamrnn import config, forecast, judge, simulator, trainer
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
 from streamrnn.model import ModelSpec, build, save
@@ -568,7 +568,7 @@ def test_a_verdict_is_caught_up_over_turns_and_no_retrain_starts_until_its_model
     for s, ts, v in frames[:600]:
         d.engine.step([Frame(s, ts, v)])
     snap = d.engine.snapshot()
-    verdict = trainer.retrain(snap, d.engine.spec, d.engine.state_dict(), settings.trainer, seed=1)
+    verdict = judge.retrain(snap, d.engine.spec, d.engine.state_dict(), settings.trainer, seed=1)
     assert verdict.serve == "challenger"
     for s, ts, v in frames[600:610]:  # 5 frames per stream came while it trained
         d.engine.step([Frame(s, ts, v)])

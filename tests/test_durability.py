@@ -118,7 +118,8 @@ if faults != [""]:
 
     import numpy as np
 
-    from streamrnn import trainer
+    from streamrnn import judge
+    from streamrnn.snapshot import TrainReport, Verdict
 
     def retrain(snapshot, spec, state, settings, seed):
         kind = faults[(seed - 1) % len(faults)]
@@ -131,10 +132,10 @@ if faults != [""]:
         if kind == "nan":
             weights = {k: np.full(tuple(v.shape), np.nan, np.float32) for k, v in state.items()}
             hidden = np.zeros((spec.state_layers, spec.num_layers, len(snapshot.streams), spec.hidden_size), np.float32)
-            return trainer.Verdict("promoted", trainer.TrainReport(status="ok"), "challenger", weights, hidden, 1.0, 0.5, 1.0)
+            return Verdict("promoted", TrainReport(status="ok"), "challenger", weights, hidden, 1.0, 0.5, 1.0)
         raise AssertionError(f"unknown fault {kind}")
 
-    trainer.retrain = retrain
+    judge.retrain = retrain
 '''
 
 

@@ -13,10 +13,11 @@ import pytest
 import torch
 from conftest import sine_frames, small_settings
 
-from streamrnn import trainer
+from streamrnn import judge, trainer
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
 from streamrnn.retrainer import Retrainer, _recv, _send
+from streamrnn.snapshot import Snapshot, TrainReport, Verdict
 
 
 def fed(n=300, **over):
@@ -70,7 +71,7 @@ def test_a_snapshot_reaches_the_trainer_whole_in_a_few_buffers_however_many_stre
     values = [rng.normal(size=(n, 3)).astype(np.float32) for n in lengths]
     for v in values:
         v[0, 1] = np.nan
-    snap = trainer.Snapshot(
+    snap = Snapshot(
         [f"s{i}" for i in range(streams)],
         values,
         [rng.normal(size=n) for n in lengths],
@@ -117,7 +118,7 @@ def test_the_child_gives_the_same_verdict_as_training_in_line():
     assert os.sched_getscheduler(pid) == os.SCHED_OTHER  # trainer.priority "normal", as the tests run it
     _, verdict, seconds = wait(r)
     assert gone(pid)
-    inline = trainer.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
+    inline = judge.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
     assert verdict.outcome == inline.outcome == "promoted" and seconds > 0 and not r.busy
     # the same fit (same seed, no time limit hit); only float rounding differs with the thread count
     assert abs(verdict.challenger_error - inline.challenger_error) < 1e-4
@@ -180,7 +181,7 @@ def test_adopting_a_verdict_is_as_if_its_model_had_served_since_the_snapshot():
     stream new since the snapshot is warmed from blank over its recent frames."""
     engine = fed()
     snap = engine.snapshot()
-    verdict = trainer.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
+    verdict = judge.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
     assert verdict.serve == "challenger"
     # the twin: this engine as it was at the snapshot, serving the verdict's model from there on
     st = engine.state()
@@ -225,7 +226,7 @@ def test_adopting_on_a_budget_serves_the_old_model_until_the_new_one_is_level_th
     round finds none behind: level, swapped. Budget 1: a frame a turn, 1 + 7 of them, then none."""
     engine = fed()
     snap = engine.snapshot()
-    verdict = trainer.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
+    verdict = judge.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
     frames = sine_frames(310, streams=2)
     for s, ts, v in frames[600:606]:  # 3 frames per stream since the snapshot
         engine.step([Frame(s, ts, v)])
@@ -257,7 +258,7 @@ def test_a_catch_up_left_half_done_by_a_budget_finishes_at_once_when_asked():
     """As at shutdown, or when the next verdict comes: what a budget left is stepped in one go."""
     engine = fed()
     snap = engine.snapshot()
-    verdict = trainer.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
+    verdict = judge.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
     for s, ts, v in sine_frames(310, streams=2)[600:606]:
         engine.step([Frame(s, ts, v)])
     twin = Engine(engine.settings)
@@ -273,16 +274,16 @@ def test_a_catch_up_left_half_done_by_a_budget_finishes_at_once_when_asked():
 def test_a_verdict_that_does_not_fit_or_is_not_finite_is_a_failure_and_serving_is_untouched():
     engine = fed()
     snap = engine.snapshot()
-    good = trainer.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
+    good = judge.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
     assert good.serve == "challenger"
     before = engine.state_dict()
     hidden = engine.bank.hidden.clone()
     some = next(iter(good.state))
 
     def spoiled(**change):
-        return trainer.Verdict(
+        return Verdict(
             good.outcome,
-            trainer.TrainReport(status="ok"),
+            TrainReport(status="ok"),
             serve=good.serve,
             state={**good.state, **change.get("state", {})},
             hidden=change.get("hidden", good.hidden),

@@ -4,17 +4,18 @@ import numpy as np
 import torch
 from conftest import sine_frames, small_settings
 
-from streamrnn import trainer
+from streamrnn import judge, trainer
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
 from streamrnn.model import ModelSpec, build
+from streamrnn.snapshot import Snapshot, TrainReport
 
 
-def _snapshot(frames, holdout=0.15) -> trainer.Snapshot:
+def _snapshot(frames, holdout=0.15) -> Snapshot:
     streams = sorted({s for s, _, _ in frames})
     vals = [np.stack([v for s, _, v in frames if s == name]).astype(np.float32) for name in streams]
     ts = [np.array([t for s, t, _ in frames if s == name]) for name in streams]
-    return trainer.Snapshot(streams, vals, ts, holdout)
+    return Snapshot(streams, vals, ts, holdout)
 
 
 def test_trainer_lowers_the_masked_loss_on_a_sine():
@@ -36,7 +37,7 @@ def test_a_target_seen_in_one_frame_of_twenty_still_trains():
     candidate = build(spec)
     candidate.load_state_dict(state)
     scale = trainer.change_scale([v.astype(np.float64) for v in snap.values], spec, [None])
-    assert trainer.holdout_error(candidate, snap, scale) < trainer.holdout_error(build(spec), snap, scale)
+    assert judge.holdout_error(candidate, snap, scale) < judge.holdout_error(build(spec), snap, scale)
 
 
 def test_trainer_learns_on_the_simulator():
@@ -99,8 +100,8 @@ def test_a_worse_challenger_is_rejected_and_serving_unchanged():
     snap = engine.snapshot()
     bad = {k: v.clone() for k, v in champion.items()}
     bad["fc2.bias"] += 3.0  # a constant large change at every step: far worse than the champion
-    state, rep = bad, trainer.TrainReport(status="ok")
-    result = engine.adopt(snap, trainer.judge(snap, engine.spec, champion, state, rep, engine.settings.trainer))
+    state, rep = bad, TrainReport(status="ok")
+    result = engine.adopt(snap, judge.judge(snap, engine.spec, champion, state, rep, engine.settings.trainer))
     assert result.outcome == "rejected" and result.challenger_error > result.champion_error
     assert engine.version == 1
     for k, v in engine.state_dict().items():
