@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from streamrnn import trainer
+from streamrnn.bank import HiddenBank, catch_up
 from streamrnn.model import StreamRNN
 from streamrnn.ring import Ring
-from streamrnn.state import HiddenBank, catch_up
 from streamrnn.trainer import Snapshot
 
 

@@ -50,8 +50,8 @@ def encode(state: dict) -> bytes:
 
 def _write(state: dict, f: BinaryIO) -> None:
     """A checkpoint file into ``f`` (seekable), its body hashed on the way, so nothing the size of
-    the body is held: at 1,000 streams of ring 4,096, a body made in memory first, then hashed and
-    joined to its header, took 298 MB more at its peak and 1.4 s; this takes 2 MB and 1.0 s."""
+    the body is held (a body made in memory first, then hashed and joined to its header, took
+    hundreds of MB more at its peak at many streams: CHANGELOG.md)."""
     start = f.tell()
     f.write(_HEAD.pack(MAGIC, bytes(32), 0))  # filled in once the body is hashed
     body = _Hashing(f)

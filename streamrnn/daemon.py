@@ -102,8 +102,7 @@ class Daemon:
                 self.engine, self.assembler, lambda msg: self.intake.ingest(msg, msg.arrival), self._serve, self._replaying
             )
         # what the start made (torch, the model, settings, restored state) lives as long as the
-        # process: out of the collector's sight, a full collection no longer walks it (3 us per
-        # message at 10 streams here)
+        # process: out of the collector's sight, a full collection no longer walks it
         gc.freeze()
         self.link.start()
         self.notify.ready(f"serving; connecting to {self.settings.mqtt.url}")

@@ -20,6 +20,7 @@ import torch
 
 from streamrnn import judge
 from streamrnn.adoption import Adoption
+from streamrnn.bank import HiddenBank, StreamCapError
 from streamrnn.config import Settings
 from streamrnn.contenders import Contenders
 from streamrnn.evaluator import Evaluator
@@ -28,7 +29,6 @@ from streamrnn.frames import Frame
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
 from streamrnn.ring import Ring
 from streamrnn.snapshot import Snapshot, TrainReport, Verdict
-from streamrnn.state import HiddenBank, StreamCapError
 
 log = logging.getLogger(__name__)
 
@@ -360,8 +360,8 @@ class Engine:
         data (numpy arrays, numbers, strings): see checkpoint.py for the file.
 
         ``live_rings``: the rings' own arrays, not copies, for a writer on another thread while the
-        engine steps on (copying them stalled serving: 0.4-0.7 s at 1,000 streams of ring 4,096,
-        most of it faulting the copies' pages in). A frame appended meanwhile may land in what is
+        engine steps on (copying them stalled serving for a large part of a second at many streams
+        of long rings, most of it faulting the copies' pages in). A frame appended meanwhile may land in what is
         written, in the slot of the oldest frame it replaces, and the journal replayed after the
         checkpoint appends that same frame to that same slot again; nothing reads a ring during
         the replay, so the state restored is exact (where the journal lost records to a full disk,

@@ -8,9 +8,9 @@ split-conformal: the ``coverage`` quantile of the recent absolute errors of that
 pooled over the streams (they share one model).
 
 Scoring waits: the truths of up to ``LAG`` steps are queued and scored in one pass, since a pass
-costs about the same for one frame as for hundreds (at one stream it was a third of the engine's
-step). The bands therefore draw on errors at most ``LAG`` steps old; anything that reads the scores
-or the state scores the queue first, and so does a stream's reset.
+costs about the same for one frame as for hundreds. The bands therefore draw on errors at most
+``LAG`` steps old; anything that reads the scores or the state scores the queue first, and so
+does a stream's reset.
 """
 
 from __future__ import annotations
@@ -378,7 +378,7 @@ class Evaluator:
         n = np.minimum(self._res_n, size)
         rank = np.ceil((n + 1) * self.coverage).astype(np.int64)  # 1-based, finite-sample conformal
         at = np.clip(rank - 1, 0, size - 1)
-        kth = np.unique(at)  # one rank once the residual rings are full: a partition is 3x a sort's speed
+        kth = np.unique(at)  # one rank once the residual rings are full: a partition is faster than a sort
         part = np.partition(self._res, kth, axis=2) if len(kth) <= 4 else np.sort(self._res, axis=2)
         q = np.take_along_axis(part, at[..., None], axis=2)[..., 0]
         self._draw(np.where((rank <= n) & np.isfinite(q), q, np.nan))

@@ -143,7 +143,7 @@ class StreamRNN(nn.Module):
 
         The same weights through torch's one-step cell kernels: at a serving step's small batches the
         time goes to dispatch, and the cells and bare linear maps dispatch far less than the sequence
-        module does (a GRU at batch 1: 192 -> 149 us). Outputs match ``forward``'s."""
+        module does (figures: CHANGELOG.md). Outputs match ``forward``'s."""
         y, new = self._cells(self._inputs(held, centre, mask), hidden)
         return self._bound(y), new
 
@@ -151,8 +151,7 @@ class StreamRNN(nn.Module):
         """``step`` from and to the host, as the state bank calls it: the values held, their means and
         the mask (B, C) in numpy; ``hidden`` is stepped in place. Returns the bounded changes (B, H+1,
         targets), float32. The inputs are made and the outputs bounded in numpy: at serving's small
-        batches a torch call costs more than the numbers it moves (the engine's whole step of a GRU
-        at batch 1: 317 -> 277-289 us)."""
+        batches a torch call costs more than the numbers it moves."""
         x = torch.from_numpy(self._host_inputs(held, centre, fresh)).to(hidden.device)
         with torch.inference_mode():
             y, new = self._cells(x, hidden)

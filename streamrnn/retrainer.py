@@ -6,8 +6,8 @@ serving leaves idle (SCHED_IDLE) with its own thread count, and sends back a
 :class:`~streamrnn.snapshot.Verdict` of plain arrays. A child that dies, or runs past
 ``trainer.deadline``, becomes a failed verdict. A thread per job starts the child, writes the work
 to it and waits for the verdict, so that the engine thread makes no system call for it: each may
-let another thread take the GIL for up to a switch interval (under the bench's load at 1,000
-streams, polling the pipe and the process took up to 114 ms, starting the child up to 17 ms).
+let another thread take the GIL for up to a switch interval (figures under the bench's load:
+CHANGELOG.md).
 """
 
 from __future__ import annotations
@@ -159,8 +159,8 @@ class Retrainer:
     def _run(self, job: Job, work: tuple) -> None:
         """The job's thread: start the child (spawned, so with nothing big to pass this returns before
         it has imported anything), send the work (it reads it once torch is imported), take the
-        verdict, then kill and reap the child (done, it may still be tearing torch down; the kernel
-        takes some 20 ms to free its memory)."""
+        verdict, then kill and reap the child (done, it may still be tearing torch down, and the kernel
+        takes its time to free the child's memory)."""
         parent, child = self.ctx.Pipe()
         p = self.ctx.Process(target=_work, args=(child, os.getpid()), name="streamrnn-trainer", daemon=True)
         try:
@@ -192,8 +192,8 @@ class Retrainer:
 
 def _send(conn: Connection, job: tuple) -> None:
     """``job`` over the pipe with its arrays out of band (pickle protocol 5): they are written from
-    where they lie, with the GIL released, instead of copied into one pickle under it first (20 ms
-    of serving stalled at 1,000 streams)."""
+    where they lie, with the GIL released, instead of copied into one pickle under it first,
+    which stalled serving at many streams."""
     arrays: list[pickle.PickleBuffer] = []
     head = pickle.dumps(job, protocol=5, buffer_callback=arrays.append)
     conn.send((len(arrays), head))

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from streamrnn.bank import catch_up, centres, fill
 from streamrnn.config import TrainerSettings
 from streamrnn.model import ModelSpec, StreamRNN
 from streamrnn.snapshot import Snapshot, TrainReport
-from streamrnn.state import catch_up, centres, fill
 
 _VAL_CHUNK = 64  # streams per batch when running whole sequences
 

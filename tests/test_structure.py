@@ -48,7 +48,7 @@ PENDING = {
 LAYERS = [
     {"atomic", "children", "environment", "logs", "plant", "notify", "ring", "windows", "linear", "gate", "payload", "forecast"},
     {"config", "model", "simulator", "snapshot"},
-    {"frames", "state", "evaluator", "contenders", "trainer", "checkpoint", "journal"},
+    {"frames", "bank", "evaluator", "contenders", "trainer", "checkpoint", "journal"},
     {"judge"},
     {"engine", "adoption", "retrainer"},
     {"mqtt", "metrics", "endpoint"},
@@ -143,7 +143,7 @@ def test_engine_reaches_no_transport() -> None:
             assert dep.split(".")[0] not in TRANSPORTS, f"the engine reaches {dep} through {name}"
             if dep in trees:
                 todo.append(dep)
-    assert {"frames", "forecast", "evaluator", "state"} <= seen  # the walk followed the engine's imports
+    assert {"frames", "forecast", "evaluator", "bank"} <= seen  # the walk followed the engine's imports
 
 
 def test_the_rules_catch_a_violation(tmp_path) -> None:

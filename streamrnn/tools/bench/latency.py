@@ -53,8 +53,8 @@ def latency(
     received (the reading that closed the frame, through the broker and back), per number of
     streams at a steady rate, with the trainer off and retraining back to back: ``rounds`` of each,
     alternating, and their medians. A phase lasts ``seconds`` or ``min_ticks`` ticks, whichever is
-    longer: a p99 over fewer ticks is their slowest one (at 1,000 streams, 20 s hold ten ticks, and
-    two such phases alike in every way gave p99s 2.7x apart on this machine)."""
+    longer: a p99 over fewer ticks is their slowest one, and two such phases alike in every way
+    can differ severalfold."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="streamrnn-bench-") as tmp:
         for n in counts:
