@@ -1,4 +1,4 @@
-"""MQTT I/O, the only module that imports paho: intake into a bounded queue, forecasts and status out.
+"""The daemon's broker connection: intake into a bounded queue, forecasts and status out.
 
 The session is persistent (fixed client id, no clean start) and subscribed at QoS 1 in
 ``on_connect``, so a reconnect resubscribes and the broker keeps what arrives while we are away.
@@ -13,32 +13,21 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import socket
-import ssl
 import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from streamrnn.config import ConfigError, MqttSettings, broker_address
+from streamrnn.config import MqttSettings
 from streamrnn.logs import RateLimited
+from streamrnn.mqtt.connection import nodelay, queued, secure, wait_sent
 
-log = logging.getLogger(__name__)
-
-
-class _Benign(logging.Filter):
-    """paho 2.2 logs its own loop noticing a disconnect we asked for as an error."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Client is not connected")
-
-
-logging.getLogger("paho").addFilter(_Benign())
+log = logging.getLogger("streamrnn.mqtt")
 
 
 @dataclass(slots=True)
@@ -77,8 +66,8 @@ class Link:
         c.will_set(self.status_topic, b"offline", qos=1, retain=True)
         c.reconnect_delay_set(cfg.reconnect_min, cfg.reconnect_max)
         c.max_inflight_messages_set(cfg.max_inflight)
-        c.max_queued_messages_set(cfg.out_queue)
-        c.on_socket_open = _nodelay
+        c.maxqueued_messages_set(cfg.out_queue)
+        c.on_socket_open = nodelay
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
@@ -102,7 +91,7 @@ class Link:
         flushed = self.flush(deadline)
         if self.connected:
             info = self.client.publish(self.status_topic, b"offline", qos=1, retain=True)
-            _wait(info, deadline)
+            wait_sent(info, deadline)
         self.client.disconnect()
         self.client.loop_stop()
         return flushed
@@ -110,7 +99,7 @@ class Link:
     def flush(self, deadline: float) -> bool:
         with self._lock:
             infos = list(self._outstanding)
-        return all(_wait(i, deadline) for i in infos)
+        return all(wait_sent(i, deadline) for i in infos)
 
     @property
     def pending(self) -> int:
@@ -137,7 +126,7 @@ class Link:
         bookkeeping done once for all of them."""
         qos, taken, reasons = self.cfg.qos, [], []
         for topic, payload in messages:
-            info = _queued(self.client.publish(topic, payload, qos=qos, retain=retain), qos)
+            info = queued(self.client.publish(topic, payload, qos=qos, retain=retain), qos)
             if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 taken.append(info)
                 reasons.append(None)
@@ -272,152 +261,3 @@ class Link:
             topic=self.status_topic,
             payload=msg.payload[:32].decode("utf-8", "replace"),
         )
-
-
-def _nodelay(client: paho.Client, userdata: object, sock: socket.socket) -> None:
-    """on_socket_open: no Nagle delay (a QoS 1 round trip otherwise waits on delayed ACKs)."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError) as e:  # not a TCP socket (websockets, unix)
-        log.debug("TCP_NODELAY not set: %s", e)
-
-
-def _queued(info: paho.MQTTMessageInfo, qos: int) -> paho.MQTTMessageInfo:
-    """paho keeps a QoS >= 1 message published while disconnected and sends it on reconnect, but
-    leaves rc at NO_CONN, which makes is_published() raise forever: mark it as the success it is."""
-    if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0:
-        info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-    return info
-
-
-def _wait(info: paho.MQTTMessageInfo, deadline: float) -> bool:
-    try:
-        info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-    except (RuntimeError, ValueError):  # refused or not queued
-        return False
-    return info.is_published()
-
-
-def secure(c: paho.Client, cfg: MqttSettings) -> tuple[str, int]:
-    """Set the client's credentials and, for mqtts://, TLS that verifies the broker against
-    ``tls_ca`` (else the system's CAs) and presents ``tls_cert`` if given. Returns (host, port)."""
-    host, port, tls = broker_address(cfg.url)
-    if cfg.username is not None:
-        c.username_pw_set(cfg.username, cfg.secret())
-    if tls:
-        try:
-            ctx = ssl.create_default_context(cafile=str(cfg.tls_ca) if cfg.tls_ca else None)
-            if cfg.tls_cert is not None:
-                ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"mqtt.tls_ca / tls_cert / tls_key: cannot be loaded: {e}") from None
-        c.tls_set_context(ctx)
-    return host, port
-
-
-def _open(
-    url: str,
-    client_id: str,
-    timeout: float,
-    setup: Callable[[paho.Client], None] | None = None,
-    clean: bool = True,
-    cfg: MqttSettings | None = None,
-) -> paho.Client:
-    """A connected client for tools (TCP_NODELAY, its network thread running and reconnecting);
-    credentials and TLS from ``cfg`` where given."""
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean, protocol=paho.MQTTv311)
-    c.suppress_exceptions = True
-    host, port = secure(c, (cfg or MqttSettings()).model_copy(update={"url": url}))
-    c.on_socket_open = _nodelay
-    if setup:
-        setup(c)
-    done = threading.Event()
-    result: list[paho.ReasonCode] = []
-
-    def on_connect(client: paho.Client, userdata: object, flags: object, rc: paho.ReasonCode, props: object) -> None:
-        result.append(rc)
-        done.set()
-
-    c.on_connect = on_connect
-    c.connect(host, port, keepalive=30)
-    c.loop_start()
-    if not done.wait(timeout) or result[0].is_failure:
-        c.loop_stop()
-        raise ConnectionError(f"no MQTT connection to {host}:{port}: {result[0] if result else 'timed out'}")
-    return c
-
-
-class Publisher:
-    """A plain publishing client for tools (the simulator, tests, benchmarks): a bounded window of
-    unacknowledged messages, every result checked."""
-
-    def __init__(
-        self, url: str, client_id: str, qos: int = 1, window: int = 1000, timeout: float = 10.0, cfg: MqttSettings | None = None
-    ) -> None:
-        self.qos, self.window = qos, window
-        self._open: deque[paho.MQTTMessageInfo] = deque()
-        self.client = _open(url, client_id, timeout, lambda c: c.max_inflight_messages_set(min(window, 65000)), cfg=cfg)
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        while len(self._open) >= self.window:
-            self._open.popleft().wait_for_publish(30)
-        info = _queued(self.client.publish(topic, payload, qos=self.qos, retain=retain), self.qos)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise ConnectionError(f"publish to {topic} refused: {paho.error_string(info.rc)}")
-        if self.qos:
-            self._open.append(info)
-        while self._open and self._open[0].is_published():
-            self._open.popleft()
-
-    def flush(self, timeout: float = 30.0) -> None:
-        """Wait until the broker acknowledged everything published so far."""
-        deadline = time.monotonic() + timeout
-        while self._open:
-            _wait(self._open.popleft(), deadline)
-
-    def wait_connected(self, timeout: float = 30.0) -> None:
-        """Wait for the connection (after a broker restart): what is published while disconnected
-        is queued and may be sent after what is published once reconnected, out of order."""
-        deadline = time.monotonic() + timeout
-        while not self.client.is_connected():
-            if time.monotonic() > deadline:
-                raise ConnectionError("publisher not reconnected")
-            time.sleep(0.02)
-
-    def close(self, timeout: float = 30.0) -> None:
-        self.flush(timeout)
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-class Subscriber:
-    """A plain subscribing client for tools: messages land in ``messages`` (a queue of Delivery).
-    With ``clean=False`` the broker keeps its session (and what arrives) across a disconnect."""
-
-    def __init__(
-        self,
-        url: str,
-        client_id: str,
-        topics: list[str],
-        qos: int = 1,
-        timeout: float = 10.0,
-        clean: bool = True,
-        cfg: MqttSettings | None = None,
-    ) -> None:
-        self.messages: queue.Queue[Delivery] = queue.Queue()
-        subscribed = threading.Event()
-
-        def setup(c: paho.Client) -> None:
-            c.on_subscribe = lambda *a: subscribed.set()
-            c.on_message = lambda client, userdata, msg: self.messages.put(
-                Delivery(msg.topic, msg.payload, time.time(), msg.mid, msg.qos, 0)
-            )
-
-        self.client = _open(url, client_id, timeout, setup, clean, cfg)
-        self.client.subscribe([(t, qos) for t in topics])
-        if not subscribed.wait(timeout):
-            raise ConnectionError(f"subscription to {topics} not acknowledged")
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
