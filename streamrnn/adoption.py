@@ -18,7 +18,7 @@ from streamrnn import trainer
 from streamrnn.bank import HiddenBank, catch_up
 from streamrnn.model import StreamRNN
 from streamrnn.ring import Ring
-from streamrnn.trainer import Snapshot
+from streamrnn.snapshot import Snapshot, Verdict
 
 
 class Adoption:
@@ -110,3 +110,36 @@ class Adoption:
             recent = [self.rings[row].last(rewarm)[1] for row in cold]
             hidden[:, :, torch.as_tensor(cold, device=hidden.device)] = trainer.warm(self.model, recent, rewarm)
         return hidden
+
+
+def checked(verdict: Verdict, model: StreamRNN, bank: HiddenBank, snap: Snapshot) -> Verdict:
+    """The verdict, or a failed one where the model it names cannot serve in place of ``model``
+    (weights or states that do not fit, or are not finite): it comes from another process, and a bug
+    or a fault there must cost one retrain, never the serving model."""
+    problem = _unfit(verdict, model, bank, snap)
+    if problem is None:
+        return verdict
+    verdict.report.status, verdict.report.error = "failed", problem
+    errors = {k: getattr(verdict, k) for k in ("champion_error", "challenger_error", "persistence_error")}
+    return Verdict("failed", verdict.report, **errors, linear=verdict.linear)
+
+
+def _unfit(verdict: Verdict, model: StreamRNN, bank: HiddenBank, snap: Snapshot) -> str | None:
+    """Why the model a verdict names cannot be served, or None. It comes from another process:
+    a bug or a fault there must cost one retrain, never the serving model."""
+    if verdict.serve is None:
+        return None
+    if verdict.state is None or verdict.hidden is None:
+        return f"verdict names {verdict.serve} but carries no weights or states"
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(np.shape(v)) for k, v in verdict.state.items()}
+    if got != want:
+        return f"verdict's weights do not fit the model: {sorted(set(got.items()) ^ set(want.items()))[:4]}"
+    bad = [k for k, v in verdict.state.items() if not np.isfinite(v).all()]
+    if bad:
+        return f"verdict's weights are not finite: {bad[:4]}"
+    h = bank.hidden
+    shape = (h.shape[0], h.shape[1], len(snap.streams), h.shape[3])
+    if tuple(np.shape(verdict.hidden)) != shape or not np.isfinite(verdict.hidden).all():
+        return f"verdict's hidden states are not finite or not of shape {shape}"
+    return None

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from streamrnn import judge
-from streamrnn.adoption import Adoption
+from streamrnn.adoption import Adoption, checked
 from streamrnn.bank import HiddenBank, StreamCapError
 from streamrnn.config import Settings
 from streamrnn.contenders import Contenders
@@ -27,7 +27,7 @@ from streamrnn.evaluator import Evaluator
 from streamrnn.forecast import Forecasts
 from streamrnn.frames import Frame
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
-from streamrnn.ring import Ring
+from streamrnn.ring import Rings
 from streamrnn.snapshot import Snapshot, TrainReport, Verdict
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ class Engine:
             len(self._ti), self.spec.horizon, ev.coverage, ev.residuals, ev.live_window, contenders=3, gate_memory=settings.gate.memory
         )
         self.contenders = Contenders(settings, len(self.channels), self._ti, self.spec.horizon, self.evaluator)
-        self.rings: dict[int, Ring] = {}
-        self._last_tick: dict[int, int] = {}
+        self.rings = Rings(settings.ring.size, len(self.channels))
         self.counts: Counter[str] = Counter()
         self.frames_seen = 0
         self.retrains = 0  # verdicts adopted since the first start (checkpointed): seeds the next
@@ -92,7 +91,7 @@ class Engine:
             self.evict_idle(clock)
         rows, ticks, accepted, later = [], [], [], []
         taken: set[int] = set()
-        bank, rings, last_tick, period = self.bank, self.rings, self._last_tick, self.period
+        bank, rings, period = self.bank, self.rings, self.period
         for f in frames:
             try:
                 row, new = bank.row(f.stream, f.ts if now is None else now)
@@ -100,7 +99,7 @@ class Engine:
                 self.counts["refused"] += 1  # counted and logged (at a bounded rate) by the caller
                 continue
             if new:
-                rings[row] = Ring(self.settings.ring.size, len(self.channels))
+                rings.open(row)
                 self.evaluator.reset(row)
                 self.contenders.reset(row)
                 self.counts["streams_created"] += 1
@@ -108,12 +107,10 @@ class Engine:
                 later.append(f)
                 continue
             tick = round(f.ts / period)
-            if tick <= last_tick.get(row, -(2**62)):
+            if not rings.take(row, tick, f.ts, f.values):
                 self.counts["late"] += 1
                 continue
             taken.add(row)
-            last_tick[row] = tick
-            rings[row].append(f.ts, f.values)
             rows.append(row)
             ticks.append(tick)
             accepted.append(f)
@@ -178,8 +175,7 @@ class Engine:
 
     def _remove(self, stream: str) -> None:
         row = self.bank.remove(stream)
-        del self.rings[row]
-        self._last_tick.pop(row, None)
+        self.rings.drop(row)
         self.evaluator.reset(row)
         self.contenders.reset(row)
 
@@ -193,7 +189,7 @@ class Engine:
     @property
     def retrain_ready(self) -> bool:
         """Some stream holds ``trainer.min_frames``: enough to fit on."""
-        return max((r.count for r in self.rings.values()), default=0) >= self.settings.trainer.min_frames
+        return self.rings.most() >= self.settings.trainer.min_frames
 
     @property
     def linear_due(self) -> bool:
@@ -255,17 +251,7 @@ class Engine:
         The model is served once its states are caught up over the frames since the snapshot: here
         (``at_once``), or over later calls of :meth:`catch_up`, the model before it serving
         meanwhile (the result's version is the one it will serve as)."""
-        problem = self._unfit(snap, verdict)
-        if problem is not None:
-            verdict.report.status, verdict.report.error = "failed", problem
-            verdict = Verdict(
-                "failed",
-                verdict.report,
-                champion_error=verdict.champion_error,
-                challenger_error=verdict.challenger_error,
-                persistence_error=verdict.persistence_error,
-                linear=verdict.linear,
-            )
+        verdict = checked(verdict, self.model, self.bank, snap)
         if verdict.linear is not None and self.adopt_linear(verdict.linear):
             self.counts["linear_fitted"] += 1
         elif verdict.report.linear.get("error"):
@@ -294,14 +280,8 @@ class Engine:
         if verdict.outcome == "failed":
             log.warning("retrain failed: %s", verdict.report.error)
         else:
-            log.info(
-                "retrain %s: holdout error %.4g (champion %.4g, persistence %.4g), version %d",
-                verdict.outcome,
-                verdict.challenger_error,
-                verdict.champion_error,
-                verdict.persistence_error,
-                self.version,
-            )
+            errors = (verdict.challenger_error, verdict.champion_error, verdict.persistence_error)
+            log.info("retrain %s: holdout error %.4g (champion %.4g, persistence %.4g), version %d", verdict.outcome, *errors, self.version)
         self.counts[f"retrain_{verdict.outcome}"] += 1
         self.retrains += 1
         self.results.append(result)
@@ -315,26 +295,6 @@ class Engine:
             self.counts["linear_refused"] += 1
             log.warning("linear contender refused: %s", refused)
         return refused is None
-
-    def _unfit(self, snap: Snapshot, verdict: Verdict) -> str | None:
-        """Why the model a verdict names cannot be served, or None. It comes from another process:
-        a bug or a fault there must cost one retrain, never the serving model."""
-        if verdict.serve is None:
-            return None
-        if verdict.state is None or verdict.hidden is None:
-            return f"verdict names {verdict.serve} but carries no weights or states"
-        want = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-        got = {k: tuple(np.shape(v)) for k, v in verdict.state.items()}
-        if got != want:
-            return f"verdict's weights do not fit the model: {sorted(set(got.items()) ^ set(want.items()))[:4]}"
-        bad = [k for k, v in verdict.state.items() if not np.isfinite(v).all()]
-        if bad:
-            return f"verdict's weights are not finite: {bad[:4]}"
-        h = self.bank.hidden
-        shape = (h.shape[0], h.shape[1], len(snap.streams), h.shape[3])
-        if tuple(np.shape(verdict.hidden)) != shape or not np.isfinite(verdict.hidden).all():
-            return f"verdict's hidden states are not finite or not of shape {shape}"
-        return None
 
     @property
     def adopting(self) -> bool:
@@ -366,14 +326,12 @@ class Engine:
         checkpoint appends that same frame to that same slot again; nothing reads a ring during
         the replay, so the state restored is exact (where the journal lost records to a full disk,
         a few of the oldest slots may hold later frames). The counts are taken here."""
-        keep = (lambda a: a) if live_rings else np.copy
         return {
             "spec": self.spec.to_dict(),
             "version": self.version,
             "weights": {k: v.numpy() for k, v in self.state_dict().items()},
             "bank": self.bank.state(),
-            "rings": {row: {"values": keep(r.values), "ts": keep(r.ts), "count": r.count} for row, r in self.rings.items()},
-            "last_tick": dict(self._last_tick),
+            **self.rings.state(live=live_rings),  # rings, last_tick
             "evaluator": self.evaluator.state(),
             **self.contenders.state(),  # linear, windows, gate
             "counts": dict(self.counts),
@@ -390,10 +348,8 @@ class Engine:
         With ``now`` (the daemon's wall clock), idleness counts from there: downtime is not silence."""
         model = StreamRNN(ModelSpec(**st["spec"]))
         model.load_state_dict({k: torch.as_tensor(v) for k, v in st["weights"].items()})
-        size = self.settings.ring.size
         self.bank.check(st["bank"])
-        if any(r["values"].shape != (size, len(self.channels)) for r in st["rings"].values()):
-            raise ValueError("checkpoint's streams do not fit its own model and ring layout")
+        self.rings.check(st)
         self.evaluator.load_state(st["evaluator"])
         self._adoption = None
         self.model, self.version = model.to(self.device).eval(), int(st["version"])
@@ -401,11 +357,7 @@ class Engine:
         self.bank.load_state(st["bank"], self.device, now)
         if now is not None:
             self._last_evict = now
-        self.rings = {}
-        for row, r in st["rings"].items():
-            ring = self.rings[int(row)] = Ring(size, len(self.channels))
-            ring.values[:], ring.ts[:], ring.count = r["values"], r["ts"], int(r["count"])
-        self._last_tick = {int(k): int(v) for k, v in st["last_tick"].items()}
+        self.rings.load_state(st)
         self.counts = Counter(st["counts"])
         self.frames_seen, self.retrains = int(st["frames_seen"]), int(st["retrains"])
         self._next_retrain = int(st["next_retrain"])
@@ -437,7 +389,7 @@ class Engine:
 
     def last_tick(self) -> int:
         """The newest tick stepped, over every stream; -1 before any."""
-        return max(self._last_tick.values(), default=-1)
+        return self.rings.last_tick()
 
     @property
     def gate_drawn(self) -> bool:

@@ -46,3 +46,59 @@ class Ring:
     @property
     def nbytes(self) -> int:
         return self.values.nbytes + self.ts.nbytes
+
+
+class Rings(dict[int, Ring]):
+    """Every stream's ring by its bank row, and the last tick each stream stepped (a frame for a
+    tick at or before it is late)."""
+
+    def __init__(self, size: int, channels: int) -> None:
+        super().__init__()
+        self.size, self.channels = size, channels
+        self.ticks: dict[int, int] = {}
+
+    def open(self, row: int) -> None:
+        """A new stream's ring, empty."""
+        self[row] = Ring(self.size, self.channels)
+
+    def take(self, row: int, tick: int, ts: float, values: np.ndarray) -> bool:
+        """Keep a stream's frame of ``tick``; False, keeping nothing, if it is not after the last."""
+        if tick <= self.ticks.get(row, -(2**62)):
+            return False
+        self.ticks[row] = tick
+        self[row].append(ts, values)
+        return True
+
+    def drop(self, row: int) -> None:
+        del self[row]
+        self.ticks.pop(row, None)
+
+    def last_tick(self) -> int:
+        """The newest tick stepped, over every stream; -1 before any."""
+        return max(self.ticks.values(), default=-1)
+
+    def most(self) -> int:
+        """The most frames any stream ever appended."""
+        return max((r.count for r in self.values()), default=0)
+
+    def state(self, live: bool = False) -> dict:
+        """The rings (their own arrays where ``live``, else copies) and the last ticks."""
+        keep = (lambda a: a) if live else np.copy
+        return {
+            "rings": {row: {"values": keep(r.values), "ts": keep(r.ts), "count": r.count} for row, r in self.items()},
+            "last_tick": dict(self.ticks),
+        }
+
+    def check(self, st: dict) -> None:
+        """Raises ValueError where :meth:`state`'s rings are not of this size and these channels."""
+        if any(r["values"].shape != (self.size, self.channels) for r in st["rings"].values()):
+            raise ValueError("checkpoint's streams do not fit its own model and ring layout")
+
+    def load_state(self, st: dict) -> None:
+        """Go on from :meth:`state`, in place (others hold this mapping)."""
+        self.check(st)
+        self.clear()
+        for row, r in st["rings"].items():
+            ring = self[int(row)] = Ring(self.size, self.channels)
+            ring.values[:], ring.ts[:], ring.count = r["values"], r["ts"], int(r["count"])
+        self.ticks = {int(k): int(v) for k, v in st["last_tick"].items()}
