@@ -20,9 +20,10 @@ import math
 import numpy as np
 
 from streamrnn import gate
+from streamrnn.bands import Bands
 
 _TOTALS = ("n", "se", "se_p", "ae", "ae_p", "n_band", "hit")
-_ARRAYS = ("tick", "fc", "base", "ctick", "cfc", "res", "res_n")  # kept in a checkpoint
+_ARRAYS = ("tick", "fc", "base", "ctick", "cfc")  # kept in a checkpoint, with the bands' rings
 _MOMENT_ROWS = (
     64  # streams whose contenders' forecasts are kept for the gate (a panel), and scored forecasts per pass that feed it, at most
 )
@@ -74,15 +75,7 @@ class Evaluator:
         self.live = dict(zip(_TOTALS, self._live))
         self._decay = 1.0 - 1.0 / live_window
         # Recent absolute errors per (step, target) for the bands.
-        self._res = np.full((h, t, residuals), np.inf)
-        self._res_n = np.zeros((h, t), dtype=np.int64)
-        self._half: np.ndarray | None = None  # drawn lazily, see half_width
-        self._spread = np.zeros((h, 3, t), dtype=np.float32)  # what bands() adds to a prediction: 0, -half, +half
-        self._new = np.zeros((h, t), dtype=np.int64)  # errors per (step, target) since the bands were drawn
-        self._redraw = max(1, residuals // 50)
-        self._enough = next(n for n in range(1, residuals + 2) if math.ceil((n + 1) * coverage) <= n or n > residuals)  # errors for a band
-        self._shown = np.zeros((h, t), dtype=bool)  # has a band, as last drawn
-        self._waiting = True  # some (step, target) has no band yet
+        self.conformal = Bands(h, t, coverage, residuals)
         self._ks = np.arange(1, h + 1)
         # The errors of persistence, the contenders and their combination, per regime of the gate,
         # step and target, as the gate weighs them.
@@ -187,17 +180,7 @@ class Evaluator:
         self._total += got
         self._live *= self._decay**n  # a batch's forecasts count as one after another in the live view
         self._live += got
-        # the newest absolute errors into each (step, target)'s ring, in batch order; of more than the
-        # ring holds, only the last
-        size = self._res.shape[2]
-        rank = np.cumsum(ok, axis=0, dtype=np.int32)  # of each error in its (step, target), from 1
-        kept = np.flatnonzero(ok & (rank > n - size))  # flat (batch, step, target)
-        cell = kept % n.size
-        self._res.reshape(-1, size)[cell, (self._res_n.ravel()[cell] + rank.ravel()[kept] - 1) % size] = ae.ravel()[kept]
-        self._res_n += n
-        self._new += n
-        if self._new.max() >= self._redraw or (self._waiting and (self._shown != (self._res_n >= self._enough)).any()):
-            self._half = None  # drawn again at the next half_width
+        self.conformal.add(ae, ok, n)
 
     def _contenders(
         self, rows: np.ndarray, slots: np.ndarray, made: np.ndarray, truth: np.ndarray, err_p: np.ndarray, ok: np.ndarray
@@ -250,8 +233,7 @@ class Evaluator:
         """Predictions (B, H, targets) within their bands: (B, H, 3, targets) float32 (as published),
         the prediction, lower and upper side by side, as ``record`` takes them; NaN bands where too
         few errors were seen."""
-        self.half_width()
-        return pred.astype(np.float32)[:, :, None, :] + self._spread
+        return self.conformal.around(pred)
 
     def record(
         self,
@@ -288,7 +270,8 @@ class Evaluator:
         out["queue"] = [tuple(a.copy() for a in entry) for entry in self._queue]
         out["total"] = {k: v.copy() for k, v in self.total.items()}
         out["live"] = {k: v.copy() for k, v in self.live.items()}
-        out["bands"] = {"half": None if self._half is None else self._half.copy(), "new": self._new.copy(), "shown": self._shown.copy()}
+        out["res"], out["res_n"] = self.conformal.res.copy(), self.conformal.res_n.copy()
+        out["bands"] = self.conformal.state()
         out["gate"] = {
             **self.errors.state(),
             "spread": self.spread.copy(),
@@ -321,10 +304,9 @@ class Evaluator:
             }
         for name in _ARRAYS:
             have, got = getattr(self, f"_{name}").shape, st[name].shape
-            if got[2:] != have[2:] or (name in ("res", "res_n") and got != have):
+            if got[2:] != have[2:]:
                 raise ValueError(f"evaluator state {name} has shape {got}, this evaluator wants {have}")
-        for name in ("res", "res_n"):
-            setattr(self, f"_{name}", st[name].copy())
+        self.conformal.load_state(st["res"], st["res_n"], st.get("bands"))
         self._tick, self._fc, self._base = self._reslot(st["tick"], st["fc"], st["base"])
         self._ctick, self._cfc = self._reslot(st["ctick"], st["cfc"])
         self._queue = [tuple(np.asarray(a) for a in entry) for entry in st.get("queue", [])]  # older checkpoints flushed it first
@@ -342,13 +324,6 @@ class Evaluator:
             else np.zeros_like(self.spread)
         )
         self.moments_version += 1
-        bands = st.get("bands")  # the bands as drawn, so a restart draws them again exactly when this run would
-        if bands is not None and bands["half"] is not None and bands["half"].shape == self._res_n.shape:
-            self._draw(bands["half"].copy())
-            self._new, self._shown = bands["new"].copy(), bands["shown"].copy()
-            self._waiting = not self._shown.all()
-        else:
-            self._half = None
 
     def _reslot(self, tick: np.ndarray, *kept: np.ndarray) -> list[np.ndarray]:
         """Pending forecasts saved with any number of slots (their ticks, and what is kept of them
@@ -367,28 +342,8 @@ class Evaluator:
 
     # -- bands and scores -------------------------------------------------------------------
     def half_width(self) -> np.ndarray:
-        """Band half-widths (H, targets); NaN where too few errors were seen for the coverage asked.
-
-        Drawn again once some (step, target) has ``residuals / 50`` new errors, or gains its first
-        band: a quantile of hundreds of errors barely moves with a few more, and drawing it costs
-        more than the rest of a step."""
-        if self._half is not None:
-            return self._half
-        size = self._res.shape[2]
-        n = np.minimum(self._res_n, size)
-        rank = np.ceil((n + 1) * self.coverage).astype(np.int64)  # 1-based, finite-sample conformal
-        at = np.clip(rank - 1, 0, size - 1)
-        kth = np.unique(at)  # one rank once the residual rings are full: a partition is faster than a sort
-        part = np.partition(self._res, kth, axis=2) if len(kth) <= 4 else np.sort(self._res, axis=2)
-        q = np.take_along_axis(part, at[..., None], axis=2)[..., 0]
-        self._draw(np.where((rank <= n) & np.isfinite(q), q, np.nan))
-        self._shown, self._new = self._res_n >= self._enough, np.zeros_like(self._new)
-        self._waiting = not self._shown.all()
-        return self._half
-
-    def _draw(self, half: np.ndarray) -> None:
-        self._half = half
-        self._spread[:, 1], self._spread[:, 2] = -half, half
+        """Band half-widths (H, targets); NaN where too few errors were seen (:class:`Bands`)."""
+        return self.conformal.half_width()
 
     def scores(self, live: bool = False, flush: bool = True) -> dict[str, np.ndarray]:
         """Per (step, target): mse, mae, persistence_mse, persistence_mae, skill, coverage, n.

@@ -123,7 +123,7 @@ def test_scoring_that_waits_counts_every_forecast_as_scoring_at_once_does():
     np.testing.assert_array_equal(a["n"], b["n"])
     for key in ("mse", "mae", "persistence_mse", "persistence_mae"):
         np.testing.assert_allclose(a[key], b[key], rtol=1e-12)
-    np.testing.assert_array_equal(now._res, later._res)
+    np.testing.assert_array_equal(now.conformal.res, later.conformal.res)
 
 
 def test_pending_forecasts_saved_with_other_slots_are_scored_after_a_load():
@@ -197,8 +197,8 @@ def test_the_residual_ring_keeps_the_newest_errors_in_arrival_order():
         ev.score(rows[:some], np.full(some, tick), truth)
         ev.flush()
         seen += [abs(x) for x in truth[:, 0] if x == x]
-        assert sorted(ev._res[0, 0]) == sorted(seen[-10:])
-    assert ev._res_n[0, 0] == len(seen)
+        assert sorted(ev.conformal.res[0, 0]) == sorted(seen[-10:])
+    assert ev.conformal.res_n[0, 0] == len(seen)
 
 
 def test_past_64_streams_the_contenders_of_a_turning_panel_feed_the_gate():
