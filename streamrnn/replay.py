@@ -11,7 +11,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,22 +163,13 @@ def replay(
     to ``out`` and hand each to ``on_forecast``; return the report. ``save_model``: where to write the
     final serving model."""
     engine = Engine(settings, start, version)
-    index = [table.columns.index(c) for c in engine.channels]
-    order = np.lexsort((np.arange(len(table.ts)), table.ts))  # by time, ties in file order
     sink = open(out, "w", newline="") if out else None
     writer = csv.writer(sink) if sink else None
     if writer:
         writer.writerow(["stream", "ts", "target", "step", "value", "lower", "upper"])
-    start, last_draw = time.perf_counter(), 0.0
-    total = len(order)
+    start, last_draw, total = time.perf_counter(), 0.0, len(table.ts)
     try:
-        i = 0
-        while i < total:
-            j = i
-            tick = table.ts[order[i]]
-            while j < total and table.ts[order[j]] == tick:
-                j += 1
-            frames = [Frame(table.streams[r], float(table.ts[r]), table.values[r, index]) for r in order[i:j]]
+        for done, frames in _ticks(table, engine.channels):
             for fc in engine.step(frames):
                 if writer:
                     _write(writer, fc)
@@ -188,9 +179,8 @@ def replay(
                 engine.retrain()
             elif engine.linear_due:
                 engine.refit_linear()
-            i = j
             if progress and time.perf_counter() - last_draw > 0.2:
-                _progress(i, total, start, sys.stderr)
+                _progress(done, total, start, sys.stderr)
                 last_draw = time.perf_counter()
     finally:
         if sink:
@@ -201,6 +191,20 @@ def replay(
     if save_model:
         model.save(save_model, engine.model, engine.version)
     return report(engine, time.perf_counter() - start)
+
+
+def _ticks(table: Table, channels: tuple[str, ...]) -> Iterator[tuple[int, list[Frame]]]:
+    """The table's rows as frames of ``channels``, a tick's worth at a time in time order (ties in
+    file order), with the rows done so far."""
+    index = [table.columns.index(c) for c in channels]
+    order = np.lexsort((np.arange(len(table.ts)), table.ts))
+    i, total = 0, len(order)
+    while i < total:
+        j, tick = i, table.ts[order[i]]
+        while j < total and table.ts[order[j]] == tick:
+            j += 1
+        yield j, [Frame(table.streams[r], float(table.ts[r]), table.values[r, index]) for r in order[i:j]]
+        i = j
 
 
 def _write(writer: csv.writer, fc: Forecast) -> None:

@@ -34,10 +34,6 @@ PENDING = {
     "linear": 359,
     "linear.OnlineRidge": 305,
     "mqtt.link.Link": 218,
-    "replay.replay": 52,
-    "tools.bench.ingest.ingest": 62,
-    "tools.bench.latency._latency_phase": 64,
-    "tools.bench.scrape.scrape": 52,
 }
 
 # The layers, upstream first: a module imports from its own layer or those before it, never after.

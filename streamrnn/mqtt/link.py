@@ -66,7 +66,7 @@ class Link:
         c.will_set(self.status_topic, b"offline", qos=1, retain=True)
         c.reconnect_delay_set(cfg.reconnect_min, cfg.reconnect_max)
         c.max_inflight_messages_set(cfg.max_inflight)
-        c.maxqueued_messages_set(cfg.out_queue)
+        c.max_queued_messages_set(cfg.out_queue)
         c.on_socket_open = nodelay
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail

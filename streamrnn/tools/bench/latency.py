@@ -88,7 +88,6 @@ def _latency_phase(work: Path, n: int, phase: str, seconds: float, rate_msgs: fl
     """One daemon, ``n`` streams, ``seconds`` (at least ``min_ticks`` ticks) of load at a steady
     rate after the same warm-up."""
     from streamrnn.config import Settings
-    from streamrnn.tools.loadgen import T0
 
     period = Settings().features.period
     rate = min(10.0, rate_msgs / (14 * n))  # ticks per second: at most rate_msgs sensor messages/s
@@ -118,24 +117,10 @@ def _latency_phase(work: Path, n: int, phase: str, seconds: float, rate_msgs: fl
         if fc is not None:
             fc.close()
         stack.close()
-    # a frame is closed by its stream's first reading of the next tick: the round trip runs from
-    # when that stream's part of that tick was sent
-    by_tick: dict[int, list[float]] = {}
-    for a, stream, ts in seen:
-        k = round((ts - T0) / period) + 1
-        if k in load["started"]:
-            by_tick.setdefault(k, []).append(a - load["started"][k][int(stream[1:])])
-    rtt = sorted(x for v in by_tick.values() for x in v)
-    # a daemon that keeps up answers the last ticks as soon as the first; one that does not falls
-    # further behind each tick, and its latency is then its queue's
-    ends = [statistics.median(by_tick[k]) for k in sorted(by_tick)]
-    backlog = statistics.median(ends[-3:]) - statistics.median(ends[:3]) if ends else float("nan")
+    rtt, backlog = _round_trips(seen, load["started"], period)
     q = lambda p: 1e3 * rtt[min(len(rtt) - 1, int(p * len(rtt)))] if rtt else float("nan")
     p50, p99 = _histogram_quantiles(before, after, "streamrnn_forecast_latency_seconds", (0.5, 0.99))
-    retrains = sum(
-        after.get(f'streamrnn_retrains_total{{outcome="{o}"}}', 0) - before.get(f'streamrnn_retrains_total{{outcome="{o}"}}', 0)
-        for o in ("promoted", "rejected", "failed")
-    )
+    retrains = sum(after.get(k, 0) - before.get(k, 0) for k in after if k.startswith("streamrnn_retrains_total"))
     return {
         "ticks_per_s": rate,
         "ticks": ticks,
@@ -148,6 +133,24 @@ def _latency_phase(work: Path, n: int, phase: str, seconds: float, rate_msgs: fl
         "rtt_max_ms": 1e3 * rtt[-1] if rtt else float("nan"),
         "backlog_s": backlog,
     }
+
+
+def _round_trips(seen: list[tuple[float, str, float]], started: dict, period: float) -> tuple[list[float], float]:
+    """Each forecast's round trip, sorted, and how much later the last ticks were answered than the
+    first. A frame is closed by its stream's first reading of the next tick: the round trip runs
+    from when that stream's part of that tick was sent. A daemon that keeps up answers the last ticks
+    as soon as the first; one that does not falls further behind each tick, and its latency is then
+    its queue's."""
+    from streamrnn.tools.loadgen import T0
+
+    by_tick: dict[int, list[float]] = {}
+    for a, stream, ts in seen:
+        k = round((ts - T0) / period) + 1
+        if k in started:
+            by_tick.setdefault(k, []).append(a - started[k][int(stream[1:])])
+    ends = [statistics.median(by_tick[k]) for k in sorted(by_tick)]
+    backlog = statistics.median(ends[-3:]) - statistics.median(ends[:3]) if ends else float("nan")
+    return sorted(x for v in by_tick.values() for x in v), backlog
 
 
 def format_latency(r: dict) -> str:

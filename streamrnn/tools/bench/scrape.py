@@ -33,24 +33,19 @@ def scrape(
             stack.wait_for("streamrnn_frames_closed_total", streams * rate * 3, 90)  # past the warm-up
             for _ in range(rounds):
                 quiet.append(phase(stack, seconds))
-                load = children.popen(  # scrapes until its stdin closes
-                    [
-                        "nice",
-                        "-n",
-                        "10",
-                        sys.executable,
-                        "-m",
-                        "streamrnn.tools.bench.scrape",
-                        "_scrapers",
-                        "--port",
-                        str(stack.port),
-                        "--clients",
-                        str(clients),
-                    ],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "streamrnn.tools.bench.scrape",
+                    "_scrapers",
+                    "--port",
+                    str(stack.port),
+                    "--clients",
+                    str(clients),
+                ]
+                load = children.popen(
+                    ["nice", "-n", "10", *cmd], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                )  # until stdin closes
                 time.sleep(1.0)  # every scraper connected
                 loaded.append(phase(stack, seconds))  # its own two scrapes wait their turn among the load's
                 scrapers.append(json.loads(load.communicate(timeout=60)[0]))
