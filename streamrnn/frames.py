@@ -58,6 +58,47 @@ class _Stream:
         self.late_since: float | None = None  # wall-clock time of the first of an unbroken run of late readings
         self.late_ts = math.inf  # the event time of that first one
 
+    def frames_until(self, name: str, last: int, period: float, max_hold: float) -> list[Frame]:
+        """Close the ticks up to ``last``: each tick's frame holds, per feature, the newest reading at
+        or before it and younger than ``max_hold``; ticks with nothing alive are skipped."""
+        if self.closed is not None and last <= self.closed:
+            return []
+        tick = lambda ts: math.ceil(ts / period - _EPS)  # as Assembler.tick: where a reading is first used
+        self.pending.sort(key=lambda r: r.ts)
+        pending, i, out = self.pending, 0, []
+        t = self.closed + 1 if self.closed is not None else tick(pending[0].ts) if pending else last + 1
+        while t <= last:
+            while i < len(pending) and tick(pending[i].ts) <= t:
+                r = pending[i]
+                self.held[r.feature], self.held_ts[r.feature] = r.value, r.ts
+                i += 1
+            alive = t * period - self.held_ts < max_hold
+            if alive.any():
+                out.append(Frame(name, t * period, np.where(alive, self.held, np.nan)))
+            if (t + 1) * period - self.held_ts.max() < max_hold:
+                t += 1  # a held value still counts at the next tick
+            elif i < len(pending):
+                t = max(t + 1, tick(pending[i].ts))  # skip the empty ticks
+            else:
+                break
+        self.pending = pending[i:]
+        self.closed = last
+        return out
+
+    def state(self) -> dict:
+        """The readings in hand, the held values, the last closed tick, the watermark, the frames."""
+        kept = {"held": self.held.copy(), "held_ts": self.held_ts.copy(), "closed": self.closed, "watermark": self.watermark}
+        return {"pending": [(r.feature, r.ts, r.value) for r in self.pending], **kept, "frames": self.frames}
+
+    @classmethod
+    def from_state(cls, name: str, d: dict, channels: int, probation: int) -> _Stream:
+        st = cls(channels)
+        st.pending = [Reading(name, int(f), float(ts), float(v)) for f, ts, v in d["pending"]]
+        st.held[:], st.held_ts[:], st.watermark = d["held"], d["held_ts"], float(d["watermark"])
+        st.closed = None if d["closed"] is None else int(d["closed"])
+        st.frames = int(d.get("frames", probation))  # older checkpoints: established
+        return st
+
 
 class Assembler:
     """Per-stream frame assembly. ``counts`` holds the readings refused (``late``, ``overflow``;
@@ -220,10 +261,6 @@ class Assembler:
         st = self.streams.get(stream)
         return self._close(stream, st, last) if st is not None else []
 
-    def expire(self, wall: float) -> list[Frame]:
-        """Close every tick of the streams silent for ``idle_close`` seconds; forget long-silent ones."""
-        return [f for name, last in self.due(wall) for f in self.close(name, last)]
-
     def flush(self) -> list[Frame]:
         """Close everything in hand (at shutdown)."""
         return [f for name, last in self.due(-math.inf, everything=True) for f in self.close(name, last)]
@@ -231,29 +268,14 @@ class Assembler:
     # -- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict:
         """Per stream: the readings in hand, the held values, the last closed tick, the watermark."""
-        return {
-            name: {
-                "pending": [(r.feature, r.ts, r.value) for r in st.pending],
-                "held": st.held.copy(),
-                "held_ts": st.held_ts.copy(),
-                "closed": st.closed,
-                "watermark": st.watermark,
-                "frames": st.frames,
-            }
-            for name, st in self.streams.items()
-        }
+        return {name: st.state() for name, st in self.streams.items()}
 
     def load_state(self, state: dict, wall: float) -> None:
         """Go on from ``state()``. Silence is measured from ``wall``: the time the daemon was down is
         not a stream going quiet, and its readings are still on their way from the broker."""
         self.streams, self._heard, self._open, self._probation, self._forget_at = {}, OrderedDict(), OrderedDict(), OrderedDict(), math.inf
         for name, d in state.items():
-            st = self.streams[name] = self._heard[name] = _Stream(self.channels)
-            st.pending = [Reading(name, int(f), float(ts), float(v)) for f, ts, v in d["pending"]]
-            st.held[:], st.held_ts[:] = d["held"], d["held_ts"]
-            st.closed = None if d["closed"] is None else int(d["closed"])
-            st.watermark = float(d["watermark"])
-            st.frames = int(d.get("frames", self.probation))  # older checkpoints: established
+            st = self.streams[name] = self._heard[name] = _Stream.from_state(name, d, self.channels, self.probation)
             if st.pending:
                 self._open[name] = wall
             if st.frames < self.probation:
@@ -270,32 +292,8 @@ class Assembler:
             if name in self._open:
                 self._open[name] = wall
 
-    @property
-    def pending(self) -> int:
-        return sum(len(st.pending) for st in self.streams.values())
-
     def _close(self, name: str, st: _Stream, last: int) -> list[Frame]:
-        if st.closed is not None and last <= st.closed:
-            return []
-        st.pending.sort(key=lambda r: r.ts)
-        pending, i, out = st.pending, 0, []
-        t = st.closed + 1 if st.closed is not None else self.tick(pending[0].ts) if pending else last + 1
-        while t <= last:
-            while i < len(pending) and self.tick(pending[i].ts) <= t:
-                r = pending[i]
-                st.held[r.feature], st.held_ts[r.feature] = r.value, r.ts
-                i += 1
-            alive = t * self.period - st.held_ts < self.max_hold
-            if alive.any():
-                out.append(Frame(name, t * self.period, np.where(alive, st.held, np.nan)))
-            if (t + 1) * self.period - st.held_ts.max() < self.max_hold:
-                t += 1  # a held value still counts at the next tick
-            elif i < len(pending):
-                t = max(t + 1, self.tick(pending[i].ts))  # skip the empty ticks
-            else:
-                break
-        st.pending = pending[i:]
-        st.closed = last
+        out = st.frames_until(name, last, self.period, self.max_hold)
         if st.pending:
             self._open[name] = st.wall  # a tick closed: the readings left wait from now
             self._open.move_to_end(name)

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from streamrnn import readout
+
 _PENALTIES = np.logspace(-4, 2, 13)  # times the mean eigenvalue of the Gram matrix
 CALENDAR = 4  # calendar features: the first harmonics of the day and of the week
 _CYCLES = np.array([86400.0, 7 * 86400.0])  # a day and a week, in seconds
 _CHUNK = 2048  # examples formed at once when learning from frames
-RANK_LOSS = 1e-3  # of each output's forecast variance (on average), what serving may leave out to serve fewer output directions
 
 
 class OnlineRidge:
@@ -170,7 +171,7 @@ class OnlineRidge:
             self.weights = np.linalg.solve(gram, self.cross + rx.T @ ry)
         except np.linalg.LinAlgError:
             return  # singular even so: the weights served stay
-        self.factors = (self._directions() or ()) if directions else None  # here (the trainer's process), not where it is served
+        self.factors = (readout.directions(self) or ()) if directions else None  # here (the trainer's process), not where it is served
 
     def _choose(self, rx: np.ndarray, ry: np.ndarray) -> float:
         """The penalty of the grid under which the older examples forecast the recent ones (rx, ry)
@@ -270,50 +271,8 @@ class OnlineRidge:
         return r
 
     def serving(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
-        """The weights on a window of normalised held values, oldest row first, flattened, as two
-        factors: (lookback x channels, rank) and (rank, outputs), or the first alone (None) where
-        that is cheaper; a bias (outputs,); and the weights on the :func:`calendar` features
-        (CALENDAR, outputs), None without them; float32, each output scaled to engineering units.
-        The same forecasts as :meth:`predict` on :meth:`encode`'s features, without forming them
-        (the change from the newest row folds into that row's weights), but for what lies outside
-        the fewest output directions that carry all but ``RANK_LOSS`` of each output's variance on
-        the examples learnt (reduced-rank regression: the outputs, H steps of every target, move
-        together, and serving costs the rank, not the outputs)."""
-        lb, c = self.lookback, self.channels
-        w = self.weights
-        factors = self.factors if self.factors is not None else self._directions() or ()
-        rows = np.zeros((lb, c, self.outputs))
-        rows[:-1] = w[: (lb - 1) * c].reshape(lb - 1, c, -1)
-        rows[-1] = w[(lb - 1) * c : lb * c] - rows[:-1].sum(axis=0)
-        scale = np.tile(self.std[self.targets], self.horizon)  # outputs are (step, target), target fastest
-        full = rows.reshape(lb * c, -1)
-        bias = (w[-1] * scale).astype(np.float32)
-        when = (w[lb * c : lb * c + CALENDAR] * scale).astype(np.float32) if self.calendar else None
-        if not factors:
-            return (full * scale).astype(np.float32), None, bias, when
-        return (full @ factors[0]).astype(np.float32), (factors[1] * scale).astype(np.float32), bias, when
-
-    def _directions(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The fewest output directions that carry all but ``RANK_LOSS`` of every output's forecast
-        variance on the examples learnt (each output on its own scale, so that a step-1 change
-        counts as much as a step-H one), as the factors (outputs, rank), (rank, outputs) of the
-        projection onto them; None where so many that two factors cost more than one."""
-        f = self.features - 1  # the bias is served whole
-        w, gram = self.weights[:f], self.gram[:f, :f]
-        if self._held:
-            x = np.stack([a[:f] for a, _ in self._held])
-            gram = gram + x.T @ x
-        cov = w.T @ gram @ w  # the forecasts' second moments (outputs, outputs)
-        d = np.sqrt(np.clip(np.diagonal(cov), 0.0, None))
-        if not (d > 0).all() or not np.isfinite(cov).all():
-            return None
-        energy, vectors = np.linalg.eigh(cov / d[:, None] / d[None, :])  # ascending
-        kept = np.cumsum(np.clip(energy, 0.0, None)[::-1])
-        rank = int(np.searchsorted(kept, (1.0 - RANK_LOSS) * kept[-1])) + 1
-        if rank * (f + self.outputs) >= f * self.outputs:
-            return None
-        v = vectors[:, ::-1][:, :rank]
-        return v / d[:, None], v.T * d[None, :]  # outputs scaled to one, projected, scaled back
+        """The weights as the engine serves them (:func:`streamrnn.readout.serving`)."""
+        return readout.serving(self)
 
     def normalise(self, held: np.ndarray) -> np.ndarray:
         """Held values (..., channels) on this ridge's scale, 0 (the mean) where never seen."""

@@ -85,9 +85,12 @@ def test_the_assembler_restored_keeps_its_readings_in_hand_and_measures_silence_
         a.add(Reading("s", f, ts, 10.0 * f + ts), wall=100.0)
     b = Assembler(3, 1.0, 0.5, 1.0, 2.0, 10, 3600.0)
     b.load_state(checkpoint.decode(checkpoint.encode({"a": a.state()}))["a"], wall=500.0)
-    assert b.expire(501.0) == []  # the downtime is not silence
+    assert [f for n, last in b.due(501.0) for f in b.close(n, last)] == []  # the downtime is not silence
     later = Reading("s", 2, 1.0, 7.0)
-    got, want = b.add(later, 501.0) + b.expire(503.0), a.add(later, 101.0) + a.expire(103.0)
+    got, want = (
+        b.add(later, 501.0) + [f for n, last in b.due(503.0) for f in b.close(n, last)],
+        a.add(later, 101.0) + [f for n, last in a.due(103.0) for f in a.close(n, last)],
+    )
     assert [f.ts for f in got] == [f.ts for f in want] == [1.0]
     np.testing.assert_array_equal(got[0].values, want[0].values)
 

@@ -10,7 +10,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from streamrnn.endpoint import Endpoint, _Pace
+from streamrnn.endpoint import Endpoint
+from streamrnn.httpd import Pace
 
 
 def get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
@@ -126,7 +127,7 @@ def test_taken_port_names_the_field():
 
 
 def test_pace_spaces_answers_and_refuses_beyond_the_wait():
-    pace = _Pace(rate=100.0, max_wait=0.5)
+    pace = Pace(rate=100.0, max_wait=0.5)
     pace.burst = 0.0
     start = time.monotonic()
     assert all(pace.wait() for _ in range(20))

@@ -20,11 +20,20 @@ def grid(ticks, streams=("s",), channels=3):
     return [Reading(s, c, T0 + k * P, 100.0 * k + c) for k in range(ticks) for s in streams for c in range(channels)]
 
 
+def expire(a, wall):
+    """Close every tick of the streams quiet for idle_close at ``wall``, as the daemon's loop does."""
+    return [f for name, last in a.due(wall) for f in a.close(name, last)]
+
+
+def pending(a):
+    return sum(len(st.pending) for st in a.streams.values())
+
+
 def run(a, readings, wall=0.0):
     frames = []
     for r in readings:
         frames += a.add(r, wall)
-    return frames + a.expire(wall + 10.0)
+    return frames + expire(a, wall + 10.0)
 
 
 def test_one_frame_per_tick_in_order_and_the_last_closes_by_the_wall_clock():
@@ -33,8 +42,8 @@ def test_one_frame_per_tick_in_order_and_the_last_closes_by_the_wall_clock():
     for r in grid(5):
         frames += a.add(r, 0.0)
     assert [f.ts for f in frames] == [T0 + k * P for k in range(4)]  # tick 4 waits for later readings
-    assert a.expire(1.0) == []  # not quiet long enough
-    last = a.expire(2.5)
+    assert expire(a, 1.0) == []  # not quiet long enough
+    last = expire(a, 2.5)
     assert [f.ts for f in last] == [T0 + 4 * P]
     for k, f in enumerate(frames + last):
         np.testing.assert_array_equal(f.values, [100.0 * k, 100.0 * k + 1, 100.0 * k + 2])
@@ -99,7 +108,7 @@ def test_streams_are_capped_and_flush_closes_everything():
         a.add(Reading("c", 0, T0, 1.0), 0.0)
     assert e.value.reason == "capacity"
     assert sorted(f.stream for f in a.flush()) == ["a", "b"]
-    assert a.pending == 0
+    assert pending(a) == 0
 
 
 def test_a_quiet_stream_is_closed_once_then_forgotten_and_a_new_reading_brings_it_back():
@@ -169,7 +178,7 @@ def test_a_stream_whose_readings_stay_late_with_its_clock_running_starts_afresh_
         wall += 10.0
         frames += a.add(Reading("s", 0, T0 + k * P, float(k)), wall)
     assert a.counts["late"] == 3 and a.counts["resynced"] == 1 and dropped == ["s"]
-    frames += a.expire(wall + 5.0)
+    frames += expire(a, wall + 5.0)
     assert [f.ts for f in frames] == [T0 + k * P for k in range(3, 10)]  # from the reading that restarted it on
     assert a.counts["late"] == 3  # and nothing since
 
@@ -180,11 +189,11 @@ def test_a_frozen_clock_is_refused_as_late_not_restarted_and_its_readings_are_bo
     for i in range(1000):  # a stream that never pauses, its sensors' timestamps stuck
         wall += 0.1
         frames += a.add(Reading("s", i % 3, T0, float(i)), wall)
-        frames += a.expire(wall)
+        frames += expire(a, wall)
         assert len(a.streams["s"].pending) <= 50
     assert [f.ts for f in frames] == [T0]  # its one tick closed once it stayed open max_open seconds
     assert a.counts["stuck"] == 1 and a.counts["overflow"] > 0 and a.counts["late"] > 700
-    assert a.counts["resynced"] == 0 and a.pending == 0
+    assert a.counts["resynced"] == 0 and pending(a) == 0
 
 
 def test_a_busy_stream_closing_ticks_by_event_time_is_never_closed_as_stuck():
@@ -192,7 +201,7 @@ def test_a_busy_stream_closing_ticks_by_event_time_is_never_closed_as_stuck():
     frames = []
     for k, r in enumerate(grid(200)):
         frames += a.add(r, k * 0.5)  # a tick every 1.5 s of wall time, for 300 s
-        frames += a.expire(k * 0.5)
+        frames += expire(a, k * 0.5)
     assert len(frames) == 199 and a.counts["stuck"] == 0
 
 

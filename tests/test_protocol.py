@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamrnn import protocol
+from streamrnn import protocol, readout
 from streamrnn.linear import OnlineRidge
 
 
@@ -53,7 +53,7 @@ def test_it_is_served_in_the_few_output_directions_its_forecasts_move_in_and_for
     )
     change = fitted - windows[:, -1, None, :]
     lost = np.mean((served - fitted) ** 2, axis=0) / np.mean(change**2, axis=0)  # per (step, target), of its own variance
-    assert lost.mean() <= 2 * linear.RANK_LOSS, lost
+    assert lost.mean() <= 2 * readout.RANK_LOSS, lost
     assert lost.max() > 0  # the directions left out were not nothing
 
 

@@ -24,26 +24,25 @@ LONGER = {
 
 # Still over, being split (issue 26): each may shrink, none may grow, and an entry goes once it fits.
 PENDING = {
-    "endpoint": 357,
     "engine": 397,
     "engine.Engine": 352,
     "evaluator": 373,
     "evaluator.Evaluator": 333,
-    "frames": 308,
-    "frames.Assembler": 247,
-    "linear": 359,
-    "linear.OnlineRidge": 305,
+    "frames": 306,
+    "frames.Assembler": 204,
+    "linear": 318,
+    "linear.OnlineRidge": 263,
     "mqtt.link.Link": 218,
 }
 
 # The layers, upstream first: a module imports from its own layer or those before it, never after.
 LAYERS = [
-    {"atomic", "children", "environment", "logs", "plant", "notify", "ring", "windows", "linear", "gate", "payload", "forecast"},
+    {"atomic", "children", "environment", "logs", "plant", "notify", "ring", "windows", "readout", "linear", "gate", "payload", "forecast"},
     {"config", "model", "simulator", "snapshot"},
     {"frames", "bank", "bands", "evaluator", "contenders", "trainer", "checkpoint", "journal"},
     {"judge"},
     {"engine", "adoption", "retrainer"},
-    {"mqtt", "metrics", "endpoint"},
+    {"mqtt", "metrics", "endpoint", "httpd"},
     {"daemon", "intake", "durability", "cycle", "replay", "plot", "protocol"},
     {"tools"},
     {"cli", "__main__"},
