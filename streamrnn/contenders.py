@@ -83,10 +83,10 @@ class Contenders:
         the squared disagreement past which a forecast is wild (H, T): from the errors scored so
         far, drawn again whenever they move."""
         ev = self.evaluator
-        if self._drawn is None or self._drawn.version != ev.moments_version:
-            mixed, served = gate.weights(ev.errors, self.settings.gate.warmup)
-            limit = gate.threshold(*ev.spread).astype(np.float32)
-            self._drawn = Drawn(ev.moments_version, mixed.astype(np.float32), served.astype(np.float32), limit)
+        if self._drawn is None or self._drawn.version != ev.evidence.version:
+            mixed, served = gate.weights(ev.evidence.errors, self.settings.gate.warmup)
+            limit = gate.threshold(*ev.evidence.spread).astype(np.float32)
+            self._drawn = Drawn(ev.evidence.version, mixed.astype(np.float32), served.astype(np.float32), limit)
         return (self._drawn.mixed, self._drawn.served), self._drawn.limit
 
     def adopt(self, state: dict, rings: dict[int, Ring], capacity: int) -> str | None:
@@ -143,5 +143,5 @@ class Contenders:
                     log.warning("linear windows not restored, filled from the rings instead: %s", e)
         drawn = st.get("gate")
         if drawn is not None and drawn["served"].shape == (len(gate.REGIMES), len(gate.CONTENDERS), self.horizon, len(self.targets)):
-            self._drawn = Drawn(self.evaluator.moments_version, drawn["mixed"].copy(), drawn["served"].copy(), drawn["limit"].copy())
+            self._drawn = Drawn(self.evaluator.evidence.version, drawn["mixed"].copy(), drawn["served"].copy(), drawn["limit"].copy())
         return refused

@@ -394,4 +394,4 @@ class Engine:
     @property
     def gate_drawn(self) -> bool:
         """The gate has drawn its weights from scored errors at least once."""
-        return self.evaluator.moments_version > 0
+        return self.evaluator.evidence.version > 0

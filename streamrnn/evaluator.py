@@ -19,15 +19,14 @@ import math
 
 import numpy as np
 
-from streamrnn import gate
 from streamrnn.bands import Bands
+from streamrnn.evidence import Evidence
 
 _TOTALS = ("n", "se", "se_p", "ae", "ae_p", "n_band", "hit")
 _ARRAYS = ("tick", "fc", "base", "ctick", "cfc")  # kept in a checkpoint, with the bands' rings
 _MOMENT_ROWS = (
     64  # streams whose contenders' forecasts are kept for the gate (a panel), and scored forecasts per pass that feed it, at most
 )
-_GATE_PASSES = 4  # scoring passes at least between two draws of the gate's weights
 LAG = 8  # steps whose truths may wait to be scored together
 FLUSH = 256  # frames queued that are scored at once: a batch this large gains nothing by waiting
 _NEVER = 2**62
@@ -77,18 +76,8 @@ class Evaluator:
         # Recent absolute errors per (step, target) for the bands.
         self.conformal = Bands(h, t, coverage, residuals)
         self._ks = np.arange(1, h + 1)
-        # The errors of persistence, the contenders and their combination, per regime of the gate,
-        # step and target, as the gate weighs them.
-        self.errors = gate.Errors.zeros(h, t)
-        self.spread = np.zeros((2, h, t))  # the linear and recurrent forecasts' squared disagreement, clipped, and its weight
-        self.moments_version = 0  # moves whenever the gate should draw its weights again
-        self._gate_decay = 1.0 - 1.0 / gate_memory
-        self._gate_redraw, self._gate_new = (
-            max(1, gate_memory // 10),
-            0,
-        )  # errors (per step and target, at most) between draws, and since the last
-        self._gate_passes = 0  # scoring passes since the last draw
-        self._gate_drawn = 0.0  # errors (per step and target, at most) folded as of the last draw
+        # The errors of persistence, the contenders and their combination, as the gate weighs them.
+        self.evidence = Evidence(h, t, gate_memory)
 
     # -- per-stream pending forecasts -------------------------------------------------------
     def _ensure(self, row: int) -> None:
@@ -197,37 +186,7 @@ class Evaluator:
         at = (rows[some, None] * self._slots + slots[some]) * self.horizon + self._ks - 1
         cfc = self._cfc.reshape(-1, *self._cfc.shape[3:]).take(at, axis=0)  # (S, H, K, T)
         err = np.concatenate([err_p[some][:, :, None], cfc - truth[some][:, :, None]], axis=2)
-        self._moments(err, ok[some] & kept[some][..., None])
-
-    def _moments(self, err: np.ndarray, ok: np.ndarray) -> None:
-        """Fold the errors (B, H, K, T) of persistence and the contenders into the gate's, where the
-        served forecast was scored (``ok``) and every contender had a forecast."""
-        ok = ok & np.isfinite(err).all(axis=2)
-        if not ok.any():
-            return
-        err = np.nan_to_num(err.astype(np.float64).transpose(1, 3, 0, 2))  # (H, T, B, K): each (step, target)'s errors together
-        ok = ok.transpose(1, 2, 0)
-        apart = err[..., gate.LINEAR] - err[..., gate.RECURRENT]
-        limit = gate.threshold(*self.spread)[..., None]
-        wild = gate.wild(apart, limit) & ok
-        n = ok.sum(axis=-1)
-        fade = self._gate_decay**n
-        self.spread *= fade
-        self.spread[0] += np.where(ok, np.minimum(apart * apart, limit), 0.0).sum(axis=-1)
-        self.spread[1] += n
-        self.errors.fold(0, err, ok & ~wild, self._gate_decay)
-        some = np.flatnonzero(wild.any(axis=(0, 1)))  # the few forecasts with a wild step
-        if len(some):
-            self.errors.fold(1, err[:, :, some], wild[:, :, some], self._gate_decay)
-        self._gate_new += int(n.max())
-        self._gate_passes += 1
-        seen = float(self.errors.count.sum(axis=0).max())
-        # worth drawing again: a tenth of its memory is new, or, while the evidence is young (a new
-        # contender's first errors), it has doubled since the last draw
-        if (self._gate_new >= self._gate_redraw and self._gate_passes >= _GATE_PASSES) or seen >= 2 * self._gate_drawn:
-            self._gate_new = self._gate_passes = 0
-            self._gate_drawn = seen
-            self.moments_version += 1
+        self.evidence.fold(err, ok[some] & kept[some][..., None])
 
     def bands(self, pred: np.ndarray) -> np.ndarray:
         """Predictions (B, H, targets) within their bands: (B, H, 3, targets) float32 (as published),
@@ -272,13 +231,7 @@ class Evaluator:
         out["live"] = {k: v.copy() for k, v in self.live.items()}
         out["res"], out["res_n"] = self.conformal.res.copy(), self.conformal.res_n.copy()
         out["bands"] = self.conformal.state()
-        out["gate"] = {
-            **self.errors.state(),
-            "spread": self.spread.copy(),
-            "new": self._gate_new,
-            "passes": self._gate_passes,
-            "drawn": self._gate_drawn,
-        }
+        out["gate"] = self.evidence.state()
         return out
 
     def load_state(self, st: dict) -> None:
@@ -314,16 +267,7 @@ class Evaluator:
         self._due = min((int(ticks.min()) + LAG for _, ticks, _ in self._queue), default=_NEVER)
         self._total[:] = [st["total"][k] for k in _TOTALS]
         self._live[:] = [st["live"][k] for k in _TOTALS]
-        kept = st.get("gate", {})  # older checkpoints: the gate starts afresh
-        self._gate_new, self._gate_passes = int(kept.get("new", 0)), int(kept.get("passes", 0))
-        self.errors = gate.Errors.from_state(kept, self.errors)
-        self._gate_drawn = float(kept.get("drawn", self.errors.count.sum(axis=0).max()))  # older checkpoints: as of now
-        self.spread = (
-            kept["spread"].copy()
-            if kept.get("spread") is not None and kept["spread"].shape == self.spread.shape
-            else np.zeros_like(self.spread)
-        )
-        self.moments_version += 1
+        self.evidence.load_state(st.get("gate", {}))  # older checkpoints: the gate starts afresh
 
     def _reslot(self, tick: np.ndarray, *kept: np.ndarray) -> list[np.ndarray]:
         """Pending forecasts saved with any number of slots (their ticks, and what is kept of them

@@ -224,9 +224,9 @@ def test_past_64_streams_the_contenders_of_a_turning_panel_feed_the_gate():
         band = ev.bands(ahead + 0.5 * rng.normal(size=ahead.shape))
         ev.record(rows, np.full(n, tick), band, x[tick], (recurrent[panel], linear[panel], linear[panel]), panel)
     assert seen == set(range(n))  # every stream took its turn
-    count = ev.errors.count.sum(axis=0)
+    count = ev.evidence.errors.count.sum(axis=0)
     assert (count > 1000).all() and (count < 500 * 64).all()
-    mse = np.diagonal(ev.errors.second[0], axis1=-2, axis2=-1) / ev.errors.weight[0][..., None]  # (H, T, K + 1)
+    mse = np.diagonal(ev.evidence.errors.second[0], axis1=-2, axis2=-1) / ev.evidence.errors.weight[0][..., None]  # (H, T, K + 1)
     np.testing.assert_allclose(mse[..., 0], 2.0, rtol=0.25)  # persistence: two unit noises apart
     np.testing.assert_allclose(mse[..., 1], 1.0, rtol=0.25)
     np.testing.assert_allclose(mse[..., 2], 0.01, rtol=0.25)
@@ -254,7 +254,7 @@ def test_the_gate_is_drawn_again_as_its_first_errors_double_then_every_tenth_of_
         ev.score(np.array([0]), np.array([tick]), x)
         fc = np.full((1, 2, 1), 0.5)
         ev.record(np.array([0]), np.array([tick]), ev.bands(fc), x[0:1], (fc, fc * 2, fc))
-        versions.append((int(ev.errors.count[:, 0, 0].sum()), ev.moments_version))
+        versions.append((int(ev.evidence.errors.count[:, 0, 0].sum()), ev.evidence.version))
     young = max(v for n, v in versions if n < 50)
     assert young >= 3  # drawn at about 8, 16 and 32 errors: before the 50 of a tenth of the memory
     later = versions[1999][1] - versions[999][1]  # a thousand errors at step 1

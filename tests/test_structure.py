@@ -26,8 +26,8 @@ LONGER = {
 PENDING = {
     "engine": 397,
     "engine.Engine": 352,
-    "evaluator": 373,
-    "evaluator.Evaluator": 333,
+    "evaluator": 317,
+    "evaluator.Evaluator": 278,
     "frames": 306,
     "frames.Assembler": 204,
     "linear": 318,
@@ -39,7 +39,7 @@ PENDING = {
 LAYERS = [
     {"atomic", "children", "environment", "logs", "plant", "notify", "ring", "windows", "readout", "linear", "gate", "payload", "forecast"},
     {"config", "model", "simulator", "snapshot"},
-    {"frames", "bank", "bands", "evaluator", "contenders", "trainer", "checkpoint", "journal"},
+    {"frames", "bank", "bands", "evidence", "evaluator", "contenders", "trainer", "checkpoint", "journal"},
     {"judge"},
     {"engine", "adoption", "retrainer"},
     {"mqtt", "metrics", "endpoint", "httpd"},
