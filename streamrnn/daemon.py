@@ -24,7 +24,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from streamrnn import __version__, forecast, journal
-from streamrnn.config import Settings
+from streamrnn.config import ConfigError, MqttSettings, Settings
 from streamrnn.cycle import Cycle
 from streamrnn.durability import Durability
 from streamrnn.endpoint import Endpoint
@@ -34,9 +34,10 @@ from streamrnn.intake import Intake
 from streamrnn.logs import RateLimited
 from streamrnn.metrics import Metrics
 from streamrnn.model import StreamRNN
-from streamrnn.mqtt import Delivery, Link
+from streamrnn.mqtt import Link
 from streamrnn.notify import Notifier
 from streamrnn.payload import subscription
+from streamrnn.transport import Delivery, Transport
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Daemon:
         m = s.mqtt
         self.inbox: queue.Queue[Delivery] = queue.Queue(m.queue_size)
         subs = [subscription(m.sensor_topic)] + ([subscription(m.frame_topic)] if m.frame_topic else [])
-        self.link = Link(m, subs, self.inbox)
+        self.link = _transport(m, subs, self.inbox)
         self.metrics = _metrics(s, self.engine, registry or CollectorRegistry())
         self.cycle = Cycle(s, self.engine, self.metrics) if s.trainer.enabled else None
         d = s.daemon
@@ -281,3 +282,11 @@ def _metrics(settings: Settings, engine: Engine, registry: CollectorRegistry) ->
     metrics.version.set(engine.version)
     metrics.nominal.set(settings.evaluator.coverage)
     return metrics
+
+
+def _transport(cfg: MqttSettings, subscriptions: list[str], inbox: queue.Queue[Delivery]) -> Transport:
+    """The transport for ``cfg.url``'s scheme, not started."""
+    scheme = cfg.url.split("://", 1)[0].lower()
+    if scheme in ("mqtt", "mqtts", "tcp", "ssl"):
+        return Link(cfg, subscriptions, inbox)
+    raise ConfigError(f"mqtt.url: no transport for {scheme}:// (mqtt:// or mqtts://)")

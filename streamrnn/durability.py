@@ -22,7 +22,7 @@ from streamrnn.engine import Engine
 from streamrnn.frames import Assembler, Frame
 from streamrnn.logs import RateLimited
 from streamrnn.metrics import Metrics
-from streamrnn.mqtt import Delivery
+from streamrnn.transport import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from streamrnn.config import Settings
 from streamrnn.frames import Assembler, Frame
 from streamrnn.logs import RateLimited
 from streamrnn.metrics import Metrics
-from streamrnn.mqtt import Delivery
 from streamrnn.payload import Parser, Rejected
+from streamrnn.transport import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ LONGER = {
 # The layers, upstream first: a module imports from its own layer or those before it, never after.
 LAYERS = [
     {"atomic", "children", "environment", "logs", "plant", "notify", "ring", "windows", "readout", "linear", "gate", "payload", "forecast"},
-    {"config", "model", "simulator", "snapshot"},
+    {"config", "model", "simulator", "snapshot", "transport"},
     {"frames", "bank", "bands", "evidence", "evaluator", "contenders", "trainer", "checkpoint", "journal"},
     {"judge"},
     {"engine", "adoption", "retrainer"},
@@ -50,7 +50,7 @@ LAYERS = [
     {"tools"},
     {"cli", "__main__"},
 ]
-TRANSPORTS = {"mqtt", "metrics", "endpoint", "daemon", "tools", "paho", "prometheus_client"}  # what the engine never reaches
+TRANSPORTS = {"transport", "mqtt", "metrics", "endpoint", "daemon", "tools", "paho", "prometheus_client"}  # what the engine never reaches
 
 
 def modules() -> dict[str, ast.Module]:

@@ -2,6 +2,7 @@
 link (:mod:`.link`), and plain clients for the tools and tests (:mod:`.clients`)."""
 
 from streamrnn.mqtt.clients import Publisher, Subscriber
-from streamrnn.mqtt.link import Delivery, Link
+from streamrnn.mqtt.link import Link
+from streamrnn.transport import Delivery
 
 __all__ = ["Delivery", "Link", "Publisher", "Subscriber"]

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from streamrnn.config import MqttSettings
 from streamrnn.mqtt.connection import nodelay, queued, secure, wait_sent
-from streamrnn.mqtt.link import Delivery
+from streamrnn.transport import Delivery
 
 
 def _open(

@@ -18,7 +18,6 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -26,21 +25,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from streamrnn.config import MqttSettings
 from streamrnn.logs import RateLimited
 from streamrnn.mqtt.connection import nodelay, queued, secure, wait_sent
+from streamrnn.transport import Delivery
 
 log = logging.getLogger("streamrnn.mqtt")
-
-
-@dataclass(slots=True)
-class Delivery:
-    """A message the broker delivered to us: what it said, when it came, and what acknowledging it takes."""
-
-    topic: str
-    payload: bytes
-    arrival: float  # wall clock, unix seconds
-    mid: int
-    qos: int
-    session: int  # which connection it came on: an ack is only valid on that one
-    retain: bool = False  # the broker's retained last value, replayed at subscribe: not a fresh reading
 
 
 class Link:
