@@ -291,15 +291,15 @@ class MqttSettings(_Section):
 
 
 def check_url(url: str) -> None:
-    """Refuse what is not ``mqtt[s]://host[:port]``; credentials in it above all, which would be
+    """Refuse what is not ``mqtt[s]://host[:port]`` or ``nats://host[:port]``; credentials in it above all, which would be
     shown wherever the URL is (logs, ``streamrnn config``, process lists). Raises ValueError."""
     u = urlsplit(url)
     if "@" in u.netloc:
         raise ValueError(
             "credentials do not go in the URL: give mqtt.username, and the password in mqtt.password_file or STREAMRNN_MQTT__PASSWORD"
         )
-    if u.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not u.hostname:
-        raise ValueError("must look like mqtt://host:port (or mqtts:// for TLS)")
+    if u.scheme not in ("mqtt", "tcp", "mqtts", "ssl", "nats") or not u.hostname:
+        raise ValueError("must look like mqtt://host:port (or mqtts:// for TLS, nats:// for NATS JetStream)")
     try:
         _ = u.port  # raises on a port out of range or not a number
     except ValueError as e:

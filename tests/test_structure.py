@@ -45,12 +45,13 @@ LAYERS = [
     {"frames", "bank", "bands", "evidence", "evaluator", "contenders", "trainer", "checkpoint", "journal"},
     {"judge"},
     {"engine", "adoption", "retrainer"},
-    {"mqtt", "metrics", "endpoint", "httpd"},
+    {"mqtt", "jetstream", "metrics", "endpoint", "httpd"},
     {"daemon", "intake", "durability", "cycle", "replay", "plot", "protocol"},
     {"tools"},
     {"cli", "__main__"},
 ]
-TRANSPORTS = {"transport", "mqtt", "metrics", "endpoint", "daemon", "tools", "paho", "prometheus_client"}  # what the engine never reaches
+# what the engine never reaches, however indirectly
+TRANSPORTS = {"transport", "mqtt", "jetstream", "nats", "metrics", "endpoint", "daemon", "tools", "paho", "prometheus_client"}
 
 
 def modules() -> dict[str, ast.Module]:

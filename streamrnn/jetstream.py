@@ -1,0 +1,244 @@
+"""The NATS JetStream transport (``nats://`` broker URLs): sensors kept durably by JetStream, forecasts
+out on NATS subjects, while sensors and forecast readers stay on MQTT.
+
+A NATS server with its MQTT listener maps the MQTT topic ``plant/r1/sensors/level`` to the subject
+``plant.r1.sensors.level`` and back (see :func:`subject`). The daemon creates what it needs itself,
+idempotently: a stream that keeps the sensor subjects, and a durable pull consumer named for its
+instance. It fetches into the daemon's inbox and acknowledges a message only when the daemon says
+so (once it is in the journal, as with MQTT); one the inbox has no room for is handed back to
+JetStream for later, not dropped. Forecasts are published on the forecast subject, which MQTT
+readers receive on their topic; the status is published the same way, but not retained (JetStream
+keeps MQTT's retained messages for MQTT clients only).
+
+nats-py is asyncio: the link runs an event loop on a thread of its own, as paho runs its network
+thread; the engine thread only hands it work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+from streamrnn.config import MqttSettings
+from streamrnn.logs import RateLimited
+from streamrnn.transport import Delivery
+
+log = logging.getLogger(__name__)
+
+STREAM = "STREAMRNN_SENSORS"  # the JetStream stream that keeps the sensor subjects
+_BATCH = 256  # messages fetched at once at most
+_ACK_WAIT = 60.0  # seconds JetStream waits for an acknowledgement before it delivers again
+
+
+def subject(topic: str) -> str:
+    """The NATS subject of an MQTT topic or filter, as the NATS server's MQTT listener maps them
+    (``/`` -> ``.``, a ``.`` within a level -> ``//``, ``+`` -> ``*``, ``#`` -> ``>``)."""
+    return ".".join({"+": "*", "#": ">"}.get(level, level.replace(".", "//")) for level in topic.split("/"))
+
+
+def topic(subj: str) -> str:
+    """The MQTT topic of a NATS subject (the inverse of :func:`subject` for topics)."""
+    return "/".join(level.replace("\0", ".") for level in subj.replace("//", "\0").split("."))
+
+
+class JetStreamLink:
+    """One NATS connection for the daemon, with a durable consumer of the sensor subjects; a
+    :class:`~streamrnn.transport.Transport`."""
+
+    def __init__(self, cfg: MqttSettings, subscriptions: list[str], inbox: queue.Queue[Delivery], block: float = 1.0) -> None:
+        self.cfg, self.inbox, self.block = cfg, inbox, block
+        self.subjects = [subject(s) for s in subscriptions]
+        self.durable = f"streamrnn-{cfg.instance}"
+        self.status_subject = subject(cfg.status_topic.format(instance=cfg.instance))
+        self.counts: Counter[str] = Counter()
+        self.connected = self.subscribed = False
+        self._complaints = RateLimited(burst=5, per=60.0)
+        self._intake = True
+        self._session = 0
+        self._held: dict[int, object] = {}  # delivery id -> the JetStream message to acknowledge
+        self._next = 0
+        self._unsent = 0  # forecasts handed over, not yet flushed to the server
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._stopping: asyncio.Event | None = None
+        self._nc = None
+        self._thread = threading.Thread(target=self._run, name="nats", daemon=True)
+
+    # -- what the daemon asks ---------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.connected and self.subscribed
+
+    @property
+    def pending(self) -> int:
+        return self._unsent
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close_intake(self) -> None:
+        """Take no more messages; those fetched and not taken are delivered again to the next session."""
+        self._intake = False
+
+    def stop(self, timeout: float) -> bool:
+        """Say offline, flush what was published, close; whether everything went out in time."""
+        if not self._thread.is_alive():
+            return True
+        done = asyncio.run_coroutine_threadsafe(self._close(), self._loop)
+        try:
+            flushed = done.result(timeout)
+        except Exception as e:  # a timeout, or the connection gone: what was unsent is lost
+            log.warning("nats connection not closed cleanly: %s", e)
+            flushed = False
+        self._thread.join(max(0.1, timeout))
+        return flushed
+
+    def ack(self, msg: Delivery) -> None:
+        with self._lock:
+            m = self._held.pop(msg.mid, None)
+        if m is not None and msg.session == self._session:
+            self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._acked(m)))
+
+    def publish_many(self, messages: Iterable[tuple[str, bytes]], retain: bool = False) -> list[str | None]:
+        """Hand the messages to the connection's thread (taken while disconnected, too: the client
+        buffers them until it reconnects); None for each, as a taken MQTT publish."""
+        batch = [(subject(t), p) for t, p in messages]
+        with self._lock:
+            self._unsent += len(batch)
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._publish(batch)))
+        return [None] * len(batch)
+
+    # -- the connection's thread ------------------------------------------------------------
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        import nats
+
+        self._stopping = asyncio.Event()
+        cfg = self.cfg
+        password = cfg.secret()
+        self._nc = nc = await nats.connect(
+            cfg.url,
+            name=self.durable,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=cfg.reconnect_min,
+            user=cfg.username,
+            password=password,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+            error_cb=self._error,
+        )
+        self.connected = True
+        self.counts["connects"] += 1
+        sub = await self._consumer(nc)
+        self.subscribed = True
+        await nc.publish(self.status_subject, b"online")
+        log.info("connected", extra={"broker": cfg.url, "stream": STREAM, "consumer": self.durable})
+        while not self._stopping.is_set():
+            if not self._intake:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                msgs = await sub.fetch(_BATCH, timeout=0.5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception as e:  # the connection lost or a server error: try again, said at a bounded rate
+                self._complaints.log(log, logging.WARNING, "fetch", "fetch failed", error=f"{type(e).__name__}: {e}")
+                await asyncio.sleep(0.5)
+                continue
+            for m in msgs:
+                await self._take(m)
+
+    async def _consumer(self, nc):
+        """The stream over the sensor subjects and this instance's durable consumer, made if missing
+        (idempotently: any number of daemons may start against the same server), bound."""
+        import nats
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        js = nc.jetstream()
+        try:
+            await js.stream_info(STREAM)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(name=STREAM, subjects=self.subjects)
+        consumer = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=_ACK_WAIT,
+            filter_subjects=self.subjects,
+            max_ack_pending=min(self.cfg.queue_size, 65536),
+        )
+        await js.add_consumer(STREAM, consumer)  # the same configuration again: no change
+        return await js.pull_subscribe_bind(self.durable, STREAM)
+
+    async def _take(self, m) -> None:
+        """Into the inbox; if it stays full for ``block`` seconds, back to JetStream for later."""
+        with self._lock:
+            self._next += 1
+            mid = self._next
+            self._held[mid] = m
+        d = Delivery(topic(m.subject), m.data, time.time(), mid, 1, self._session)
+        deadline = time.monotonic() + self.block
+        while True:
+            try:
+                self.inbox.put_nowait(d)
+                return
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.01)
+        with self._lock:
+            self._held.pop(mid, None)
+        self.counts["queue_full"] += 1
+        await m.nak(delay=1.0)
+
+    async def _acked(self, m) -> None:
+        try:
+            await m.ack()
+        except Exception as e:  # delivered again after ack_wait: the journal or the engine's late check drops it
+            self._complaints.log(log, logging.WARNING, "ack", "acknowledgement failed", error=f"{type(e).__name__}: {e}")
+
+    async def _publish(self, batch: list[tuple[str, bytes]]) -> None:
+        for subj, payload in batch:
+            try:
+                await self._nc.publish(subj, payload)
+            except Exception as e:
+                self.counts["publish_failed"] += 1
+                self._complaints.log(log, logging.WARNING, "publish", "publish failed", error=f"{type(e).__name__}: {e}")
+        with self._lock:
+            self._unsent -= len(batch)
+
+    async def _close(self) -> bool:
+        self._stopping.set()
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return False
+        await nc.publish(self.status_subject, b"offline")
+        while self._unsent > 0:
+            await asyncio.sleep(0.01)
+        await nc.flush(timeout=5)
+        await nc.close()
+        self.connected = self.subscribed = False
+        return True
+
+    async def _disconnected(self) -> None:
+        self.connected = False
+        self.counts["disconnects"] += 1
+
+    async def _reconnected(self) -> None:
+        self.connected = True
+        self.counts["reconnects"] += 1
+        log.info("reconnected", extra={"broker": self.cfg.url})
+
+    async def _error(self, e: Exception) -> None:
+        self._complaints.log(log, logging.WARNING, "error", "nats error", error=f"{type(e).__name__}: {e}")

