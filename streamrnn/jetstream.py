@@ -140,7 +140,7 @@ class JetStreamLink:
         )
         self.connected = True
         self.counts["connects"] += 1
-        sub = await self._consumer(nc)
+        sub = await bind(nc, self.subjects, self.durable, min(cfg.queue_size, 65536))
         self.subscribed = True
         await nc.publish(self.status_subject, b"online")
         log.info("connected", extra={"broker": cfg.url, "stream": STREAM, "consumer": self.durable})
@@ -158,28 +158,6 @@ class JetStreamLink:
                 continue
             for m in msgs:
                 await self._take(m)
-
-    async def _consumer(self, nc):
-        """The stream over the sensor subjects and this instance's durable consumer, made if missing
-        (idempotently: any number of daemons may start against the same server), bound."""
-        import nats
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
-        js = nc.jetstream()
-        try:
-            await js.stream_info(STREAM)
-        except nats.js.errors.NotFoundError:
-            await js.add_stream(name=STREAM, subjects=self.subjects)
-        consumer = ConsumerConfig(
-            durable_name=self.durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=_ACK_WAIT,
-            filter_subjects=self.subjects,
-            max_ack_pending=min(self.cfg.queue_size, 65536),
-        )
-        await js.add_consumer(STREAM, consumer)  # the same configuration again: no change
-        return await js.pull_subscribe_bind(self.durable, STREAM)
 
     async def _take(self, m) -> None:
         """Into the inbox; if it stays full for ``block`` seconds, back to JetStream for later."""
@@ -242,3 +220,38 @@ class JetStreamLink:
 
     async def _error(self, e: Exception) -> None:
         self._complaints.log(log, logging.WARNING, "error", "nats error", error=f"{type(e).__name__}: {e}")
+
+
+async def bind(nc, subjects: list[str], durable: str, max_ack_pending: int):
+    """The stream over the sensor subjects and this instance's durable consumer, made if missing
+    (idempotently), bound. What was delivered to this instance before and not acknowledged (it
+    stopped, or was killed) is delivered again now, in order, from the last acknowledged message
+    on, as an MQTT broker resumes a persistent session: JetStream alone would wait ``ack_wait``
+    and then deliver it behind newer readings, which would come too late for their frames."""
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    js = nc.jetstream()
+    try:
+        await js.stream_info(STREAM)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(name=STREAM, subjects=subjects)
+    start = {"deliver_policy": DeliverPolicy.ALL}
+    try:
+        info = await js.consumer_info(STREAM, durable)
+    except nats.js.errors.NotFoundError:
+        info = None  # the first start: made below
+    if info is not None and info.num_ack_pending:  # delivered to a daemon that stopped before acknowledging
+        start = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": info.ack_floor.stream_seq + 1}
+        await js.delete_consumer(STREAM, durable)
+        log.info("resuming from the last acknowledged message", extra={"sequence": start["opt_start_seq"] - 1})
+    consumer = ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=_ACK_WAIT,
+        filter_subjects=subjects,
+        max_ack_pending=max_ack_pending,
+        **start,
+    )
+    await js.add_consumer(STREAM, consumer)  # the same configuration again: no change
+    return await js.pull_subscribe_bind(durable, STREAM)
