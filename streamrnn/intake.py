@@ -5,6 +5,7 @@ said at a bounded rate, and a bug in handling one message costs that message, ne
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from streamrnn.config import Settings
 from streamrnn.frames import Assembler, Frame
@@ -73,7 +74,7 @@ class Intake:
         level = logging.ERROR if exc_info else logging.WARNING
         self.limiter.log(log, level, reason, "message refused", exc_info=exc_info, reason=reason, detail=detail, topic=msg.topic[:200])
 
-    def say(self, engine_counts) -> None:
+    def say(self, engine_counts: Counter[str]) -> None:
         """Carry the assembler's counts into the metrics, and say what grew of those worth a line."""
         self.metrics.carry("assembler", self.assembler.counts)
         for source, key, what in SAID:

@@ -23,10 +23,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from streamrnn.config import MqttSettings
 from streamrnn.logs import RateLimited
 from streamrnn.transport import Delivery
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js.client import JetStreamContext
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +227,7 @@ class JetStreamLink:
         self._complaints.log(log, logging.WARNING, "error", "nats error", error=f"{type(e).__name__}: {e}")
 
 
-async def bind(nc, subjects: list[str], durable: str, max_ack_pending: int):
+async def bind(nc: Client, subjects: list[str], durable: str, max_ack_pending: int) -> JetStreamContext.PullSubscription:
     """The stream over the sensor subjects and this instance's durable consumer, made if missing
     (idempotently), bound. What was delivered to this instance before and not acknowledged (it
     stopped, or was killed) is delivered again now, in order, from the last acknowledged message

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from typing import TextIO
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -44,7 +45,7 @@ def _quote(v: object) -> str:
     return json.dumps(s)
 
 
-def setup(fmt: str = "logfmt", level: str = "info", stream=sys.stderr) -> None:
+def setup(fmt: str = "logfmt", level: str = "info", stream: TextIO = sys.stderr) -> None:
     """Route every logger to ``stream`` in ``fmt``; replaces handlers set before."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())

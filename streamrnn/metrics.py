@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter as PlainCounter
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
@@ -20,6 +21,12 @@ from prometheus_client.process_collector import ProcessCollector
 
 from streamrnn import gate
 from streamrnn.payload import REASONS
+
+if TYPE_CHECKING:  # types only: the metrics import nothing of what reports into them
+    from streamrnn.engine import Engine
+    from streamrnn.journal import Journal
+    from streamrnn.snapshot import Verdict
+    from streamrnn.transport import Transport
 
 _LATENCY = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 disable_created_metrics()  # no *_created series: a start time per counter is what process_start_time_seconds says once
@@ -196,7 +203,7 @@ class Metrics:
             "journal": {"records": self.journal_records, "errors": self.journal_errors},
         }[source]
 
-    def observe_engine(self, engine, ring_size: int) -> dict[str, float | None]:
+    def observe_engine(self, engine: Engine, ring_size: int) -> dict[str, float | None]:
         """The engine's live scores, gate, streams and rings, as of its last scoring pass (never
         scoring early: that would move the bands); returns each target's live skill, the mean over
         its steps, as the forecast messages carry it."""
@@ -216,7 +223,7 @@ class Metrics:
             skill[name] = round(float(col.mean()), 4) if len(col) else None
         return skill
 
-    def observe_link(self, link, queued: int) -> None:
+    def observe_link(self, link: Transport, queued: int) -> None:
         """The broker connection's state and counts, and the messages waiting for the engine."""
         self.queue.set(queued)
         self.connected.set(1 if link.connected else 0)
@@ -224,7 +231,7 @@ class Metrics:
         self.pending.set(link.pending)
         self.carry("link", link.counts)
 
-    def observe_journal(self, journal) -> None:
+    def observe_journal(self, journal: Journal) -> None:
         """The journal's counts and its syncs' durations since the last call."""
         self.carry("journal", journal.counts)
         while journal.sync_seconds:
@@ -242,7 +249,7 @@ class Metrics:
                 self.publish_failed.labels(reason).inc()
         self.published.inc(published)
 
-    def set_retrain(self, verdict, seconds: float, outcome: str) -> None:
+    def set_retrain(self, verdict: Verdict, seconds: float, outcome: str) -> None:
         """A retrain's verdict: its outcome and duration, and, where it fitted, its losses and the
         held-out errors it was judged by."""
         self.retrains.labels(outcome).inc()

@@ -7,11 +7,12 @@ import csv
 import math
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 from streamrnn.replay import Table, _number
 
 
-def plotting():
+def plotting() -> ModuleType:
     """matplotlib's pyplot, drawing to files; a clear error before any work where it is missing."""
     try:
         import matplotlib
