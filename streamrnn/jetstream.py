@@ -71,6 +71,7 @@ class JetStreamLink:
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._stopping: asyncio.Event | None = None
+        self._rebind = False
         self._nc = None
         self._thread = threading.Thread(target=self._run, name="nats", daemon=True)
 
@@ -130,26 +131,21 @@ class JetStreamLink:
         import nats
 
         self._stopping = asyncio.Event()
-        cfg = self.cfg
-        password = cfg.secret()
-        self._nc = nc = await nats.connect(
-            cfg.url,
-            name=self.durable,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=cfg.reconnect_min,
-            user=cfg.username,
-            password=password,
-            disconnected_cb=self._disconnected,
-            reconnected_cb=self._reconnected,
-            error_cb=self._error,
-        )
-        self.connected = True
-        self.counts["connects"] += 1
-        sub = await bind(nc, self.subjects, self.durable, min(cfg.queue_size, 65536))
-        self.subscribed = True
-        await nc.publish(self.status_subject, b"online")
-        log.info("connected", extra={"broker": cfg.url, "stream": STREAM, "consumer": self.durable})
+        self._nc = nc = await self._connect()
+        if nc is None:
+            return
+        sub = None
         while not self._stopping.is_set():
+            if sub is None or self._rebind:  # at start, and after the server came back: resume from the ack floor
+                self._rebind, self.subscribed = False, False
+                try:
+                    sub = await bind(nc, self.subjects, self.durable, min(self.cfg.queue_size, 65536))
+                except Exception as e:  # the server not ready yet (JetStream recovering): again shortly
+                    self._complaints.log(log, logging.WARNING, "bind", "consumer not bound", error=f"{type(e).__name__}: {e}")
+                    await asyncio.sleep(self.cfg.reconnect_min)
+                    continue
+                self.subscribed = True
+                await nc.publish(self.status_subject, b"online")
             if not self._intake:
                 await asyncio.sleep(0.05)
                 continue
@@ -164,21 +160,49 @@ class JetStreamLink:
             for m in msgs:
                 await self._take(m)
 
+    async def _connect(self):
+        """The connection, tried again with backoff until the server answers (or the daemon stops):
+        a daemon started before its server waits for it, as the MQTT link does."""
+        import nats
+
+        cfg, wait = self.cfg, self.cfg.reconnect_min
+        while not self._stopping.is_set():
+            try:
+                nc = await nats.connect(
+                    cfg.url,
+                    name=self.durable,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=cfg.reconnect_min,
+                    user=cfg.username,
+                    password=cfg.secret(),
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    error_cb=self._error,
+                )
+            except Exception as e:  # refused, unreachable: said at a bounded rate, tried again
+                self._complaints.log(
+                    log, logging.WARNING, "connect", "nats server unreachable", broker=cfg.url, error=f"{type(e).__name__}: {e}"
+                )
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, cfg.reconnect_max)
+                continue
+            self.connected = True
+            self.counts["connects"] += 1
+            log.info("connected", extra={"broker": cfg.url, "stream": STREAM, "consumer": self.durable})
+            return nc
+        return None
+
     async def _take(self, m) -> None:
         """Into the inbox; if it stays full for ``block`` seconds, back to JetStream for later."""
         with self._lock:
             self._next += 1
-            mid = self._next
-            self._held[mid] = m
+            mid, self._held[self._next] = self._next, m
         d = Delivery(topic(m.subject), m.data, time.time(), mid, 1, self._session)
         deadline = time.monotonic() + self.block
-        while True:
+        while time.monotonic() <= deadline:
             try:
-                self.inbox.put_nowait(d)
-                return
+                return self.inbox.put_nowait(d)
             except queue.Full:
-                if time.monotonic() > deadline:
-                    break
                 await asyncio.sleep(0.01)
         with self._lock:
             self._held.pop(mid, None)
@@ -220,6 +244,7 @@ class JetStreamLink:
 
     async def _reconnected(self) -> None:
         self.connected = True
+        self._rebind = True
         self.counts["reconnects"] += 1
         log.info("reconnected", extra={"broker": self.cfg.url})
 
