@@ -72,6 +72,7 @@ class JetStreamLink:
         self._loop = asyncio.new_event_loop()
         self._stopping: asyncio.Event | None = None
         self._rebind = False
+        self._up = asyncio.Event()  # connected once: what was published before waits for it
         self._nc = None
         self._thread = threading.Thread(target=self._run, name="nats", daemon=True)
 
@@ -131,7 +132,7 @@ class JetStreamLink:
         import nats
 
         self._stopping = asyncio.Event()
-        self._nc = nc = await self._connect()
+        nc = await self._connect()
         if nc is None:
             return
         sub = None
@@ -189,6 +190,8 @@ class JetStreamLink:
             self.connected = True
             self.counts["connects"] += 1
             log.info("connected", extra={"broker": cfg.url, "stream": STREAM, "consumer": self.durable})
+            self._nc = nc
+            self._up.set()
             return nc
         return None
 
@@ -216,6 +219,8 @@ class JetStreamLink:
             self._complaints.log(log, logging.WARNING, "ack", "acknowledgement failed", error=f"{type(e).__name__}: {e}")
 
     async def _publish(self, batch: list[tuple[str, bytes]]) -> None:
+        """After the first connection (a restart's replayed forecasts are handed over before it)."""
+        await self._up.wait()
         for subj, payload in batch:
             try:
                 await self._nc.publish(subj, payload)
@@ -275,13 +280,15 @@ async def bind(nc: Client, subjects: list[str], durable: str, max_ack_pending: i
         start = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": info.ack_floor.stream_seq + 1}
         await js.delete_consumer(STREAM, durable)
         log.info("resuming from the last acknowledged message", extra={"sequence": start["opt_start_seq"] - 1})
-    consumer = ConsumerConfig(
-        durable_name=durable,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=_ACK_WAIT,
-        filter_subjects=subjects,
-        max_ack_pending=max_ack_pending,
-        **start,
-    )
-    await js.add_consumer(STREAM, consumer)  # the same configuration again: no change
+        info = None
+    if info is None:  # made afresh; one that exists goes on where it is (its policies cannot be changed)
+        consumer = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=_ACK_WAIT,
+            filter_subjects=subjects,
+            max_ack_pending=max_ack_pending,
+            **start,
+        )
+        await js.add_consumer(STREAM, consumer)
     return await js.pull_subscribe_bind(durable, STREAM)

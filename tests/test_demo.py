@@ -24,7 +24,7 @@ def test_demo_in_a_fresh_virtualenv_shows_forecasts_within_30_seconds(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "torch==2.13.0", f"{ROOT}[demo]"]  # the README's command
     subprocess.run(pip, check=True, timeout=600, capture_output=True)
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8", "TMPDIR": str(tmp_path)}
     assert shutil.which("mosquitto", path=env["PATH"]) is None  # no broker installed on this path
     out = subprocess.run(
         [str(venv / "bin" / "streamrnn"), "demo", "--streams", "2", "--duration", "30"],
@@ -56,6 +56,7 @@ def test_the_demo_in_an_80_column_terminal_never_wraps_and_its_charts_move(tmp_p
         stdout=slave,
         stderr=slave,
         cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # the logs it keeps, with the test's files
         start_new_session=True,
     )
     os.close(slave)
@@ -135,6 +136,7 @@ def _started_demo(tmp_path: Path) -> tuple[subprocess.Popen, set[int]]:
         stdout=out,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # the logs it keeps, with the test's files
     )
     out.close()
     deadline = time.monotonic() + 90

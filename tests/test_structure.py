@@ -36,6 +36,10 @@ LONGER = {
     "linear": (318, "one estimator, as river keeps one: features, learning, solving, the penalty's walk, its checkpoint form"),
     "linear.OnlineRidge": (263, "one estimator, as river keeps one; its read-out is readout.py"),
     "mqtt.link.Link": (218, "paho's callbacks (connect, subscribe, message, disconnect, status) share the session's state"),
+    "jetstream.JetStreamLink": (
+        204,
+        "the event loop's side (connect, bind, fetch, publish) and the engine thread's share the session's state",
+    ),
 }
 
 # The layers, upstream first: a module imports from its own layer or those before it, never after.
