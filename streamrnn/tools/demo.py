@@ -67,10 +67,14 @@ class Demo:
     def header(self) -> list[str]:
         """The banner, on every screen: where things are, and how to stop."""
         port = self.daemon.metrics_port if self.daemon else 0
+        logs = f"{self.dir}/"
+        if len(logs) > view.WIDTH - len("logs: "):  # its end names it; the whole path is said on exit
+            logs = "..." + logs[-(view.WIDTH - len("logs: ...")) :]
         return [
             f"streamrnn demo: {self.streams} simulated reactors at {self.rate:g} frames/s via {self.broker}",
-            f"metrics: http://127.0.0.1:{port}/metrics   logs: {self.dir}/",
-            "forecasts on plant/<stream>/forecast; Ctrl-C stops everything",
+            f"metrics: http://127.0.0.1:{port}/metrics   Ctrl-C stops everything",
+            f"logs: {logs}",
+            "forecasts on plant/<stream>/forecast",
         ]
 
     def stop(self) -> None:
