@@ -1,7 +1,6 @@
 """The NATS JetStream transport against a real nats-server (JetStream and its MQTT listener, on
 loopback ports): sensors published over MQTT, forecasts read over MQTT, the daemon on nats://."""
 
-import copy
 import random
 import shutil
 import subprocess
@@ -14,10 +13,9 @@ import numpy as np
 import pytest
 from conftest import DaemonProcess, write_config
 from test_daemon import P, _num, a_model, collect, drain, publish_rows, sim_rows
+from test_durability import reference
 
-from streamrnn import children, config, forecast, simulator
-from streamrnn.engine import Engine
-from streamrnn.frames import Frame
+from streamrnn import children, config
 from streamrnn.jetstream import subject, topic
 from streamrnn.mqtt import Publisher, Subscriber
 from streamrnn.tools.processes import free_port, wait_port
@@ -96,24 +94,17 @@ def test_sensors_over_mqtt_through_jetstream_give_each_stream_and_tick_one_forec
         code = d.terminate(30)
     assert code == 0 and "Traceback" not in d.log() and "level=error" not in d.log(), d.log()[-3000:]
     assert sorted((m["stream"], m["ts"]) for m in got) == sorted((s, ts) for ts, s, _ in rows), d.log()[-3000:]
-    settings, by_key = config.load(cfg), {(m["stream"], m["ts"]): m for m in got}
-    for name in sorted({s for _, s, _ in rows}):
-        engine = Engine(settings, copy.deepcopy(model), 0)
-        order = [simulator.FEATURES.index(c) for c in engine.channels]
-        for ts, s, v in rows:
-            if s == name:
-                (fc,) = engine.step([Frame(s, ts, v[order])])
-                for t, body in forecast.document(fc, P)["targets"].items():
-                    have = by_key[(s, ts)]["targets"][t]
-                    np.testing.assert_allclose(_num(have["values"] + [have["now"]]), _num(body["values"] + [body["now"]]), rtol=2e-6)
+    by_key = {(m["stream"], m["ts"]): m for m in got}
+    for key, want in reference(config.load(cfg), model, rows).items():  # each stream through an engine of its own
+        for t, body in want["targets"].items():
+            have = by_key[key]["targets"][t]
+            np.testing.assert_allclose(_num(have["values"] + [have["now"]]), _num(body["values"] + [body["now"]]), rtol=2e-6)
 
 
 def test_kill_9_loses_no_frame_the_restart_takes_what_jetstream_kept(nats_server, tmp_path) -> None:
     """The daemon killed twice mid-stream and started again: JetStream delivers again what was not
     acknowledged, the journal and checkpoint give the state, and every (stream, tick) gets its
     forecast, as a daemon that never stopped made it."""
-    from test_durability import reference
-
     rng = random.Random(3)
     rows = sim_rows(streams=2, steps=400)
     model_path = tmp_path / "model.pt"
