@@ -75,6 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     start, version = None, 0
     if args.model:
         start, version = model.load(args.model)
+    if settings.mqtt.url.lower().startswith("nats://"):  # a shard of a fleet on NATS JetStream
+        from streamrnn.shard import Shard as Daemon
     return Daemon(settings, start, version).run()
 
 

@@ -347,6 +347,26 @@ class CheckpointSettings(_Section):
     keep: int = Field(3, ge=1, le=100, description="checkpoints kept; the journal reaches back to the oldest")
 
 
+class ShardSettings(_Section):
+    """Scale-out on NATS JetStream (``nats://`` URLs): the partitions streams map to, and the leases
+    by which shards hold them."""
+
+    partitions: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="partitions the streams map to by stream id: at least the most shards you will run; fixed once the stream is made",
+    )
+    lease: float = Field(
+        10.0,
+        ge=1.0,
+        le=600.0,
+        description="seconds a shard's membership and claims live unrenewed: how long a dead shard's partitions wait for another",
+    )
+    retention: float = Field(86400.0, gt=0, description="seconds JetStream keeps sensor messages, acknowledged or not")
+    max_bytes: int = Field(1 << 30, ge=1 << 20, description="bytes of sensor messages JetStream keeps at most, the oldest dropped first")
+
+
 class Settings(BaseSettings):
     """Everything streamrnn reads at start."""
 
@@ -377,6 +397,7 @@ class Settings(BaseSettings):
     frames: FrameSettings = Field(default_factory=FrameSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    shards: ShardSettings = Field(default_factory=ShardSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
 
     @model_validator(mode="after")

@@ -289,8 +289,4 @@ def _transport(cfg: MqttSettings, subscriptions: list[str], inbox: queue.Queue[D
     scheme = cfg.url.split("://", 1)[0].lower()
     if scheme in ("mqtt", "mqtts", "tcp", "ssl"):
         return Link(cfg, subscriptions, inbox)
-    if scheme == "nats":
-        from streamrnn.jetstream import JetStreamLink  # nats-py: the 'nats' extra
-
-        return JetStreamLink(cfg, subscriptions, inbox)
-    raise ConfigError(f"mqtt.url: no transport for {scheme}:// (mqtt://, mqtts:// or nats://)")
+    raise ConfigError(f"mqtt.url: no transport for {scheme}:// (mqtt://, mqtts://; nats:// runs a shard)")

@@ -2,7 +2,8 @@
 
 The engine, the frames, the forecasts and the metrics know nothing of the broker: the daemon holds
 one :class:`Transport`, which it chooses by the broker URL's scheme (``mqtt://``, ``mqtts://``: the MQTT link,
-the simple single-box path). A transport takes messages into the daemon's bounded inbox as
+the simple single-box path; ``nats://``: a shard's link to its fleet on NATS JetStream,
+:mod:`streamrnn.fleet`). A transport takes messages into the daemon's bounded inbox as
 :class:`Delivery` values, with topics in the MQTT form the parser reads
 (``plant/{stream}/sensors/{feature}``), and acknowledges each one only when the daemon says so.
 """
@@ -28,6 +29,9 @@ class Delivery:
     qos: int
     session: int
     retain: bool = False  # the broker's retained last value, replayed at subscribe: not a fresh reading
+    partition: int = -1  # JetStream: the partition it belongs to, and its sequence number in the stream
+    seq: int = 0
+    behind: bool = False  # ... and whether more of its partition already wait: a replay, not yet live
 
 
 class Transport(Protocol):

@@ -1,0 +1,99 @@
+"""One claimed partition's messages, from its JetStream consumer into the shard's inbox: in stream
+order, each once, the inbox's back-pressure holding the fetches, acknowledged up to where a
+checkpoint holds them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+from collections import Counter, deque
+from collections.abc import Callable
+
+from streamrnn import jetstream
+from streamrnn.logs import RateLimited
+from streamrnn.transport import Delivery
+
+log = logging.getLogger(__name__)
+
+_BATCH = 256  # messages fetched at once at most
+
+
+class PartitionFeed:
+    """Fetches partition ``p`` from the message after ``after`` while ``taking()`` says so; binds
+    its consumer again, from the last message taken, when ``epoch()`` moves (a reconnect: the
+    server may have lost what it had delivered)."""
+
+    def __init__(
+        self,
+        js,
+        p: int,
+        after: int,
+        sub,
+        ack_wait: float,
+        inbox: queue.Queue,
+        taking: Callable[[], bool],
+        epoch: Callable[[], int],
+        counts: Counter[str],
+        complaints: RateLimited,
+    ) -> None:
+        self.js, self.p, self.sub, self.ack_wait, self.inbox = js, p, sub, ack_wait, inbox
+        self.taking, self.epoch, self.counts, self.complaints = taking, epoch, counts, complaints
+        self.last = after  # the last sequence put into the inbox
+        self.unacked: deque = deque()  # (sequence, message) since the last checkpoint
+        self.task = asyncio.get_running_loop().create_task(self._fetch())
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    async def acknowledge(self, seq: int) -> None:
+        """A checkpoint holds the messages up to ``seq``: acknowledge them (the last acknowledges those before it)."""
+        last = None
+        while self.unacked and self.unacked[0][0] <= seq:
+            last = self.unacked.popleft()[1]
+        if last is not None:
+            try:
+                await last.ack()
+            except Exception as e:  # the next checkpoint's acknowledges these too
+                self.complaints.log(log, logging.WARNING, "ack", "acknowledgement failed", error=f"{type(e).__name__}: {e}")
+
+    async def _fetch(self) -> None:
+        import nats
+
+        epoch = self.epoch()
+        while self.taking():
+            try:
+                if epoch != self.epoch():
+                    epoch, (self.sub, _) = self.epoch(), await jetstream.consume(self.js, self.p, self.last, self.ack_wait)
+                msgs = await self.sub.fetch(_BATCH, timeout=0.5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception as e:  # the connection lost or a server error: again, said at a bounded rate
+                self.complaints.log(log, logging.WARNING, "fetch", "fetch failed", partition=self.p, error=f"{type(e).__name__}: {e}")
+                await asyncio.sleep(0.5)
+                continue
+            for m in msgs:
+                if not await self._take(m):
+                    return
+
+    async def _take(self, m) -> bool:
+        """Into the inbox, waiting while it is full (the engine is behind: no more fetches until it
+        catches up); False if the partition stopped being ours meanwhile."""
+        meta = m.metadata
+        seq = meta.sequence.stream
+        if seq <= self.last:
+            return True  # delivered again: taken already
+        part, topic = jetstream.where(m.subject)
+        d = Delivery(topic, m.data, meta.timestamp.timestamp(), seq, 1, 0, partition=part, seq=seq, behind=meta.num_pending > 0)
+        while self.taking():
+            try:
+                self.inbox.put_nowait(d)
+            except queue.Full:
+                self.counts["inbox_full_waits"] += 1
+                await asyncio.sleep(0.01)
+                continue
+            self.last = seq
+            self.unacked.append((seq, m))
+            return True
+        return False

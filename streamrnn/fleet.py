@@ -1,0 +1,243 @@
+"""A shard's NATS connection: membership, partition claims, the partitions' consumers and their
+checkpoints, and forecasts out (``nats://`` broker URLs).
+
+Every third of ``shards.lease`` the link renews its member key and its claims, reads the members,
+and moves partitions as :mod:`streamrnn.ownership` says: one it should hold and nobody holds it
+claims (a KV create), loads its checkpoint from the object store and consumes from the message
+after it; one it should no longer hold it stops fetching and asks the engine thread to hand it
+back (checkpoint, then the claim deleted). A shard that dies stops renewing: its keys lapse after
+``shards.lease`` seconds and the others take its partitions from their last checkpoints, replaying
+what JetStream kept since. Messages are acknowledged once a checkpoint holds them.
+
+nats-py is asyncio: the link runs an event loop on a thread of its own, as paho runs its network
+thread; the engine thread hands it work and reads the inbox, where claims and releases come in
+order with the messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import socket
+import time
+
+from streamrnn import checkpoint, jetstream, ownership
+from streamrnn.config import ConfigError, Settings
+from streamrnn.consumer import PartitionFeed
+from streamrnn.jetstream import subject
+from streamrnn.lease import Leases
+from streamrnn.natsconn import Connection
+from streamrnn.transport import Delivery
+
+log = logging.getLogger(__name__)
+
+Control = ownership.Claimed | ownership.Release | ownership.Lost
+
+
+def member_name(instance: str) -> str:
+    """The fleet member a process is: its instance, if one was given (a restart gets its
+    partitions back), else its host and process id."""
+    return instance if instance != "default" else f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
+
+
+class FleetLink(Connection):
+    """One shard's connection to the fleet; a :class:`~streamrnn.transport.Transport` whose inbox
+    also carries :data:`Control` values."""
+
+    def __init__(self, settings: Settings, templates: list[str], inbox: queue.Queue) -> None:
+        self.me = member_name(settings.mqtt.instance)
+        super().__init__(settings.mqtt, f"streamrnn-{self.me}")
+        self.shards, self.templates, self.inbox = settings.shards, templates, inbox
+        self.ack_wait = max(60.0, 3 * settings.checkpoint.every)  # acknowledged at checkpoints: never delivered again meanwhile
+        self.status_subject = subject(self.cfg.status_topic.format(instance=self.cfg.instance))
+        self.subscribed = False
+        self.error: Exception | None = None  # what stopped the link for good (the stream made for other settings)
+        self._intake = True
+        self._claims: dict[int, int] = {}  # partition -> the revision of our claim
+        self._releasing: set[int] = set()
+        self._feeds: dict[int, PartitionFeed] = {}
+        self._saving: dict[int, asyncio.Lock] = {}
+        self._js = self._store = None
+        self._leases: Leases | None = None
+
+    # -- what the engine thread asks ------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.connected and self.subscribed
+
+    def close_intake(self) -> None:
+        """Fetch no more, claim no more; what was fetched and not taken goes to the partitions' next owners."""
+        self._intake = False
+
+    def ack(self, msg: Delivery) -> None:
+        """Nothing to do per message: a partition's messages are acknowledged by its checkpoints."""
+
+    def save(self, partition: int, state: dict, seq: int) -> None:
+        """Store the partition's checkpoint (``state`` after message ``seq``); acknowledge what it holds."""
+        self.soon(self._save(partition, state, seq))
+
+    def hand_back(self, partition: int, state: dict | None, seq: int) -> None:
+        """The engine thread dropped the partition (``state`` None: nothing new to store): store it, release the claim."""
+        self.soon(self._hand_back(partition, state, seq))
+
+    # -- the connection's thread ----------------------------------------------------------------
+    async def serve(self, nc) -> None:
+        while not self._stopping.is_set():
+            try:
+                await jetstream.prepare(nc, self.templates, self.shards)
+                self._js = nc.jetstream()
+                self._leases = Leases(await self._js.key_value(jetstream.BUCKET), self.me)
+                self._store = await self._js.object_store(jetstream.STATE)
+                break
+            except ConfigError as e:  # for good: the daemon stops, saying why
+                self.error = e
+                return
+            except Exception as e:  # JetStream not ready yet (a cluster electing its leaders): again shortly
+                self._complaints.log(log, logging.WARNING, "prepare", "jetstream not ready", error=f"{type(e).__name__}: {e}")
+                await asyncio.sleep(self.cfg.reconnect_min)
+        if self._stopping.is_set():
+            return
+        self.subscribed = True
+        await nc.publish(self.status_subject, b"online")
+        log.info("joined the fleet", extra={"member": self.me, "partitions": self.shards.partitions})
+        while not self._stopping.is_set():
+            try:
+                await self._round()
+            except Exception as e:  # the connection lost, a server electing: the next round tries again
+                self._complaints.log(log, logging.WARNING, "lease", "lease round failed", error=f"{type(e).__name__}: {e}")
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.shards.lease / 3)
+            except TimeoutError:
+                pass  # the next round
+
+    async def _round(self) -> None:
+        """Renew, read the members, release what moved away, claim what came to us."""
+        leases = self._leases
+        members = await leases.members()
+        for p, rev in list(self._claims.items()):
+            rev = await leases.renew(p, rev)
+            if rev is None:
+                await self._lose(p)
+            elif p in self._claims:  # not handed back meanwhile
+                self._claims[p] = rev
+        if not self._intake:
+            return
+        mine = ownership.owned(self.me, self.shards.partitions, members)
+        for p in sorted(self._claims.keys() - mine - self._releasing):
+            await self._release(p)
+        for p in sorted(mine - self._claims.keys()):
+            rev = await leases.claim(p)
+            if rev is not None:
+                await self._claim(p, rev)
+
+    async def _claim(self, p: int, rev: int) -> None:
+        """Load the partition's checkpoint, consume from the message after it."""
+        t0 = time.perf_counter()
+        self._claims[p] = rev
+        state, seq = await self._load(p)
+        sub, waiting = await jetstream.consume(self._js, p, seq, self.ack_wait)
+        await self._put(ownership.Claimed(p, state, seq, waiting))
+        self._feeds[p] = PartitionFeed(
+            self._js, p, seq, sub, self.ack_wait, self.inbox, lambda: self._taking(p), lambda: self._epoch, self.counts, self._complaints
+        )
+        self.counts["claimed"] += 1
+        log.info("partition claimed", extra={"partition": p, "after": seq, "seconds": round(time.perf_counter() - t0, 3)})
+
+    async def _load(self, p: int) -> tuple[dict | None, int]:
+        """The partition's checkpoint and the sequence it holds messages up to; (None, 0) if there is
+        none (or it is unusable: then everything JetStream kept is replayed)."""
+        import nats
+
+        try:
+            got = await self._store.get(f"partition-{p}")
+        except nats.js.errors.ObjectNotFoundError:
+            return None, 0
+        try:
+            state = await asyncio.get_running_loop().run_in_executor(None, checkpoint.decode, got.data)
+            return state, int(state["seq"])
+        except (checkpoint.CorruptCheckpoint, KeyError, TypeError, ValueError) as e:
+            self.counts["checkpoints_unusable"] += 1
+            log.error("partition checkpoint unusable: replaying what JetStream kept", extra={"partition": p, "error": str(e)})
+            return None, 0
+
+    def _taking(self, p: int) -> bool:
+        return self._intake and p in self._claims and p not in self._releasing
+
+    async def _put(self, item: Control) -> None:
+        while True:
+            try:
+                return self.inbox.put_nowait(item)
+            except queue.Full:
+                await asyncio.sleep(0.01)
+
+    async def _release(self, p: int) -> None:
+        """Stop fetching; the engine thread checkpoints the partition after what it has and hands it back."""
+        self._releasing.add(p)
+        await self._stop_fetching(p)
+        await self._put(ownership.Release(p))
+        log.info("partition moving", extra={"partition": p})
+
+    async def _lose(self, p: int) -> None:
+        self._claims.pop(p, None)
+        await self._stop_fetching(p)
+        self._feeds.pop(p, None)
+        self.counts["lost"] += 1
+        await self._put(ownership.Lost(p))
+        log.warning("partition claim lapsed: another shard may hold it", extra={"partition": p})
+
+    async def _stop_fetching(self, p: int) -> None:
+        feed = self._feeds.get(p)
+        if feed is not None:
+            await feed.stop()
+
+    async def _hand_back(self, p: int, state: dict | None, seq: int) -> None:
+        if state is not None:
+            await self._save(p, state, seq)
+        async with self._saving.setdefault(p, asyncio.Lock()):  # after a checkpoint still on its way
+            await self._unclaim(p)
+
+    async def _unclaim(self, p: int) -> None:
+        held = self._claims.pop(p, None) is not None
+        self._releasing.discard(p)
+        await self._stop_fetching(p)
+        self._feeds.pop(p, None)
+        if held:
+            try:
+                await self._leases.release(p)
+            except Exception as e:  # it lapses after shards.lease instead
+                self._complaints.log(log, logging.WARNING, "release", "claim not deleted", partition=p, error=f"{type(e).__name__}: {e}")
+        self.counts["released"] += 1
+
+    async def _save(self, p: int, state: dict, seq: int) -> bool:
+        """Store one partition's checkpoint if the partition is still ours; acknowledge what it holds."""
+        lock = self._saving.setdefault(p, asyncio.Lock())
+        async with lock:
+            try:
+                if not await self._leases.holds(p):
+                    return False  # lapsed and taken: the new owner's checkpoints count, not ours
+                data = await asyncio.get_running_loop().run_in_executor(None, checkpoint.encode, state)
+                await self._store.put(f"partition-{p}", data)
+            except Exception as e:  # the next one tries again; nothing acknowledged meanwhile
+                self.counts["checkpoints_failed"] += 1
+                self._complaints.log(log, logging.ERROR, "checkpoint", "checkpoint failed", partition=p, error=f"{type(e).__name__}: {e}")
+                return False
+            self.counts["checkpoints"] += 1
+            if p in self._feeds:
+                await self._feeds[p].acknowledge(seq)
+            return True
+
+    async def leave(self, nc, deadline: float) -> bool:
+        """Wait for the hand-backs the engine thread asked for, leave the fleet, say offline."""
+        for p in list(self._feeds):
+            await self._stop_fetching(p)
+        while self._claims and time.monotonic() < deadline and nc.is_connected:
+            await asyncio.sleep(0.01)
+        try:
+            await self._leases.leave()
+        except Exception as e:  # it lapses after shards.lease
+            log.warning("member key not deleted: %s", e)
+        await nc.publish(self.status_subject, b"offline")
+        self.subscribed = False
+        return not self._claims

@@ -1,0 +1,175 @@
+"""One NATS connection on an event loop of its own thread, as paho runs its network thread: the
+caller's thread hands it work (:meth:`Connection.soon`), the loop connects with backoff until the
+server answers, publishes what it was handed once connected, and closes flushing what is unsent.
+nats-py is asyncio; the rest of streamrnn is not."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+from streamrnn.config import MqttSettings
+from streamrnn.jetstream import subject
+from streamrnn.logs import RateLimited
+
+log = logging.getLogger(__name__)
+
+
+class Connection:
+    """Subclasses serve the connection in :meth:`serve` and say goodbye in :meth:`leave`."""
+
+    def __init__(self, cfg: MqttSettings, name: str) -> None:
+        self.cfg, self.name = cfg, name
+        self.counts: Counter[str] = Counter()
+        self.connected = False
+        self._complaints = RateLimited(burst=5, per=60.0)
+        self._epoch = 0  # counts reconnects
+        self._unsent = 0
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._stopping: asyncio.Event | None = None
+        self._closed: asyncio.Event | None = None
+        self._up = asyncio.Event()  # connected once: what was published before waits for it
+        self._tasks: set[asyncio.Task] = set()
+        self._nc = None
+        self._thread = threading.Thread(target=self._run, name="nats", daemon=True)
+
+    @property
+    def pending(self) -> int:
+        return self._unsent
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """:meth:`leave`, flush, close; whether everything went out in time."""
+        if not self._thread.is_alive():
+            return True
+        done = asyncio.run_coroutine_threadsafe(self._close(time.monotonic() + 0.9 * timeout), self._loop)
+        try:
+            flushed = done.result(timeout)
+        except Exception as e:  # a timeout, or the connection gone
+            log.warning("nats connection not closed cleanly: %s", e)
+            flushed = False
+        self._thread.join(max(0.1, timeout))
+        return flushed
+
+    def publish_many(self, messages: Iterable[tuple[str, bytes]], retain: bool = False) -> list[str | None]:
+        """Hand the messages to the connection's thread (taken while disconnected, too: the client
+        buffers them until it reconnects); None for each, as a taken MQTT publish."""
+        batch = [(subject(t), p) for t, p in messages]
+        with self._lock:
+            self._unsent += len(batch)
+        self.soon(self._publish(batch))
+        return [None] * len(batch)
+
+    def soon(self, coro) -> None:
+        """Run ``coro`` on the connection's loop (from any thread)."""
+
+        def go() -> None:
+            task = self._loop.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._loop.call_soon_threadsafe(go)
+
+    async def serve(self, nc) -> None:
+        raise NotImplementedError
+
+    async def leave(self, nc, deadline: float) -> bool:
+        """Before the connection closes; whether all was done."""
+        return True
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        self._stopping, self._closed = asyncio.Event(), asyncio.Event()
+        try:
+            nc = await self._connect()
+            if nc is not None:
+                await self.serve(nc)
+        finally:
+            if self._stopping.is_set():
+                await self._closed.wait()  # the loop runs until stop() is done with it
+
+    async def _connect(self):
+        """The connection, tried again with backoff until the server answers (or the daemon stops)."""
+        import nats
+
+        cfg, wait = self.cfg, self.cfg.reconnect_min
+        while not self._stopping.is_set():
+            try:
+                nc = await nats.connect(
+                    cfg.url,
+                    name=self.name,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=cfg.reconnect_min,
+                    user=cfg.username,
+                    password=cfg.secret(),
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    error_cb=self._error,
+                )
+            except Exception as e:  # refused, unreachable: said at a bounded rate, tried again
+                msg = "nats server unreachable"
+                self._complaints.log(log, logging.WARNING, "connect", msg, broker=cfg.url, error=f"{type(e).__name__}: {e}")
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, cfg.reconnect_max)
+                continue
+            self.connected = True
+            self.counts["connects"] += 1
+            log.info("connected", extra={"broker": cfg.url, "client": self.name})
+            self._nc = nc
+            self._up.set()
+            return nc
+        return None
+
+    async def _publish(self, batch: list[tuple[str, bytes]]) -> None:
+        """After the first connection."""
+        await self._up.wait()
+        for subj, payload in batch:
+            try:
+                await self._nc.publish(subj, payload)
+            except Exception as e:
+                self.counts["publish_failed"] += 1
+                self._complaints.log(log, logging.WARNING, "publish", "publish failed", error=f"{type(e).__name__}: {e}")
+        with self._lock:
+            self._unsent -= len(batch)
+
+    async def _close(self, deadline: float) -> bool:
+        try:
+            self._stopping.set()
+            nc = self._nc
+            if nc is None or nc.is_closed:
+                return False
+            done = await self.leave(nc, deadline)
+            while self._unsent > 0 and nc.is_connected and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await nc.flush(timeout=max(0.1, deadline - time.monotonic()))
+            await nc.close()
+            self.connected = False
+            return done and self._unsent == 0
+        finally:
+            self._closed.set()
+
+    async def _disconnected(self) -> None:
+        self.connected = False
+        self.counts["disconnects"] += 1
+
+    async def _reconnected(self) -> None:
+        self.connected = True
+        self._epoch += 1
+        self.counts["reconnects"] += 1
+        log.info("reconnected", extra={"broker": self.cfg.url})
+
+    async def _error(self, e: Exception) -> None:
+        self._complaints.log(log, logging.WARNING, "error", "nats error", error=f"{type(e).__name__}: {e}")
