@@ -21,8 +21,9 @@ _BATCH = 256  # messages fetched at once at most
 
 class PartitionFeed:
     """Fetches partition ``p`` from the message after ``after`` while ``taking()`` says so; binds
-    its consumer again, from the last message taken, when ``epoch()`` moves (a reconnect: the
-    server may have lost what it had delivered)."""
+    its consumer again, from the last message taken, when ``epoch()`` moves (a reconnect) or a
+    delivery is missing (lost in transit while a leader changed: JetStream would deliver it again
+    only after ``ack_wait``, behind newer readings)."""
 
     def __init__(
         self,
@@ -40,6 +41,7 @@ class PartitionFeed:
         self.js, self.p, self.sub, self.ack_wait, self.inbox = js, p, sub, ack_wait, inbox
         self.taking, self.epoch, self.counts, self.complaints = taking, epoch, counts, complaints
         self.last = after  # the last sequence put into the inbox
+        self.delivered = 0  # ... and its delivery's sequence on the consumer: a gap means some were lost in transit
         self.unacked: deque = deque()  # (sequence, message) since the last checkpoint
         self.task = asyncio.get_running_loop().create_task(self._fetch())
 
@@ -64,8 +66,9 @@ class PartitionFeed:
         epoch = self.epoch()
         while self.taking():
             try:
-                if epoch != self.epoch():
+                if epoch != self.epoch() or self.delivered < 0:
                     epoch, (self.sub, _) = self.epoch(), await jetstream.consume(self.js, self.p, self.last, self.ack_wait)
+                    self.delivered = 0
                 msgs = await self.sub.fetch(_BATCH, timeout=0.5)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
@@ -76,12 +79,19 @@ class PartitionFeed:
             for m in msgs:
                 if not await self._take(m):
                     return
+                if self.delivered < 0:
+                    break
 
     async def _take(self, m) -> bool:
         """Into the inbox, waiting while it is full (the engine is behind: no more fetches until it
         catches up); False if the partition stopped being ours meanwhile."""
         meta = m.metadata
         seq = meta.sequence.stream
+        if meta.sequence.consumer != self.delivered + 1:  # lost in transit (a leader changed): from the last one taken, again
+            self.counts["delivery_gaps"] += 1
+            self.delivered = -1
+            return True
+        self.delivered += 1
         if seq <= self.last:
             return True  # delivered again: taken already
         part, topic = jetstream.where(m.subject)

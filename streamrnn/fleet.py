@@ -28,7 +28,7 @@ from streamrnn.config import ConfigError, Settings
 from streamrnn.consumer import PartitionFeed
 from streamrnn.jetstream import subject
 from streamrnn.lease import Leases
-from streamrnn.natsconn import Connection
+from streamrnn.natsconn import Connection, until
 from streamrnn.transport import Delivery
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class FleetLink(Connection):
         self._intake = True
         self._claims: dict[int, int] = {}  # partition -> the revision of our claim
         self._releasing: set[int] = set()
+        self._handing = 0  # hand-backs under way
         self._feeds: dict[int, PartitionFeed] = {}
         self._saving: dict[int, asyncio.Lock] = {}
         self._js = self._store = None
@@ -84,20 +85,8 @@ class FleetLink(Connection):
 
     # -- the connection's thread ----------------------------------------------------------------
     async def serve(self, nc) -> None:
-        while not self._stopping.is_set():
-            try:
-                await jetstream.prepare(nc, self.templates, self.shards)
-                self._js = nc.jetstream()
-                self._leases = Leases(await self._js.key_value(jetstream.BUCKET), self.me)
-                self._store = await self._js.object_store(jetstream.STATE)
-                break
-            except ConfigError as e:  # for good: the daemon stops, saying why
-                self.error = e
-                return
-            except Exception as e:  # JetStream not ready yet (a cluster electing its leaders): again shortly
-                self._complaints.log(log, logging.WARNING, "prepare", "jetstream not ready", error=f"{type(e).__name__}: {e}")
-                await asyncio.sleep(self.cfg.reconnect_min)
-        if self._stopping.is_set():
+        """Join, then a lease round every third of a lease."""
+        if not await self._join(nc):
             return
         self.subscribed = True
         await nc.publish(self.status_subject, b"online")
@@ -107,10 +96,25 @@ class FleetLink(Connection):
                 await self._round()
             except Exception as e:  # the connection lost, a server electing: the next round tries again
                 self._complaints.log(log, logging.WARNING, "lease", "lease round failed", error=f"{type(e).__name__}: {e}")
+            await until(self._stopping, self.shards.lease / 3)
+
+    async def _join(self, nc) -> bool:
+        """The streams, bucket and store made or found; False if stopped first, or for good (``error``)."""
+        while not self._stopping.is_set():
             try:
-                await asyncio.wait_for(self._stopping.wait(), self.shards.lease / 3)
-            except TimeoutError:
-                pass  # the next round
+                await jetstream.prepare(nc, self.templates, self.cfg.forecast_topic, self.shards)
+                self._js = nc.jetstream()
+                quick = nc.jetstream(timeout=min(5.0, self.shards.lease / 3))  # a lease round never outlives a lease
+                self._leases = Leases(await quick.key_value(jetstream.BUCKET), self.me)
+                self._store = await self._js.object_store(jetstream.STATE)
+                return True
+            except ConfigError as e:  # for good: the daemon stops, saying why
+                self.error = e
+                return False
+            except Exception as e:  # JetStream not ready yet (a cluster electing its leaders): again shortly
+                self._complaints.log(log, logging.WARNING, "prepare", "jetstream not ready", error=f"{type(e).__name__}: {e}")
+                await asyncio.sleep(self.cfg.reconnect_min)
+        return False
 
     async def _round(self) -> None:
         """Renew, read the members, release what moved away, claim what came to us."""
@@ -133,12 +137,18 @@ class FleetLink(Connection):
                 await self._claim(p, rev)
 
     async def _claim(self, p: int, rev: int) -> None:
-        """Load the partition's checkpoint, consume from the message after it."""
+        """Load the partition's checkpoint, consume from the message after it; a claim that fails
+        on the way is let go."""
         t0 = time.perf_counter()
         self._claims[p] = rev
-        state, seq = await self._load(p)
-        sub, waiting = await jetstream.consume(self._js, p, seq, self.ack_wait)
-        await self._put(ownership.Claimed(p, state, seq, waiting))
+        try:
+            state, seq = await self._load(p)
+            sub, waiting = await jetstream.consume(self._js, p, seq, self.ack_wait)
+        except Exception:
+            self._claims.pop(p, None)
+            await self._leases.release(p)
+            raise
+        await put(self.inbox, ownership.Claimed(p, state, seq, waiting))
         self._feeds[p] = PartitionFeed(
             self._js, p, seq, sub, self.ack_wait, self.inbox, lambda: self._taking(p), lambda: self._epoch, self.counts, self._complaints
         )
@@ -146,17 +156,9 @@ class FleetLink(Connection):
         log.info("partition claimed", extra={"partition": p, "after": seq, "seconds": round(time.perf_counter() - t0, 3)})
 
     async def _load(self, p: int) -> tuple[dict | None, int]:
-        """The partition's checkpoint and the sequence it holds messages up to; (None, 0) if there is
-        none (or it is unusable: then everything JetStream kept is replayed)."""
-        import nats
-
+        """The partition's checkpoint; one unusable is said, and everything JetStream kept is replayed."""
         try:
-            got = await self._store.get(f"partition-{p}")
-        except nats.js.errors.ObjectNotFoundError:
-            return None, 0
-        try:
-            state = await asyncio.get_running_loop().run_in_executor(None, checkpoint.decode, got.data)
-            return state, int(state["seq"])
+            return await jetstream.load(self._store, p)
         except (checkpoint.CorruptCheckpoint, KeyError, TypeError, ValueError) as e:
             self.counts["checkpoints_unusable"] += 1
             log.error("partition checkpoint unusable: replaying what JetStream kept", extra={"partition": p, "error": str(e)})
@@ -165,18 +167,11 @@ class FleetLink(Connection):
     def _taking(self, p: int) -> bool:
         return self._intake and p in self._claims and p not in self._releasing
 
-    async def _put(self, item: Control) -> None:
-        while True:
-            try:
-                return self.inbox.put_nowait(item)
-            except queue.Full:
-                await asyncio.sleep(0.01)
-
     async def _release(self, p: int) -> None:
         """Stop fetching; the engine thread checkpoints the partition after what it has and hands it back."""
         self._releasing.add(p)
         await self._stop_fetching(p)
-        await self._put(ownership.Release(p))
+        await put(self.inbox, ownership.Release(p))
         log.info("partition moving", extra={"partition": p})
 
     async def _lose(self, p: int) -> None:
@@ -184,7 +179,7 @@ class FleetLink(Connection):
         await self._stop_fetching(p)
         self._feeds.pop(p, None)
         self.counts["lost"] += 1
-        await self._put(ownership.Lost(p))
+        await put(self.inbox, ownership.Lost(p))
         log.warning("partition claim lapsed: another shard may hold it", extra={"partition": p})
 
     async def _stop_fetching(self, p: int) -> None:
@@ -193,10 +188,14 @@ class FleetLink(Connection):
             await feed.stop()
 
     async def _hand_back(self, p: int, state: dict | None, seq: int) -> None:
-        if state is not None:
-            await self._save(p, state, seq)
-        async with self._saving.setdefault(p, asyncio.Lock()):  # after a checkpoint still on its way
-            await self._unclaim(p)
+        self._handing += 1
+        try:
+            if state is not None:
+                await self._save(p, state, seq)
+            async with self._saving.setdefault(p, asyncio.Lock()):  # after a checkpoint still on its way
+                await self._unclaim(p)
+        finally:
+            self._handing -= 1
 
     async def _unclaim(self, p: int) -> None:
         held = self._claims.pop(p, None) is not None
@@ -232,7 +231,7 @@ class FleetLink(Connection):
         """Wait for the hand-backs the engine thread asked for, leave the fleet, say offline."""
         for p in list(self._feeds):
             await self._stop_fetching(p)
-        while self._claims and time.monotonic() < deadline and nc.is_connected:
+        while (self._claims or self._handing) and time.monotonic() < deadline and nc.is_connected:
             await asyncio.sleep(0.01)
         try:
             await self._leases.leave()
@@ -241,3 +240,12 @@ class FleetLink(Connection):
         await nc.publish(self.status_subject, b"offline")
         self.subscribed = False
         return not self._claims
+
+
+async def put(inbox: queue.Queue, item: Control) -> None:
+    """Into the inbox, after the messages before it, waiting while it is full."""
+    while True:
+        try:
+            return inbox.put_nowait(item)
+        except queue.Full:
+            await asyncio.sleep(0.01)

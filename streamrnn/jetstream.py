@@ -3,6 +3,8 @@
 A NATS server with its MQTT listener maps the MQTT topic ``plant/r1/sensors/level`` to the subject
 ``plant.r1.sensors.level`` and back (see :func:`subject`). The shards make, idempotently:
 
+- the stream ``STREAMRNN_FORECASTS`` over the forecast subjects, which keeps each stream's last
+  forecast and acknowledges each one published (so a shard publishes again what a dying server lost);
 - the stream ``STREAMRNN_SENSORS`` over the sensor (and frame) subjects, which stores each message
   under ``streamrnn.partition.{p}.<subject>``, ``p`` the server's ``partition(P, stream)`` of the
   stream id: every message of a stream lands in the same partition, whatever its topic;
@@ -15,9 +17,11 @@ A NATS server with its MQTT listener maps the MQTT topic ``plant/r1/sensors/leve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from streamrnn import checkpoint
 from streamrnn.config import ConfigError, ShardSettings
 
 if TYPE_CHECKING:
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STREAM = "STREAMRNN_SENSORS"
+FORECASTS = "STREAMRNN_FORECASTS"
 BUCKET = "streamrnn-fleet"
 STATE = "streamrnn-state"
 PREFIX = "streamrnn.partition"
@@ -70,39 +75,21 @@ def where(subj: str) -> tuple[int, str]:
     return int(p), topic(rest)
 
 
-async def prepare(nc: Client, templates: list[str], cfg: ShardSettings) -> None:
-    """Make the stream, the bucket and the object store where missing; refuse a stream made for
-    other subjects or another number of partitions (its checkpoints would hold the wrong streams)."""
+async def prepare(nc: Client, templates: list[str], forecast_topic: str, cfg: ShardSettings) -> None:
+    """Make the streams, the bucket and the object store where missing; refuse a sensor stream made
+    for other subjects or another number of partitions (its checkpoints would hold the wrong streams)."""
     import nats
-    from nats.js.api import DiscardPolicy, KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig, SubjectTransform
+    from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
 
     js = nc.jetstream()
-    subjects, source, destination = partitioned(templates, cfg.partitions)
     replicas = 3 if len(nc.servers) >= 3 else 1  # a cluster keeps three copies
+    await _sensors(js, templates, cfg, replicas)
     try:
-        info = await js.stream_info(STREAM)
+        await js.stream_info(FORECASTS)
     except nats.js.errors.NotFoundError:
-        transform = SubjectTransform(src=source, dest=destination)
-        config = StreamConfig(
-            name=STREAM,
-            subjects=subjects,
-            subject_transform=transform,
-            max_age=cfg.retention,
-            max_bytes=cfg.max_bytes,
-            discard=DiscardPolicy.OLD,
-            storage=StorageType.FILE,
-            num_replicas=replicas,
-        )
-        await js.add_stream(config)
-        log.info("stream made", extra={"stream": STREAM, "subjects": subjects, "partitions": cfg.partitions, "replicas": replicas})
-    else:
-        t = info.config.subject_transform
-        if t is None or t.dest != destination or sorted(info.config.subjects or []) != sorted(subjects):
-            made = f"subjects {info.config.subjects}, stored as {t.dest if t else 'they came'}"
-            raise ConfigError(
-                f"shards.partitions / mqtt topics: the JetStream stream {STREAM} was made for {made}, not {subjects} "
-                f"stored as {destination}; run every shard with the same settings, or delete the stream to start afresh"
-            )
+        forecasts = subject("/".join("*" if lv == "{stream}" else lv for lv in forecast_topic.split("/")))
+        kept = {"max_msgs_per_subject": 1, "max_age": cfg.retention, "storage": StorageType.FILE, "num_replicas": replicas}
+        await js.add_stream(StreamConfig(name=FORECASTS, subjects=[forecasts], **kept))
     for name, make in (
         (BUCKET, lambda: js.create_key_value(KeyValueConfig(bucket=BUCKET, ttl=cfg.lease, history=1, replicas=replicas))),
         (STATE, lambda: js.create_object_store(STATE, ObjectStoreConfig(bucket=STATE, replicas=replicas))),
@@ -113,6 +100,43 @@ async def prepare(nc: Client, templates: list[str], cfg: ShardSettings) -> None:
             await make()
 
 
+async def _sensors(js: JetStreamContext, templates: list[str], cfg: ShardSettings, replicas: int) -> None:
+    import nats
+    from nats.js.api import DiscardPolicy, StorageType, StreamConfig, SubjectTransform
+
+    subjects, source, destination = partitioned(templates, cfg.partitions)
+    try:
+        info = await js.stream_info(STREAM)
+    except nats.js.errors.NotFoundError:
+        transform = SubjectTransform(src=source, dest=destination)
+        kept = {"max_age": cfg.retention, "max_bytes": cfg.max_bytes, "discard": DiscardPolicy.OLD, "storage": StorageType.FILE}
+        await js.add_stream(StreamConfig(name=STREAM, subjects=subjects, subject_transform=transform, num_replicas=replicas, **kept))
+        log.info("stream made", extra={"stream": STREAM, "subjects": subjects, "partitions": cfg.partitions, "replicas": replicas})
+        return
+    t = info.config.subject_transform
+    if t is None or t.dest != destination or sorted(info.config.subjects or []) != sorted(subjects):
+        made = f"subjects {info.config.subjects}, stored as {t.dest if t else 'they came'}"
+        raise ConfigError(
+            f"shards.partitions / mqtt topics: the JetStream stream {STREAM} was made for {made}, not {subjects} "
+            f"stored as {destination}; run every shard with the same settings, or delete the stream to start afresh"
+        )
+
+
+async def load(store, partition: int) -> tuple[dict | None, int]:
+    """The partition's checkpoint from the object store and the sequence it holds messages up to;
+    (None, 0) if there is none. Raises CorruptCheckpoint (or KeyError, TypeError, ValueError) for one unusable."""
+    import asyncio
+
+    import nats
+
+    try:
+        got = await store.get(f"partition-{partition}")
+    except nats.js.errors.ObjectNotFoundError:
+        return None, 0
+    state = await asyncio.get_running_loop().run_in_executor(None, checkpoint.decode, got.data)
+    return state, int(state["seq"])
+
+
 async def consume(js: JetStreamContext, partition: int, after: int, ack_wait: float) -> tuple[JetStreamContext.PullSubscription, int]:
     """The partition's durable consumer, made afresh to deliver the messages after stream sequence
     ``after`` (all JetStream kept, for 0), in order, and how many wait for it; acknowledging one
@@ -121,10 +145,8 @@ async def consume(js: JetStreamContext, partition: int, after: int, ack_wait: fl
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     durable = f"streamrnn-p{partition}"
-    try:
+    with contextlib.suppress(nats.js.errors.NotFoundError):  # none: the first time this partition is taken
         await js.delete_consumer(STREAM, durable)
-    except nats.js.errors.NotFoundError:
-        pass  # the first time this partition is taken
     config = ConsumerConfig(
         durable_name=durable,
         ack_policy=AckPolicy.ALL,

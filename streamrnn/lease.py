@@ -33,26 +33,19 @@ class Leases:
 
     async def renew(self, p: int, rev: int) -> int | None:
         """Our claim on ``p`` renewed: its new revision; None if it lapsed and another took it."""
-        import nats
-
-        try:
-            return await self.kv.update(f"owner.{p}", self.token, last=rev)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            pass
-        try:  # lapsed (we were too slow) and nobody took it: still ours
-            return await self.kv.create(f"owner.{p}", self.token)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return None
+        got = await _revision(self.kv.update(f"owner.{p}", self.token, last=rev))
+        if got is None:  # lapsed (we were too slow) and, if nobody took it, still ours
+            got = await _revision(self.kv.create(f"owner.{p}", self.token))
+        return got
 
     async def claim(self, p: int) -> int | None:
         """A claim on ``p``, if nobody holds it or a former process of ours does (killed and
         restarted under the same name: its claim would only lapse later): its revision, else None."""
         import nats
 
-        try:
-            return await self.kv.create(f"owner.{p}", self.token)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            pass
+        got = await _revision(self.kv.create(f"owner.{p}", self.token))
+        if got is not None:
+            return got
         try:
             entry = await self.kv.get(f"owner.{p}")
             if entry.value.split(b" ")[0] != self.me.encode():
@@ -83,3 +76,13 @@ class Leases:
 
     async def leave(self) -> None:
         await self.kv.delete(f"member.{self.me}")
+
+
+async def _revision(write) -> int | None:
+    """The revision a conditional KV write made; None where its condition failed (another wrote first)."""
+    import nats
+
+    try:
+        return await write
+    except nats.js.errors.KeyWrongLastSequenceError:
+        return None

@@ -19,6 +19,15 @@ from streamrnn.logs import RateLimited
 log = logging.getLogger(__name__)
 
 
+async def until(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``event`` at most ``timeout`` seconds; whether it is set."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
 class Connection:
     """Subclasses serve the connection in :meth:`serve` and say goodbye in :meth:`leave`."""
 
@@ -134,16 +143,28 @@ class Connection:
         return None
 
     async def _publish(self, batch: list[tuple[str, bytes]]) -> None:
-        """After the first connection."""
+        """After the first connection, each to JetStream (a stream keeps the subject), again until
+        it is acknowledged: a message written to a server that dies is not lost with it (one whose
+        acknowledgement was lost goes out twice, the same)."""
+        n = len(batch)
         await self._up.wait()
-        for subj, payload in batch:
-            try:
-                await self._nc.publish(subj, payload)
-            except Exception as e:
-                self.counts["publish_failed"] += 1
-                self._complaints.log(log, logging.WARNING, "publish", "publish failed", error=f"{type(e).__name__}: {e}")
-        with self._lock:
-            self._unsent -= len(batch)
+        js, wait = self._nc.jetstream(), 0.1
+        try:
+            while not self._closed.is_set():
+                done = await asyncio.gather(*(js.publish(s, p, timeout=2.0) for s, p in batch), return_exceptions=True)
+                failed = [(m, r) for m, r in zip(batch, done) if isinstance(r, BaseException)]
+                if not failed:
+                    return
+                self.counts["publish_retried"] += len(failed)
+                error = f"{type(failed[0][1]).__name__}: {failed[0][1]}"
+                self._complaints.log(log, logging.WARNING, "publish", "publish not acknowledged: again", messages=len(failed), error=error)
+                batch = [m for m, _ in failed]
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, self.cfg.reconnect_max)
+            self.counts["publish_failed"] += len(batch)  # closed before they were acknowledged
+        finally:
+            with self._lock:
+                self._unsent -= n
 
     async def _close(self, deadline: float) -> bool:
         try:

@@ -19,6 +19,8 @@ from streamrnn.metrics import Metrics
 from streamrnn.model import StreamRNN
 from streamrnn.transport import Delivery
 
+_QUIET = 5.0  # seconds without any message that tell a quiet partition from a stalled transport (an election)
+
 
 class Partition:
     def __init__(self, number: int, settings: Settings, model: StreamRNN, version: int, metrics: Metrics, limiter: RateLimited) -> None:
@@ -28,15 +30,28 @@ class Partition:
         self.assembler = self.intake.assembler
         self.seq = 0  # the stream sequence of the last message taken
         self.saved = 0  # ... and of the last checkpoint's
-        self.arrival = time.time()  # when the last message taken reached JetStream: the clock of a replay
-        self.behind = False  # more of its messages wait in JetStream: replaying, silence measured on their clock
+        self.arrival = time.time()  # when the last message taken reached JetStream
+        self.behind = False  # more of its messages wait in JetStream: a replay, whose ticks close by event time only
 
     def take(self, msg: Delivery) -> list[Frame]:
-        """The frames the message closed (none for one refused or taken before)."""
+        """The frames the message closed (none for one refused or taken before), and those of the
+        streams silent for ``frames.idle_close`` by the clock of the messages: JetStream's time
+        of storing each, so a replay closes the very same ticks, and a transport that stalls
+        (a leader being elected) makes no stream silent."""
         if msg.seq <= self.seq:
             return []
         self.seq, self.arrival, self.behind = msg.seq, msg.arrival, msg.behind
-        return self.intake.ingest(msg, msg.arrival) or []
+        frames = self.intake.ingest(msg, msg.arrival) or []
+        for stream, tick in self.assembler.due(msg.arrival):
+            frames += self.assembler.close(stream, tick)
+        return frames
+
+    def quiet(self, now: float) -> list[Frame]:
+        """The frames of streams silent while their whole partition is: after ``_QUIET`` more
+        seconds without any message, the wall clock (less them) closes what waits."""
+        if self.behind or now - self.arrival < self.settings.frames.idle_close + _QUIET:
+            return []
+        return [f for stream, tick in self.assembler.due(now - _QUIET) for f in self.assembler.close(stream, tick)]
 
     def state(self) -> dict:
         """The checkpoint: copies, so that another thread may encode it while the engine steps on."""
@@ -53,8 +68,8 @@ class Partition:
         }
 
     def load(self, state: dict, seq: int) -> None:
-        """Go on from a checkpoint's ``state``, after message ``seq``, on the clock of the messages
-        (what comes next is replayed: the time the partition spent moving is not silence). Raises
+        """Go on from a checkpoint's ``state``, after message ``seq`` (what comes next is replayed:
+        the time the partition spent moving is not silence). Raises
         ValueError (or CheckpointMismatch) for one made for another partition, partition count or model."""
         if (state.get("partition"), state.get("partitions")) != (self.number, self.settings.shards.partitions):
             raise ValueError(f"checkpoint of partition {state.get('partition')} of {state.get('partitions')}")

@@ -140,10 +140,10 @@ class Shard:
         """One pass: take what arrived, route it to its partition, step, publish, housekeeping."""
         items = _take(self.inbox, wait)
         frames: dict[int, list[Frame]] = defaultdict(list)
-        taken, last = 0, None
+        taken = 0
         for item in items:
             if isinstance(item, Delivery):
-                taken, last = taken + 1, item
+                taken += 1
                 part = self.parts.get(item.partition)
                 if part is not None:  # else released: its next owner takes it from the checkpoint on
                     frames[item.partition] += part.take(item)
@@ -151,10 +151,9 @@ class Shard:
                 self._serve(frames)
                 frames.clear()
                 self._control(item)
-        wall = last.arrival if last is not None and not self.inbox.empty() else time.time()
+        now = time.time()
         for p, part in self.parts.items():
-            for stream, tick in part.assembler.due(part.arrival if part.behind else wall):
-                frames[p] += part.assembler.close(stream, tick)
+            frames[p] += part.quiet(now)
         if taken:
             self.metrics.received.inc(taken)
         self._serve(frames)

@@ -99,3 +99,37 @@ def test_container_file_runs_the_daemon_as_a_user():
     text = (DEPLOY / "Containerfile").read_text()
     assert "torch==" in text and "USER 10001" in text and 'ENTRYPOINT ["/opt/streamrnn/bin/streamrnn"]' in text
     assert "EXPOSE 9840" in text
+
+
+def test_the_fleet_overlay_runs_shards_on_a_nats_cluster_they_reach(tmp_path):
+    import kubernetes_validate
+
+    docs = kustomize(DEPLOY / "k8s" / "overlays" / "fleet")
+    for doc in docs:
+        if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    named = {(d["kind"], d["metadata"]["name"].rsplit("-", 1)[0] if d["kind"] == "ConfigMap" else d["metadata"]["name"]): d for d in docs}
+    shards, nats = named[("StatefulSet", "streamrnn")], named[("StatefulSet", "nats")]
+    assert shards["spec"]["replicas"] == 3 and nats["spec"]["replicas"] == 3
+    assert "volumeClaimTemplates" not in shards["spec"]  # a shard's state is in JetStream
+    for sts in (shards, nats):
+        pod = sts["spec"]["template"]["spec"]
+        volumes = {v["name"] for v in pod["volumes"]} | {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])}
+        assert {m["name"] for c in pod["containers"] for m in c["volumeMounts"]} <= volumes
+    shard_pods, nats_pods = (s["spec"]["template"]["metadata"]["labels"] for s in (shards, nats))
+    client = named[("Service", "nats")]
+    assert client["spec"]["selector"].items() <= nats_pods.items() and not client["spec"]["selector"].items() <= shard_pods.items()
+    assert not named[("Service", "streamrnn")]["spec"]["selector"].items() <= nats_pods.items()
+
+    # the servers route to each other by their stable names, with JetStream and MQTT on
+    conf = named[("ConfigMap", "nats-config")]["data"]["nats.conf"]
+    headless = nats["spec"]["serviceName"]
+    assert all(f"nats://nats-{i}.{headless}:6222" in conf for i in range(3)) and "jetstream" in conf and "mqtt" in conf
+
+    # the shards' TOML loads, reaches the client Service, and has a partition for each shard at least
+    toml = tmp_path / "streamrnn.toml"
+    toml.write_text(named[("ConfigMap", "streamrnn-config")]["data"]["streamrnn.toml"])
+    settings = config.load(toml)
+    ports = {p["name"]: p["port"] for p in client["spec"]["ports"]}
+    assert settings.mqtt.url == f"nats://{client['metadata']['name']}:{ports['client']}"
+    assert settings.shards.partitions >= shards["spec"]["replicas"]

