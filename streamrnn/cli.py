@@ -161,7 +161,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streamrnn.tools import demo
 
     try:
-        return demo.run(args.broker, args.streams, args.rate, args.duration, args.config)
+        return demo.run(args.broker, args.streams, args.rate, args.duration, args.config, shards=args.shards)
     except (RuntimeError, TimeoutError, ConnectionError) as e:
         print(f"streamrnn demo: {e}", file=sys.stderr)
         return 1
@@ -261,6 +261,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--streams", type=POS_INT, default=3, help="simulated reactors")
     d.add_argument("--rate", type=POS_FLOAT, default=10.0, help="simulated frames per second per reactor")
     d.add_argument("--duration", type=POS_FLOAT, help="seconds to run (default: until Ctrl-C)")
+    d.add_argument("--shards", type=int, default=0, help="N shards on a 3-server NATS cluster instead (the 'nats' extra)")
     d.set_defaults(func=cmd_demo)
 
     b = command("bench", "benchmarks, each figure beside its reference measured in the same run")

@@ -175,3 +175,24 @@ def test_the_demo_killed_outright_takes_its_processes_with_it(tmp_path):
     demo.kill()
     demo.wait(10)
     assert not _gone(kids, 30.0), "children outlived a demo killed with SIGKILL"
+
+
+def test_the_demo_with_shards_serves_every_stream_from_a_nats_cluster_and_stops_them_all(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "streamrnn", "demo", "--shards", "3", "--streams", "4", "--rate", "5", "--duration", "40"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    final = out.stdout[out.stdout.rindex("done") :]
+    assert "3 shards on 3 NATS servers" in out.stdout
+    held = re.search(r"3 shards, partitions held (\d+)/(\d+)/(\d+), (\d+) forecasts", final)
+    assert held, final
+    assert sum(int(n) for n in held.groups()[:3]) == 16 and all(int(n) > 0 for n in held.groups()[:3])  # each serves a share
+    assert int(held.group(4)) > 40
+    for stream in ("reactor-01", "reactor-02", "reactor-03", "reactor-04"):
+        assert re.search(rf"^{stream}\s", final, re.M), final
+    logs = next(tmp_path.glob("streamrnn-demo-*"))
+    for i in range(3):
+        log = (logs / f"daemon-shard-{i}.log").read_text()
+        assert "partition claimed" in log and "level=error" not in log, log[-2000:]
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()  # the servers' configs
+    assert not left, "the demo left NATS servers behind"

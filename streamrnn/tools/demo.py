@@ -1,10 +1,11 @@
 """``streamrnn demo``: a broker, the simulated reactors and the daemon, with live forecasts in the terminal.
 
 Each part runs as its own process, exactly as in production (the broker is an embedded amqtt
-unless ``--broker`` names a real one). The view subscribes to the forecast and status topics and
-reads the retrain counts from the daemon's /metrics. Ctrl-C, SIGTERM (``timeout``, systemd) and
-SIGHUP (a closing terminal) stop everything, children by pid; a demo killed outright takes its
-children with it (:mod:`streamrnn.children`).
+unless ``--broker`` names a real one; with ``--shards N``, a cluster of three NATS servers on
+loopback and N shards, the simulator and the view on the first server's MQTT listener). The view
+subscribes to the forecast and status topics and reads the retrain counts from the daemon's
+/metrics. Ctrl-C, SIGTERM (``timeout``, systemd) and SIGHUP (a closing terminal) stop everything,
+children by pid; a demo killed outright takes its children with it (:mod:`streamrnn.children`).
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ OUTCOMES = ("promoted", "rejected", "failed")
 class Demo:
     """The demo's processes (broker, daemon, simulator) and what the view shows of them."""
 
-    def __init__(self, broker: str | None, streams: int, rate: float, config_path: Path | None, out: TextIO) -> None:
-        self.out, self.streams, self.rate, self.config = out, streams, rate, config_path
+    def __init__(self, broker: str | None, streams: int, rate: float, config_path: Path | None, out: TextIO, shards: int = 0) -> None:
+        self.out, self.streams, self.rate, self.config, self.shards = out, streams, rate, config_path, shards
         self.settings = config.load(config_path)
         self.broker = broker
         self.dir = Path(tempfile.mkdtemp(prefix="streamrnn-demo-"))  # kept: the logs are what to read when it misbehaves
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.daemon: DaemonProcess | None = None
+        self.fleet: list[DaemonProcess] = []  # with --shards: the shards (the first is ``daemon``)
+        self.servers: list = []  # ... and the NATS servers
         self.charts: dict[str, view.Stream] = {}
         self.received = 0
         self.online = "?"
@@ -53,16 +56,33 @@ class Demo:
         return p
 
     def start(self) -> None:
-        if self.broker is None:
+        if self.shards:
+            self._start_fleet()
+        elif self.broker is None:
             port = free_port()
             p = self._spawn("broker", "-m", "streamrnn.tools.broker", "--port", str(port))
             wait_port(port, 20, p)
             self.broker = f"mqtt://127.0.0.1:{port}"
-        self.daemon = DaemonProcess(self.dir, self.broker, config=self.config, instance="demo", session=True).launch()
-        self.view = Subscriber(self.broker, f"streamrnn-demo-view-{os.getpid()}", ["plant/+/forecast", "streamrnn/demo/status"])
+        if not self.shards:
+            self.daemon = DaemonProcess(self.dir, self.broker, config=self.config, instance="demo", session=True).launch()
+        status = "streamrnn/+/status" if self.shards else "streamrnn/demo/status"
+        self.view = Subscriber(self.broker, f"streamrnn-demo-view-{os.getpid()}", ["plant/+/forecast", status], qos=0)
         cfg = ["--config", str(self.config)] if self.config else []
         sim = ["-m", "streamrnn", "simulate", *cfg, "--broker", self.broker, "--streams", str(self.streams), "--rate", str(self.rate)]
         self._spawn("simulator", *sim)
+
+    def _start_fleet(self) -> None:
+        """Three NATS servers, then the shards, one on each server in turn."""
+        from streamrnn.tools import natsd
+
+        if self.broker is not None:
+            raise RuntimeError("--shards starts its own NATS servers: leave --broker out")
+        self.servers = natsd.cluster(self.dir / "nats", 3)
+        self.broker = self.servers[0].mqtt_url
+        for i in range(self.shards):
+            url = self.servers[i % 3].url
+            self.fleet.append(DaemonProcess(self.dir, url, config=self.config, instance=f"shard-{i}", session=True).launch())
+        self.daemon = self.fleet[0]
 
     def header(self) -> list[str]:
         """The banner, on every screen: where things are, and how to stop."""
@@ -70,8 +90,9 @@ class Demo:
         logs = f"{self.dir}/"
         if len(logs) > view.WIDTH - len("logs: "):  # its end names it; the whole path is said on exit
             logs = "..." + logs[-(view.WIDTH - len("logs: ...")) :]
+        via = f"{self.shards} shards on 3 NATS servers, MQTT {self.broker}" if self.shards else self.broker
         return [
-            f"streamrnn demo: {self.streams} simulated reactors at {self.rate:g} frames/s via {self.broker}",
+            f"streamrnn demo: {self.streams} simulated reactors at {self.rate:g} frames/s via {via}",
             f"metrics: http://127.0.0.1:{port}/metrics   Ctrl-C stops everything",
             f"logs: {logs}",
             "forecasts on plant/<stream>/forecast",
@@ -82,16 +103,20 @@ class Demo:
         procs = dict(self.procs)
         if "simulator" in procs:
             children.stop(procs["simulator"], 20)
-        if self.daemon is not None and self.daemon.proc is not None:
-            children.stop(self.daemon.proc, 20)
+        for d in self.fleet or [self.daemon]:
+            if d is not None and d.proc is not None:
+                children.stop(d.proc, 20)
+        for s in self.servers:
+            s.stop()
         if "broker" in procs:
             children.stop(procs["broker"], 20)
         if hasattr(self, "view"):
             self.view.close()
 
     def check(self) -> None:
-        if self.daemon is not None:
-            self.daemon.check()
+        for d in self.fleet or [self.daemon]:
+            if d is not None:
+                d.check()
         for name, p in self.procs:
             if p.poll() is not None:
                 tail = (self.dir / f"{name}.log").read_text()[-2000:]
@@ -125,8 +150,19 @@ class Demo:
         r = self.retrains
         done = ", ".join(f"{r.get(k, 0)} {k}" for k in OUTCOMES)
         counts = f"daemon {self.online}, {self.received} forecasts; retrains: {done}"
+        if self.shards:
+            counts = f"{self.shards} shards, partitions held {self._held()}, {self.received} forecasts"
         state = view.status(self.metrics, self.last, self.settings.trainer.min_frames)
         return view.screen(self.header(), state, counts, self.charts, simulator.KEY)
+
+    def _held(self) -> str:
+        out = []
+        for d in self.fleet:
+            try:
+                out.append(str(int(d.sample("streamrnn_partitions_held"))))
+            except (OSError, KeyError):
+                out.append("?")
+        return "/".join(out)
 
 
 def message_doc(payload: bytes) -> dict | None:
@@ -145,11 +181,19 @@ def _stop(signum: int, frame: object) -> None:
     raise _Stopped(signal.Signals(signum).name)
 
 
-def run(broker: str | None, streams: int, rate: float, duration: float | None, config_path: Path | None, out: TextIO = sys.stdout) -> int:
+def run(
+    broker: str | None,
+    streams: int,
+    rate: float,
+    duration: float | None,
+    config_path: Path | None,
+    out: TextIO = sys.stdout,
+    shards: int = 0,
+) -> int:
     """Start everything, show the view until ``duration`` seconds or a signal, stop everything."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop)
-    demo = Demo(broker, streams, rate, config_path, out)
+    demo = Demo(broker, streams, rate, config_path, out, shards)
     tty = out.isatty()
     started = time.monotonic()
     try:

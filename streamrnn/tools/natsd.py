@@ -43,7 +43,8 @@ class NatsServer:
     def start(self) -> NatsServer:
         """On the same ports and store: what JetStream kept is there again."""
         with open(self.folder / "nats.log", "a") as log:
-            self.proc = children.popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
+            # a session of its own: a Ctrl-C in the terminal reaches its parent, which stops it in order
+            self.proc = children.popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_port(self.port, 30, self.proc)
         return self
 
