@@ -52,7 +52,6 @@ class FleetLink(Connection):
         self.shards, self.templates, self.inbox = settings.shards, templates, inbox
         self.ack_wait = max(60.0, 3 * settings.checkpoint.every)  # acknowledged at checkpoints: never delivered again meanwhile
         self.status_subject = subject(self.cfg.status_topic.format(instance=self.cfg.instance))
-        self.subscribed = False
         self.error: Exception | None = None  # what stopped the link for good (the stream made for other settings)
         self._intake = True
         self._claims: dict[int, int] = {}  # partition -> the revision of our claim
@@ -64,10 +63,6 @@ class FleetLink(Connection):
         self._leases: Leases | None = None
 
     # -- what the engine thread asks ------------------------------------------------------------
-    @property
-    def ready(self) -> bool:
-        return self.connected and self.subscribed
-
     def close_intake(self) -> None:
         """Fetch no more, claim no more; what was fetched and not taken goes to the partitions' next owners."""
         self._intake = False
@@ -81,6 +76,8 @@ class FleetLink(Connection):
 
     def hand_back(self, partition: int, state: dict | None, seq: int) -> None:
         """The engine thread dropped the partition (``state`` None: nothing new to store): store it, release the claim."""
+        with self._lock:
+            self._handing += 1  # counted here, before stop() can ask: leave() waits for it
         self.soon(self._hand_back(partition, state, seq))
 
     # -- the connection's thread ----------------------------------------------------------------
@@ -188,14 +185,14 @@ class FleetLink(Connection):
             await feed.stop()
 
     async def _hand_back(self, p: int, state: dict | None, seq: int) -> None:
-        self._handing += 1
         try:
             if state is not None:
                 await self._save(p, state, seq)
             async with self._saving.setdefault(p, asyncio.Lock()):  # after a checkpoint still on its way
                 await self._unclaim(p)
         finally:
-            self._handing -= 1
+            with self._lock:
+                self._handing -= 1
 
     async def _unclaim(self, p: int) -> None:
         held = self._claims.pop(p, None) is not None
@@ -231,8 +228,10 @@ class FleetLink(Connection):
         """Wait for the hand-backs the engine thread asked for, leave the fleet, say offline."""
         for p in list(self._feeds):
             await self._stop_fetching(p)
-        while (self._claims or self._handing) and time.monotonic() < deadline and nc.is_connected:
+        while self._handing and time.monotonic() < deadline and nc.is_connected:
             await asyncio.sleep(0.01)
+        for p in list(self._claims):  # claimed while the engine thread was stopping: it never held them
+            await self._unclaim(p)
         try:
             await self._leases.leave()
         except Exception as e:  # it lapses after shards.lease

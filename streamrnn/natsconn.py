@@ -34,7 +34,7 @@ class Connection:
     def __init__(self, cfg: MqttSettings, name: str) -> None:
         self.cfg, self.name = cfg, name
         self.counts: Counter[str] = Counter()
-        self.connected = False
+        self.connected = self.subscribed = False  # subscribed: what the subclass serves is set up
         self._complaints = RateLimited(burst=5, per=60.0)
         self._epoch = 0  # counts reconnects
         self._unsent = 0
@@ -46,6 +46,10 @@ class Connection:
         self._tasks: set[asyncio.Task] = set()
         self._nc = None
         self._thread = threading.Thread(target=self._run, name="nats", daemon=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.connected and self.subscribed
 
     @property
     def pending(self) -> int:

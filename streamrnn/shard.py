@@ -68,6 +68,7 @@ class Shard:
         self.notify = Notifier.from_env()
         self._rejects = RateLimited(burst=5, per=60.0)
         self.parts: dict[int, Partition] = {}
+        self.stepped = 0  # frames stepped since the start
         self.stopping = threading.Event()
         self.skill: dict[str, float | None] = {}
         self._carried: dict[str, Counter[str]] = {"assembler": Counter(), "engine": Counter()}
@@ -115,25 +116,14 @@ class Shard:
             self.turn(0.0)
         for p in list(self.parts):
             self._hand_back(p)
-        self._drain_claims()
         flushed = self.link.stop(max(0.1, deadline - time.monotonic()))
         if not flushed:
             log.warning("grace period over with forecasts or checkpoints not out", extra={"grace": self.settings.daemon.grace})
         if self.http:
             self.http.close()
         self.notify.close()
-        log.info("stopped", extra={"frames": sum(p.engine.frames_seen for p in self.parts.values())})
+        log.info("stopped", extra={"frames": self.stepped})
         return 0
-
-    def _drain_claims(self) -> None:
-        """Claims that came after the last turn: handed back untouched."""
-        try:
-            while True:
-                item = self.inbox.get_nowait()
-                if isinstance(item, ownership.Claimed):
-                    self.link.hand_back(item.partition, None, item.seq)
-        except queue.Empty:
-            return
 
     # -- the loop -------------------------------------------------------------------------------
     def turn(self, wait: float) -> int:
@@ -167,6 +157,7 @@ class Shard:
                 continue
             t0 = time.perf_counter()
             forecasts = self.parts[p].engine.step(got, now=time.time())
+            self.stepped += len(forecasts)
             self.metrics.step.observe(time.perf_counter() - t0)
             self.metrics.frames.inc(len(forecasts))
             self.metrics.frames_missing.inc(sum(1 for f in got if np.isnan(f.values).any()))
