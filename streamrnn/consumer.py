@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 
@@ -42,6 +43,7 @@ class PartitionFeed:
         self.taking, self.epoch, self.counts, self.complaints = taking, epoch, counts, complaints
         self.last = after  # the last sequence put into the inbox
         self.delivered = 0  # ... and its delivery's sequence on the consumer: a gap means some were lost in transit
+        self.drained = 0.0  # when JetStream last said nothing waits for this partition (not a stall: quiet)
         self.unacked: deque = deque()  # (sequence, message) since the last checkpoint
         self.task = asyncio.get_running_loop().create_task(self._fetch())
 
@@ -71,6 +73,7 @@ class PartitionFeed:
                     self.delivered = 0
                 msgs = await self.sub.fetch(_BATCH, timeout=0.5)
             except (TimeoutError, nats.errors.TimeoutError):
+                await self._drained()
                 continue
             except Exception as e:  # the connection lost or a server error: again, said at a bounded rate
                 self.complaints.log(log, logging.WARNING, "fetch", "fetch failed", partition=self.p, error=f"{type(e).__name__}: {e}")
@@ -81,6 +84,18 @@ class PartitionFeed:
                     return
                 if self.delivered < 0:
                     break
+
+    async def _drained(self) -> None:
+        """After an empty fetch: ask the consumer whether nothing waits, at most once a second."""
+        if time.time() - self.drained < 1.0:
+            return
+        try:
+            info = await self.sub.consumer_info()
+        except Exception:  # unanswered: a leader being elected, not quiet
+            self.counts["drain_unconfirmed"] += 1
+            return
+        if info.num_pending == 0:
+            self.drained = time.time()
 
     async def _take(self, m) -> bool:
         """Into the inbox, waiting while it is full (the engine is behind: no more fetches until it

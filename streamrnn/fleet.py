@@ -59,8 +59,7 @@ class FleetLink(Connection):
         self._handing = 0  # hand-backs under way
         self._feeds: dict[int, PartitionFeed] = {}
         self._saving: dict[int, asyncio.Lock] = {}
-        self._js = self._store = None
-        self._leases: Leases | None = None
+        self._js = self._store = self._leases = None  # once joined: JetStream, the object store, the leases
 
     # -- what the engine thread asks ------------------------------------------------------------
     def close_intake(self) -> None:
@@ -69,6 +68,10 @@ class FleetLink(Connection):
 
     def ack(self, msg: Delivery) -> None:
         """Nothing to do per message: a partition's messages are acknowledged by its checkpoints."""
+
+    def drained(self, partition: int) -> float:
+        """When JetStream last said that nothing waits for the partition (0: not yet)."""
+        return self._feeds[partition].drained if partition in self._feeds else 0.0
 
     def save(self, partition: int, state: dict, seq: int) -> None:
         """Store the partition's checkpoint (``state`` after message ``seq``); acknowledge what it holds."""

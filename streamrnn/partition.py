@@ -46,10 +46,11 @@ class Partition:
             frames += self.assembler.close(stream, tick)
         return frames
 
-    def quiet(self, now: float) -> list[Frame]:
+    def quiet(self, now: float, drained: float) -> list[Frame]:
         """The frames of streams silent while their whole partition is: after ``_QUIET`` more
-        seconds without any message, the wall clock (less them) closes what waits."""
-        if self.behind or now - self.arrival < self.settings.frames.idle_close + _QUIET:
+        seconds without any message, and once JetStream said nothing waits for it (at ``drained``:
+        a stall is not quiet), the wall clock (less them) closes what waits."""
+        if self.behind or now - self.arrival < self.settings.frames.idle_close + _QUIET or drained <= self.arrival:
             return []
         return [f for stream, tick in self.assembler.due(now - _QUIET) for f in self.assembler.close(stream, tick)]
 

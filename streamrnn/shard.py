@@ -143,7 +143,7 @@ class Shard:
                 self._control(item)
         now = time.time()
         for p, part in self.parts.items():
-            frames[p] += part.quiet(now)
+            frames[p] += part.quiet(now, self.link.drained(p))
         if taken:
             self.metrics.received.inc(taken)
         self._serve(frames)
