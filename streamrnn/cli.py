@@ -274,10 +274,10 @@ def parser() -> argparse.ArgumentParser:
         "paho subscriber; latency: frame to forecast, idle and retraining; step: stateful step against "
         "re-running a window; streams: time per tick up to 10,000 streams (CPU and GPU); memory: "
         "bytes per stream; scrape: the step loop under /metrics scrapers; journal: its cost; soak: "
-        "memory over a long run",
+        "memory over a long run; scaleout: 1, 2 and 3 shards on NATS beside the MQTT daemon (the 'nats' extra)",
     )
     b.add_argument("--quick", action="store_true", help="a seconds-long smoke of each part (what CI runs)")
-    b.add_argument("--streams", type=POS_INT, default=10, help="simulated streams (ingest, scrape, journal, soak)")
+    b.add_argument("--streams", type=POS_INT, help="simulated streams (default: 10; scaleout: 100, spread over the partitions)")
     b.add_argument("--rate", type=POS_FLOAT, default=10.0, help="frames per second per stream")
     b.add_argument("--minutes", type=POS_FLOAT, default=30.0, help="soak: length of the run")
     b.add_argument("--warmup", type=POS_FLOAT, default=5.0, help="soak: minutes before memory must stay flat")

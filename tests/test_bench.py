@@ -73,3 +73,15 @@ def test_the_load_at_a_steady_rate_sends_each_streams_sensors_together_and_sprea
     assert sorted(r["started"]) == [7, 8, 9] and len(sent) == ticks * streams and sent == sorted(sent)
     # the last part is sent on its schedule or later; the first is at most a little late
     assert sent[-1] - sent[0] >= (ticks - 1 + (streams - 1) / streams) / rate - 0.05
+
+
+def test_bench_scaleout_quick_measures_the_daemon_and_each_fleet_alike():
+    code, r = bench("scaleout", "--quick")
+    assert code == 0
+    rows = {x["shards"]: x for x in r["rows"]}
+    assert sorted(rows) == [0, 1, 2] and rows[0]["path"] == "MQTT daemon" and rows[0]["vs_daemon"] == 1.0
+    for x in rows.values():
+        assert x["messages_per_s"] > 0 and abs(x["vs_daemon"] - x["messages_per_s"] / rows[0]["messages_per_s"]) < 1e-9
+        assert x["worker_us_per_msg"] > 0 and x["server_us_per_msg"] > 0  # each side's CPU was counted
+        assert 0 < x["close_p50_ms"] <= x["close_p99_ms"] and 0 < x["rtt_p50_ms"] <= x["rtt_p99_ms"]
+        assert abs(x["behind_s"]) < 60 and x["rss_mb"] > 50 and x["idle_cpu_pct"] >= 0

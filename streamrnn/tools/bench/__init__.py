@@ -3,8 +3,8 @@
 One module per part: ``ingest`` and ``latency`` (a raw publisher against the daemon, and against a
 bare subscriber), ``engine`` (``step``, ``streams``, ``memory``: the engine in this process, beside
 a bare torch step), ``scrape`` (the metrics endpoint under load), ``durability`` (``journal``,
-``soak``). ``stack`` runs mosquitto, a daemon and the simulator for them; ``report`` holds what
-every report carries.
+``soak``), ``scaleout`` (1, 2, 3 shards on NATS JetStream beside the MQTT daemon). ``stack``
+runs mosquitto, a daemon and the simulator for them; ``report`` holds what every report carries.
 """
 
 from __future__ import annotations
@@ -13,16 +13,18 @@ import json
 from collections.abc import Callable
 
 DEFAULT = ("ingest", "latency", "step", "streams", "memory")  # what ``bench all`` runs
-PARTS = (*DEFAULT, "scrape", "journal", "soak")
+PARTS = (*DEFAULT, "scrape", "journal", "soak", "scaleout")
 
 
 def _parts(
-    quick: bool, streams: int, rate: float, rounds: int, messages: float, clients: int, seconds: float, minutes: float, warmup: float
+    quick: bool, streams: int | None, rate: float, rounds: int, messages: float, clients: int, seconds: float, minutes: float, warmup: float
 ) -> dict[str, tuple[Callable[[], dict], Callable[[dict], str]]]:
     """Per part, how to run it with these options (``quick``: the seconds-long smoke CI runs) and
     how to print it."""
-    from streamrnn.tools.bench import durability, engine, ingest, latency, scrape
+    from streamrnn.tools.bench import durability, engine, ingest, latency, scaleout, scrape
 
+    many = streams or (8 if quick else 100)  # scaleout: enough streams to spread over the partitions
+    streams = streams or 10
     return {
         "ingest": (lambda: ingest.ingest(streams, 30 if quick else 1000, 1 if quick else rounds), ingest.format_ingest),
         "latency": (
@@ -44,6 +46,12 @@ def _parts(
         "scrape": (lambda: scrape.scrape(streams, rate, clients, seconds, rounds), scrape.format_scrape),
         "journal": (lambda: durability.journal(streams, rate, seconds, rounds), durability.format_journal),
         "soak": (lambda: durability.soak(minutes, warmup, streams, rate), durability.format_soak),
+        "scaleout": (
+            lambda: scaleout.scaleout(
+                (1, 2) if quick else (1, 2, 3), many, 20 if quick else 100, 1 if quick else rounds, messages, 3.0 if quick else 30.0
+            ),
+            scaleout.format_scaleout,
+        ),
     }
 
 
