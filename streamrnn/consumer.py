@@ -28,7 +28,7 @@ class PartitionFeed:
 
     def __init__(
         self,
-        js,
+        nc,
         p: int,
         after: int,
         sub,
@@ -39,12 +39,18 @@ class PartitionFeed:
         counts: Counter[str],
         complaints: RateLimited,
     ) -> None:
-        self.js, self.p, self.sub, self.ack_wait, self.inbox = js, p, sub, ack_wait, inbox
+        self.nc, self.js, self.p, self.sub, self.ack_wait, self.inbox = nc, nc.jetstream(), p, sub, ack_wait, inbox
         self.taking, self.epoch, self.counts, self.complaints = taking, epoch, counts, complaints
         self.last = after  # the last sequence put into the inbox
         self.delivered = 0  # ... and its delivery's sequence on the consumer: a gap means some were lost in transit
         self.drained = 0.0  # when JetStream last said nothing waits for this partition (not a stall: quiet)
-        self.unacked: deque = deque()  # (sequence, message) since the last checkpoint
+        # more messages wait at JetStream: fetch a batch. Else fetch one: a batch fetch that finds
+        # nothing waiting lingers until its batch is full or its timeout passes, holding the first
+        # message to come for up to that timeout; a fetch of one returns the moment it comes
+        self.waiting = True
+        # (sequence, acknowledgement subject) since the last checkpoint: not the messages, whose
+        # objects, a checkpoint's interval of them, made each full collection walk that many more
+        self.unacked: deque[tuple[int, str]] = deque()
         self.task = asyncio.get_running_loop().create_task(self._fetch())
 
     async def stop(self) -> None:
@@ -53,12 +59,12 @@ class PartitionFeed:
 
     async def acknowledge(self, seq: int) -> None:
         """A checkpoint holds the messages up to ``seq``: acknowledge them (the last acknowledges those before it)."""
-        last = None
+        reply = None
         while self.unacked and self.unacked[0][0] <= seq:
-            last = self.unacked.popleft()[1]
-        if last is not None:
+            reply = self.unacked.popleft()[1]
+        if reply is not None:
             try:
-                await last.ack()
+                await self.nc.publish(reply)  # what Msg.ack() sends
             except Exception as e:  # the next checkpoint's acknowledges these too
                 self.complaints.log(log, logging.WARNING, "ack", "acknowledgement failed", error=f"{type(e).__name__}: {e}")
 
@@ -70,8 +76,8 @@ class PartitionFeed:
             try:
                 if epoch != self.epoch() or self.delivered < 0:
                     epoch, (self.sub, _) = self.epoch(), await jetstream.consume(self.js, self.p, self.last, self.ack_wait)
-                    self.delivered = 0
-                msgs = await self.sub.fetch(_BATCH, timeout=0.5)
+                    self.delivered, self.waiting = 0, True
+                msgs = await self.sub.fetch(_BATCH if self.waiting else 1, timeout=0.5)
             except (TimeoutError, nats.errors.TimeoutError):
                 await self._drained()
                 continue
@@ -107,6 +113,7 @@ class PartitionFeed:
             self.delivered = -1
             return True
         self.delivered += 1
+        self.waiting = meta.num_pending > 0
         if seq <= self.last:
             return True  # delivered again: taken already
         part, topic = jetstream.where(m.subject)
@@ -119,6 +126,6 @@ class PartitionFeed:
                 await asyncio.sleep(0.01)
                 continue
             self.last = seq
-            self.unacked.append((seq, m))
+            self.unacked.append((seq, m.reply))
             return True
         return False

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import queue
-import signal
-import threading
 import time
 
 import numpy as np
@@ -27,7 +24,6 @@ from streamrnn import __version__, forecast, journal
 from streamrnn.config import ConfigError, MqttSettings, Settings
 from streamrnn.cycle import Cycle
 from streamrnn.durability import Durability
-from streamrnn.endpoint import Endpoint
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
 from streamrnn.intake import Intake
@@ -35,60 +31,38 @@ from streamrnn.logs import RateLimited
 from streamrnn.metrics import Metrics
 from streamrnn.model import StreamRNN
 from streamrnn.mqtt import Link
-from streamrnn.notify import Notifier
 from streamrnn.payload import subscription
+from streamrnn.service import Service, take
 from streamrnn.transport import Delivery, Transport
 
 log = logging.getLogger(__name__)
 
-_BATCH = 10_000  # messages taken per turn at most: bounds the time between two wall-clock checks
-_EVERY = 1.0  # seconds between slow housekeeping (skill, gauges)
 _SERVE_AFTER = 0.005  # seconds a closed frame waits at most for the messages behind it before it is served
 
 
-class Daemon:
+class Daemon(Service):
     def __init__(
         self, settings: Settings, model: StreamRNN | None = None, version: int = 0, registry: CollectorRegistry | None = None
     ) -> None:
-        self.settings = s = settings
+        s = settings
         self.engine = Engine(settings, model, version)
+        super().__init__(settings, _metrics(s, self.engine, registry or CollectorRegistry()))
         m = s.mqtt
         self.inbox: queue.Queue[Delivery] = queue.Queue(m.queue_size)
         subs = [subscription(m.sensor_topic)] + ([subscription(m.frame_topic)] if m.frame_topic else [])
         self.link = _transport(m, subs, self.inbox)
-        self.metrics = _metrics(s, self.engine, registry or CollectorRegistry())
         self.cycle = Cycle(s, self.engine, self.metrics) if s.trainer.enabled else None
-        d = s.daemon
-        self.http = None
-        if d.metrics_port is not None:
-            self.http = Endpoint(self.metrics.registry, d.metrics_host, d.metrics_port, d.metrics_max_rate, log_format=d.log_format)
-        self.notify = Notifier.from_env()
         self._rejects = RateLimited(burst=5, per=60.0)
         self.intake = Intake(s, self.engine.channels, self.engine.forget, self.metrics, self._rejects)
         self.assembler, self.parser = self.intake.assembler, self.intake.parser
         self.durability = Durability(s, self.metrics, self.link.ack, self._rejects) if s.checkpoint.dir is not None else None
-        self.stopping = threading.Event()
         self.forecast_topic = m.forecast_topic
         self.skill: dict[str, float | None] = {}
         self._carry: list[Delivery] = []  # taken from the inbox, not yet ingested (a turn served early)
-        self._last_slow = -math.inf
-        self._was_ready = False
-
-    def ready(self) -> bool:
-        """Connected and subscribed, and not stopping (the model is loaded before we connect): ``/readyz``."""
-        return self.link.ready and not self.stopping.is_set()
-
-    def stop(self) -> None:
-        self.stopping.set()
 
     # -- lifecycle ------------------------------------------------------------------------
     def run(self) -> int:
-        if threading.current_thread() is threading.main_thread():
-            _stop_on_signals(self.stopping)
-        if self.settings.threads:
-            torch.set_num_threads(self.settings.threads)  # from the engine's thread, before its first step
-        if self.http:
-            self.http.start()
+        self._start()
         log.info(
             "starting",
             extra={
@@ -145,7 +119,7 @@ class Daemon:
     # -- the loop -------------------------------------------------------------------------
     def turn(self, wait: float) -> int:
         """One pass: take what arrived, assemble, step, publish, then housekeeping. Returns messages taken."""
-        msgs, self._carry = self._carry or _take(self.inbox, wait), []
+        msgs, self._carry = self._carry or take(self.inbox, wait), []
         frames: list[Frame] = []
         closed: list[float] = []  # when each frame closed (perf_counter)
         log_ = self.durability.journal if self.durability is not None else None
@@ -199,29 +173,16 @@ class Daemon:
     def _housekeeping(self) -> None:
         if self.cycle and self.cycle.turn(self.stopping.is_set()):
             self._served()
-        self.notify.watchdog()
-        ready = self.ready()
-        if ready != self._was_ready:  # said at once, not at the next slow pass
-            log.info("ready" if ready else "not ready", extra={"connected": self.link.connected, "subscribed": self.link.subscribed})
-            self.notify.status(
-                f"ready: serving {len(self.engine.streams)} streams"
-                if ready
-                else f"not ready: broker {self.settings.mqtt.url} {'connected, subscribing' if self.link.connected else 'unreachable'}"
-            )
-            self._was_ready = ready
-            if self.http:
-                self.http.beat(ready)
-        now = time.monotonic()
-        if now - self._last_slow < _EVERY:
-            return
-        self._last_slow = now
-        if self.http:
-            self.http.beat(ready)
-            if self.http.check():
-                self.metrics.endpoint_restarts.inc()
-        self._gauges()
-        if self.durability is not None and self.durability.due():
+        if self._pulse() and self.durability is not None and self.durability.due():
             self.durability.checkpoint(self.engine, self.assembler)
+
+    def _readiness(self, ready: bool) -> None:
+        log.info("ready" if ready else "not ready", extra={"connected": self.link.connected, "subscribed": self.link.subscribed})
+        self.notify.status(
+            f"ready: serving {len(self.engine.streams)} streams"
+            if ready
+            else f"not ready: broker {self.settings.mqtt.url} {'connected, subscribing' if self.link.connected else 'unreachable'}"
+        )
 
     def _gauges(self) -> None:
         m, e = self.metrics, self.engine
@@ -243,35 +204,6 @@ class Daemon:
         self.notify.watchdog()
         if self.http:
             self.http.beat(False)
-
-
-def _stop_on_signals(stopping: threading.Event) -> None:
-    """SIGTERM, SIGINT and SIGHUP (a closing terminal: there is nothing to reload) set ``stopping``;
-    a second one exits at once."""
-
-    def handler(signum: int, frame: object) -> None:
-        if stopping.is_set():
-            log.warning("second signal: exiting at once")
-            raise SystemExit(130)
-        log.info("stopping", extra={"signal": signal.Signals(signum).name})
-        stopping.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, handler)
-
-
-def _take(inbox: queue.Queue[Delivery], wait: float) -> list[Delivery]:
-    """What waits in the inbox, up to _BATCH messages; waiting ``wait`` seconds for the first."""
-    try:
-        out = [inbox.get(timeout=wait) if wait > 0 else inbox.get_nowait()]
-    except queue.Empty:
-        return []
-    try:
-        while len(out) < _BATCH:
-            out.append(inbox.get_nowait())
-    except queue.Empty:
-        pass  # drained
-    return out
 
 
 def _metrics(settings: Settings, engine: Engine, registry: CollectorRegistry) -> Metrics:

@@ -116,6 +116,13 @@ class Durability:
             "seq": seq,
             "written": time.time(),
             "layout": layout(self.settings),
+            # the rings' own arrays, not copies (copying them stalled serving for a large part of a
+            # second at many streams of long rings, most of it faulting the copies' pages in). A
+            # frame appended meanwhile may land in what is written, in the slot of the oldest frame
+            # it replaces, and the journal replayed after the checkpoint appends that same frame to
+            # that same slot again; nothing reads a ring during the replay, so the state restored is
+            # exact (where the journal lost records to a full disk, a few of the oldest slots may
+            # hold later frames)
             "engine": engine.state(live_rings=True),
             "assembler": assembler.state(),
         }

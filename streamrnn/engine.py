@@ -13,7 +13,6 @@ import logging
 import math
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,19 +27,9 @@ from streamrnn.forecast import Forecasts
 from streamrnn.frames import Frame
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
 from streamrnn.ring import Rings
-from streamrnn.snapshot import Snapshot, TrainReport, Verdict
+from streamrnn.snapshot import RetrainResult, Snapshot, Verdict
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RetrainResult:
-    outcome: str  # "promoted", "rejected" or "failed"
-    report: TrainReport
-    champion_error: float = float("nan")
-    challenger_error: float = float("nan")
-    version: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Engine:
@@ -54,8 +43,7 @@ class Engine:
         self.version = version
         self.channels: tuple[str, ...] = self.spec.channels
         self.period = settings.features.period
-        self._ti = np.asarray(self.spec.target_index)
-        self._key = np.asarray(self.spec.target_only)
+        self._ti, self._key = np.asarray(self.spec.target_index), np.asarray(self.spec.target_only)
         self._std_t = self._target_std()
         self.bank = HiddenBank(self.model, len(self.channels), settings.streams.max_streams, settings.streams.idle_timeout)
         ev = settings.evaluator
@@ -296,6 +284,11 @@ class Engine:
             log.warning("linear contender refused: %s", refused)
         return refused is None
 
+    def serve(self, model: StreamRNN, version: int) -> None:
+        """Serve a model fitted elsewhere (a fleet's champion) as ``version`` from the next step,
+        each stream's state warmed over its ring."""
+        self._swap(Adoption(model.to(self.device).eval(), Snapshot([], [], []), model.init_hidden(0), self.bank, self.rings), version)
+
     @property
     def adopting(self) -> bool:
         """A verdict's model is being caught up: :meth:`catch_up` moves it on."""
@@ -308,24 +301,19 @@ class Engine:
         a = self._adoption
         if a is None or not a.step(budget):
             return False
-        self._adoption = None
-        self.bank.hidden = a.serving_hidden(self.settings.trainer.rewarm)
-        self.model, self.version = a.model, self.version + 1
-        self._std_t = self._target_std()
+        self._swap(a, self.version + 1)
         return True
+
+    def _swap(self, a: Adoption, version: int) -> None:
+        self._adoption, self.bank.hidden = None, a.serving_hidden(self.settings.trainer.rewarm)
+        self.model, self.version = a.model, version
+        self._std_t = self._target_std()
 
     # -- checkpoints ------------------------------------------------------------------------
     def state(self, live_rings: bool = False) -> dict:
-        """Everything a restart needs to go on exactly where this engine is, as copies of plain
-        data (numpy arrays, numbers, strings): see checkpoint.py for the file.
-
-        ``live_rings``: the rings' own arrays, not copies, for a writer on another thread while the
-        engine steps on (copying them stalled serving for a large part of a second at many streams
-        of long rings, most of it faulting the copies' pages in). A frame appended meanwhile may land in what is
-        written, in the slot of the oldest frame it replaces, and the journal replayed after the
-        checkpoint appends that same frame to that same slot again; nothing reads a ring during
-        the replay, so the state restored is exact (where the journal lost records to a full disk,
-        a few of the oldest slots may hold later frames). The counts are taken here."""
+        """Everything a restart needs to go on exactly where this engine is, as copies of plain data
+        (numpy arrays, numbers, strings; checkpoint.py writes them). ``live_rings``: the rings' own
+        arrays, not copies (:meth:`Durability.checkpoint` says when that is exact)."""
         return {
             "spec": self.spec.to_dict(),
             "version": self.version,

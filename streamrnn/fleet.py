@@ -23,17 +23,18 @@ import queue
 import socket
 import time
 
-from streamrnn import checkpoint, jetstream, ownership
+from streamrnn import jetstream, ownership
 from streamrnn.config import ConfigError, Settings
 from streamrnn.consumer import PartitionFeed
+from streamrnn.fleetstore import ChampionStore, PartitionStore
 from streamrnn.jetstream import subject
 from streamrnn.lease import Leases
-from streamrnn.natsconn import Connection, until
+from streamrnn.natsconn import Connection, put, until
 from streamrnn.transport import Delivery
 
 log = logging.getLogger(__name__)
 
-Control = ownership.Claimed | ownership.Release | ownership.Lost
+Control = ownership.Claimed | ownership.Release | ownership.Lost | ownership.Crowned
 
 
 def member_name(instance: str) -> str:
@@ -59,7 +60,10 @@ class FleetLink(Connection):
         self._handing = 0  # hand-backs under way
         self._feeds: dict[int, PartitionFeed] = {}
         self._saving: dict[int, asyncio.Lock] = {}
-        self._js = self._store = self._leases = None  # once joined: JetStream, the object store, the leases
+        self._js = self._leases = None  # once joined: JetStream, the leases
+        self.checkpoints: PartitionStore | None = None  # once joined
+        self.champion: ChampionStore | None = None  # once joined; its trainer's lease taken where trainer.enabled
+        self._trains = settings.trainer.enabled
 
     # -- what the engine thread asks ------------------------------------------------------------
     def close_intake(self) -> None:
@@ -76,6 +80,15 @@ class FleetLink(Connection):
     def save(self, partition: int, state: dict, seq: int) -> None:
         """Store the partition's checkpoint (``state`` after message ``seq``); acknowledge what it holds."""
         self.soon(self._save(partition, state, seq))
+
+    @property
+    def training(self) -> bool:
+        """This shard holds the trainer's lease: it retrains the fleet's champion."""
+        return self.champion is not None and self.champion.training
+
+    def crown(self, state: dict, version: int) -> None:
+        """Store a new champion for the fleet (while we hold the trainer's lease)."""
+        self.soon(self.champion.crown(state, version))
 
     def hand_back(self, partition: int, state: dict | None, seq: int) -> None:
         """The engine thread dropped the partition (``state`` None: nothing new to store): store it, release the claim."""
@@ -106,7 +119,9 @@ class FleetLink(Connection):
                 self._js = nc.jetstream()
                 quick = nc.jetstream(timeout=min(5.0, self.shards.lease / 3))  # a lease round never outlives a lease
                 self._leases = Leases(await quick.key_value(jetstream.BUCKET), self.me)
-                self._store = await self._js.object_store(jetstream.STATE)
+                store = await self._js.object_store(jetstream.STATE)
+                self.checkpoints = PartitionStore(store, self._leases, self.counts, self._complaints)
+                self.champion = ChampionStore(store, self._leases, self.inbox, self._trains, self._complaints)
                 return True
             except ConfigError as e:  # for good: the daemon stops, saying why
                 self.error = e
@@ -117,7 +132,7 @@ class FleetLink(Connection):
         return False
 
     async def _round(self) -> None:
-        """Renew, read the members, release what moved away, claim what came to us."""
+        """Renew, read the members, release what moved away, claim what came to us; then the champion."""
         leases = self._leases
         members = await leases.members()
         for p, rev in list(self._claims.items()):
@@ -135,6 +150,7 @@ class FleetLink(Connection):
             rev = await leases.claim(p)
             if rev is not None:
                 await self._claim(p, rev)
+        await self.champion.round(self._intake)
 
     async def _claim(self, p: int, rev: int) -> None:
         """Load the partition's checkpoint, consume from the message after it; a claim that fails
@@ -142,7 +158,7 @@ class FleetLink(Connection):
         t0 = time.perf_counter()
         self._claims[p] = rev
         try:
-            state, seq = await self._load(p)
+            state, seq = await self.checkpoints.load(p)
             sub, waiting = await jetstream.consume(self._js, p, seq, self.ack_wait)
         except Exception:
             self._claims.pop(p, None)
@@ -150,19 +166,10 @@ class FleetLink(Connection):
             raise
         await put(self.inbox, ownership.Claimed(p, state, seq, waiting))
         self._feeds[p] = PartitionFeed(
-            self._js, p, seq, sub, self.ack_wait, self.inbox, lambda: self._taking(p), lambda: self._epoch, self.counts, self._complaints
+            self._nc, p, seq, sub, self.ack_wait, self.inbox, lambda: self._taking(p), lambda: self._epoch, self.counts, self._complaints
         )
         self.counts["claimed"] += 1
         log.info("partition claimed", extra={"partition": p, "after": seq, "seconds": round(time.perf_counter() - t0, 3)})
-
-    async def _load(self, p: int) -> tuple[dict | None, int]:
-        """The partition's checkpoint; one unusable is said, and everything JetStream kept is replayed."""
-        try:
-            return await jetstream.load(self._store, p)
-        except (checkpoint.CorruptCheckpoint, KeyError, TypeError, ValueError) as e:
-            self.counts["checkpoints_unusable"] += 1
-            log.error("partition checkpoint unusable: replaying what JetStream kept", extra={"partition": p, "error": str(e)})
-            return None, 0
 
     def _taking(self, p: int) -> bool:
         return self._intake and p in self._claims and p not in self._releasing
@@ -209,23 +216,11 @@ class FleetLink(Connection):
                 self._complaints.log(log, logging.WARNING, "release", "claim not deleted", partition=p, error=f"{type(e).__name__}: {e}")
         self.counts["released"] += 1
 
-    async def _save(self, p: int, state: dict, seq: int) -> bool:
+    async def _save(self, p: int, state: dict, seq: int) -> None:
         """Store one partition's checkpoint if the partition is still ours; acknowledge what it holds."""
-        lock = self._saving.setdefault(p, asyncio.Lock())
-        async with lock:
-            try:
-                if not await self._leases.holds(p):
-                    return False  # lapsed and taken: the new owner's checkpoints count, not ours
-                data = await asyncio.get_running_loop().run_in_executor(None, checkpoint.encode, state)
-                await self._store.put(f"partition-{p}", data)
-            except Exception as e:  # the next one tries again; nothing acknowledged meanwhile
-                self.counts["checkpoints_failed"] += 1
-                self._complaints.log(log, logging.ERROR, "checkpoint", "checkpoint failed", partition=p, error=f"{type(e).__name__}: {e}")
-                return False
-            self.counts["checkpoints"] += 1
-            if p in self._feeds:
+        async with self._saving.setdefault(p, asyncio.Lock()):
+            if await self.checkpoints.save(p, state) and p in self._feeds:
                 await self._feeds[p].acknowledge(seq)
-            return True
 
     async def leave(self, nc, deadline: float) -> bool:
         """Wait for the hand-backs the engine thread asked for, leave the fleet, say offline."""
@@ -236,18 +231,10 @@ class FleetLink(Connection):
         for p in list(self._claims):  # claimed while the engine thread was stopping: it never held them
             await self._unclaim(p)
         try:
+            await self.champion.leave()
             await self._leases.leave()
         except Exception as e:  # it lapses after shards.lease
             log.warning("member key not deleted: %s", e)
         await nc.publish(self.status_subject, b"offline")
         self.subscribed = False
         return not self._claims
-
-
-async def put(inbox: queue.Queue, item: Control) -> None:
-    """Into the inbox, after the messages before it, waiting while it is full."""
-    while True:
-        try:
-            return inbox.put_nowait(item)
-        except queue.Full:
-            await asyncio.sleep(0.01)

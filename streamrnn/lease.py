@@ -1,7 +1,7 @@
 """A shard's membership of the fleet and its claims on partitions, as keys of a JetStream KV
 bucket whose keys live ``shards.lease`` seconds unless renewed.
 
-``member.<name>`` says a shard is alive; ``owner.<p>`` says which process holds partition ``p``
+``member.<name>`` says a shard is alive; ``owner.<p>`` says which process holds partition ``p`` (``owner.trainer``: the fleet's trainer)
 (its name and a token of this process's, so that a restart under the same name is told from the
 process before it). A claim is made only where no key is (or where a former process of the same
 name left one), renewed with the revision it was last written at, and checked before each
@@ -31,14 +31,14 @@ class Leases:
         except nats.js.errors.NoKeysError:
             return {self.me}
 
-    async def renew(self, p: int, rev: int) -> int | None:
+    async def renew(self, p: int | str, rev: int) -> int | None:
         """Our claim on ``p`` renewed: its new revision; None if it lapsed and another took it."""
         got = await _revision(self.kv.update(f"owner.{p}", self.token, last=rev))
         if got is None:  # lapsed (we were too slow) and, if nobody took it, still ours
             got = await _revision(self.kv.create(f"owner.{p}", self.token))
         return got
 
-    async def claim(self, p: int) -> int | None:
+    async def claim(self, p: int | str) -> int | None:
         """A claim on ``p``, if nobody holds it or a former process of ours does (killed and
         restarted under the same name: its claim would only lapse later): its revision, else None."""
         import nats
@@ -54,7 +54,7 @@ class Leases:
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyWrongLastSequenceError):
             return None  # it moved meanwhile: the next round sees
 
-    async def holds(self, p: int) -> bool:
+    async def holds(self, p: int | str) -> bool:
         """Whether our claim on ``p`` stands (checked before each checkpoint)."""
         import nats
 
@@ -63,7 +63,7 @@ class Leases:
         except nats.js.errors.KeyNotFoundError:
             return False
 
-    async def release(self, p: int) -> None:
+    async def release(self, p: int | str) -> None:
         """Delete our claim on ``p`` (not one another process made since)."""
         import nats
 

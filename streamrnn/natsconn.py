@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections import Counter
@@ -198,3 +199,12 @@ class Connection:
 
     async def _error(self, e: Exception) -> None:
         self._complaints.log(log, logging.WARNING, "error", "nats error", error=f"{type(e).__name__}: {e}")
+
+
+async def put(inbox: queue.Queue, item: object) -> None:
+    """Into the inbox, after the messages before it, waiting while it is full."""
+    while True:
+        try:
+            return inbox.put_nowait(item)
+        except queue.Full:
+            await asyncio.sleep(0.01)

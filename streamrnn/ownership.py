@@ -53,3 +53,11 @@ class Lost:
     """The claim on ``partition`` lapsed and another shard may hold it: drop it, checkpoint nothing."""
 
     partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Crowned:
+    """The fleet has a new champion (:mod:`streamrnn.champion`): ``state`` as stored, ``version``."""
+
+    version: int
+    state: dict

@@ -20,6 +20,7 @@ from streamrnn.model import StreamRNN
 from streamrnn.transport import Delivery
 
 _QUIET = 5.0  # seconds without any message that tell a quiet partition from a stalled transport (an election)
+_FRESH = 3.0  # seconds for which JetStream's word that nothing waits holds: a feed that stalls says nothing more
 
 
 class Partition:
@@ -48,14 +49,19 @@ class Partition:
 
     def quiet(self, now: float, drained: float) -> list[Frame]:
         """The frames of streams silent while their whole partition is: after ``_QUIET`` more
-        seconds without any message, and once JetStream said nothing waits for it (at ``drained``:
-        a stall is not quiet), the wall clock (less them) closes what waits."""
-        if self.behind or now - self.arrival < self.settings.frames.idle_close + _QUIET or drained <= self.arrival:
+        seconds without any message, and while JetStream says nothing waits for it (``drained``:
+        when it last said so, after the last message taken and within ``_FRESH`` seconds: a feed
+        cut off by a server's failure hears nothing, and a stall is not quiet), the wall clock
+        (less them) closes what waits."""
+        if self.behind or now - self.arrival < self.settings.frames.idle_close + _QUIET:
+            return []
+        if not self.arrival < drained or now - drained > _FRESH:
             return []
         return [f for stream, tick in self.assembler.due(now - _QUIET) for f in self.assembler.close(stream, tick)]
 
     def state(self) -> dict:
-        """The checkpoint: copies, so that another thread may encode it while the engine steps on."""
+        """The checkpoint: copies, so that another thread may encode it while the engine steps on.
+        The linear contender is left out: every partition serves the fleet champion's."""
         return {
             "streamrnn": __version__,
             "partition": self.number,
@@ -64,7 +70,7 @@ class Partition:
             "arrival": self.arrival,
             "written": time.time(),
             "layout": layout(self.settings),
-            "engine": self.engine.state(),
+            "engine": {**self.engine.state(), "linear": None},  # the champion's: stored once, beside it
             "assembler": self.assembler.state(),
         }
 

@@ -8,15 +8,15 @@ asked back is checkpointed as it stands and dropped. SIGTERM hands every partiti
 the others take them at once, and leaves the fleet.
 
 One engine per partition: a partition's streams are stepped as one batch, and its state moves
-whole. The model's weights are the ones the shard started with (or that a partition's checkpoint
-holds); retraining a fleet's champion is not done on ``nats://`` yet.
+whole. Every partition serves the fleet's champion (:mod:`streamrnn.champion`): the model a shard
+started with until the shard that holds the trainer's lease stores a better one.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
-import threading
 import time
 from collections import Counter, defaultdict
 
@@ -25,35 +25,32 @@ import torch
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as Counted
 
-from streamrnn import __version__, forecast, ownership
+from streamrnn import __version__, champion, forecast, ownership
+from streamrnn.champion import Champion, FleetTrainer
 from streamrnn.config import Settings
-from streamrnn.daemon import _stop_on_signals, _take
-from streamrnn.endpoint import Endpoint
-from streamrnn.fleet import FleetLink
+from streamrnn.fleet import Control, FleetLink
 from streamrnn.frames import Frame
 from streamrnn.logs import RateLimited
 from streamrnn.metrics import Metrics
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
-from streamrnn.notify import Notifier
 from streamrnn.partition import Partition
+from streamrnn.service import Service, take
 from streamrnn.transport import Delivery
 
 log = logging.getLogger(__name__)
 
-_EVERY = 1.0  # seconds between slow housekeeping
 
-
-class Shard:
+class Shard(Service):
     def __init__(
         self, settings: Settings, model: StreamRNN | None = None, version: int = 0, registry: CollectorRegistry | None = None
     ) -> None:
-        self.settings = s = settings
+        s = settings
         spec = ModelSpec.from_settings(s)
+        super().__init__(s, Metrics(registry or CollectorRegistry(), spec.targets, spec.horizon, s.daemon.stream_metrics))
         self.model, self.version = model or build(spec, seed=s.trainer.seed), version
         m = s.mqtt
         self.inbox: queue.Queue = queue.Queue(m.queue_size)
         self.link = FleetLink(s, [t for t in (m.sensor_topic, m.frame_topic) if t], self.inbox)
-        self.metrics = Metrics(registry or CollectorRegistry(), spec.targets, spec.horizon, s.daemon.stream_metrics)
         device = str(resolve_device(s.device))
         self.metrics.build.info({"version": __version__, "device": device, "torch": torch.__version__, "model": s.model.kind})
         self.metrics.version.set(version)
@@ -61,38 +58,20 @@ class Shard:
         r = dict(registry=self.metrics.registry, namespace="streamrnn")
         self.held = Gauge("partitions_held", "Partitions this shard serves", **r)
         self.moves = Counted("partition_moves", "Partitions claimed, released or lost (a claim lapsed)", ["how"], **r)
-        d = s.daemon
-        self.http = None
-        if d.metrics_port is not None:
-            self.http = Endpoint(self.metrics.registry, d.metrics_host, d.metrics_port, d.metrics_max_rate, log_format=d.log_format)
-        self.notify = Notifier.from_env()
         self._rejects = RateLimited(burst=5, per=60.0)
         self.parts: dict[int, Partition] = {}
         self.stepped = 0  # frames stepped since the start
-        self.stopping = threading.Event()
         self.skill: dict[str, float | None] = {}
         self._carried: dict[str, Counter[str]] = {"assembler": Counter(), "engine": Counter()}
         self._seen: dict[tuple[int, str], Counter[str]] = {}
-        self._last_slow = self._last_save = time.monotonic()
-        self._was_ready = False
+        self._last_save = time.monotonic()
         if s.checkpoint.dir is not None:
             log.warning("checkpoint.dir is not used on nats://: partitions are checkpointed in JetStream's object store")
-        if s.trainer.enabled:
-            log.warning("trainer: a fleet's champion is not retrained on nats:// yet; serving the model the shard started with")
-
-    def ready(self) -> bool:
-        return self.link.ready and not self.stopping.is_set()
-
-    def stop(self) -> None:
-        self.stopping.set()
+        self.champion = Champion(version, {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()})
+        self.trainer = FleetTrainer(s, self.metrics) if s.trainer.enabled else None
 
     def run(self) -> int:
-        if threading.current_thread() is threading.main_thread():
-            _stop_on_signals(self.stopping)
-        if self.settings.threads:
-            torch.set_num_threads(self.settings.threads)
-        if self.http:
-            self.http.start()
+        self._start()
         log.info("starting", extra={"version": __version__, "broker": self.settings.mqtt.url, "member": self.link.me})
         self.link.start()
         self.notify.ready(f"serving; joining the fleet at {self.settings.mqtt.url}")
@@ -116,6 +95,8 @@ class Shard:
             self.turn(0.0)
         for p in list(self.parts):
             self._hand_back(p)
+        if self.trainer is not None:
+            self.trainer.close()
         flushed = self.link.stop(max(0.1, deadline - time.monotonic()))
         if not flushed:
             log.warning("grace period over with forecasts or checkpoints not out", extra={"grace": self.settings.daemon.grace})
@@ -128,29 +109,35 @@ class Shard:
     # -- the loop -------------------------------------------------------------------------------
     def turn(self, wait: float) -> int:
         """One pass: take what arrived, route it to its partition, step, publish, housekeeping."""
-        items = _take(self.inbox, wait)
+        items = take(self.inbox, wait)
         frames: dict[int, list[Frame]] = defaultdict(list)
+        closed: dict[int, list[float]] = defaultdict(list)  # when each frame closed (perf_counter)
         taken = 0
         for item in items:
             if isinstance(item, Delivery):
                 taken += 1
                 part = self.parts.get(item.partition)
                 if part is not None:  # else released: its next owner takes it from the checkpoint on
-                    frames[item.partition] += part.take(item)
+                    got = part.take(item)
+                    frames[item.partition] += got
+                    closed[item.partition] += [time.perf_counter()] * len(got)
             else:  # a partition moves: what it closed is served first
-                self._serve(frames)
+                self._serve(frames, closed)
                 frames.clear()
+                closed.clear()
                 self._control(item)
         now = time.time()
         for p, part in self.parts.items():
-            frames[p] += part.quiet(now, self.link.drained(p))
+            got = part.quiet(now, self.link.drained(p))
+            frames[p] += got
+            closed[p] += [time.perf_counter()] * len(got)
         if taken:
             self.metrics.received.inc(taken)
-        self._serve(frames)
+        self._serve(frames, closed)
         self._housekeeping()
         return len(items)
 
-    def _serve(self, frames: dict[int, list[Frame]]) -> None:
+    def _serve(self, frames: dict[int, list[Frame]], closed: dict[int, list[float]]) -> None:
         topic, period = self.settings.mqtt.forecast_topic, self.settings.features.period
         for p, got in frames.items():
             if not got:
@@ -163,9 +150,12 @@ class Shard:
             self.metrics.frames_missing.inc(sum(1 for f in got if np.isnan(f.values).any()))
             payloads = forecast.encode_all(forecasts, period, self.skill)
             reasons = self.link.publish_many(zip([topic.format(stream=s) for s in forecasts.streams], payloads))
-            self.metrics.set_published(forecasts.streams, forecasts.ts, reasons, {}, t0)
+            when = dict(zip([(f.stream, f.ts) for f in got], closed[p]))
+            self.metrics.set_published(forecasts.streams, forecasts.ts, reasons, when, t0)
 
-    def _control(self, item: ownership.Claimed | ownership.Release | ownership.Lost) -> None:
+    def _control(self, item: Control) -> None:
+        if isinstance(item, ownership.Crowned):
+            return self._crowned(item)
         p = item.partition
         if isinstance(item, ownership.Claimed):
             part = Partition(p, self.settings, self.model, self.version, self.metrics, self._rejects)
@@ -177,16 +167,30 @@ class Shard:
                     part = Partition(p, self.settings, self.model, self.version, self.metrics, self._rejects)
                     part.seq = part.saved = item.seq
             part.behind = item.waiting > 0
+            champion.serve(part.engine, self.champion, loaded=item.state is not None)
             self.parts[p] = part
             self._seen[(p, "assembler")] = Counter(part.assembler.counts)
             self._seen[(p, "engine")] = Counter(part.engine.counts)
             self.moves.labels("claimed").inc()
+            # what a partition is made of (its engine, model, rings) lives as long as it is held:
+            # out of the collector's sight, a full collection no longer walks it (and stalls serving)
+            gc.freeze()
         elif isinstance(item, ownership.Release):
             self._hand_back(p)
             self.moves.labels("released").inc()
         elif self.parts.pop(p, None) is not None:  # lost: its state is not ours to store any more
             self.moves.labels("lost").inc()
         self.held.set(len(self.parts))
+
+    def _crowned(self, item: ownership.Crowned) -> None:
+        """The fleet's new champion serves in every partition from now on."""
+        new = champion.accepted(item, self.champion, self.model, self.settings)
+        if new is not None:
+            self.champion = new
+            for part in self.parts.values():
+                champion.serve(part.engine, new)
+            self.metrics.version.set(new.version)
+            log.info("champion served", extra={"model_version": new.version, "partitions": len(self.parts)})
 
     def _hand_back(self, p: int) -> None:
         part = self.parts.pop(p, None)
@@ -196,28 +200,23 @@ class Shard:
 
     # -- housekeeping ---------------------------------------------------------------------------
     def _housekeeping(self) -> None:
-        self.notify.watchdog()
-        ready = self.ready()
-        if ready != self._was_ready:
-            log.info("ready" if ready else "not ready", extra={"connected": self.link.connected, "partitions": len(self.parts)})
-            self._was_ready = ready
-            if self.http:
-                self.http.beat(ready)
-        now = time.monotonic()
-        if now - self._last_slow < _EVERY:
-            return
-        self._last_slow = now
-        if self.http:
-            self.http.beat(ready)
-            if self.http.check():
-                self.metrics.endpoint_restarts.inc()
-        self._gauges()
-        if now - self._last_save >= self.settings.checkpoint.every:
-            self._last_save = now
+        if self.trainer is not None:
+            new = self.trainer.turn(self.link.training, [part.engine for part in self.parts.values()], self.champion)
+            if new is not None and not self.link.training:
+                log.warning("retrain's champion dropped: the trainer's lease passed to another shard", extra={"version": new.version})
+            elif new is not None:  # served here at once: the next retrain starts from it
+                state = new.state(self.settings)
+                self.link.crown(state, new.version)
+                self._crowned(ownership.Crowned(new.version, state))
+        if self._pulse() and time.monotonic() - self._last_save >= self.settings.checkpoint.every:
+            self._last_save = time.monotonic()
             for p, part in self.parts.items():
                 if part.seq > part.saved:
                     self.link.save(p, part.state(), part.seq)
                     part.saved = part.seq
+
+    def _readiness(self, ready: bool) -> None:
+        log.info("ready" if ready else "not ready", extra={"connected": self.link.connected, "partitions": len(self.parts)})
 
     def _gauges(self) -> None:
         m = self.metrics

@@ -90,3 +90,15 @@ class Verdict:
     challenger_error: float = float("nan")
     persistence_error: float = float("nan")
     linear: dict | None = None  # the linear contender's new state, whatever became of the recurrent fit
+
+
+@dataclass
+class RetrainResult:
+    """What adopting a verdict did: its outcome, the errors it was judged by, the version it serves as."""
+
+    outcome: str  # "promoted", "rejected" or "failed"
+    report: TrainReport
+    champion_error: float = float("nan")
+    challenger_error: float = float("nan")
+    version: int = 0
+    extra: dict = field(default_factory=dict)

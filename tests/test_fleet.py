@@ -18,6 +18,7 @@ from streamrnn.config import ConfigError
 from streamrnn.jetstream import partitioned, where
 from streamrnn.logs import RateLimited
 from streamrnn.metrics import Metrics
+from streamrnn.model import ModelSpec, build
 from streamrnn.mqtt import Publisher, Subscriber
 from streamrnn.partition import Partition
 from streamrnn.tools.natsd import cluster
@@ -50,6 +51,26 @@ def test_topics_are_partitioned_by_stream_alike_whatever_the_topic() -> None:
         partitioned(["plant/{stream}/sensors/{feature}", "site/{stream}/frame"], 8)
     with pytest.raises(ConfigError, match="not be the last level"):
         partitioned(["plant/{feature}/{stream}"], 8)
+
+
+def test_a_quiet_partition_closes_by_the_wall_only_while_jetstream_says_nothing_waits() -> None:
+    """A partition's last readings close by the wall clock only after a silence and a fresh word from
+    JetStream that nothing waits: a feed cut off by a server's failure hears nothing, and a word
+    from before the failure is stale (the shard would close a tick whose other readings wait)."""
+    settings = config.load(None, trainer={"enabled": False})
+    model = build(ModelSpec.from_settings(settings), seed=1)
+    part = Partition(0, settings, model, 0, Metrics(CollectorRegistry()), RateLimited(5, 60.0))
+    t0 = 1.7e9
+    payload = b'{"ts": %.3f, "value": 1.0}' % t0
+    topic = settings.mqtt.sensor_topic.format(stream="r1", feature=settings.channels[0])
+    assert part.take(Delivery(topic, payload, t0, 1, 1, 0, partition=0, seq=1)) == []
+    silent = t0 + settings.frames.idle_close + 6.0
+    assert part.quiet(silent, drained=0.0) == []  # JetStream never said nothing waits
+    assert part.quiet(silent, drained=t0 + 0.5) == []  # it said so, long ago: the feed may be cut off since
+    assert part.quiet(silent, drained=t0 - 0.5) == []  # before the last message
+    assert part.quiet(silent - 3.0, drained=silent - 3.5) == []  # not silent long enough
+    closed = part.quiet(silent, drained=silent - 1.0)
+    assert [(f.stream, f.ts) for f in closed] == [("r1", t0)]
 
 
 @pytest.fixture
