@@ -18,13 +18,14 @@ from streamrnn.transport import Delivery
 log = logging.getLogger(__name__)
 
 _BATCH = 256  # messages fetched at once at most
+_LINGER = 0.02  # seconds a batch fetch waits for more when nothing waits at JetStream
 
 
 class PartitionFeed:
-    """Fetches partition ``p`` from the message after ``after`` while ``taking()`` says so; binds
-    its consumer again, from the last message taken, when ``epoch()`` moves (a reconnect) or a
-    delivery is missing (lost in transit while a leader changed: JetStream would deliver it again
-    only after ``ack_wait``, behind newer readings)."""
+    """Fetches partition ``p`` from the message after ``after`` while ``taking()`` says so (None:
+    not now); binds its consumer again, from the last message taken, when ``epoch()`` moves (a
+    reconnect) or a delivery is missing (lost in transit while a leader changed: JetStream would
+    deliver it again only after ``ack_wait``, behind newer readings)."""
 
     def __init__(
         self,
@@ -44,10 +45,10 @@ class PartitionFeed:
         self.last = after  # the last sequence put into the inbox
         self.delivered = 0  # ... and its delivery's sequence on the consumer: a gap means some were lost in transit
         self.drained = 0.0  # when JetStream last said nothing waits for this partition (not a stall: quiet)
-        # more messages wait at JetStream: fetch a batch. Else fetch one: a batch fetch that finds
-        # nothing waiting lingers until its batch is full or its timeout passes, holding the first
-        # message to come for up to that timeout; a fetch of one returns the moment it comes
-        self.waiting = True
+        # the last fetch found nothing: the next waits for one message, which it returns the moment
+        # it comes; a batch fetch that finds nothing waiting lingers until its batch fills or its
+        # timeout passes, holding the first message to come (so a batch fetch lingers _LINGER at most)
+        self.idle = False
         # (sequence, acknowledgement subject) since the last checkpoint: not the messages, whose
         # objects, a checkpoint's interval of them, made each full collection walk that many more
         self.unacked: deque[tuple[int, str]] = deque()
@@ -72,19 +73,25 @@ class PartitionFeed:
         import nats
 
         epoch = self.epoch()
-        while self.taking():
+        while (go := self.taking()) is not False:
+            if go is None:  # our claim may lapse: fetch nothing until it is renewed
+                self.counts["fetch_fenced"] += 1
+                await asyncio.sleep(0.05)
+                continue
             try:
                 if epoch != self.epoch() or self.delivered < 0:
                     epoch, (self.sub, _) = self.epoch(), await jetstream.consume(self.js, self.p, self.last, self.ack_wait)
-                    self.delivered, self.waiting = 0, True
-                msgs = await self.sub.fetch(_BATCH if self.waiting else 1, timeout=0.5)
+                    self.delivered = 0
+                msgs = await (self.sub.fetch(1, timeout=0.5) if self.idle else self.sub.fetch(_BATCH, timeout=_LINGER))
             except (TimeoutError, nats.errors.TimeoutError):
+                self.idle = True
                 await self._drained()
                 continue
             except Exception as e:  # the connection lost or a server error: again, said at a bounded rate
                 self.complaints.log(log, logging.WARNING, "fetch", "fetch failed", partition=self.p, error=f"{type(e).__name__}: {e}")
                 await asyncio.sleep(0.5)
                 continue
+            self.idle = False
             for m in msgs:
                 if not await self._take(m):
                     return
@@ -113,12 +120,11 @@ class PartitionFeed:
             self.delivered = -1
             return True
         self.delivered += 1
-        self.waiting = meta.num_pending > 0
         if seq <= self.last:
             return True  # delivered again: taken already
         part, topic = jetstream.where(m.subject)
         d = Delivery(topic, m.data, meta.timestamp.timestamp(), seq, 1, 0, partition=part, seq=seq, behind=meta.num_pending > 0)
-        while self.taking():
+        while self.taking() is not False:
             try:
                 self.inbox.put_nowait(d)
             except queue.Full:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import queue
 import socket
@@ -56,14 +57,15 @@ class FleetLink(Connection):
         self.error: Exception | None = None  # what stopped the link for good (the stream made for other settings)
         self._intake = True
         self._claims: dict[int, int] = {}  # partition -> the revision of our claim
+        self._renewed: dict[int, float] = {}  # ... and when the request that last renewed it was sent (monotonic)
+        self._fence = min(0.75, 1 - 0.6 / settings.shards.lease) * settings.shards.lease  # see _taking: < a lease less a fetch's 0.5 s
         self._releasing: set[int] = set()
         self._handing = 0  # hand-backs under way
         self._feeds: dict[int, PartitionFeed] = {}
         self._saving: dict[int, asyncio.Lock] = {}
         self._js = self._leases = None  # once joined: JetStream, the leases
         self.checkpoints: PartitionStore | None = None  # once joined
-        self.champion: ChampionStore | None = None  # once joined; its trainer's lease taken where trainer.enabled
-        self._trains = settings.trainer.enabled
+        self.champion = ChampionStore(inbox, settings.trainer.enabled, self._complaints)  # with the trainer's lease, where trainer.enabled
 
     # -- what the engine thread asks ------------------------------------------------------------
     def close_intake(self) -> None:
@@ -80,15 +82,6 @@ class FleetLink(Connection):
     def save(self, partition: int, state: dict, seq: int) -> None:
         """Store the partition's checkpoint (``state`` after message ``seq``); acknowledge what it holds."""
         self.soon(self._save(partition, state, seq))
-
-    @property
-    def training(self) -> bool:
-        """This shard holds the trainer's lease: it retrains the fleet's champion."""
-        return self.champion is not None and self.champion.training
-
-    def crown(self, state: dict, version: int) -> None:
-        """Store a new champion for the fleet (while we hold the trainer's lease)."""
-        self.soon(self.champion.crown(state, version))
 
     def hand_back(self, partition: int, state: dict | None, seq: int) -> None:
         """The engine thread dropped the partition (``state`` None: nothing new to store): store it, release the claim."""
@@ -121,7 +114,7 @@ class FleetLink(Connection):
                 self._leases = Leases(await quick.key_value(jetstream.BUCKET), self.me)
                 store = await self._js.object_store(jetstream.STATE)
                 self.checkpoints = PartitionStore(store, self._leases, self.counts, self._complaints)
-                self.champion = ChampionStore(store, self._leases, self.inbox, self._trains, self._complaints)
+                self.champion.bind(store, self._leases)
                 return True
             except ConfigError as e:  # for good: the daemon stops, saying why
                 self.error = e
@@ -136,19 +129,21 @@ class FleetLink(Connection):
         leases = self._leases
         members = await leases.members()
         for p, rev in list(self._claims.items()):
+            sent = time.monotonic()
             rev = await leases.renew(p, rev)
             if rev is None:
                 await self._lose(p)
             elif p in self._claims:  # not handed back meanwhile
-                self._claims[p] = rev
+                self._claims[p], self._renewed[p] = rev, sent
         if not self._intake:
             return
         mine = ownership.owned(self.me, self.shards.partitions, members)
         for p in sorted(self._claims.keys() - mine - self._releasing):
             await self._release(p)
         for p in sorted(mine - self._claims.keys()):
-            rev = await leases.claim(p)
-            if rev is not None:
+            sent = time.monotonic()
+            if (rev := await leases.claim(p)) is not None:
+                self._renewed[p] = sent
                 await self._claim(p, rev)
         await self.champion.round(self._intake)
 
@@ -171,8 +166,13 @@ class FleetLink(Connection):
         self.counts["claimed"] += 1
         log.info("partition claimed", extra={"partition": p, "after": seq, "seconds": round(time.perf_counter() - t0, 3)})
 
-    def _taking(self, p: int) -> bool:
-        return self._intake and p in self._claims and p not in self._releasing
+    def _taking(self, p: int) -> bool | None:
+        """Fetch (True), stop (False), or wait (None): our claim was not renewed for ``_fence``
+        seconds and may lapse before the next renewal; the shard that takes it then must be the
+        only one to fetch from its consumer."""
+        if not self._intake or p not in self._claims or p in self._releasing:
+            return False
+        return True if time.monotonic() - self._renewed.get(p, -math.inf) < self._fence else None
 
     async def _release(self, p: int) -> None:
         """Stop fetching; the engine thread checkpoints the partition after what it has and hands it back."""

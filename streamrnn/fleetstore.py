@@ -59,13 +59,17 @@ class PartitionStore:
 
 
 class ChampionStore:
-    """The fleet's champion, ``champion``, its version in the object's description; the trainer's lease."""
+    """The fleet's champion, ``champion``, its version in the object's description; the trainer's
+    lease. Bound to the object store and the leases once the shard has joined."""
 
-    def __init__(self, store, leases: Leases, inbox: queue.Queue, trains: bool, complaints: RateLimited) -> None:
-        self.store, self.leases, self.inbox, self.trains, self._complaints = store, leases, inbox, trains, complaints
+    def __init__(self, inbox: queue.Queue, trains: bool, complaints: RateLimited) -> None:
+        self.store, self.leases, self.inbox, self.trains, self._complaints = None, None, inbox, trains, complaints
         self.training = False  # we hold the trainer's lease
         self.seen = -1  # the newest version handed to the engine thread (or stored by us)
         self._rev: int | None = None
+
+    def bind(self, store, leases: Leases) -> None:
+        self.store, self.leases = store, leases
 
     async def round(self, intake: bool) -> None:
         """A newer champion to the engine thread; the trainer's lease renewed, or taken if free."""
@@ -114,6 +118,6 @@ class ChampionStore:
         return True
 
     async def leave(self) -> None:
-        if self._rev is not None:
+        if self._rev is not None and self.leases is not None:
             self._rev, self.training = None, False
             await self.leases.release(TRAINER)

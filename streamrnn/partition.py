@@ -6,13 +6,15 @@ that the next owner goes on exactly where it stood, from the message after ``seq
 from __future__ import annotations
 
 import copy
+import math
 import time
+from collections import OrderedDict
 
 from streamrnn import __version__
 from streamrnn.checkpoint import check_layout, layout
 from streamrnn.config import Settings
 from streamrnn.engine import Engine
-from streamrnn.frames import Frame
+from streamrnn.frames import Assembler, Frame
 from streamrnn.intake import Intake
 from streamrnn.logs import RateLimited
 from streamrnn.metrics import Metrics
@@ -31,6 +33,9 @@ class Partition:
         self.assembler = self.intake.assembler
         self.seq = 0  # the stream sequence of the last message taken
         self.saved = 0  # ... and of the last checkpoint's
+        # when it was last checkpointed (monotonic): staggered, so that a shard's partitions are
+        # checkpointed evenly over checkpoint.every, not all in one turn (a stall of them all)
+        self.saved_at = time.monotonic() - settings.checkpoint.every * number / settings.shards.partitions
         self.arrival = time.time()  # when the last message taken reached JetStream
         self.behind = False  # more of its messages wait in JetStream: a replay, whose ticks close by event time only
 
@@ -72,6 +77,7 @@ class Partition:
             "layout": layout(self.settings),
             "engine": {**self.engine.state(), "linear": None},  # the champion's: stored once, beside it
             "assembler": self.assembler.state(),
+            "clocks": clocks(self.assembler),
         }
 
     def load(self, state: dict, seq: int) -> None:
@@ -84,4 +90,27 @@ class Partition:
         self.arrival = float(state["arrival"])
         self.engine.load_state(state["engine"], now=self.arrival)
         self.assembler.load_state(state["assembler"], self.arrival)
+        if "clocks" in state:
+            set_clocks(self.assembler, state["clocks"])
         self.seq = self.saved = seq
+
+
+def clocks(a: Assembler) -> dict:
+    """What an assembler's checkpoint leaves out, for a daemon's restart measures silence afresh,
+    and a partition replayed on the clock of its messages needs as it was: each stream's silence
+    and lateness clocks, and the streams yet to be named silent or stuck, in their order."""
+    return {
+        "streams": {name: (st.wall, st.late_since, st.late_ts) for name, st in a.streams.items()},
+        "heard": list(a._heard),
+        "open": list(a._open.items()),
+    }
+
+
+def set_clocks(a: Assembler, saved: dict) -> None:
+    """Set an assembler loaded from a checkpoint's state to the clocks :func:`clocks` saved with it."""
+    for name, (wall, since, ts) in saved["streams"].items():
+        st = a.streams[name]
+        st.wall, st.late_since, st.late_ts = float(wall), since, float(ts)
+    a._heard = OrderedDict((name, a.streams[name]) for name in saved["heard"])
+    a._open = OrderedDict((name, float(since)) for name, since in saved["open"])
+    a._forget_at = min((st.wall + a.forget_after for name, st in a.streams.items() if name not in a._heard), default=math.inf)

@@ -3,9 +3,10 @@
 The loop is the daemon's (message -> frame -> engine step -> forecast -> publish), with the
 messages routed to their partition's engine; claims and releases arrive in the inbox in order
 with the messages (:mod:`streamrnn.fleet`). Every ``checkpoint.every`` seconds each partition
-that took messages is checkpointed to the object store, which acknowledges them; a partition
-asked back is checkpointed as it stands and dropped. SIGTERM hands every partition back, so that
-the others take them at once, and leaves the fleet.
+that took messages is checkpointed to the object store, which acknowledges them (the partitions in
+turn, spread over the interval, not all in one turn); a partition asked back is checkpointed as it
+stands and dropped. SIGTERM hands every partition back, so that the others take them at once, and
+leaves the fleet.
 
 One engine per partition: a partition's streams are stepped as one batch, and its state moves
 whole. Every partition serves the fleet's champion (:mod:`streamrnn.champion`): the model a shard
@@ -64,7 +65,6 @@ class Shard(Service):
         self.skill: dict[str, float | None] = {}
         self._carried: dict[str, Counter[str]] = {"assembler": Counter(), "engine": Counter()}
         self._seen: dict[tuple[int, str], Counter[str]] = {}
-        self._last_save = time.monotonic()
         if s.checkpoint.dir is not None:
             log.warning("checkpoint.dir is not used on nats://: partitions are checkpointed in JetStream's object store")
         self.champion = Champion(version, {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()})
@@ -201,19 +201,22 @@ class Shard(Service):
     # -- housekeeping ---------------------------------------------------------------------------
     def _housekeeping(self) -> None:
         if self.trainer is not None:
-            new = self.trainer.turn(self.link.training, [part.engine for part in self.parts.values()], self.champion)
-            if new is not None and not self.link.training:
+            training = self.link.champion.training
+            new = self.trainer.turn(training, [part.engine for part in self.parts.values()], self.champion)
+            if new is not None and not training:
                 log.warning("retrain's champion dropped: the trainer's lease passed to another shard", extra={"version": new.version})
             elif new is not None:  # served here at once: the next retrain starts from it
                 state = new.state(self.settings)
-                self.link.crown(state, new.version)
+                self.link.soon(self.link.champion.crown(state, new.version))
                 self._crowned(ownership.Crowned(new.version, state))
-        if self._pulse() and time.monotonic() - self._last_save >= self.settings.checkpoint.every:
-            self._last_save = time.monotonic()
+        if self._pulse():
+            now = time.monotonic()
             for p, part in self.parts.items():
-                if part.seq > part.saved:
-                    self.link.save(p, part.state(), part.seq)
-                    part.saved = part.seq
+                if now - part.saved_at >= self.settings.checkpoint.every:
+                    part.saved_at = now
+                    if part.seq > part.saved:
+                        self.link.save(p, part.state(), part.seq)
+                        part.saved = part.seq
 
     def _readiness(self, ready: bool) -> None:
         log.info("ready" if ready else "not ready", extra={"connected": self.link.connected, "partitions": len(self.parts)})

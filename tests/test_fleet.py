@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from test_daemon import _num, a_model, drain, publish_rows, sim_rows
 from test_durability import reference
 
-from streamrnn import config, forecast, jetstream, ownership
+from streamrnn import checkpoint, config, forecast, jetstream, ownership
 from streamrnn.config import ConfigError
 from streamrnn.jetstream import partitioned, where
 from streamrnn.logs import RateLimited
@@ -71,6 +71,68 @@ def test_a_quiet_partition_closes_by_the_wall_only_while_jetstream_says_nothing_
     assert part.quiet(silent - 3.0, drained=silent - 3.5) == []  # not silent long enough
     closed = part.quiet(silent, drained=silent - 1.0)
     assert [(f.stream, f.ts) for f in closed] == [("r1", t0)]
+
+
+def test_a_claim_not_renewed_lately_fetches_nothing_until_it_is(monkeypatch) -> None:
+    """Two shards must never fetch from one partition's consumer: a shard whose claim was not
+    renewed for most of a lease (its server unreachable, its rounds slow) pauses that partition's
+    fetches, before the claim can lapse and another shard take it; a renewal resumes them."""
+    import queue
+
+    from streamrnn.fleet import FleetLink
+
+    settings = config.load(None, shards={"lease": 4.0}, mqtt={"url": "nats://127.0.0.1:1", "instance": "s0"})
+    link = FleetLink(settings, [settings.mqtt.sensor_topic], queue.Queue())  # never started: its loop closed below
+    now = [1000.0]
+    monkeypatch.setattr("streamrnn.fleet.time.monotonic", lambda: now[0])
+    link._claims[3], link._renewed[3] = 7, 1000.0
+    assert link._taking(3) is True and link._taking(4) is False  # held; never claimed
+    now[0] += 2.9
+    assert link._taking(3) is True
+    now[0] += 0.2  # 3.1 s without a renewal: the claim may lapse at 4 s, less a fetch in flight
+    assert link._taking(3) is None
+    link._renewed[3] = now[0]
+    assert link._taking(3) is True
+    link.close_intake()
+    assert link._taking(3) is False
+    link._loop.close()
+
+
+def test_a_partition_checkpointed_and_loaded_closes_the_same_frames_as_one_that_never_moved() -> None:
+    """A partition's next owner replays on the clock of the messages: every stream's silence clock
+    goes on as it was (a restart of the daemon measures silence afresh instead). Stream a falls
+    silent, the partition moves, a's tick is closed by silence, and its last reading comes late."""
+    settings = config.load(None, trainer={"enabled": False})
+    period, t0, chans = settings.features.period, 1.7e9, settings.channels[:3]
+    topic = settings.mqtt.sensor_topic
+    msgs: list[Delivery] = []
+
+    def send(stream, k, channels, at):
+        for c in channels:
+            seq = len(msgs) + 1
+            payload = b'{"ts": %.3f, "value": %.3f}' % (t0 + k * period, k + 0.1 * seq)
+            msgs.append(Delivery(topic.format(stream=stream, feature=c), payload, at, seq, 1, 0, partition=0, seq=seq))
+
+    moved_at, dt = 0, 0.25 * settings.frames.idle_close  # readings arrive every dt of wall time
+    for k in range(12):  # a falls silent after tick 5, one reading of which comes late; b goes on
+        if k <= 5:
+            send("a", k, chans if k < 5 else chans[:2], t0 + k * dt)
+        send("b", k, chans, t0 + k * dt + 0.01)
+        if k == 6:  # the partition moves: a has been silent for half of idle_close
+            moved_at = len(msgs)
+        if k == 9:  # a's held-back reading, once a's silence has closed its tick 5
+            send("a", 5, chans[2:], t0 + 9.5 * dt)
+    model = build(ModelSpec.from_settings(settings), seed=1)
+    part = lambda: Partition(0, settings, model, 0, Metrics(CollectorRegistry()), RateLimited(5, 60.0))
+    frames = lambda p, some: [(f.stream, f.ts, np.nan_to_num(f.values).tolist()) for m in some for f in p.take(m)]
+    stayed = part()
+    want = frames(stayed, msgs)
+    first = part()
+    got = frames(first, msgs[:moved_at])
+    second = part()
+    second.load(checkpoint.decode(checkpoint.encode(first.state())), first.seq)
+    got += frames(second, msgs[moved_at:])
+    assert got == want and any(s == "a" and ts == t0 + 5 * period for s, ts, _ in want)
 
 
 @pytest.fixture
@@ -261,7 +323,7 @@ def test_servers_killed_and_stopped_lose_nothing(nats_cluster, tmp_path) -> None
     shards on them reconnecting to the others meanwhile: every (stream, tick) forecast, as one
     daemon. Neither leads the sensor stream: readings published over MQTT while its leader is
     elected are lost by NATS (they reach JetStream as plain NATS messages; docs/scaling.md)."""
-    rows, model, model_path, cfg, shards = fleet(tmp_path, nats_cluster, steps=500)
+    rows, model, model_path, cfg, shards = fleet(tmp_path, nats_cluster, steps=600)
     try:
         for s in shards:
             s.ready(60)
@@ -300,5 +362,5 @@ def test_servers_killed_and_stopped_lose_nothing(nats_cluster, tmp_path) -> None
     assert not missing, f"{len(missing)} (stream, tick) without a forecast, e.g. {sorted(missing)[:5]}"
     try:
         check_forecasts(got, cfg, model, rows, shards, want=want)
-    except AssertionError as e:  # found under a loaded machine (the full suite), not alone: open in issue 27
+    except AssertionError as e:  # under a loaded machine, not alone: still open in issue 27 (docs/scaling.md)
         pytest.xfail(f"forecasts after a server failure differ from one shard on the same messages: {str(e)[:300]}")
