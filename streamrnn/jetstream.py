@@ -8,9 +8,11 @@ A NATS server with its MQTT listener maps the MQTT topic ``plant/r1/sensors/leve
 - the stream ``STREAMRNN_SENSORS`` over the sensor (and frame) subjects, which stores each message
   under ``streamrnn.partition.{p}.<subject>``, ``p`` the server's ``partition(P, stream)`` of the
   stream id: every message of a stream lands in the same partition, whatever its topic;
-- the KV bucket ``streamrnn-fleet``: the live members (``member.<name>``) and who holds each
-  partition (``owner.<p>``), every key living ``shards.lease`` seconds unless renewed;
-- the object store ``streamrnn-state``: each partition's last checkpoint (``partition-<p>``);
+- the KV bucket ``streamrnn-fleet``: the live members (``member.<name>``), who holds each
+  partition (``owner.<p>``) and who trains (``owner.trainer``), every key living ``shards.lease``
+  seconds unless renewed;
+- the object store ``streamrnn-state``: each partition's last checkpoint (``partition-<p>``) and
+  the fleet's champion (``champion``; :mod:`streamrnn.fleetstore`);
 - per partition, the durable consumer ``streamrnn-p<p>``, made afresh by the shard that takes the
   partition, from the message after its checkpoint.
 """
