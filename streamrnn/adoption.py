@@ -131,15 +131,22 @@ def _unfit(verdict: Verdict, model: StreamRNN, bank: HiddenBank, snap: Snapshot)
         return None
     if verdict.state is None or verdict.hidden is None:
         return f"verdict names {verdict.serve} but carries no weights or states"
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(np.shape(v)) for k, v in verdict.state.items()}
-    if got != want:
-        return f"verdict's weights do not fit the model: {sorted(set(got.items()) ^ set(want.items()))[:4]}"
-    bad = [k for k, v in verdict.state.items() if not np.isfinite(v).all()]
-    if bad:
-        return f"verdict's weights are not finite: {bad[:4]}"
+    problem = unfit_weights(verdict.state, model)
+    if problem is not None:
+        return f"verdict's {problem}"
     h = bank.hidden
     shape = (h.shape[0], h.shape[1], len(snap.streams), h.shape[3])
     if tuple(np.shape(verdict.hidden)) != shape or not np.isfinite(verdict.hidden).all():
         return f"verdict's hidden states are not finite or not of shape {shape}"
     return None
+
+
+def unfit_weights(weights: dict[str, np.ndarray], model: StreamRNN) -> str | None:
+    """Why ``weights`` cannot replace ``model``'s (another shape, or not finite), or None: they come
+    from another process (a retrain, a fleet's champion), where a fault must never reach serving."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(np.shape(v)) for k, v in weights.items()}
+    if got != want:
+        return f"weights do not fit the model: {sorted(set(got.items()) ^ set(want.items()))[:4]}"
+    bad = [k for k, v in weights.items() if not np.isfinite(v).all()]
+    return f"weights are not finite: {bad[:4]}" if bad else None

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from streamrnn.adoption import unfit_weights
 from streamrnn.checkpoint import check_layout, layout
 from streamrnn.config import Settings
+from streamrnn.cycle import said
 from streamrnn.engine import Engine
 from streamrnn.metrics import Metrics
 from streamrnn.model import StreamRNN
@@ -57,12 +59,8 @@ class Champion:
 
 def unfit(champion: Champion, model: StreamRNN) -> str | None:
     """Why ``champion`` cannot serve in place of ``model`` (weights that do not fit, or are not finite), or None."""
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(np.shape(v)) for k, v in champion.weights.items()}
-    if got != want:
-        return f"its weights do not fit the model: {sorted(set(got.items()) ^ set(want.items()))[:4]}"
-    bad = [k for k, v in champion.weights.items() if not np.isfinite(v).all()]
-    return f"its weights are not finite: {bad[:4]}" if bad else None
+    problem = unfit_weights(champion.weights, model)
+    return None if problem is None else f"its {problem}"
 
 
 def accepted(item: Crowned, current: Champion, model: StreamRNN, settings: Settings) -> Champion | None:
@@ -70,11 +68,17 @@ def accepted(item: Crowned, current: Champion, model: StreamRNN, settings: Setti
     refused is logged: the fleet is misconfigured, or its store damaged)."""
     try:
         new = Champion.from_state(item.state, settings)
-        problem = unfit(new, model)
     except (KeyError, TypeError, ValueError) as e:  # another model or feature set
-        new, problem = None, str(e)
+        log.error("champion refused: serving the one before", extra={"version": item.version, "error": str(e)})
+        return None
+    return fresh(new, current, model)
+
+
+def fresh(new: Champion, current: Champion, model: StreamRNN) -> Champion | None:
+    """``new``, where it is newer than ``current`` and fits ``model``; else None (one that does not fit is logged)."""
+    problem = unfit(new, model)
     if problem is not None:
-        log.error("champion refused: serving the one before", extra={"version": item.version, "error": problem})
+        log.error("champion refused: serving the one before", extra={"version": new.version, "error": problem})
         return None
     return new if new.version > current.version else None
 
@@ -130,9 +134,7 @@ class FleetTrainer:
 
     def _verdict(self, snap: Snapshot, verdict, seconds: float, champion: Champion) -> Champion | None:
         self.metrics.set_retrain(verdict, seconds, verdict.outcome)
-        held_out = {f"{k}_error": getattr(verdict, f"{k}_error") for k in ("challenger", "champion", "persistence")}
-        extra = {"outcome": verdict.outcome, "seconds": round(seconds, 2), "error": verdict.report.error}
-        log.info("fleet retrain done", extra={**extra, **{k: round(e, 4) if e == e else None for k, e in held_out.items()}})
+        log.info("fleet retrain done", extra=said(verdict, verdict.outcome, seconds))
         if verdict.serve is None or verdict.state is None:
             return Champion(champion.version + 1, champion.weights, verdict.linear) if verdict.linear is not None else None
         return Champion(champion.version + 1, {k: np.asarray(v) for k, v in verdict.state.items()}, verdict.linear)

@@ -58,10 +58,15 @@ class Cycle:
             log.debug("linear contender fitted", extra={"seconds": round(seconds, 2), "linear": verdict.report.linear})
             return False
         self.metrics.set_retrain(verdict, seconds, result.outcome)
-        held_out = {f"{k}_error": getattr(verdict, f"{k}_error") for k in ("challenger", "champion", "persistence")}
-        extra = {"outcome": result.outcome, "seconds": round(seconds, 2), "model_version": result.version, "error": verdict.report.error}
-        log.info("retrain done", extra={**extra, **{k: round(e, 4) if e == e else None for k, e in held_out.items()}})
+        log.info("retrain done", extra=said(verdict, result.outcome, seconds, model_version=result.version))
         return verdict.serve is not None and not self.engine.adopting
 
     def close(self) -> None:
         self.retrainer.close()
+
+
+def said(verdict, outcome: str, seconds: float, **more) -> dict:
+    """A retrain's log fields: its outcome, seconds, error and the held-out errors it was judged by."""
+    held_out = {f"{k}_error": getattr(verdict, f"{k}_error") for k in ("challenger", "champion", "persistence")}
+    extra = {"outcome": outcome, "seconds": round(seconds, 2), **more, "error": verdict.report.error}
+    return {**extra, **{k: round(e, 4) if e == e else None for k, e in held_out.items()}}

@@ -154,8 +154,9 @@ class Shard(Service):
             self.metrics.set_published(forecasts.streams, forecasts.ts, reasons, when, t0)
 
     def _control(self, item: Control) -> None:
-        if isinstance(item, ownership.Crowned):
-            return self._crowned(item)
+        if isinstance(item, ownership.Crowned):  # stored by the trainer, maybe another shard
+            new = champion.accepted(item, self.champion, self.model, self.settings)
+            return None if new is None else self._crowned(new)
         p = item.partition
         if isinstance(item, ownership.Claimed):
             part = Partition(p, self.settings, self.model, self.version, self.metrics, self._rejects)
@@ -182,15 +183,13 @@ class Shard(Service):
             self.moves.labels("lost").inc()
         self.held.set(len(self.parts))
 
-    def _crowned(self, item: ownership.Crowned) -> None:
+    def _crowned(self, new: Champion) -> None:
         """The fleet's new champion serves in every partition from now on."""
-        new = champion.accepted(item, self.champion, self.model, self.settings)
-        if new is not None:
-            self.champion = new
-            for part in self.parts.values():
-                champion.serve(part.engine, new)
-            self.metrics.version.set(new.version)
-            log.info("champion served", extra={"model_version": new.version, "partitions": len(self.parts)})
+        self.champion = new
+        for part in self.parts.values():
+            champion.serve(part.engine, new)
+        self.metrics.version.set(new.version)
+        log.info("champion served", extra={"model_version": new.version, "partitions": len(self.parts)})
 
     def _hand_back(self, p: int) -> None:
         part = self.parts.pop(p, None)
@@ -206,9 +205,9 @@ class Shard(Service):
             if new is not None and not training:
                 log.warning("retrain's champion dropped: the trainer's lease passed to another shard", extra={"version": new.version})
             elif new is not None:  # served here at once: the next retrain starts from it
-                state = new.state(self.settings)
-                self.link.soon(self.link.champion.crown(state, new.version))
-                self._crowned(ownership.Crowned(new.version, state))
+                self.link.soon(self.link.champion.crown(new.state(self.settings), new.version))
+                if champion.fresh(new, self.champion, self.model) is not None:
+                    self._crowned(new)
         if self._pulse():
             now = time.monotonic()
             for p, part in self.parts.items():

@@ -13,7 +13,7 @@ from streamrnn.tools.bench.report import table
 from streamrnn.tools.bench.stack import Stack
 
 
-def _histogram_quantiles(before: dict[str, float], after: dict[str, float], name: str, qs: tuple[float, ...]) -> list[float]:
+def histogram_quantiles(before: dict[str, float], after: dict[str, float], name: str, qs: tuple[float, ...]) -> list[float]:
     """Quantiles of a Prometheus histogram's increase between two scrapes, linear within a bucket."""
     buckets = sorted(
         (float(k.split('le="')[1].rstrip('"}')), after[k] - before.get(k, 0.0)) for k in after if k.startswith(f"{name}_bucket")
@@ -117,9 +117,9 @@ def _latency_phase(work: Path, n: int, phase: str, seconds: float, rate_msgs: fl
         if fc is not None:
             fc.close()
         stack.close()
-    rtt, backlog = _round_trips(seen, load["started"], period)
+    rtt, backlog = round_trips(seen, load["started"], period)
     q = lambda p: 1e3 * rtt[min(len(rtt) - 1, int(p * len(rtt)))] if rtt else float("nan")
-    p50, p99 = _histogram_quantiles(before, after, "streamrnn_forecast_latency_seconds", (0.5, 0.99))
+    p50, p99 = histogram_quantiles(before, after, "streamrnn_forecast_latency_seconds", (0.5, 0.99))
     retrains = sum(after.get(k, 0) - before.get(k, 0) for k in after if k.startswith("streamrnn_retrains_total"))
     return {
         "ticks_per_s": rate,
@@ -135,7 +135,7 @@ def _latency_phase(work: Path, n: int, phase: str, seconds: float, rate_msgs: fl
     }
 
 
-def _round_trips(seen: list[tuple[float, str, float]], started: dict, period: float) -> tuple[list[float], float]:
+def round_trips(seen: list[tuple[float, str, float]], started: dict, period: float) -> tuple[list[float], float]:
     """Each forecast's round trip, sorted, and how much later the last ticks were answered than the
     first. A frame is closed by its stream's first reading of the next tick: the round trip runs
     from when that stream's part of that tick was sent. A daemon that keeps up answers the last ticks

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from streamrnn import ownership
 from streamrnn.tools.bench.ingest import ForecastTap, run_load
-from streamrnn.tools.bench.latency import _histogram_quantiles, _round_trips
+from streamrnn.tools.bench.latency import histogram_quantiles, round_trips
 from streamrnn.tools.bench.report import table
 from streamrnn.tools.broker import Mosquitto
 from streamrnn.tools.natsd import NatsServer
@@ -128,8 +128,8 @@ def _measure(fleet: Fleet, streams: int, ticks: int, rounds: int, rate: float, s
         after = fleet.samples()
     finally:
         fc.close()
-    rtt, behind = _round_trips(seen, load["started"], period)
-    close = _histogram_quantiles(_summed(before), _summed(after), "streamrnn_forecast_latency_seconds", (0.5, 0.99))
+    rtt, behind = round_trips(seen, load["started"], period)
+    close = histogram_quantiles(_summed(before), _summed(after), "streamrnn_forecast_latency_seconds", (0.5, 0.99))
     q = lambda p: 1e3 * rtt[min(len(rtt) - 1, int(p * len(rtt)))]
     return {
         "shards": fleet.shards,
