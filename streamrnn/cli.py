@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from streamrnn import __version__, config, simulator
+from streamrnn import __version__, config, faults, simulator
 from streamrnn.tools.bench import PARTS
 
 
@@ -46,9 +46,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    inject = faults.injector(args.faults, simulator.FEATURES, args.fault_seed)
     if args.csv:
         steps = args.steps or 5000
-        rows = simulator.write_csv(args.csv, steps, args.streams, args.seed, args.key_every)
+        rows = simulator.write_csv(args.csv, steps, args.streams, args.seed, args.key_every, inject)
         print(f"wrote {rows} rows ({args.streams} streams x {steps} steps) to {args.csv}")
         return 0
     if not args.broker:
@@ -56,7 +57,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     from streamrnn.tools import feed
 
-    return feed.publish(_settings(args), args.broker, args.streams, args.rate, args.seed, args.key_every, args.steps, args.duration)
+    return feed.publish(
+        _settings(args), args.broker, args.streams, args.rate, args.seed, args.key_every, args.steps, args.duration, inject=inject
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -88,6 +91,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for why in table.dropped:
         print(f"streamrnn replay: {args.data}: {why}", file=sys.stderr)
     settings = _replay_settings(args, table)
+    if args.fault_report:
+        from streamrnn import faultreport
+
+        return faultreport.main(table, settings, args.inject, args.inject_seed, args.report)
+    inject = faults.injector(args.inject, settings.channels, args.inject_seed)
+    if inject is not None:
+        table.values = inject.table(table.streams, table.ts, table.values, [table.columns.index(c) for c in settings.channels])
     plot_target = args.plot_target or settings.features.targets[-1]
     if args.plot:  # before the replay's minutes, not after
         plot.plotting()
@@ -224,6 +234,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--streams", type=POS_INT, default=1, help="reactors, each a stream of its own")
     s.add_argument("--seed", type=int, default=0, help="the simulation's seed: the same seed gives the same numbers")
     s.add_argument("--key-every", type=POS_INT, default=30, help="steps between two lab samples of the key variable")
+    faults_help = "sensor faults, KIND:CHANNEL@START[+LENGTH][*SIZE][/STREAM],... (docs/model.md#broken-sensors)"
+    s.add_argument("--faults", help=faults_help)
+    s.add_argument("--fault-seed", type=int, default=0, help="the faults' seed")
     s.set_defaults(func=cmd_simulate)
 
     r = command("replay", "stream a CSV through the engine and score it")
@@ -245,6 +258,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--plot-target", help="target to plot (default: the last)")
     r.add_argument("--plot-step", type=POS_INT, help="forecast step to plot (default: the middle of the horizon)")
     r.add_argument("--plot-window", type=POS_INT, default=500, help="rows of the stream to plot, the last ones")
+    r.add_argument("--inject", help=faults_help + ", applied to the file's values as they are read")
+    r.add_argument("--inject-seed", type=int, default=0, help="the injected faults' seed")
+    r.add_argument(
+        "--fault-report",
+        action="store_true",
+        help="replay clean and with faults (--inject, or each kind at three onsets) and score every fault window beside the bounds",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument(
         "--protocol",

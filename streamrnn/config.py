@@ -184,6 +184,24 @@ class GateSettings(_Section):
     )
 
 
+class HealthSettings(_Section):
+    """When a channel's sensor looks broken (see health.py); the limits are relative to what each
+    stream's channel has shown, never absolute."""
+
+    enabled: bool = Field(True, description="judge each channel's health (off: every value is taken as it comes)")
+    warmup: int = Field(64, ge=2, description="healthy values a channel shows before it is judged")
+    range: float = Field(
+        2.0, gt=0, description="a value further than this many widths of the channel's healthy envelope beyond it is out of range"
+    )
+    frozen: float = Field(2.0, ge=1, description="a value repeated this many times longer than the channel's longest healthy run is frozen")
+    min_frozen: int = Field(8, ge=2, description="repeats of one value that are never frozen")
+    spike: float = Field(8.0, gt=1, description="a move of this many typical changes away from the values before is a spike (or a step)")
+    noisy: float = Field(6.0, gt=1, description="recent changes this many times the channel's typical change are noise")
+    recover: int = Field(3, ge=1, description="healthy-looking values in a row that end a suspect spell")
+    accept_after: int = Field(256, ge=1, description="frames a steady value out of range holds before it is the new level")
+    memory: float = Field(1024.0, ge=16, description="frames over which the healthy envelope and typical change are measured (half-life)")
+
+
 class FrameSettings(_Section):
     """How sensor readings become frames on the ``features.period`` grid (see frames.py)."""
 
@@ -394,6 +412,7 @@ class Settings(BaseSettings):
     evaluator: EvaluatorSettings = Field(default_factory=EvaluatorSettings)
     linear: LinearSettings = Field(default_factory=LinearSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     frames: FrameSettings = Field(default_factory=FrameSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)

@@ -25,6 +25,7 @@ from streamrnn.contenders import Contenders
 from streamrnn.evaluator import Evaluator
 from streamrnn.forecast import Forecasts
 from streamrnn.frames import Frame
+from streamrnn.health import Health
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
 from streamrnn.ring import Rings
 from streamrnn.snapshot import RetrainResult, Snapshot, Verdict
@@ -52,6 +53,7 @@ class Engine:
         )
         self.contenders = Contenders(settings, len(self.channels), self._ti, self.spec.horizon, self.evaluator)
         self.rings = Rings(settings.ring.size, len(self.channels))
+        self.health = Health(len(self.channels), settings.health)
         self.counts: Counter[str] = Counter()
         self.frames_seen = 0
         self.retrains = 0  # verdicts adopted since the first start (checkpointed): seeds the next
@@ -95,7 +97,7 @@ class Engine:
                 later.append(f)
                 continue
             tick = round(f.ts / period)
-            if not rings.take(row, tick, f.ts, f.values):
+            if rings.late(row, tick):
                 self.counts["late"] += 1
                 continue
             taken.add(row)
@@ -112,6 +114,8 @@ class Engine:
         r, t = np.asarray(rows), np.asarray(ticks)
         stamps = [f.ts for f in frames]
         values = np.array([f.values for f in frames])  # (B, C)
+        values, suspect = self.health.judge(r, values, self.bank.centre) if self.settings.health.enabled else (values, None)
+        self.rings.take_all(rows, ticks, stamps, values)
         truth = values.take(self._ti, axis=1)
         self.evaluator.score(r, t, truth)
         deltas, held = self.bank.step(self.model, r, values)  # (B, H+1, T), normalised; (B, C)
@@ -123,8 +127,12 @@ class Engine:
         panel = self.evaluator.panel(r, t)  # the forecasts whose contenders the gate will score
         # before the linear contender's first fit, the gate weighs the other two
         served, mixed = self.contenders.serve(base, recurrent, linear, panel)
+        contenders = (recurrent[panel], np.float32(np.nan) if linear is None else linear[panel], mixed)
+        if suspect is not None:  # a suspect target is served as held, and nothing of it is scored
+            served, now, unscored = self.health.hold(r, suspect.take(self._ti, axis=1), self._ti, served, now, soft)
         band = self.evaluator.bands(served)  # (B, H, 3, T): prediction, lower, upper
-        self.evaluator.record(r, t, band, base, (recurrent[panel], np.float32(np.nan) if linear is None else linear[panel], mixed), panel)
+        kept = (band, contenders) if suspect is None else (unscored(band, 0), tuple(unscored(c, 0, panel) for c in contenders))
+        self.evaluator.record(r, t, kept[0], base, kept[1], panel)
         self.frames_seen += len(rows)
         return Forecasts(
             [f.stream for f in frames],
@@ -136,6 +144,8 @@ class Engine:
             band[:, :, 1],
             band[:, :, 2],
             now,
+            None if suspect is None else [tuple(self.channels[c] for c in np.flatnonzero(s)) for s in suspect],
+            {"recurrent": recurrent} if linear is None else {"recurrent": recurrent, "linear": linear},
         )
 
     def gate_weights(self) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
@@ -166,6 +176,7 @@ class Engine:
         self.rings.drop(row)
         self.evaluator.reset(row)
         self.contenders.reset(row)
+        self.health.reset(row)
 
     # -- learning ---------------------------------------------------------------------------
     @property
@@ -322,6 +333,7 @@ class Engine:
             **self.rings.state(live=live_rings),  # rings, last_tick
             "evaluator": self.evaluator.state(),
             **self.contenders.state(),  # linear, windows, gate
+            "health": self.health.state_dict(),
             "counts": dict(self.counts),
             "frames_seen": self.frames_seen,
             "retrains": self.retrains,
@@ -343,6 +355,7 @@ class Engine:
         self.model, self.version = model.to(self.device).eval(), int(st["version"])
         self._std_t = self._target_std()
         self.bank.load_state(st["bank"], self.device, now)
+        self.health.load_state(st.get("health"), self.bank.capacity)
         if now is not None:
             self._last_evict = now
         self.rings.load_state(st)

@@ -31,13 +31,15 @@ class Forecast:
     lower: np.ndarray  # (H, targets), NaN until enough errors were seen
     upper: np.ndarray
     now: np.ndarray  # (targets,)
+    suspect: tuple[str, ...] = ()  # channels whose sensor looks broken: read as missing, a suspect target served as held
+    contenders: dict[str, np.ndarray] | None = None  # name -> (H, targets): what the gate chose from
 
 
 class Forecasts(Sequence[Forecast]):
     """The forecasts of one step, as arrays over its streams: encoded in one pass by the daemon,
     read one :class:`Forecast` at a time by everyone else."""
 
-    __slots__ = ("streams", "ts", "kind", "version", "targets", "values", "lower", "upper", "now")
+    __slots__ = ("streams", "ts", "kind", "version", "targets", "values", "lower", "upper", "now", "suspect", "contenders")
 
     def __init__(
         self,
@@ -50,9 +52,13 @@ class Forecasts(Sequence[Forecast]):
         lower: np.ndarray,
         upper: np.ndarray,
         now: np.ndarray,
+        suspect: list[tuple[str, ...]] | None = None,
+        contenders: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.streams, self.ts, self.kind, self.version, self.targets = streams, ts, kind, version, targets
         self.values, self.lower, self.upper, self.now = values, lower, upper, now  # (B, H, T) x 3, (B, T)
+        self.suspect = suspect if suspect is not None else [()] * len(streams)  # per stream, its suspect channels
+        self.contenders = contenders  # name -> (B, H, T): what the gate chose from (the linear contender once fitted)
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -61,7 +67,17 @@ class Forecasts(Sequence[Forecast]):
         if isinstance(i, slice):
             return [self[j] for j in range(len(self))[i]]
         return Forecast(
-            self.streams[i], self.ts[i], self.kind, self.version, self.targets, self.values[i], self.lower[i], self.upper[i], self.now[i]
+            self.streams[i],
+            self.ts[i],
+            self.kind,
+            self.version,
+            self.targets,
+            self.values[i],
+            self.lower[i],
+            self.upper[i],
+            self.now[i],
+            self.suspect[i],
+            None if self.contenders is None else {k: v[i] for k, v in self.contenders.items()},
         )
 
     def __add__(self, other: Forecasts) -> Forecasts:
@@ -80,6 +96,10 @@ class Forecasts(Sequence[Forecast]):
             cat(self.lower, other.lower),
             cat(self.upper, other.upper),
             cat(self.now, other.now),
+            self.suspect + other.suspect,
+            None
+            if self.contenders is None or other.contenders is None
+            else {k: cat(v, other.contenders[k]) for k, v in self.contenders.items()},
         )
 
     @classmethod
@@ -103,19 +123,22 @@ def encode_all(fcs: Forecasts, period: float, skill: dict[str, float | None] | N
     names = [(name, skill.get(name)) for name in fcs.targets]
     model, horizon = {"kind": fcs.kind, "version": fcs.version}, int(fcs.values.shape[1])
     out = []
-    for stream, ts, v, lo, up, n in zip(fcs.streams, fcs.ts, values, lower, upper, now):
+    for stream, ts, v, lo, up, n, bad in zip(fcs.streams, fcs.ts, values, lower, upper, now, fcs.suspect):
         targets = {
-            name: {"now": n_, "values": v_, "lower": lo_, "upper": up_, "skill": sk}
+            name: {"now": n_, "values": v_, "lower": lo_, "upper": up_, "skill": sk, "suspect": name in bad}
             for (name, sk), n_, v_, lo_, up_ in zip(names, n, v, lo, up)
         }
         doc = {"schema": SCHEMA_ID, "stream": stream, "ts": ts, "period": period, "horizon": horizon, "model": model, "targets": targets}
+        doc["suspect"] = list(bad)
         out.append(orjson.dumps(doc, option=_NUMPY))  # NaN and infinities as null
     return out
 
 
 def encode(fc: Forecast, period: float, skill: dict[str, float | None] | None = None) -> bytes:
     """One forecast's message."""
-    batch = Forecasts([fc.stream], [fc.ts], fc.kind, fc.version, fc.targets, fc.values[None], fc.lower[None], fc.upper[None], fc.now[None])
+    batch = Forecasts(
+        [fc.stream], [fc.ts], fc.kind, fc.version, fc.targets, fc.values[None], fc.lower[None], fc.upper[None], fc.now[None], [fc.suspect]
+    )
     return encode_all(batch, period, skill)[0]
 
 

@@ -19,7 +19,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from streamrnn import gate
+from streamrnn import gate, health
 from streamrnn.payload import REASONS
 
 if TYPE_CHECKING:  # types only: the metrics import nothing of what reports into them
@@ -132,6 +132,10 @@ class Metrics:
             ["regime", "contender"],
             **r,
         )
+        self.suspect = Gauge("channels_suspect", "Streams in which this feature's sensor looks broken now (health.py)", ["feature"], **r)
+        self.suspect_spells = Counter("suspect_spells", "Spells of a channel looking broken, by what made it suspect", ["reason"], **r)
+        for reason in health.REASONS[1:]:
+            self.suspect_spells.labels(reason)
         self._gate = [[self.gate_weight.labels(regime, c) for c in gate.CONTENDERS] for regime in gate.REGIMES]
         for outcome in OUTCOMES:
             self.retrains.labels(outcome)
@@ -201,6 +205,7 @@ class Metrics:
             },
             "engine": {"refused": drop("refused"), "late": self.frames_late},
             "journal": {"records": self.journal_records, "errors": self.journal_errors},
+            "health": {reason: self.suspect_spells.labels(reason) for reason in health.REASONS[1:]},
         }[source]
 
     def observe_engine(self, engine: Engine, ring_size: int) -> dict[str, float | None]:
@@ -217,6 +222,9 @@ class Metrics:
         if self.stream_last is not None:
             self.set_streams({name: engine.last_ts(name) for name in engine.streams})
         self.carry("engine", engine.counts)
+        self.carry("health", engine.health.counts)
+        for name, n in zip(engine.channels, engine.health.suspects()):
+            self.suspect.labels(name).set(int(n))
         skill = {}
         for name, col in zip(engine.spec.targets, scores["skill"].T):
             col = col[np.isfinite(col)]

@@ -61,13 +61,22 @@ class Rings(dict[int, Ring]):
         """A new stream's ring, empty."""
         self[row] = Ring(self.size, self.channels)
 
+    def late(self, row: int, tick: int) -> bool:
+        """A frame for ``tick`` is late: the stream stepped it, or a later one, already."""
+        return tick <= self.ticks.get(row, -(2**62))
+
     def take(self, row: int, tick: int, ts: float, values: np.ndarray) -> bool:
         """Keep a stream's frame of ``tick``; False, keeping nothing, if it is not after the last."""
-        if tick <= self.ticks.get(row, -(2**62)):
+        if self.late(row, tick):
             return False
         self.ticks[row] = tick
         self[row].append(ts, values)
         return True
+
+    def take_all(self, rows: list[int], ticks: list[int], stamps: list[float], values: np.ndarray) -> None:
+        """:meth:`take` for each of a batch's frames (``values`` (B, C))."""
+        for row, tick, ts, v in zip(rows, ticks, stamps, values):
+            self.take(row, tick, ts, v)
 
     def drop(self, row: int) -> None:
         del self[row]

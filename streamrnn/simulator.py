@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -140,8 +140,16 @@ def stream_names(streams: int) -> list[str]:
     return [f"reactor-{i + 1:02d}" for i in range(streams)]
 
 
-def write_csv(path: str | Path, steps: int, streams: int = 1, seed: int = 0, key_every: int = 30) -> int:
-    """Write ``steps`` frames of ``streams`` reactors: one row per stream and step, empty where unmeasured."""
+def write_csv(
+    path: str | Path,
+    steps: int,
+    streams: int = 1,
+    seed: int = 0,
+    key_every: int = 30,
+    inject: Callable[[str, np.ndarray], np.ndarray] | None = None,
+) -> int:
+    """Write ``steps`` frames of ``streams`` reactors: one row per stream and step, empty where
+    unmeasured; ``inject(stream, values)`` (a :class:`streamrnn.faults.Injector`) breaks sensors."""
     names = stream_names(streams)
     rows = 0
     with open(path, "w", newline="") as f:
@@ -149,6 +157,7 @@ def write_csv(path: str | Path, steps: int, streams: int = 1, seed: int = 0, key
         w.writerow(["ts", "stream", *FEATURES])
         for ts, values in Reactor(streams, seed, key_every).run(steps):
             for name, row in zip(names, values):
+                row = inject(name, row) if inject else row
                 w.writerow([f"{ts:.0f}", name, *("" if math.isnan(v) else f"{v:.6g}" for v in row)])
                 rows += 1
     return rows

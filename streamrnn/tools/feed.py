@@ -10,6 +10,9 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
+
+import numpy as np
 
 from streamrnn import simulator
 from streamrnn.config import Settings
@@ -17,13 +20,23 @@ from streamrnn.mqtt import Publisher
 
 
 def publish(
-    settings: Settings, broker: str, streams: int, rate: float, seed: int, key_every: int, steps: int | None, duration: float | None
+    settings: Settings,
+    broker: str,
+    streams: int,
+    rate: float,
+    seed: int,
+    key_every: int,
+    steps: int | None,
+    duration: float | None,
+    inject: Callable[[str, np.ndarray], np.ndarray] | None = None,
 ) -> int:
     """Publish ``rate`` frames a second of wall time (each one period apart in event time) until
-    ``steps`` frames, ``duration`` seconds, or SIGTERM/SIGINT; 0."""
+    ``steps`` frames, ``duration`` seconds, or SIGTERM/SIGINT; 0. ``inject(stream, values)`` (a
+    :class:`streamrnn.faults.Injector`) breaks sensors on the way."""
     tpl = settings.mqtt.sensor_topic
     pub = Publisher(broker, f"streamrnn-sim-{os.getpid()}", cfg=settings.mqtt)  # its credentials and TLS
     reactor = simulator.Reactor(streams, seed, key_every)
+    names = simulator.stream_names(streams)
     topics = [[tpl.format(stream=s, feature=f) for f in simulator.FEATURES] for s in simulator.stream_names(streams)]
     rng = random.Random(seed)
     start, sent, step = time.monotonic(), 0, 0
@@ -32,6 +45,8 @@ def publish(
     try:
         while not stop.is_set() and (steps is None or step < steps) and (duration is None or time.monotonic() - start < duration):
             ts, values = reactor.step()
+            if inject is not None:
+                values = np.array([inject(name, row) for name, row in zip(names, values)])
             batch = [(topics[i][j], v) for i in range(streams) for j, v in enumerate(values[i]) if math.isfinite(v)]
             rng.shuffle(batch)  # sensors do not report in a fixed order
             for topic, v in batch:

@@ -1,0 +1,213 @@
+"""Channel health: per stream and channel, whether its sensor looks broken, judged as each frame closes.
+
+A process engineer's checks, each relative to what that stream's channel has shown while healthy
+(never an absolute limit, so they carry from plant to plant):
+
+- out of range: further beyond the channel's healthy envelope (its recent extremes, fading with
+  ``memory``) than ``range`` times the envelope's width (at least eight typical changes): a broken
+  4-20 mA loop, a failed transmitter, a wrong unit;
+- frozen: one value repeated ``frozen`` times longer than the channel's longest healthy run (and at
+  least ``min_frozen`` times): a transmitter holding its last output;
+- a spike: a move of more than ``spike`` typical changes away from both the last healthy value and
+  the value before; the next value ends it (back near the old level: it was a spike; near the new
+  one: a step, confirmed, and taken from there);
+- noisy: recent changes (a fast average) ``noisy`` times the channel's typical change: a loose
+  connection, interference.
+
+A channel that never moved is not judged: there is nothing to judge it against. A suspect channel is
+healthy again after ``recover`` healthy-looking values in a row. A value out of range that holds
+steady for ``accept_after`` frames is the new level (a recalibration, a new operating point): the
+envelope starts again there, and the caller re-centres the channel. Only values that arrived enter
+any judgement, so health, like every forecast, depends on nothing that had not arrived.
+
+What the engine does with it: a suspect value is read as missing (the model's mask, the linear
+contender's sample-and-hold, the ring the trainer learns from, the evaluator's truth), and a suspect
+target's forecast is its held value, persistence, until the channel is healthy again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import numpy as np
+
+from streamrnn.config import HealthSettings
+
+REASONS = ("healthy", "range", "frozen", "noisy", "spike")
+HEALTHY, RANGE, FROZEN, NOISY, SPIKE = range(len(REASONS))
+_FAST = 1.0 - 0.5 ** (1.0 / 8)  # the recent changes' average: a half-life of 8 values
+_FLOOR = 8.0  # the envelope's width counts as at least this many typical changes
+
+
+class Health:
+    """Per bank row and channel: the values' statistics while healthy, and each channel's state."""
+
+    _FLOATS = ("raw", "last", "low", "high", "mean", "change", "fast", "trend")
+    _INTS = ("seen", "run", "longest", "state", "calm", "steady")
+
+    def __init__(self, channels: int, cfg: HealthSettings) -> None:
+        self.channels, self.cfg = channels, cfg
+        self._slow = 1.0 - 0.5 ** (1.0 / cfg.memory)
+        self.raw = np.zeros((0, channels))  # the last value that arrived, healthy or not: the held value served
+        self.last = np.zeros((0, channels))  # the last healthy value
+        self.low, self.high, self.mean = (np.zeros((0, channels)) for _ in range(3))  # healthy envelope, its centre
+        self.change = np.zeros((0, channels))  # typical |change| between healthy values
+        self.fast = np.zeros((0, channels))  # recent |change| between values that arrived
+        self.trend = np.zeros((0, channels))  # recent change, signed: a ramp moves one way, noise both
+        self.seen, self.run, self.longest, self.state, self.calm, self.steady = (np.zeros((0, channels), np.int64) for _ in range(6))
+        self.counts: Counter[str] = Counter()  # suspect spells begun, by reason
+
+    @property
+    def capacity(self) -> int:
+        return len(self.raw)
+
+    def _grow(self, capacity: int) -> None:
+        extra = capacity - self.capacity
+        for name in self._FLOATS:
+            setattr(self, name, np.concatenate([getattr(self, name), np.full((extra, self.channels), np.nan)]))
+        for name in self._INTS:
+            setattr(self, name, np.concatenate([getattr(self, name), np.zeros((extra, self.channels), np.int64)]))
+
+    def reset(self, row: int) -> None:
+        """A stream's row was freed: nothing known of its channels."""
+        if row >= self.capacity:
+            return
+        for name in self._FLOATS:
+            getattr(self, name)[row] = np.nan
+        for name in self._INTS:
+            getattr(self, name)[row] = 0
+
+    def judge(self, rows: np.ndarray, values: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`check` as the engine serves it: the values with suspect ones missing, and which
+        are suspect (None where none is); a value accepted at a new level becomes its channel's
+        running mean in ``centre`` (the bank's, rows x channels), so the model reads it as familiar."""
+        clean, suspect, level = self.check(rows, values)
+        if level.any():
+            centre[rows] = np.where(level, values, centre[rows])
+        return clean, suspect if suspect.any() else None
+
+    def hold(
+        self, rows: np.ndarray, bad: np.ndarray, targets: np.ndarray, served: np.ndarray, now: np.ndarray, soft: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, Callable[..., np.ndarray]]:
+        """Serve suspect targets (``bad``, (B, T)) as held: their forecasts (``served``, (B, H, T))
+        and their ``now`` become the value that arrived last, except a key variable's nowcast
+        (``soft``: the soft sensor stands in for a broken analyser). Returns those, and how to
+        blank the suspect targets of anything the evaluator keeps, so that none of it is scored:
+        ``unscored(a, part, panel)`` for a (B, H, ..., T) array (``part``: which of axis 2; a
+        ``panel`` of the batch's rows)."""
+        held = self.raw[rows].take(targets, axis=1)  # (B, T)
+        served = np.where(bad[:, None, :], held[:, None, :].astype(served.dtype), served)
+        now = np.where(bad & ~soft, held, now)
+
+        def unscored(a: np.ndarray, part: int | None = None, panel: np.ndarray | slice = slice(None)) -> np.ndarray:
+            at = bad[panel][:, None, :]
+            if a.ndim == 4:  # (B, H, parts, T): blank one part
+                a = a.copy()
+                a[:, :, part] = np.where(at, np.float32(np.nan), a[:, :, part])
+                return a
+            return np.where(at, np.float32(np.nan), a)
+
+        return served, now, unscored
+
+    def check(self, rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Judge the values (B, C) that arrived for ``rows`` (distinct; NaN: none arrived). Returns
+        the values with suspect ones as missing, which channels are suspect (B, C), and which were
+        just accepted at a new level (B, C), for the caller to re-centre."""
+        if len(rows) and rows.max() >= self.capacity:  # rows new to this engine: nothing known of them
+            self._grow(max(int(rows.max()) + 1, 2 * self.capacity))
+        v = SimpleNamespace(**{name: getattr(self, name)[rows] for name in (*self._FLOATS, *self._INTS)})
+        x, fresh = values, np.isfinite(values)
+        was = v.state != HEALTHY
+        with np.errstate(invalid="ignore"):
+            reason, outside, step, moved = self._judge(v, x, fresh, was)
+            accept = self._move(v, reason, outside, step, fresh, was)
+        suspect = v.state != HEALTHY
+        self._learn(v, x, fresh & ~suspect, moved & ~was, accept)
+        v.raw = np.where(fresh, x, v.raw)
+        for name in (*self._FLOATS, *self._INTS):
+            getattr(self, name)[rows] = getattr(v, name)
+        return np.where(suspect, np.nan, x), suspect, accept
+
+    def _judge(self, v: SimpleNamespace, x: np.ndarray, fresh: np.ndarray, was: np.ndarray) -> tuple[np.ndarray, ...]:
+        """What is wrong with each value, if anything: the reason (B, C), out of range, the step
+        from the value before, whether it moved; the runs and recent changes moved on."""
+        cfg = self.cfg
+        step = np.abs(x - v.raw)
+        same = fresh & (step == 0)
+        moved = fresh & ~same & (step == step)  # a change from the value before
+        v.longest = np.where(moved & ~was, np.maximum(v.longest, v.run), v.longest)  # a healthy run ended
+        v.run = np.where(fresh, np.where(same, v.run + 1, 0), v.run)
+        judged = (v.seen >= cfg.warmup) & (v.change > 0)
+        margin = cfg.range * np.maximum(v.high - v.low, _FLOOR * v.change)
+        outside = fresh & judged & ((x > v.high + margin) | (x < v.low - margin))
+        # a sudden move away from both the last healthy value and the one before, large beside the
+        # channel's typical change and its recent ones, beyond its recent trend: a spike, or a step
+        # that the next value confirms
+        lately = np.maximum(v.change, v.fast)
+        away = x - v.last
+        spike = fresh & judged & (np.abs(away) > cfg.spike * lately) & (np.abs(x - v.raw - v.trend) > cfg.spike * lately)
+        # the recent changes between values in range (from the last healthy one after a suspect one)
+        jump = np.where((v.state == RANGE) | (v.state == SPIKE), away, x - v.raw)
+        into = fresh & ~outside & ~spike & (jump == jump)
+        v.fast = np.where(into, np.where(np.isnan(v.fast), np.abs(jump), v.fast + _FAST * (np.abs(jump) - v.fast)), v.fast)
+        v.trend = np.where(into, np.where(np.isnan(v.trend), jump, v.trend + _FAST * (jump - v.trend)), v.trend)
+        frozen = judged & (v.run >= np.maximum(cfg.frozen * v.longest, cfg.min_frozen))
+        noisy = fresh & judged & (v.fast - np.abs(v.trend) > cfg.noisy * v.change)  # a ramp is no noise
+        return np.select([outside, frozen, spike, noisy], [RANGE, FROZEN, SPIKE, NOISY], HEALTHY), outside, step, moved
+
+    def _move(
+        self, v: SimpleNamespace, reason: np.ndarray, outside: np.ndarray, step: np.ndarray, fresh: np.ndarray, was: np.ndarray
+    ) -> np.ndarray:
+        """Each channel's state after these values: a spell begins with its reason and keeps it until
+        ``recover`` healthy-looking values in a row (one, after a spike) or a new level ends it.
+        Returns which were accepted at a new level (or as noise that goes on: the new normal)."""
+        bad = reason != HEALTHY
+        v.calm = np.where(fresh, np.where(bad, 0, v.calm + 1), v.calm)
+        holds = np.where(v.state == NOISY, bad, outside & (step <= _FLOOR * v.change))
+        v.steady = np.where(fresh & was, np.where(holds, v.steady + 1, 0), v.steady)
+        accept = was & (v.steady >= self.cfg.accept_after)
+        v.change = np.where(accept & (v.state == NOISY), v.fast, v.change)  # the new normal's changes
+        recover = np.where(v.state == SPIKE, 1, self.cfg.recover)
+        v.state = np.where(~was, reason, np.where(accept | (~bad & (v.calm >= recover)), HEALTHY, v.state))
+        v.steady = np.where(accept, 0, v.steady)
+        for code in reason[bad & ~was]:
+            self.counts[REASONS[code]] += 1
+        return accept
+
+    def _learn(self, v: SimpleNamespace, x: np.ndarray, ok: np.ndarray, moved: np.ndarray, accept: np.ndarray) -> None:
+        """The healthy values' statistics: the typical change of a value that changed (``moved``,
+        from a healthy one), the envelope and its centre, which a new level joins."""
+        a = np.maximum(self._slow, 1.0 / (v.seen + 1))  # a plain mean until the memory is full
+        d = np.abs(x - v.last)
+        grow = ok & moved & np.isfinite(v.last)
+        v.change = np.where(grow, np.where(np.isnan(v.change), d, v.change + a * (d - v.change)), v.change)
+        start = ok & np.isnan(v.mean)
+        v.mean = np.where(start | accept, x, np.where(ok, v.mean + a * (x - v.mean), v.mean))
+        v.high = np.where(start, x, np.where(ok, np.maximum(x, v.high - a * (v.high - v.mean)), v.high))
+        v.low = np.where(start, x, np.where(ok, np.minimum(x, v.low + a * (v.mean - v.low)), v.low))
+        v.seen = v.seen + (ok & moved)  # healthy changes: a channel that never moved is never judged
+        v.last = np.where(ok, x, v.last)
+
+    def suspects(self) -> np.ndarray:
+        """Per channel, the streams in which it is suspect now (C,)."""
+        return (self.state != HEALTHY).sum(axis=0)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every array (the checkpoint's ``health``)."""
+        return {name: getattr(self, name).copy() for name in (*self._FLOATS, *self._INTS)}
+
+    def load_state(self, st: dict | None, capacity: int) -> None:
+        """Go on from :meth:`state_dict`; where there is none or it does not fit (an older
+        checkpoint), every channel starts afresh, unjudged until it has shown ``warmup`` values."""
+        names = (*self._FLOATS, *self._INTS)
+        rows = np.shape(st["raw"])[0] if st is not None and "raw" in st else -1
+        if st is not None and all(n in st and np.shape(st[n]) == (rows, self.channels) for n in names):
+            for n in names:
+                setattr(self, n, np.array(st[n], dtype=np.float64 if n in self._FLOATS else np.int64))
+        else:
+            for n in names:
+                setattr(self, n, getattr(self, n)[:0])
+        if capacity > self.capacity:
+            self._grow(capacity)

@@ -1,0 +1,131 @@
+"""Channel health: a broken sensor is suspect at once, a healthy one is left alone, and what the
+engine does with a suspect channel (missing for the others, its own forecast held)."""
+
+from __future__ import annotations
+
+import numpy as np
+from conftest import sine_frames, small_settings
+
+from streamrnn import checkpoint, config
+from streamrnn.engine import Engine
+from streamrnn.forecast import document
+from streamrnn.frames import Frame
+from streamrnn.health import FROZEN, HEALTHY, NOISY, RANGE, Health
+
+CFG = config.HealthSettings()
+
+
+def wave(n: int, seed: int = 0) -> np.ndarray:
+    """One channel that moves as a process does: a slow wave with sensor noise."""
+    rng = np.random.default_rng(seed)
+    return np.sin(np.arange(n) / 25) + 0.05 * rng.standard_normal(n)
+
+
+def judged(values: np.ndarray, cfg: config.HealthSettings = CFG) -> tuple[np.ndarray, np.ndarray, Health]:
+    """Each value's state and the values as the engine reads them, one stream, one channel."""
+    h = Health(1, cfg)
+    h.reset(0)
+    states, clean = np.zeros(len(values), int), np.zeros(len(values))
+    for i, x in enumerate(values):
+        c, _, _ = h.check(np.array([0]), np.array([[x]]))
+        states[i], clean[i] = h.state[0, 0], c[0, 0]
+    return states, clean, h
+
+
+def test_a_healthy_wave_is_never_suspect_and_passes_unchanged():
+    x = wave(3000)
+    states, clean, h = judged(x)
+    assert (states == HEALTHY).all() and not h.counts
+    np.testing.assert_array_equal(clean, x)
+
+
+def test_out_of_range_is_suspect_at_once_read_as_missing_and_healthy_again_after_recover_values():
+    x = wave(900)
+    x[500:700] = -40.0  # a broken loop: tens of spreads below anything seen
+    x[550] = x[600] = 0.5  # the true value showing through: the spell goes on
+    states, clean, h = judged(x)
+    assert (states[:500] == HEALTHY).all()
+    assert (states[500:700] != HEALTHY).all() and (states[500:700] == RANGE).mean() > 0.95 and np.isnan(clean[500:700]).all()
+    assert (states[700 : 700 + CFG.recover - 1] == RANGE).all() and (states[700 + CFG.recover - 1 :] == HEALTHY).all()
+    assert h.counts == {"range": 1}
+
+
+def test_a_frozen_value_is_suspect_after_twice_the_longest_healthy_run_and_healthy_once_it_moves():
+    x = np.round(wave(1200), 1)  # quantised: runs of a few equal values are normal
+    longest = max(len(r) - 1 for r in np.split(x[:600], np.flatnonzero(np.diff(x[:600])) + 1))  # repeats of one value
+    x[600:800] = x[599]
+    states, clean, _ = judged(x)
+    assert (states[:600] == HEALTHY).all()
+    first = 600 + np.argmax(states[600:] == FROZEN)
+    run_at_first = first - (600 - np.argmax(x[599::-1] != x[599]))  # its repeats by then
+    assert run_at_first == max(CFG.frozen * longest, CFG.min_frozen)
+    assert (states[first:800] == FROZEN).all() and (states[800 + CFG.recover :] == HEALTHY).all()
+
+
+def test_a_noise_burst_is_suspect_and_a_sensor_that_stays_noisy_is_its_new_normal():
+    x = wave(2000)
+    rng = np.random.default_rng(3)
+    x[800:900] += 2.0 * rng.standard_normal(100)
+    x[1200:] += 2.0 * rng.standard_normal(800)
+    states, _, _ = judged(x)
+    assert (states[:800] == HEALTHY).all()
+    assert (states[800:900] != HEALTHY).mean() > 0.8 and (states[800:900] == NOISY).any()
+    assert (states[950:1200] == HEALTHY).all()
+    assert (states[1200 + CFG.accept_after + 50 :] == HEALTHY).mean() > 0.9  # accepted, not suspect forever
+
+
+def test_a_level_that_stays_out_of_range_is_the_new_level():
+    x = wave(1200)
+    x[400:] += 30.0  # a recalibration, or a new operating point, far out
+    states, clean, h = judged(x)
+    assert (states[400 : 400 + CFG.accept_after - 1] == RANGE).all()
+    assert (states[400 + CFG.accept_after :] == HEALTHY).all()
+    np.testing.assert_array_equal(clean[400 + CFG.accept_after :], x[400 + CFG.accept_after :])
+
+
+def test_a_channel_that_never_moved_or_has_shown_too_little_is_not_judged():
+    flat = np.full(500, 3.0)
+    flat[400:] = 90.0
+    assert (judged(flat)[0] == HEALTHY).all()
+    short = wave(CFG.warmup - 1)
+    short[-1] = 1e3
+    assert (judged(short)[0] == HEALTHY).all()
+
+
+def test_the_engine_reads_a_suspect_channel_as_missing_and_serves_its_target_as_held():
+    """Channel a (an input and a target) breaks: its forecast is the value it holds, the others are
+    forecast as if it were missing, and the message says so."""
+    settings = small_settings(health={"warmup": 32})
+    clean, broken, missing = (Engine(settings) for _ in range(3))
+    frames = sine_frames(300)
+    for i, (s, ts, v) in enumerate(frames):
+        bad, gone = v.copy(), v.copy()
+        if i >= 250:
+            bad[0], gone[0] = -500.0, np.nan
+        a, b, m = (e.step([Frame(s, ts, x)]) for e, x in ((clean, v), (broken, bad), (missing, gone)))
+    assert b.suspect == [("a",)] and a.suspect == [()]
+    assert (b.values[0, :, 0] == -500.0).all()  # a: held
+    np.testing.assert_allclose(b.values[0, :, 1], m.values[0, :, 1], rtol=1e-6)  # key: as if a were missing
+    doc = document(b[0], 1.0)
+    assert doc["suspect"] == ["a"] and doc["targets"]["a"]["suspect"] and not doc["targets"]["key"]["suspect"]
+    assert broken.health.counts["range"] == 1 and list(broken.health.suspects()) == [1, 0, 0, 0]
+    ring = broken.rings[0]
+    assert np.isnan(ring.last(50)[1][:, 0]).all()  # the trainer never learns from it
+
+
+def test_health_is_checkpointed_and_an_older_checkpoint_starts_it_afresh():
+    settings = small_settings(health={"warmup": 32})
+    engine = Engine(settings)
+    for i, (s, ts, v) in enumerate(sine_frames(200)):
+        if i >= 150:
+            v = v.copy()
+            v[0] = -500.0
+        engine.step([Frame(s, ts, v)])
+    state = checkpoint.decode(checkpoint.encode({"e": engine.state()}))["e"]
+    restored = Engine(settings)
+    restored.load_state(state)
+    np.testing.assert_array_equal(restored.health.state[: engine.health.capacity], engine.health.state)
+    del state["health"]
+    older = Engine(settings)
+    older.load_state(state)
+    assert (older.health.state == HEALTHY).all() and older.health.capacity >= older.bank.capacity
