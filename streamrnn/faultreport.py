@@ -118,7 +118,7 @@ def run(table: replay.Table, settings: Settings, spec: list[faults.Fault], seed:
             windows.append(_window(f, stream, err, clean, outside, targets))
         for key, fc in (("protocol", broken_fc), ("protocol_clean", clean_fc)):
             data = tables[key].values[np.ix_(rows, columns)]
-            scores = protocol.evaluate(data, lambda i, s=fc[stream]["served"]: s[i], settings.features.horizon)
+            scores = protocol.evaluate(data, lambda i, s=fc[stream]["served"]: s[i], settings.features.horizon, family=False)
             if key not in pooled:
                 pooled[key] = scores
             else:

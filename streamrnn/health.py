@@ -16,8 +16,10 @@ A process engineer's checks, each relative to what that stream's channel has sho
 
 A channel that never moved is not judged: there is nothing to judge it against. A suspect channel is
 healthy again after ``recover`` healthy-looking values in a row. A value out of range that holds
-steady for ``accept_after`` frames is the new level (a recalibration, a new operating point): the
-envelope starts again there, and the caller re-centres the channel. Only values that arrived enter
+steady for ``accept_after`` frames, or moves there as the channel moves (the process noise alive)
+for ``accept_moving`` frames, is the new level (a recalibration, a new operating point): the
+envelope takes it in, and the caller re-centres the channel. A transmitter that failed sits still
+where it failed; a process at a new operating point goes on moving. Only values that arrived enter
 any judgement, so health, like every forecast, depends on nothing that had not arrived.
 
 What the engine does with it: a suspect value is read as missing (the model's mask, the linear
@@ -45,7 +47,7 @@ class Health:
     """Per bank row and channel: the values' statistics while healthy, and each channel's state."""
 
     _FLOATS = ("raw", "last", "low", "high", "mean", "change", "fast", "trend")
-    _INTS = ("seen", "run", "longest", "state", "calm", "steady")
+    _INTS = ("seen", "run", "longest", "state", "calm", "steady", "alive")
 
     def __init__(self, channels: int, cfg: HealthSettings) -> None:
         self.channels, self.cfg = channels, cfg
@@ -56,7 +58,9 @@ class Health:
         self.change = np.zeros((0, channels))  # typical |change| between healthy values
         self.fast = np.zeros((0, channels))  # recent |change| between values that arrived
         self.trend = np.zeros((0, channels))  # recent change, signed: a ramp moves one way, noise both
-        self.seen, self.run, self.longest, self.state, self.calm, self.steady = (np.zeros((0, channels), np.int64) for _ in range(6))
+        self.seen, self.run, self.longest, self.state, self.calm, self.steady, self.alive = (
+            np.zeros((0, channels), np.int64) for _ in range(7)
+        )
         self.counts: Counter[str] = Counter()  # suspect spells begun, by reason
 
     @property
@@ -167,11 +171,14 @@ class Health:
         v.calm = np.where(fresh, np.where(bad, 0, v.calm + 1), v.calm)
         holds = np.where(v.state == NOISY, bad, outside & (step <= _FLOOR * v.change))
         v.steady = np.where(fresh & was, np.where(holds, v.steady + 1, 0), v.steady)
-        accept = was & (v.steady >= self.cfg.accept_after)
+        # out of range and moving as the channel moves: the process is there, at a new operating point
+        lives = outside & (step > 0) & (step <= self.cfg.spike * v.change)
+        v.alive = np.where(fresh & was, np.where(lives, v.alive + 1, np.where(outside, v.alive, 0)), v.alive)
+        accept = was & ((v.steady >= self.cfg.accept_after) | (v.alive >= self.cfg.accept_moving))
         v.change = np.where(accept & (v.state == NOISY), v.fast, v.change)  # the new normal's changes
         recover = np.where(v.state == SPIKE, 1, self.cfg.recover)
         v.state = np.where(~was, reason, np.where(accept | (~bad & (v.calm >= recover)), HEALTHY, v.state))
-        v.steady = np.where(accept, 0, v.steady)
+        v.steady, v.alive = np.where(accept, 0, v.steady), np.where(accept, 0, v.alive)
         for code in reason[bad & ~was]:
             self.counts[REASONS[code]] += 1
         return accept

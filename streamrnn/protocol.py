@@ -11,6 +11,7 @@ on the last 96 rows, learnt online from delayed labels), and streamrnn's served 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import repeat
 
 import numpy as np
 
@@ -84,22 +85,26 @@ def linear_forecasts(values: np.ndarray, horizon: int, lookback: int = LOOKBACK)
             ridge.learn(features.pop(j), ridge.changes(hold[j], values[j + 1 : i + 1]))
 
 
-def evaluate(values: np.ndarray, served: Callable[[int], np.ndarray | None], horizon: int, lookback: int = LOOKBACK) -> dict[str, Scores]:
-    """Score persistence, the linear family and ``served(i)`` (the forecast (horizon, V) made at
-    row ``i`` of this one stream, in time order) on the last 75 % of the rows of ``values``."""
+def evaluate(
+    values: np.ndarray, served: Callable[[int], np.ndarray | None], horizon: int, lookback: int = LOOKBACK, family: bool = True
+) -> dict[str, Scores]:
+    """Score persistence, the linear family (unless not ``family``) and ``served(i)`` (the forecast
+    (horizon, V) made at row ``i`` of this one stream, in time order) on the last 75 % of the rows
+    of ``values``."""
     rows, v = values.shape
     _, std = normalisation(values)
     hold = held(values)
     scores = {name: Scores(horizon, v, std) for name in ("persistence", "linear", "streamrnn")}
     first = int(rows * (1 - SCORED_SHARE))
-    for i, linear in enumerate(linear_forecasts(values, horizon, lookback)):
+    for i, linear in enumerate(linear_forecasts(values, horizon, lookback) if family else repeat(None, rows)):
         if i < first:
             continue
         truth = np.full((horizon, v), np.nan)
         after = values[i + 1 : i + 1 + horizon]
         truth[: len(after)] = after
         scores["persistence"].add(np.broadcast_to(hold[i], (horizon, v)), truth)
-        scores["linear"].add(linear, truth)
+        if linear is not None:
+            scores["linear"].add(linear, truth)
         fc = served(i)
         if fc is not None:
             scores["streamrnn"].add(fc, truth)

@@ -74,13 +74,21 @@ def test_a_noise_burst_is_suspect_and_a_sensor_that_stays_noisy_is_its_new_norma
     assert (states[1200 + CFG.accept_after + 50 :] == HEALTHY).mean() > 0.9  # accepted, not suspect forever
 
 
-def test_a_level_that_stays_out_of_range_is_the_new_level():
+def test_a_level_out_of_range_that_moves_as_the_process_does_is_soon_the_new_level():
     x = wave(1200)
-    x[400:] += 30.0  # a recalibration, or a new operating point, far out
+    x[400:] += 30.0  # a recalibration, or a new operating point, far out: the sensor noise goes on
     states, clean, h = judged(x)
-    assert (states[400 : 400 + CFG.accept_after - 1] == RANGE).all()
-    assert (states[400 + CFG.accept_after :] == HEALTHY).all()
-    np.testing.assert_array_equal(clean[400 + CFG.accept_after :], x[400 + CFG.accept_after :])
+    assert (states[400 : 400 + CFG.accept_moving - 1] == RANGE).all()
+    assert (states[400 + CFG.accept_moving :] == HEALTHY).all()
+    np.testing.assert_array_equal(clean[400 + CFG.accept_moving :], x[400 + CFG.accept_moving :])
+
+
+def test_a_transmitter_dead_far_out_of_range_stays_suspect_while_it_sits_there():
+    x = wave(1200)
+    x[400:] = -40.0  # a transmitter that failed sits where it failed: out of range, then frozen
+    states, _, _ = judged(x)
+    assert (states[400 : 400 + CFG.accept_after] == RANGE).all()
+    assert (states[400 + CFG.accept_after + 1 :] == FROZEN).all()
 
 
 def test_a_channel_that_never_moved_or_has_shown_too_little_is_not_judged():
