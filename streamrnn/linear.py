@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamrnn import readout
+from streamrnn import gaps, readout
 
 _PENALTIES = np.logspace(-4, 2, 13)  # times the mean eigenvalue of the Gram matrix
 CALENDAR = 4  # calendar features: the first harmonics of the day and of the week
@@ -111,10 +111,7 @@ class OnlineRidge:
         ``streams[i]``, of ``counts[i]`` it ever sent (ring order, NaN where missing), ``ts[i]``
         their times. Of more new examples than ``max_examples``, as many evenly spread over them;
         all in time order, so the recent ones the penalty is chosen on are the newest. Returns how
-        many were learnt. An example whose window or horizon holds a spell of a channel that is
-        otherwise measured (a sensor that broke, or went silent: the engine keeps a suspect value
-        as missing) is not learnt: held there, it would teach that nothing moved; a truth that
-        is missing counts as what the weights forecast, which pulls them nowhere."""
+        many were learnt; none across a spell (:func:`gaps.spells`), a missing truth as forecast."""
         h, lb = self.horizon, self.lookback
         chosen: list[tuple[float, int, int]] = []  # (time, stream, frame) of each new example
         helds = []
@@ -124,7 +121,7 @@ class OnlineRidge:
             done = self.absorbed.get(name, 0)
             start = max(done, first) if done <= count else first  # a stream restarted since: afresh
             frames = np.arange(start - first, n - h)
-            frames = frames[~_broken(v, lb, h)[frames]]
+            frames = frames[~gaps.spells(v, lb, h)[frames]]
             chosen.extend(zip(stamps[frames].tolist(), [s] * len(frames), frames.tolist()))
             helds.append(forward_fill(v))
             self.absorbed[name] = max(start, count - h)
@@ -138,8 +135,7 @@ class OnlineRidge:
             windows = np.stack([_window(helds[s], i, lb) for _, s, i in part])
             after = np.stack([values[s][i + 1 : i + 1 + h] for _, s, i in part])  # NaN where no truth came
             now = np.stack([helds[s][i] for _, s, i in part])
-            x = self.encode(windows, np.array([t for t, _, _ in part]))
-            y = self.changes(now, after)
+            x, y = self.encode(windows, np.array([t for t, _, _ in part])), self.changes(now, after)
             self.learn_many(x, np.where(np.isnan(y), self.predict(x).reshape(len(x), -1), y))  # no truth: no pull
         if chosen:
             self.solve(choose=self.solves % 8 == 0 or self.solves & (self.solves - 1) == 0)  # at solves 0, 1, 2, 4, then every 8th
@@ -314,31 +310,6 @@ def forward_fill(values: np.ndarray) -> np.ndarray:
     out = np.take_along_axis(values, last, axis=0)
     out[~seen & ~np.isfinite(out)] = np.nan
     return out
-
-
-SPELL = 8  # frames in a row missing from a channel measured in most frames: a spell, not a gap
-
-
-def _broken(values: np.ndarray, lookback: int, horizon: int) -> np.ndarray:
-    """Per frame i of ``values`` (n, channels), whether its example (frames i - lookback + 1 ..
-    i + horizon) touches a spell: ``SPELL`` or more frames in a row missing from a channel that
-    has a value in most frames."""
-    n = len(values)
-    missing = ~np.isfinite(values[:, np.isfinite(values).mean(axis=0) > 0.5])
-    run = np.zeros(n, bool)
-    for c in missing.T:  # frames within a run of SPELL or more
-        ends = np.convolve(c, np.ones(SPELL), "valid") == SPELL  # a run of SPELL ends at j + SPELL - 1
-        if ends.any():
-            starts = np.flatnonzero(ends)
-            marks = np.zeros(n + 1, int)
-            np.add.at(marks, starts, 1)
-            np.add.at(marks, starts + SPELL, -1)
-            run |= np.cumsum(marks)[:n] > 0
-    if not run.any():
-        return run
-    touched = np.concatenate([[0], np.cumsum(run)])  # runs in frames [a, b): touched[b] - touched[a]
-    i = np.arange(n)
-    return touched[np.minimum(i + horizon + 1, n)] - touched[np.maximum(i - lookback + 1, 0)] > 0
 
 
 def _window(held: np.ndarray, i: int, lookback: int) -> np.ndarray:
