@@ -36,6 +36,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from streamrnn.config import HealthSettings
+from streamrnn.guard import Guard
 
 REASONS = ("healthy", "range", "frozen", "noisy", "spike")
 HEALTHY, RANGE, FROZEN, NOISY, SPIKE = range(len(REASONS))
@@ -49,8 +50,10 @@ class Health:
     _FLOATS = ("raw", "last", "low", "high", "mean", "change", "fast", "trend")
     _INTS = ("seen", "run", "longest", "state", "calm", "steady", "alive")
 
-    def __init__(self, channels: int, cfg: HealthSettings) -> None:
+    def __init__(self, channels: int, cfg: HealthSettings, targets: int = 0, horizon: int = 1) -> None:
         self.channels, self.cfg = channels, cfg
+        self.guard = Guard(targets, horizon, linger=horizon)  # the stream's other targets, while a sensor is broken
+        self._incident = np.zeros(0, bool)  # of the rows judged last: in an incident
         self._slow = 1.0 - 0.5 ** (1.0 / cfg.memory)
         self.raw = np.zeros((0, channels))  # the last value that arrived, healthy or not: the held value served
         self.last = np.zeros((0, channels))  # the last healthy value
@@ -73,6 +76,7 @@ class Health:
             setattr(self, name, np.concatenate([getattr(self, name), np.full((extra, self.channels), np.nan)]))
         for name in self._INTS:
             setattr(self, name, np.concatenate([getattr(self, name), np.zeros((extra, self.channels), np.int64)]))
+        self.guard.grow(self.capacity)
 
     def reset(self, row: int) -> None:
         """A stream's row was freed: nothing known of its channels."""
@@ -82,6 +86,7 @@ class Health:
             getattr(self, name)[row] = np.nan
         for name in self._INTS:
             getattr(self, name)[row] = 0
+        self.guard.reset(row)
 
     def judge(self, rows: np.ndarray, values: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`check` as the engine serves it: the values with suspect ones missing, and which
@@ -90,19 +95,31 @@ class Health:
         clean, suspect, level = self.check(rows, values)
         if level.any():
             centre[rows] = np.where(level, values, centre[rows])
-        return clean, suspect if suspect.any() else None
+        self._incident = self.guard.watch(rows, suspect.any(axis=1))
+        return clean, suspect if self._incident.any() else None
 
     def hold(
-        self, rows: np.ndarray, bad: np.ndarray, targets: np.ndarray, served: np.ndarray, now: np.ndarray, soft: np.ndarray
+        self,
+        rows: np.ndarray,
+        bad: np.ndarray,
+        targets: np.ndarray,
+        served: np.ndarray,
+        now: np.ndarray,
+        soft: np.ndarray,
+        truth: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, Callable[..., np.ndarray]]:
-        """Serve suspect targets (``bad``, (B, T)) as held: their forecasts (``served``, (B, H, T))
-        and their ``now`` become the value that arrived last, except a key variable's nowcast
-        (``soft``: the soft sensor stands in for a broken analyser). Returns those, and how to
-        blank the suspect targets of anything the evaluator keeps, so that none of it is scored:
+        """Serve the rows of the frames :meth:`judge` found in an incident: suspect targets (``bad``,
+        (B, T)) as held, their forecasts (``served``, (B, H, T)) and their ``now`` the value that
+        arrived last, except a key variable's nowcast (``soft``: the soft sensor stands in for a
+        broken analyser); the others as held too unless the gate's forecast has proved itself in
+        the incident (:class:`Guard`, scored on ``truth``, (B, T)). Returns those, and how to blank
+        the suspect targets of anything the evaluator keeps, so that none of it is scored:
         ``unscored(a, part, panel)`` for a (B, H, ..., T) array (``part``: which of axis 2; a
         ``panel`` of the batch's rows)."""
         held = self.raw[rows].take(targets, axis=1)  # (B, T)
-        served = np.where(bad[:, None, :], held[:, None, :].astype(served.dtype), served)
+        hold, at = bad.copy(), np.flatnonzero(self._incident)
+        hold[at] |= self.guard.serve(rows[at], truth[at], held[at], served[at])
+        served = np.where(hold[:, None, :], held[:, None, :].astype(served.dtype), served)
         now = np.where(bad & ~soft, held, now)
 
         def unscored(a: np.ndarray, part: int | None = None, panel: np.ndarray | slice = slice(None)) -> np.ndarray:
@@ -202,8 +219,8 @@ class Health:
         return (self.state != HEALTHY).sum(axis=0)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every array (the checkpoint's ``health``)."""
-        return {name: getattr(self, name).copy() for name in (*self._FLOATS, *self._INTS)}
+        """Copies of every array (the checkpoint's ``health``), the guard's too."""
+        return {**{name: getattr(self, name).copy() for name in (*self._FLOATS, *self._INTS)}, **self.guard.state_dict()}
 
     def load_state(self, st: dict | None, capacity: int) -> None:
         """Go on from :meth:`state_dict`; where there is none or it does not fit (an older
@@ -218,3 +235,4 @@ class Health:
                 setattr(self, n, getattr(self, n)[:0])
         if capacity > self.capacity:
             self._grow(capacity)
+        self.guard.load_state(st or {}, self.capacity)

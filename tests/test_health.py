@@ -148,3 +148,24 @@ def test_learners_leave_out_examples_across_a_spell_but_not_across_a_sampled_cha
     values[40 : 40 + gaps.SPELL, 1] = np.nan  # a suspect spell kept as missing
     touched = np.flatnonzero(gaps.spells(values, lookback=4, horizon=2))
     np.testing.assert_array_equal(touched, np.arange(40 - 2, 40 + gaps.SPELL + 4 - 1))  # windows i-3..i+2 that reach 40..47
+
+
+def test_in_an_incident_a_stream_s_other_targets_are_held_until_the_gate_s_forecast_beats_persistence():
+    from streamrnn.guard import PROOF, STEPS, Guard
+
+    rows = np.array([0, 1])
+    g = Guard(targets=1, horizon=10, linger=5)
+    g.grow(2)
+    assert not g.watch(rows, np.array([False, False])).any()  # no incident: never consulted
+    truth = np.sin(np.arange(80.0) / 5)
+    held, scored = [], 0
+    for i in range(40):
+        assert g.watch(rows, np.array([True, True])).all()
+        exact = truth[i + 1 : i + 11]  # row 0: the truth itself; row 1: a forecast far off
+        chosen = np.stack([exact, exact + 3.0])[:, :, None]
+        now = np.full((2, 1), truth[i])
+        held.append(g.serve(rows, now, now, chosen)[:, 0])
+        scored += min(i, STEPS)
+        assert held[-1][0] == (scored < PROOF) and held[-1][1]  # the good one once proven, the bad one never
+    for i in range(6):  # the incident over: held no more after linger frames
+        assert g.watch(rows, np.array([False, False])).all() == (i < 5)
