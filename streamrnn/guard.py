@@ -6,16 +6,17 @@ worse than by holding its last value, and the gate, weighing months of calm evid
 notice for as long. So from the frame a channel of a stream turns suspect until ``linger`` frames
 after the last one is healthy again (an incident), each other target of that stream is served as
 held, persistence, unless the forecast the gate chose has beaten persistence on the incident's own
-errors: steps 1..``STEPS`` of each forecast, scored as their truth arrives (at least ``PROOF`` of
-them). Nothing else changes: outside incidents the guard is not consulted.
+errors: steps 1..``STEPS`` of each forecast, scored as their truth arrives, ``PROOF`` of them per
+step at least, so that a forecast that wins the next few steps but loses the day does not pass.
+Nothing else changes: outside incidents the guard is not consulted.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-STEPS = 8  # steps of each forecast the guard scores
-PROOF = 2 * STEPS  # errors of each a forecast needs before it is trusted again
+STEPS = 24  # steps of each forecast the guard scores (the horizon's, where shorter)
+PROOF = 2  # errors a forecast needs before it is trusted again, per step scored
 _NONE = np.iinfo(np.int64).max // 2  # frames since the last suspect channel: none yet
 
 
@@ -84,7 +85,7 @@ class Guard:
         self.held[rows, slot] = held
         self.tick[rows] = tick + 1
         errors = self.errors[rows]
-        return (self.count[rows] < PROOF) | (errors[:, 0] > errors[:, 1])
+        return (self.count[rows] < PROOF * k) | (errors[:, 0] > errors[:, 1])
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {f"guard_{n}": getattr(self, n).copy() for n in self._NAMES}

@@ -151,7 +151,7 @@ def test_learners_leave_out_examples_across_a_spell_but_not_across_a_sampled_cha
 
 
 def test_in_an_incident_a_stream_s_other_targets_are_held_until_the_gate_s_forecast_beats_persistence():
-    from streamrnn.guard import PROOF, STEPS, Guard
+    from streamrnn.guard import PROOF, Guard
 
     rows = np.array([0, 1])
     g = Guard(targets=1, horizon=10, linger=5)
@@ -165,7 +165,7 @@ def test_in_an_incident_a_stream_s_other_targets_are_held_until_the_gate_s_forec
         chosen = np.stack([exact, exact + 3.0])[:, :, None]
         now = np.full((2, 1), truth[i])
         held.append(g.serve(rows, now, now, chosen)[:, 0])
-        scored += min(i, STEPS)
-        assert held[-1][0] == (scored < PROOF) and held[-1][1]  # the good one once proven, the bad one never
+        scored += min(i, g.steps)
+        assert held[-1][0] == (scored < PROOF * g.steps) and held[-1][1]  # the good one once proven, the bad one never
     for i in range(6):  # the incident over: held no more after linger frames
         assert g.watch(rows, np.array([False, False])).all() == (i < 5)
