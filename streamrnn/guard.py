@@ -6,8 +6,8 @@ worse than by holding its last value, and the gate, weighing months of calm evid
 notice for as long. So from the frame a channel of a stream turns suspect until ``linger`` frames
 after the last one is healthy again (an incident), each other target of that stream is served as
 held, persistence, unless the forecast the gate chose has beaten persistence on the incident's own
-errors: steps 1..``STEPS`` of each forecast, scored as their truth arrives, ``PROOF`` of them per
-step at least, so that a forecast that wins the next few steps but loses the day does not pass.
+errors: the mean squared error at each of steps 1..``STEPS``, summed, once every step has
+``PROOF`` errors scored (a forecast that wins the next few steps but loses the day does not pass).
 Nothing else changes: outside incidents the guard is not consulted.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 STEPS = 24  # steps of each forecast the guard scores (the horizon's, where shorter)
-PROOF = 2  # errors a forecast needs before it is trusted again, per step scored
+PROOF = 2  # errors scored at every step before a forecast is trusted again
 _NONE = np.iinfo(np.int64).max // 2  # frames since the last suspect channel: none yet
 
 
@@ -33,7 +33,7 @@ class Guard:
         self.quiet, self.tick = np.zeros(0, np.int64), np.zeros(0, np.int64)
         self.made = np.zeros((0, k, k, t), np.float32)  # (rows, slot, step, T): by the frame they were made at, mod k
         self.held = np.zeros((0, k, t), np.float32)
-        self.errors, self.count = np.zeros((0, 2, t)), np.zeros((0, t), np.int64)  # gate's and persistence's
+        self.errors, self.count = np.zeros((0, 2, k, t)), np.zeros((0, k, t), np.int64)  # gate's and persistence's, per step
 
     @property
     def capacity(self) -> int:
@@ -48,8 +48,8 @@ class Guard:
         self.tick = np.concatenate([self.tick, np.zeros(extra, np.int64)])
         self.made = np.concatenate([self.made, np.full((extra, k, k, t), np.nan, np.float32)])
         self.held = np.concatenate([self.held, np.full((extra, k, t), np.nan, np.float32)])
-        self.errors = np.concatenate([self.errors, np.zeros((extra, 2, t))])
-        self.count = np.concatenate([self.count, np.zeros((extra, t), np.int64)])
+        self.errors = np.concatenate([self.errors, np.zeros((extra, 2, k, t))])
+        self.count = np.concatenate([self.count, np.zeros((extra, k, t), np.int64)])
 
     def reset(self, row: int) -> None:
         """A stream's row was freed: no incident."""
@@ -73,19 +73,21 @@ class Guard:
         (B, T) to serve as held, as the gate's forecast has not beaten persistence in the incident."""
         k = self.steps
         tick = self.tick[rows]
-        for step in range(1, k + 1):  # the forecast for now made ``step`` frames ago, at its step
-            slot = (tick - step) % k
-            fc, base = self.made[rows, slot, step - 1], self.held[rows, slot]
-            ok = np.isfinite(fc) & np.isfinite(base) & np.isfinite(truth)
-            self.errors[rows, 0] += np.where(ok, (fc - truth) ** 2, 0.0)
-            self.errors[rows, 1] += np.where(ok, (base - truth) ** 2, 0.0)
-            self.count[rows] += ok
+        steps = np.arange(k)
+        slots = (tick[:, None] - steps - 1) % k  # (B, k): the forecast for now made step + 1 frames ago
+        fc = self.made[rows[:, None], slots, steps]  # (B, k, T)
+        base = self.held[rows[:, None], slots]
+        ok = np.isfinite(fc) & np.isfinite(base) & np.isfinite(truth)[:, None]
+        self.errors[rows, 0] += np.where(ok, (fc - truth[:, None]) ** 2, 0.0)
+        self.errors[rows, 1] += np.where(ok, (base - truth[:, None]) ** 2, 0.0)
+        self.count[rows] += ok
         slot = tick % k
         self.made[rows, slot] = chosen[:, :k]
         self.held[rows, slot] = held
         self.tick[rows] = tick + 1
-        errors = self.errors[rows]
-        return (self.count[rows] < PROOF * k) | (errors[:, 0] > errors[:, 1])
+        count = self.count[rows]  # (B, k, T)
+        mean = (self.errors[rows] / np.maximum(count, 1)[:, None]).sum(axis=2)  # (B, 2, T): each step's mean, summed
+        return (count < PROOF).any(axis=1) | (mean[:, 0] > mean[:, 1])
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {f"guard_{n}": getattr(self, n).copy() for n in self._NAMES}

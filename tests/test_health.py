@@ -157,15 +157,15 @@ def test_in_an_incident_a_stream_s_other_targets_are_held_until_the_gate_s_forec
     g = Guard(targets=1, horizon=10, linger=5)
     g.grow(2)
     assert not g.watch(rows, np.array([False, False])).any()  # no incident: never consulted
-    truth = np.sin(np.arange(80.0) / 5)
-    held, scored = [], 0
-    for i in range(40):
+    truth = np.sin(np.arange(100.0) / 5)
+    held = []
+    for i in range(60):
         assert g.watch(rows, np.array([True, True])).all()
         exact = truth[i + 1 : i + 11]  # row 0: the truth itself; row 1: a forecast far off
         chosen = np.stack([exact, exact + 3.0])[:, :, None]
         now = np.full((2, 1), truth[i])
         held.append(g.serve(rows, now, now, chosen)[:, 0])
-        scored += min(i, g.steps)
-        assert held[-1][0] == (scored < PROOF * g.steps) and held[-1][1]  # the good one once proven, the bad one never
+        proven = i >= g.steps + PROOF - 1  # every step scored PROOF times
+        assert held[-1][0] == (not proven) and held[-1][1]  # the good one once proven, the bad one never
     for i in range(6):  # the incident over: held no more after linger frames
         assert g.watch(rows, np.array([False, False])).all() == (i < 5)
