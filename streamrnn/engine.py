@@ -53,7 +53,7 @@ class Engine:
         )
         self.contenders = Contenders(settings, len(self.channels), self._ti, self.spec.horizon, self.evaluator)
         self.rings = Rings(settings.ring.size, len(self.channels))
-        self.health = Health(len(self.channels), settings.health, len(self._ti), self.spec.horizon)
+        self.health = Health(len(self.channels), settings.health, self.spec.horizon)
         self.counts: Counter[str] = Counter()
         self.frames_seen = 0
         self.retrains = 0  # verdicts adopted since the first start (checkpointed): seeds the next
@@ -129,7 +129,7 @@ class Engine:
         served, mixed = self.contenders.serve(base, recurrent, linear, panel)
         contenders = (recurrent[panel], np.float32(np.nan) if linear is None else linear[panel], mixed)
         if suspect is not None:  # a suspect target is served as held, and nothing of it is scored
-            served, now, unscored = self.health.hold(r, suspect.take(self._ti, axis=1), self._ti, served, now, soft, truth)
+            served, now, unscored = self.health.hold(r, suspect.take(self._ti, axis=1), self._ti, served, now, soft)
         band = self.evaluator.bands(served)  # (B, H, 3, T): prediction, lower, upper
         kept = (band, contenders) if suspect is None else (unscored(band, 0), tuple(unscored(c, 0, panel) for c in contenders))
         self.evaluator.record(r, t, kept[0], base, kept[1], panel)

@@ -50,9 +50,9 @@ class Health:
     _FLOATS = ("raw", "last", "low", "high", "mean", "change", "fast", "trend")
     _INTS = ("seen", "run", "longest", "state", "calm", "steady", "alive")
 
-    def __init__(self, channels: int, cfg: HealthSettings, targets: int = 0, horizon: int = 1) -> None:
+    def __init__(self, channels: int, cfg: HealthSettings, horizon: int = 1) -> None:
         self.channels, self.cfg = channels, cfg
-        self.guard = Guard(targets, horizon, linger=horizon)  # the stream's other targets, while a sensor is broken
+        self.guard = Guard(linger=horizon)  # every target of a stream held while a sensor of it is broken
         self._incident = np.zeros(0, bool)  # of the rows judged last: in an incident
         self._slow = 1.0 - 0.5 ** (1.0 / cfg.memory)
         self.raw = np.zeros((0, channels))  # the last value that arrived, healthy or not: the held value served
@@ -95,30 +95,21 @@ class Health:
         clean, suspect, level = self.check(rows, values)
         if level.any():
             centre[rows] = np.where(level, values, centre[rows])
-        self._incident = self.guard.watch(rows, suspect.any(axis=1))
+        self._incident = self.guard.watch(rows, (suspect & (self.state[rows] != SPIKE)).any(axis=1))
         return clean, suspect if self._incident.any() else None
 
     def hold(
-        self,
-        rows: np.ndarray,
-        bad: np.ndarray,
-        targets: np.ndarray,
-        served: np.ndarray,
-        now: np.ndarray,
-        soft: np.ndarray,
-        truth: np.ndarray,
+        self, rows: np.ndarray, bad: np.ndarray, targets: np.ndarray, served: np.ndarray, now: np.ndarray, soft: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, Callable[..., np.ndarray]]:
-        """Serve the rows of the frames :meth:`judge` found in an incident: suspect targets (``bad``,
-        (B, T)) as held, their forecasts (``served``, (B, H, T)) and their ``now`` the value that
-        arrived last, except a key variable's nowcast (``soft``: the soft sensor stands in for a
-        broken analyser); the others as held too unless the gate's forecast has proved itself in
-        the incident (:class:`Guard`, scored on ``truth``, (B, T)). Returns those, and how to blank
-        the suspect targets of anything the evaluator keeps, so that none of it is scored:
+        """Serve the frames :meth:`judge` judged: suspect targets (``bad``, (B, T)), and every target
+        of a stream in an incident (:class:`Guard`), as held: their forecasts (``served``, (B, H,
+        T)) the value that arrived last; a suspect target's ``now`` too, except a key variable's
+        nowcast (``soft``: the soft sensor stands in for a broken analyser). Returns those, and how
+        to blank the suspect targets of anything the evaluator keeps, so that none of it is scored:
         ``unscored(a, part, panel)`` for a (B, H, ..., T) array (``part``: which of axis 2; a
         ``panel`` of the batch's rows)."""
         held = self.raw[rows].take(targets, axis=1)  # (B, T)
-        hold, at = bad.copy(), np.flatnonzero(self._incident)
-        hold[at] |= self.guard.serve(rows[at], truth[at], held[at], served[at])
+        hold = bad | self._incident[:, None]
         served = np.where(hold[:, None, :], held[:, None, :].astype(served.dtype), served)
         now = np.where(bad & ~soft, held, now)
 

@@ -150,22 +150,21 @@ def test_learners_leave_out_examples_across_a_spell_but_not_across_a_sampled_cha
     np.testing.assert_array_equal(touched, np.arange(40 - 2, 40 + gaps.SPELL + 4 - 1))  # windows i-3..i+2 that reach 40..47
 
 
-def test_in_an_incident_a_stream_s_other_targets_are_held_until_the_gate_s_forecast_beats_persistence():
-    from streamrnn.guard import PROOF, Guard
-
-    rows = np.array([0, 1])
-    g = Guard(targets=1, horizon=10, linger=5)
-    g.grow(2)
-    assert not g.watch(rows, np.array([False, False])).any()  # no incident: never consulted
-    truth = np.sin(np.arange(100.0) / 5)
-    held = []
-    for i in range(60):
-        assert g.watch(rows, np.array([True, True])).all()
-        exact = truth[i + 1 : i + 11]  # row 0: the truth itself; row 1: a forecast far off
-        chosen = np.stack([exact, exact + 3.0])[:, :, None]
-        now = np.full((2, 1), truth[i])
-        held.append(g.serve(rows, now, now, chosen)[:, 0])
-        proven = i >= g.steps + PROOF - 1  # every step scored PROOF times
-        assert held[-1][0] == (not proven) and held[-1][1]  # the good one once proven, the bad one never
-    for i in range(6):  # the incident over: held no more after linger frames
-        assert g.watch(rows, np.array([False, False])).all() == (i < 5)
+def test_while_a_sensor_of_a_stream_is_broken_every_target_of_that_stream_is_held_and_no_other_stream_s():
+    """Channel c (an input, not a target) breaks in stream s0: both of s0's targets are served as
+    held until a horizon after it is healthy again; s1 is forecast as it would be without s0."""
+    settings = small_settings(health={"warmup": 32})
+    broken, alone = Engine(settings), Engine(settings)
+    horizon = settings.features.horizon
+    for i, (s, ts, v) in enumerate(sine_frames(400, streams=2)):
+        if s == "s0" and 300 <= i // 2 < 340:
+            v = v.copy()
+            v[2] = 1e3
+        fc = broken.step([Frame(s, ts, v)])
+        if s == "s1":
+            np.testing.assert_array_equal(fc.values, alone.step([Frame(s, ts, v)]).values)
+        elif 300 <= i // 2 <= 340 + settings.health.recover - 2 + horizon:  # suspect until recovered, then a horizon
+            held = broken.health.raw[broken.bank.rows["s0"]].take(broken._ti)
+            assert (fc.values[0] == held.astype(np.float32)).all() or np.isnan(held).any(), i
+        else:
+            assert not broken.health._incident.any(), i  # before, and once it is over: the gate's forecast
