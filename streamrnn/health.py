@@ -12,7 +12,9 @@ A process engineer's checks, each relative to what that stream's channel has sho
   the value before; the next value ends it (back near the old level: it was a spike; near the new
   one: a step, confirmed, and taken from there);
 - noisy: recent changes (a fast average) ``noisy`` times the channel's typical change: a loose
-  connection, interference.
+  connection, interference;
+- silent: no value for as long as eight of its values were due (by the share of frames it sends
+  a value in): a dead transmitter or link.
 
 A channel that never moved is not judged: there is nothing to judge it against. A suspect channel is
 healthy again after ``recover`` healthy-looking values in a row. A value out of range that holds
@@ -38,8 +40,9 @@ import numpy as np
 from streamrnn.config import HealthSettings
 from streamrnn.guard import Guard
 
-REASONS = ("healthy", "range", "frozen", "noisy", "spike")
-HEALTHY, RANGE, FROZEN, NOISY, SPIKE = range(len(REASONS))
+REASONS = ("healthy", "range", "frozen", "noisy", "spike", "silent")
+HEALTHY, RANGE, FROZEN, NOISY, SPIKE, SILENT = range(len(REASONS))
+_SILENT = 8  # values a channel is expected to have sent, missing in a row: it went silent
 _FAST = 1.0 - 0.5 ** (1.0 / 8)  # the recent changes' average: a half-life of 8 values
 _FLOOR = 8.0  # the envelope's width counts as at least this many typical changes
 
@@ -47,8 +50,8 @@ _FLOOR = 8.0  # the envelope's width counts as at least this many typical change
 class Health:
     """Per bank row and channel: the values' statistics while healthy, and each channel's state."""
 
-    _FLOATS = ("raw", "last", "low", "high", "mean", "change", "fast", "trend")
-    _INTS = ("seen", "run", "longest", "state", "calm", "steady", "alive")
+    _FLOATS = ("raw", "last", "low", "high", "mean", "change", "fast", "trend", "rate")
+    _INTS = ("seen", "run", "longest", "state", "calm", "steady", "alive", "gap", "frames")
 
     def __init__(self, channels: int, cfg: HealthSettings, horizon: int = 1) -> None:
         self.channels, self.cfg = channels, cfg
@@ -61,8 +64,9 @@ class Health:
         self.change = np.zeros((0, channels))  # typical |change| between healthy values
         self.fast = np.zeros((0, channels))  # recent |change| between values that arrived
         self.trend = np.zeros((0, channels))  # recent change, signed: a ramp moves one way, noise both
-        self.seen, self.run, self.longest, self.state, self.calm, self.steady, self.alive = (
-            np.zeros((0, channels), np.int64) for _ in range(7)
+        self.rate = np.zeros((0, channels))  # the share of frames with a value of the channel
+        self.seen, self.run, self.longest, self.state, self.calm, self.steady, self.alive, self.gap, self.frames = (
+            np.zeros((0, channels), np.int64) for _ in range(9)
         )
         self.counts: Counter[str] = Counter()  # suspect spells begun, by reason
 
@@ -167,7 +171,13 @@ class Health:
         v.trend = np.where(into, np.where(np.isnan(v.trend), jump, v.trend + _FAST * (jump - v.trend)), v.trend)
         frozen = judged & (v.run >= np.maximum(cfg.frozen * v.longest, cfg.min_frozen))
         noisy = fresh & judged & (v.fast - np.abs(v.trend) > cfg.noisy * v.change)  # a ramp is no noise
-        return np.select([outside, frozen, spike, noisy], [RANGE, FROZEN, SPIKE, NOISY], HEALTHY), outside, step, moved
+        # no value for as long as _SILENT of them were due: the sensor or its link went silent
+        v.frames = v.frames + 1
+        v.rate = np.where(np.isnan(v.rate), fresh, v.rate + np.maximum(self._slow, 1.0 / v.frames) * (fresh - v.rate))
+        v.gap = np.where(fresh, 0, v.gap + 1)
+        silent = judged & (v.gap * v.rate >= _SILENT)
+        reasons = np.select([outside, frozen, spike, noisy, silent], [RANGE, FROZEN, SPIKE, NOISY, SILENT], HEALTHY)
+        return reasons, outside, step, moved
 
     def _move(
         self, v: SimpleNamespace, reason: np.ndarray, outside: np.ndarray, step: np.ndarray, fresh: np.ndarray, was: np.ndarray

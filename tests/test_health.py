@@ -10,7 +10,7 @@ from streamrnn import checkpoint, config, gaps
 from streamrnn.engine import Engine
 from streamrnn.forecast import document
 from streamrnn.frames import Frame
-from streamrnn.health import FROZEN, HEALTHY, NOISY, RANGE, Health
+from streamrnn.health import FROZEN, HEALTHY, NOISY, RANGE, SILENT, Health
 
 CFG = config.HealthSettings()
 
@@ -89,6 +89,21 @@ def test_a_transmitter_dead_far_out_of_range_stays_suspect_while_it_sits_there()
     states, _, _ = judged(x)
     assert (states[400 : 400 + CFG.accept_after] == RANGE).all()
     assert (states[400 + CFG.accept_after + 1 :] == FROZEN).all()
+
+
+def test_a_sensor_that_goes_silent_is_suspect_after_eight_of_its_values_are_missing_and_a_sampled_one_is_not():
+    h = Health(2, CFG)
+    x = wave(1500)
+    lab = np.where(np.arange(1500) % 30 == 0, wave(1500, seed=1) + 3, np.nan)  # a lab value, one frame in 30
+    x[1000:1100] = np.nan
+    states = []
+    for i in range(1500):
+        h.check(np.array([0]), np.array([[x[i], lab[i]]]))
+        states.append(h.state[0].copy())
+    states = np.array(states)
+    assert (states[:1000] == HEALTHY).all() and (states[:, 1] == HEALTHY).all()
+    assert (states[1000:1007, 0] == HEALTHY).all() and (states[1008:1100, 0] == SILENT).all()
+    assert (states[1100 + CFG.recover :, 0] == HEALTHY).all()
 
 
 def test_a_channel_that_never_moved_or_has_shown_too_little_is_not_judged():
