@@ -51,13 +51,11 @@ class Health:
     """Per bank row and channel: the values' statistics while healthy, and each channel's state."""
 
     _FLOATS = ("raw", "last", "low", "high", "mean", "change", "fast", "trend", "rate")
-    _INTS = ("seen", "run", "longest", "state", "calm", "steady", "alive", "gap", "frames", "settle")
+    _INTS = ("seen", "run", "longest", "state", "calm", "steady", "alive", "gap", "frames")
 
     def __init__(self, channels: int, cfg: HealthSettings, horizon: int = 1) -> None:
         self.channels, self.cfg = channels, cfg
         self.guard = Guard(linger=horizon)  # every target of a stream held while a sensor of it is broken
-        self.horizon = horizon  # frames a channel's own forecast is held after it stepped to a new level
-        self._settling = np.zeros((0, channels), bool)  # of the rows judged last: channels settling on a new level
         self._incident = np.zeros(0, bool)  # of the rows judged last: in an incident
         self._slow = 1.0 - 0.5 ** (1.0 / cfg.memory)
         self.raw = np.zeros((0, channels))  # the last value that arrived, healthy or not: the held value served
@@ -67,8 +65,8 @@ class Health:
         self.fast = np.zeros((0, channels))  # recent |change| between values that arrived
         self.trend = np.zeros((0, channels))  # recent change, signed: a ramp moves one way, noise both
         self.rate = np.zeros((0, channels))  # the share of frames with a value of the channel
-        self.seen, self.run, self.longest, self.state, self.calm, self.steady, self.alive, self.gap, self.frames, self.settle = (
-            np.zeros((0, channels), np.int64) for _ in range(10)
+        self.seen, self.run, self.longest, self.state, self.calm, self.steady, self.alive, self.gap, self.frames = (
+            np.zeros((0, channels), np.int64) for _ in range(9)
         )
         self.counts: Counter[str] = Counter()  # suspect spells begun, by reason
 
@@ -102,8 +100,7 @@ class Health:
         if level.any():
             centre[rows] = np.where(level, values, centre[rows])
         self._incident = self.guard.watch(rows, (suspect & (self.state[rows] != SPIKE)).any(axis=1))
-        self._settling = self.settle[rows] > 0
-        return clean, suspect if self._incident.any() or self._settling.any() else None
+        return clean, suspect if self._incident.any() else None
 
     def hold(
         self, rows: np.ndarray, bad: np.ndarray, targets: np.ndarray, served: np.ndarray, now: np.ndarray, soft: np.ndarray
@@ -116,7 +113,7 @@ class Health:
         ``unscored(a, part, panel)`` for a (B, H, ..., T) array (``part``: which of axis 2; a
         ``panel`` of the batch's rows)."""
         held = self.raw[rows].take(targets, axis=1)  # (B, T)
-        hold = bad | self._incident[:, None] | self._settling.take(targets, axis=1)
+        hold = bad | self._incident[:, None]
         served = np.where(hold[:, None, :], held[:, None, :].astype(served.dtype), served)
         now = np.where(bad & ~soft, held, now)
 
@@ -141,7 +138,7 @@ class Health:
         was = v.state != HEALTHY
         with np.errstate(invalid="ignore"):
             reason, outside, step, moved = self._judge(v, x, fresh, was)
-            accept = self._move(v, x, reason, outside, step, fresh, was)
+            accept = self._move(v, reason, outside, step, fresh, was)
         suspect = v.state != HEALTHY
         self._learn(v, x, fresh & ~suspect, moved & ~was, accept)
         v.raw = np.where(fresh, x, v.raw)
@@ -183,21 +180,11 @@ class Health:
         return reasons, outside, step, moved
 
     def _move(
-        self,
-        v: SimpleNamespace,
-        x: np.ndarray,
-        reason: np.ndarray,
-        outside: np.ndarray,
-        step: np.ndarray,
-        fresh: np.ndarray,
-        was: np.ndarray,
+        self, v: SimpleNamespace, reason: np.ndarray, outside: np.ndarray, step: np.ndarray, fresh: np.ndarray, was: np.ndarray
     ) -> np.ndarray:
         """Each channel's state after these values: a spell begins with its reason and keeps it until
         ``recover`` healthy-looking values in a row (one, after a spike) or a new level ends it.
-        Returns which were accepted at a new level (or as noise that goes on: the new normal). A
-        channel that stepped to a new level (a spike that stayed, a level accepted) settles for a
-        horizon: its own forecast is held meanwhile, as neither the model nor the linear contender
-        can tell a recalibrated sensor from an upset they would see revert."""
+        Returns which were accepted at a new level (or as noise that goes on: the new normal)."""
         bad = reason != HEALTHY
         v.calm = np.where(fresh, np.where(bad, 0, v.calm + 1), v.calm)
         holds = np.where(v.state == NOISY, bad, outside & (step <= _FLOOR * v.change))
@@ -207,11 +194,9 @@ class Health:
         v.alive = np.where(fresh & was, np.where(lives, v.alive + 1, np.where(outside, v.alive, 0)), v.alive)
         accept = was & ((v.steady >= self.cfg.accept_after) | (v.alive >= self.cfg.accept_moving))
         v.change = np.where(accept & (v.state == NOISY), v.fast, v.change)  # the new normal's changes
-        recover, prior = np.where(v.state == SPIKE, 1, self.cfg.recover), v.state
+        recover = np.where(v.state == SPIKE, 1, self.cfg.recover)
         v.state = np.where(~was, reason, np.where(accept | (~bad & (v.calm >= recover)), HEALTHY, v.state))
         v.steady, v.alive = np.where(accept, 0, v.steady), np.where(accept, 0, v.alive)
-        stepped = was & (v.state == HEALTHY) & (prior == SPIKE) & (np.abs(x - v.last) > self.cfg.spike * np.maximum(v.change, v.fast))
-        v.settle = np.where(stepped | accept, self.horizon, np.maximum(v.settle - fresh, 0))
         for code in reason[bad & ~was]:
             self.counts[REASONS[code]] += 1
         return accept

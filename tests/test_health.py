@@ -183,15 +183,3 @@ def test_while_a_sensor_of_a_stream_is_broken_every_target_of_that_stream_is_hel
             assert (fc.values[0] == held.astype(np.float32)).all() or np.isnan(held).any(), i
         else:
             assert not broken.health._incident.any(), i  # before, and once it is over: the gate's forecast
-
-
-def test_a_channel_that_stepped_to_a_new_level_is_held_for_a_horizon_before_its_forecast_is_served_again():
-    h = Health(1, CFG, horizon=10)
-    x = wave(900)
-    x[600:] += 3.0  # a step: a recalibration, or an upset the model would see revert
-    settling = []
-    for i in range(900):
-        h.judge(np.array([0]), np.array([[x[i]]]), np.zeros((1, 1)))
-        settling.append(bool(h._settling[0, 0]))
-    settling = np.array(settling)
-    assert not settling[:601].any() and settling[601:611].all() and not settling[611:].any()  # a spike at 600, confirmed at 601
