@@ -100,7 +100,7 @@ class Health:
         if level.any():
             centre[rows] = np.where(level, values, centre[rows])
         self._incident = self.guard.watch(rows, (suspect & (self.state[rows] != SPIKE)).any(axis=1))
-        return clean, suspect if self._incident.any() else None
+        return clean, suspect if suspect.any() or self._incident.any() else None
 
     def hold(
         self, rows: np.ndarray, bad: np.ndarray, targets: np.ndarray, served: np.ndarray, now: np.ndarray, soft: np.ndarray

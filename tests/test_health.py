@@ -183,3 +183,17 @@ def test_while_a_sensor_of_a_stream_is_broken_every_target_of_that_stream_is_hel
             assert (fc.values[0] == held.astype(np.float32)).all() or np.isnan(held).any(), i
         else:
             assert not broken.health._incident.any(), i  # before, and once it is over: the gate's forecast
+
+
+def test_a_spike_is_read_as_missing_and_its_target_held_for_that_frame_without_holding_the_stream():
+    settings = small_settings(health={"warmup": 32})
+    engine = Engine(settings)
+    for i, (s, ts, v) in enumerate(sine_frames(300)):
+        if i == 250:
+            v = v.copy()
+            v[0] += 3.0  # a spike of a (about 50 typical changes), within the range seen
+        fc = engine.step([Frame(s, ts, v)])
+        if i == 250:
+            assert fc.suspect == [("a",)] and (fc.values[0, :, 0] == np.float32(v[0])).all()
+            assert not engine.health._incident.any()  # a spike starts no incident: key is forecast as it was
+    assert engine.health.counts["spike"] == 1
