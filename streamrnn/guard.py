@@ -7,9 +7,11 @@ notice for as long. Measured on ETTh1 with one load's sensor broken, the other l
 to persistence by 18 to 30 % over the fault, whether its forecasts were served from the start or
 only after they had beaten persistence on the fault's own errors (that evidence comes a horizon
 late, and the fault moves on meanwhile). So from the frame a channel of a stream turns suspect for
-more than a spike until ``linger`` frames after the last one is healthy again (an incident), each
-target of that stream is served as held: persistence, which a fault can never make worse. The
-other streams, and this one outside its incidents, are not touched.
+more than a spike until ``linger`` frames after the last one is healthy again (an incident; the
+engine's linger is 0: a horizon more cost the clean ETTh1 a quarter of its accuracy at H = 24, its
+frozen fill days being incidents), each target of that stream is served as held: persistence,
+which a fault can never make worse. The other streams, and this one outside its incidents, are
+not touched.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class Health:
 
     def __init__(self, channels: int, cfg: HealthSettings, horizon: int = 1) -> None:
         self.channels, self.cfg = channels, cfg
-        self.guard = Guard(linger=horizon)  # every target of a stream held while a sensor of it is broken
+        self.guard = Guard(linger=0)  # every target of a stream held while a sensor of it is broken
         self._incident = np.zeros(0, bool)  # of the rows judged last: in an incident
         self._slow = 1.0 - 0.5 ** (1.0 / cfg.memory)
         self.raw = np.zeros((0, channels))  # the last value that arrived, healthy or not: the held value served

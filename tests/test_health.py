@@ -167,10 +167,9 @@ def test_learners_leave_out_examples_across_a_spell_but_not_across_a_sampled_cha
 
 def test_while_a_sensor_of_a_stream_is_broken_every_target_of_that_stream_is_held_and_no_other_stream_s():
     """Channel c (an input, not a target) breaks in stream s0: both of s0's targets are served as
-    held until a horizon after it is healthy again; s1 is forecast as it would be without s0."""
+    held until it is healthy again; s1 is forecast as it would be without s0."""
     settings = small_settings(health={"warmup": 32})
     broken, alone = Engine(settings), Engine(settings)
-    horizon = settings.features.horizon
     for i, (s, ts, v) in enumerate(sine_frames(400, streams=2)):
         if s == "s0" and 300 <= i // 2 < 340:
             v = v.copy()
@@ -178,7 +177,7 @@ def test_while_a_sensor_of_a_stream_is_broken_every_target_of_that_stream_is_hel
         fc = broken.step([Frame(s, ts, v)])
         if s == "s1":
             np.testing.assert_array_equal(fc.values, alone.step([Frame(s, ts, v)]).values)
-        elif 300 <= i // 2 <= 340 + settings.health.recover - 2 + horizon:  # suspect until recovered, then a horizon
+        elif 300 <= i // 2 <= 340 + settings.health.recover - 2:  # suspect until recovered
             held = broken.health.raw[broken.bank.rows["s0"]].take(broken._ti)
             assert (fc.values[0] == held.astype(np.float32)).all() or np.isnan(held).any(), i
         else:
