@@ -200,7 +200,7 @@ class HealthSettings(_Section):
     recover: int = Field(3, ge=1, description="healthy-looking values in a row that end a suspect spell")
     accept_after: int = Field(256, ge=1, description="frames a steady value out of range holds before it is the new level")
     accept_moving: int = Field(
-        16, ge=1, description="frames a level out of range that moves as the channel does holds before it is the new level"
+        8, ge=1, description="frames a level out of range that moves as the channel does holds before it is the new level"
     )
     memory: float = Field(1024.0, ge=16, description="frames over which the healthy envelope and typical change are measured (half-life)")
 

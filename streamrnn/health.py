@@ -51,7 +51,7 @@ class Health:
     """Per bank row and channel: the values' statistics while healthy, and each channel's state."""
 
     _FLOATS = ("raw", "last", "low", "high", "mean", "change", "fast", "trend", "rate")
-    _INTS = ("seen", "run", "longest", "state", "calm", "steady", "alive", "gap", "frames")
+    _INTS = ("seen", "run", "longest", "state", "calm", "steady", "alive", "gap", "frames", "age")
 
     def __init__(self, channels: int, cfg: HealthSettings, horizon: int = 1) -> None:
         self.channels, self.cfg = channels, cfg
@@ -65,8 +65,8 @@ class Health:
         self.fast = np.zeros((0, channels))  # recent |change| between values that arrived
         self.trend = np.zeros((0, channels))  # recent change, signed: a ramp moves one way, noise both
         self.rate = np.zeros((0, channels))  # the share of frames with a value of the channel
-        self.seen, self.run, self.longest, self.state, self.calm, self.steady, self.alive, self.gap, self.frames = (
-            np.zeros((0, channels), np.int64) for _ in range(9)
+        self.seen, self.run, self.longest, self.state, self.calm, self.steady, self.alive, self.gap, self.frames, self.age = (
+            np.zeros((0, channels), np.int64) for _ in range(10)
         )
         self.counts: Counter[str] = Counter()  # suspect spells begun, by reason
 
@@ -99,7 +99,9 @@ class Health:
         clean, suspect, level = self.check(rows, values)
         if level.any():
             centre[rows] = np.where(level, values, centre[rows])
-        self._incident = self.guard.watch(rows, (suspect & (self.state[rows] != SPIKE)).any(axis=1))
+        # a spike, or a level out of range that may yet prove a new operating point, starts no incident
+        state, young = self.state[rows], self.age[rows] < self.cfg.accept_moving
+        self._incident = self.guard.watch(rows, (suspect & (state != SPIKE) & ~((state == RANGE) & young)).any(axis=1))
         return clean, suspect if suspect.any() or self._incident.any() else None
 
     def hold(
@@ -197,6 +199,7 @@ class Health:
         recover = np.where(v.state == SPIKE, 1, self.cfg.recover)
         v.state = np.where(~was, reason, np.where(accept | (~bad & (v.calm >= recover)), HEALTHY, v.state))
         v.steady, v.alive = np.where(accept, 0, v.steady), np.where(accept, 0, v.alive)
+        v.age = np.where(v.state == HEALTHY, 0, v.age + 1)  # frames into the spell
         for code in reason[bad & ~was]:
             self.counts[REASONS[code]] += 1
         return accept
