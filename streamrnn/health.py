@@ -7,7 +7,8 @@ A process engineer's checks, each relative to what that stream's channel has sho
   ``memory``) than ``range`` times the envelope's width (at least eight typical changes): a broken
   4-20 mA loop, a failed transmitter, a wrong unit;
 - frozen: one value repeated ``frozen`` times longer than the channel's longest healthy run (and at
-  least ``min_frozen`` times): a transmitter holding its last output;
+  least ``min_frozen`` times): a transmitter holding its last output (every channel of a stream
+  frozen at once is a gateway or historian repeating its last frame, and is left alone);
 - a spike: a move of more than ``spike`` typical changes away from both the last healthy value and
   the value before; the next value ends it (back near the old level: it was a spike; near the new
   one: a step, confirmed, and taken from there);
@@ -172,6 +173,9 @@ class Health:
         v.fast = np.where(into, np.where(np.isnan(v.fast), np.abs(jump), v.fast + _FAST * (np.abs(jump) - v.fast)), v.fast)
         v.trend = np.where(into, np.where(np.isnan(v.trend), jump, v.trend + _FAST * (jump - v.trend)), v.trend)
         frozen = judged & (v.run >= np.maximum(cfg.frozen * v.longest, cfg.min_frozen))
+        # every channel of a frame frozen at once is a gateway or historian repeating its last frame,
+        # not a broken sensor: the values go on as the frames say
+        frozen &= ~((frozen | ~judged).all(axis=1, keepdims=True) & (judged.sum(axis=1, keepdims=True) > 1))
         noisy = fresh & judged & (v.fast - np.abs(v.trend) > cfg.noisy * v.change)  # a ramp is no noise
         # no value for as long as _SILENT of them were due: the sensor or its link went silent
         v.frames = v.frames + 1

@@ -196,3 +196,16 @@ def test_a_spike_is_read_as_missing_and_its_target_held_for_that_frame_without_h
             assert fc.suspect == [("a",)] and (fc.values[0, :, 0] == np.float32(v[0])).all()
             assert not engine.health._incident.any()  # a spike starts no incident: key is forecast as it was
     assert engine.health.counts["spike"] == 1
+
+
+def test_every_channel_frozen_at_once_is_a_repeated_frame_not_a_broken_sensor():
+    h = Health(2, CFG)
+    x = np.stack([wave(900), wave(900, seed=2) + 5], axis=1)
+    x[500:560] = x[499]  # a historian repeating its last frame (the ETTh1 file's fill days)
+    x[700:760, 0] = x[699, 0]  # one transmitter stuck
+    states = []
+    for row in x:
+        h.check(np.array([0]), row[None])
+        states.append(h.state[0].copy())
+    states = np.array(states)
+    assert (states[:700] == HEALTHY).all() and (states[700:760, 0] == FROZEN).any()
