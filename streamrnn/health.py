@@ -175,7 +175,9 @@ class Health:
         frozen = judged & (v.run >= np.maximum(cfg.frozen * v.longest, cfg.min_frozen))
         # every channel of a frame frozen at once is a gateway or historian repeating its last frame,
         # not a broken sensor: the values go on as the frames say
-        frozen &= ~((frozen | ~judged).all(axis=1, keepdims=True) & (judged.sum(axis=1, keepdims=True) > 1))
+        repeated = (frozen | ~judged).all(axis=1, keepdims=True) & (judged.sum(axis=1, keepdims=True) > 1)
+        v.run = np.where(repeated, 0, v.run)  # nor is it a run the channels ever held
+        frozen &= ~repeated
         noisy = fresh & judged & (v.fast - np.abs(v.trend) > cfg.noisy * v.change)  # a ramp is no noise
         # no value for as long as _SILENT of them were due: the sensor or its link went silent
         v.frames = v.frames + 1
