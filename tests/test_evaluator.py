@@ -45,9 +45,10 @@ def _run(frames, engine, upto):
 
 def test_poisoned_future_does_not_change_scores_until_it_arrives():
     clean = sine_frames(300)
-    for poison in (np.nan, 1e12):
+    for poison, health in ((np.nan, True), (1e12, False), (1e12, True)):
         dirty = [(s, ts, v if ts < 200 else np.full_like(v, poison)) for s, ts, v in clean]
-        a, b = Engine(small_settings()), Engine(small_settings())
+        settings = small_settings(health={"enabled": health})
+        a, b = Engine(settings), Engine(settings)
         sa, sb = _run(clean, a, 200), _run(dirty, b, 200)
         for key in ("mse", "persistence_mse", "n", "coverage"):
             np.testing.assert_array_equal(sa[key], sb[key])
@@ -55,8 +56,10 @@ def test_poisoned_future_does_not_change_scores_until_it_arrives():
         assert a.version == b.version
         b.step([Frame(*dirty[200][:2], dirty[200][2])])
         after = b.evaluator.scores()
-        if np.isnan(poison):
-            np.testing.assert_array_equal(after["n"], sb["n"])  # nothing observed, nothing scored
+        if np.isnan(poison):  # nothing observed, nothing scored
+            np.testing.assert_array_equal(after["n"], sb["n"])
+        elif health:  # a (judged) broken sensor's value is not scored
+            np.testing.assert_array_equal(after["n"][:, 0], sb["n"][:, 0])
         else:
             assert after["mse"][0, 0] > 1e20  # the huge value is scored once it has arrived
 
