@@ -53,7 +53,7 @@ class Engine:
         )
         self.contenders = Contenders(settings, len(self.channels), self._ti, self.spec.horizon, self.evaluator)
         self.rings = Rings(settings.ring.size, len(self.channels))
-        self.health = Health(len(self.channels), settings.health, self.spec.horizon)
+        self.health = Health(len(self.channels), settings.health)
         self.counts: Counter[str] = Counter()
         self.frames_seen = 0
         self.retrains = 0  # verdicts adopted since the first start (checkpointed): seeds the next

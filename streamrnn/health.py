@@ -54,7 +54,7 @@ class Health:
     _FLOATS = ("raw", "last", "low", "high", "mean", "change", "fast", "trend", "rate")
     _INTS = ("seen", "run", "longest", "state", "calm", "steady", "alive", "gap", "frames", "age")
 
-    def __init__(self, channels: int, cfg: HealthSettings, horizon: int = 1) -> None:
+    def __init__(self, channels: int, cfg: HealthSettings) -> None:
         self.channels, self.cfg = channels, cfg
         self.guard = Guard(linger=0)  # every target of a stream held while a sensor of it is broken
         self._incident = np.zeros(0, bool)  # of the rows judged last: in an incident
