@@ -1,7 +1,7 @@
 """``streamrnn replay --fault-report``: what broken sensors do to the forecasts, per fault window.
 
 The file is replayed twice, as it is and with the faults injected (:mod:`streamrnn.faults`); in
-the window of each fault (its frames, ``WINDOW`` at least) it scores the served forecast,
+the window of each fault (the forecasts made in the ``WINDOW`` rows from its onset) it scores the served forecast,
 persistence (the held value) and each contender, on the faulted channel and on every other one,
 steps 1..``STEPS``, in squared spreads (each column's deviation over the first 20 % of the rows, as
 ``--protocol online-tsf`` normalises). Beside them the bounds a fault must keep to:
@@ -43,7 +43,7 @@ def suite(kind: str, table: replay.Table, channels: list[str], seed: int = 0) ->
 def _forecasts(table: replay.Table, settings: Settings) -> dict[str, dict[str, np.ndarray]]:
     """Per stream and forecaster, the forecasts (rows, H, targets) made at each of its rows in time
     order (NaN where none was made)."""
-    kept: dict[str, dict[float, tuple]] = {}
+    kept: dict[str, dict[float, Forecast]] = {}
 
     def keep(fc: Forecast) -> None:
         kept.setdefault(fc.stream, {})[fc.ts] = fc
