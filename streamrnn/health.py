@@ -27,7 +27,11 @@ any judgement, so health, like every forecast, depends on nothing that had not a
 
 What the engine does with it: a suspect value is read as missing (the model's mask, the linear
 contender's sample-and-hold, the ring the trainer learns from, the evaluator's truth), and a suspect
-target's forecast is its held value, persistence, until the channel is healthy again.
+target's forecast is its held value, persistence, until the channel is healthy again. While a
+channel of a stream is suspect (an incident; not for a spike, nor for the first ``accept_moving``
+frames of a level out of range that may yet prove a new operating point), every target of that
+stream is held: the model and the linear contender were fitted with the channel there, and a target
+that leans on it is forecast worse than its held value while it is missing (docs/model.md).
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ from types import SimpleNamespace
 import numpy as np
 
 from streamrnn.config import HealthSettings
-from streamrnn.guard import Guard
 
 REASONS = ("healthy", "range", "frozen", "noisy", "spike", "silent")
 HEALTHY, RANGE, FROZEN, NOISY, SPIKE, SILENT = range(len(REASONS))
@@ -56,7 +59,6 @@ class Health:
 
     def __init__(self, channels: int, cfg: HealthSettings) -> None:
         self.channels, self.cfg = channels, cfg
-        self.guard = Guard(linger=0)  # every target of a stream held while a sensor of it is broken
         self._incident = np.zeros(0, bool)  # of the rows judged last: in an incident
         self._slow = 1.0 - 0.5 ** (1.0 / cfg.memory)
         self.raw = np.zeros((0, channels))  # the last value that arrived, healthy or not: the held value served
@@ -81,7 +83,6 @@ class Health:
             setattr(self, name, np.concatenate([getattr(self, name), np.full((extra, self.channels), np.nan)]))
         for name in self._INTS:
             setattr(self, name, np.concatenate([getattr(self, name), np.zeros((extra, self.channels), np.int64)]))
-        self.guard.grow(self.capacity)
 
     def reset(self, row: int) -> None:
         """A stream's row was freed: nothing known of its channels."""
@@ -91,7 +92,6 @@ class Health:
             getattr(self, name)[row] = np.nan
         for name in self._INTS:
             getattr(self, name)[row] = 0
-        self.guard.reset(row)
 
     def judge(self, rows: np.ndarray, values: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`check` as the engine serves it: the values with suspect ones missing, and which
@@ -102,14 +102,14 @@ class Health:
             centre[rows] = np.where(level, values, centre[rows])
         # a spike, or a level out of range that may yet prove a new operating point, starts no incident
         state, young = self.state[rows], self.age[rows] < self.cfg.accept_moving
-        self._incident = self.guard.watch(rows, (suspect & (state != SPIKE) & ~((state == RANGE) & young)).any(axis=1))
-        return clean, suspect if suspect.any() or self._incident.any() else None
+        self._incident = (suspect & (state != SPIKE) & ~((state == RANGE) & young)).any(axis=1)
+        return clean, suspect if suspect.any() else None
 
     def hold(
         self, rows: np.ndarray, bad: np.ndarray, targets: np.ndarray, served: np.ndarray, now: np.ndarray, soft: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, Callable[..., np.ndarray]]:
         """Serve the frames :meth:`judge` judged: suspect targets (``bad``, (B, T)), and every target
-        of a stream in an incident (:class:`Guard`), as held: their forecasts (``served``, (B, H,
+        of a stream in an incident (a channel of it suspect, not for a spike), as held: their forecasts (``served``, (B, H,
         T)) the value that arrived last; a suspect target's ``now`` too, except a key variable's
         nowcast (``soft``: the soft sensor stands in for a broken analyser). Returns those, and how
         to blank the suspect targets of anything the evaluator keeps, so that none of it is scored:
@@ -229,8 +229,8 @@ class Health:
         return (self.state != HEALTHY).sum(axis=0)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every array (the checkpoint's ``health``), the guard's too."""
-        return {**{name: getattr(self, name).copy() for name in (*self._FLOATS, *self._INTS)}, **self.guard.state_dict()}
+        """Copies of every array (the checkpoint's ``health``)."""
+        return {name: getattr(self, name).copy() for name in (*self._FLOATS, *self._INTS)}
 
     def load_state(self, st: dict | None, capacity: int) -> None:
         """Go on from :meth:`state_dict`; where there is none or it does not fit (an older
@@ -245,4 +245,3 @@ class Health:
                 setattr(self, n, getattr(self, n)[:0])
         if capacity > self.capacity:
             self._grow(capacity)
-        self.guard.load_state(st or {}, self.capacity)

@@ -57,7 +57,7 @@ LAYERS = [
         "forecast",
     },
     {"faults", "config", "model", "simulator", "snapshot", "transport", "ownership", "lease"},
-    {"frames", "bank", "guard", "health", "bands", "evidence", "evaluator", "contenders", "trainer", "checkpoint", "journal"},
+    {"frames", "bank", "health", "bands", "evidence", "evaluator", "contenders", "trainer", "checkpoint", "journal"},
     {"judge"},
     {"engine", "adoption", "retrainer"},
     {"mqtt", "jetstream", "natsconn", "consumer", "fleetstore", "fleet", "metrics", "endpoint", "httpd"},
