@@ -7,8 +7,9 @@ A process engineer's checks, each relative to what that stream's channel has sho
   ``memory``) than ``range`` times the envelope's width (at least eight typical changes): a broken
   4-20 mA loop, a failed transmitter, a wrong unit;
 - frozen: one value repeated ``frozen`` times longer than the channel's longest healthy run (and at
-  least ``min_frozen`` times): a transmitter holding its last output (every channel of a stream
-  frozen at once is a gateway or historian repeating its last frame, and is left alone);
+  least ``min_frozen`` times) while other channels of the stream move: a transmitter holding its
+  last output (a frame that repeats the one before in every value is a gateway or historian
+  repeating itself, and moves no run on);
 - a spike: a move of more than ``spike`` typical changes away from both the last healthy value and
   the value before; the next value ends it (back near the old level: it was a spike; near the new
   one: a step, confirmed, and taken from there);
@@ -157,7 +158,10 @@ class Health:
         same = fresh & (step == 0)
         moved = fresh & ~same & (step == step)  # a change from the value before
         v.longest = np.where(moved & ~was, np.maximum(v.longest, v.run), v.longest)  # a healthy run ended
-        v.run = np.where(fresh, np.where(same, v.run + 1, 0), v.run)
+        # a frame whose every value is the one before is a gateway or historian repeating its last
+        # frame, not a sensor holding its output: it moves no channel's run on
+        repeat = (same | ~fresh).all(axis=1, keepdims=True) & (fresh.sum(axis=1, keepdims=True) > 1)
+        v.run = np.where(fresh & ~repeat, np.where(same, v.run + 1, 0), v.run)
         judged = (v.seen >= cfg.warmup) & (v.change > 0)
         margin = cfg.range * np.maximum(v.high - v.low, _FLOOR * v.change)
         outside = fresh & judged & ((x > v.high + margin) | (x < v.low - margin))
@@ -173,11 +177,6 @@ class Health:
         v.fast = np.where(into, np.where(np.isnan(v.fast), np.abs(jump), v.fast + _FAST * (np.abs(jump) - v.fast)), v.fast)
         v.trend = np.where(into, np.where(np.isnan(v.trend), jump, v.trend + _FAST * (jump - v.trend)), v.trend)
         frozen = judged & (v.run >= np.maximum(cfg.frozen * v.longest, cfg.min_frozen))
-        # every channel of a frame frozen at once is a gateway or historian repeating its last frame,
-        # not a broken sensor: the values go on as the frames say
-        repeated = (frozen | ~judged).all(axis=1, keepdims=True) & (judged.sum(axis=1, keepdims=True) > 1)
-        v.run = np.where(repeated, 0, v.run)  # nor is it a run the channels ever held
-        frozen &= ~repeated
         noisy = fresh & judged & (v.fast - np.abs(v.trend) > cfg.noisy * v.change)  # a ramp is no noise
         # no value for as long as _SILENT of them were due: the sensor or its link went silent
         v.frames = v.frames + 1
@@ -203,10 +202,13 @@ class Health:
         accept = was & ((v.steady >= self.cfg.accept_after) | (v.alive >= self.cfg.accept_moving))
         v.change = np.where(accept & (v.state == NOISY), v.fast, v.change)  # the new normal's changes
         recover = np.where(v.state == SPIKE, 1, self.cfg.recover)
-        v.state = np.where(~was, reason, np.where(accept | (~bad & (v.calm >= recover)), HEALTHY, v.state))
+        # a spell begins with its reason; a spike that the next value shows to be something else
+        # (out of range, say) goes on for that reason
+        begin = bad & (~was | ((v.state == SPIKE) & (reason != SPIKE)))
+        v.state = np.where(begin, reason, np.where(accept | (~bad & (v.calm >= recover)), HEALTHY, v.state))
         v.steady, v.alive = np.where(accept, 0, v.steady), np.where(accept, 0, v.alive)
         v.age = np.where(v.state == HEALTHY, 0, v.age + 1)  # frames into the spell
-        for code in reason[bad & ~was]:
+        for code in reason[begin]:
             self.counts[REASONS[code]] += 1
         return accept
 

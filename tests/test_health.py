@@ -10,7 +10,7 @@ from streamrnn import checkpoint, config, gaps
 from streamrnn.engine import Engine
 from streamrnn.forecast import document
 from streamrnn.frames import Frame
-from streamrnn.health import FROZEN, HEALTHY, NOISY, RANGE, SILENT, Health
+from streamrnn.health import FROZEN, HEALTHY, NOISY, RANGE, SILENT, SPIKE, Health
 
 CFG = config.HealthSettings()
 
@@ -50,6 +50,15 @@ def test_out_of_range_is_suspect_at_once_read_as_missing_and_healthy_again_after
     assert h.counts == {"range": 1}
 
 
+def test_a_spike_that_the_next_values_show_to_be_a_broken_loop_is_out_of_range_from_then_on():
+    x = wave(900)
+    x[500] = 2.5  # far beyond the wave's moves, inside its range: a spike, or a step
+    x[501:600] = -40.0  # and then out of range: a loop failing, not a spike
+    states, _, h = judged(x)
+    assert states[500] == SPIKE and (states[501:600] == RANGE).all()
+    assert h.counts == {"spike": 1, "range": 1}
+
+
 def test_a_frozen_value_is_suspect_after_twice_the_longest_healthy_run_and_healthy_once_it_moves():
     x = np.round(wave(1200), 1)  # quantised: runs of a few equal values are normal
     longest = max(len(r) - 1 for r in np.split(x[:600], np.flatnonzero(np.diff(x[:600])) + 1))  # repeats of one value
@@ -60,6 +69,23 @@ def test_a_frozen_value_is_suspect_after_twice_the_longest_healthy_run_and_healt
     run_at_first = first - (600 - np.argmax(x[599::-1] != x[599]))  # its repeats by then
     assert run_at_first == max(CFG.frozen * longest, CFG.min_frozen)
     assert (states[first:800] == FROZEN).all() and (states[800 + CFG.recover :] == HEALTHY).all()
+
+
+def test_frames_repeated_whole_by_a_historian_are_no_frozen_sensor_but_one_channel_frozen_among_moving_ones_is():
+    """Loads quantised to different steps freeze at different repeat counts; a frame repeated in
+    every value moves none of them on, however long a channel's own run already was."""
+    n = 1500
+    x = np.stack([np.round(wave(n), 1), np.round(wave(n, seed=1) * 3, 2), wave(n, seed=2)], axis=1)
+    x[600:605, 0] = x[599, 0]  # a's own short run, then the whole frame repeats for 40 frames
+    x[605:645] = x[604]
+    x[1000:1200, 1] = x[999, 1]  # b stuck while a and c move
+    h, states = Health(3, CFG), []
+    for row in x:
+        h.check(np.array([0]), row[None])
+        states.append(h.state[0].copy())
+    states = np.array(states)
+    assert not (states[:1000] == FROZEN).any()  # (the catch-up after the repeats may be a spike)
+    assert (states[1000:1200, 1] == FROZEN).any() and (states[1200 + CFG.recover :] == HEALTHY).all()
 
 
 def test_a_noise_burst_is_suspect_and_a_sensor_that_stays_noisy_is_its_new_normal():
