@@ -197,6 +197,12 @@ class HealthSettings(_Section):
     min_frozen: int = Field(8, ge=2, description="repeats of one value that are never frozen")
     spike: float = Field(8.0, gt=1, description="a move of this many typical changes away from the values before is a spike (or a step)")
     noisy: float = Field(6.0, gt=1, description="recent changes this many times the channel's typical change are noise")
+    incident_skill: float = Field(
+        0.5,
+        le=1,
+        description="while a sensor of a stream is suspect, its other targets are held at the steps where the served "
+        "forecast's recent skill over holding is below this (where it is far better, it is served)",
+    )
     recover: int = Field(3, ge=1, description="healthy-looking values in a row that end a suspect spell")
     accept_after: int = Field(256, ge=1, description="frames a steady value out of range holds before it is the new level")
     accept_moving: int = Field(

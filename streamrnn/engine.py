@@ -118,7 +118,8 @@ class Engine:
         self.rings.take_all(rows, ticks, stamps, values)
         truth = values.take(self._ti, axis=1)
         self.evaluator.score(r, t, truth)
-        deltas, held = self.bank.step(self.model, r, values)  # (B, H+1, T), normalised; (B, C)
+        inputs = values if suspect is None else self.health.impute(r, t, values, suspect)
+        deltas, held = self.bank.step(self.model, r, inputs)  # (B, H+1, T), normalised; (B, C)
         base = held.take(self._ti, axis=1)  # (B, T): the persistence forecast
         out = base[:, None, :] + deltas * self._std_t  # (B, H+1, T): steps 0..H
         soft = self._key & ~np.isfinite(truth)  # key variables between their samples
@@ -128,8 +129,10 @@ class Engine:
         # before the linear contender's first fit, the gate weighs the other two
         served, mixed = self.contenders.serve(base, recurrent, linear, panel)
         contenders = (recurrent[panel], np.float32(np.nan) if linear is None else linear[panel], mixed)
+        self.health.expected(r, t, served[:, 0], self._ti)
         if suspect is not None:  # a suspect target is served as held, and nothing of it is scored
-            served, now, unscored = self.health.hold(r, suspect.take(self._ti, axis=1), self._ti, served, now, soft)
+            skill = lambda: self.evaluator.scores(live=True, flush=False)["skill"]  # read only in an incident
+            served, now, unscored = self.health.hold(r, suspect.take(self._ti, axis=1), self._ti, served, now, soft, skill)
         band = self.evaluator.bands(served)  # (B, H, 3, T): prediction, lower, upper
         kept = (band, contenders) if suspect is None else (unscored(band, 0), tuple(unscored(c, 0, panel) for c in contenders))
         self.evaluator.record(r, t, kept[0], base, kept[1], panel)

@@ -52,27 +52,29 @@ _FAST = 1.0 - 0.5 ** (1.0 / 8)  # the recent changes' average: a half-life of 8 
 _FLOOR = 8.0  # the envelope's width counts as at least this many typical changes
 
 
-class Health:
-    """Per bank row and channel: the values' statistics while healthy, and each channel's state."""
+class Stats:
+    """Per bank row and channel, the statistics health keeps (one array each, rows x channels):
+    their growth with the bank, a freed row, and their checkpoint form."""
 
-    _FLOATS = ("raw", "last", "low", "high", "mean", "change", "fast", "trend", "rate")
-    _INTS = ("seen", "run", "longest", "state", "calm", "steady", "alive", "gap", "frames", "age")
+    FLOATS = (
+        "raw",  # the last value that arrived, healthy or not: the held value served
+        "last",  # the last healthy value
+        "low", "high", "mean",  # the healthy envelope, fading, and its centre
+        "change",  # typical |change| between healthy values
+        "fast",  # recent |change| between values that arrived
+        "trend",  # recent change, signed: a ramp moves one way, noise both
+        "rate",  # the share of frames with a value of the channel
+        "expect",  # the forecast served for the next frame's value (targets), and the tick it is for:
+    )  # fmt: skip
+    INTS = ("due", "seen", "run", "longest", "state", "calm", "steady", "alive", "gap", "frames", "age")
+    _OPTIONAL = ("expect", "due")  # a checkpoint from before them goes on without
 
-    def __init__(self, channels: int, cfg: HealthSettings) -> None:
-        self.channels, self.cfg = channels, cfg
-        self._incident = np.zeros(0, bool)  # of the rows judged last: in an incident
-        self._slow = 1.0 - 0.5 ** (1.0 / cfg.memory)
-        self.raw = np.zeros((0, channels))  # the last value that arrived, healthy or not: the held value served
-        self.last = np.zeros((0, channels))  # the last healthy value
-        self.low, self.high, self.mean = (np.zeros((0, channels)) for _ in range(3))  # healthy envelope, its centre
-        self.change = np.zeros((0, channels))  # typical |change| between healthy values
-        self.fast = np.zeros((0, channels))  # recent |change| between values that arrived
-        self.trend = np.zeros((0, channels))  # recent change, signed: a ramp moves one way, noise both
-        self.rate = np.zeros((0, channels))  # the share of frames with a value of the channel
-        self.seen, self.run, self.longest, self.state, self.calm, self.steady, self.alive, self.gap, self.frames, self.age = (
-            np.zeros((0, channels), np.int64) for _ in range(10)
-        )
-        self.counts: Counter[str] = Counter()  # suspect spells begun, by reason
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+        for name in self.FLOATS:
+            setattr(self, name, np.zeros((0, channels)))
+        for name in self.INTS:
+            setattr(self, name, np.zeros((0, channels), np.int64))
 
     @property
     def capacity(self) -> int:
@@ -80,19 +82,57 @@ class Health:
 
     def _grow(self, capacity: int) -> None:
         extra = capacity - self.capacity
-        for name in self._FLOATS:
+        for name in self.FLOATS:
             setattr(self, name, np.concatenate([getattr(self, name), np.full((extra, self.channels), np.nan)]))
-        for name in self._INTS:
+        for name in self.INTS:
             setattr(self, name, np.concatenate([getattr(self, name), np.zeros((extra, self.channels), np.int64)]))
+
+    def _fit(self, rows: np.ndarray) -> None:
+        if len(rows) and rows.max() >= self.capacity:  # rows new to this engine: nothing known of them
+            self._grow(max(int(rows.max()) + 1, 2 * self.capacity))
 
     def reset(self, row: int) -> None:
         """A stream's row was freed: nothing known of its channels."""
         if row >= self.capacity:
             return
-        for name in self._FLOATS:
+        for name in self.FLOATS:
             getattr(self, name)[row] = np.nan
-        for name in self._INTS:
+        for name in self.INTS:
             getattr(self, name)[row] = 0
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every array (the checkpoint's ``health``)."""
+        return {name: getattr(self, name).copy() for name in (*self.FLOATS, *self.INTS)}
+
+    def load_state(self, st: dict | None, capacity: int) -> None:
+        """Go on from :meth:`state_dict`; where there is none or it does not fit (an older
+        checkpoint), every channel starts afresh, unjudged until it has shown ``warmup`` values."""
+        names = (*self.FLOATS, *self.INTS)
+        rows = np.shape(st["raw"])[0] if st is not None and "raw" in st else -1
+        fits = st is not None and all(np.shape(st[n]) == (rows, self.channels) for n in names if n in st)
+        if fits and all(n in st for n in names if n not in self._OPTIONAL):
+            for n in names:
+                kind = np.float64 if n in self.FLOATS else np.int64
+                setattr(
+                    self, n, np.array(st[n], kind) if n in st else np.full((rows, self.channels), np.nan if kind is np.float64 else 0, kind)
+                )
+        else:
+            for n in names:
+                setattr(self, n, getattr(self, n)[:0])
+        if capacity > self.capacity:
+            self._grow(capacity)
+
+
+class Health(Stats):
+    """Per bank row and channel: each channel's state, judged from its statistics while healthy;
+    what the engine reads and serves in place of a suspect value."""
+
+    def __init__(self, channels: int, cfg: HealthSettings) -> None:
+        super().__init__(channels)
+        self.cfg = cfg
+        self._incident = np.zeros(0, bool)  # of the rows judged last: in an incident
+        self._slow = 1.0 - 0.5 ** (1.0 / cfg.memory)
+        self.counts: Counter[str] = Counter()  # suspect spells begun, by reason
 
     def judge(self, rows: np.ndarray, values: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`check` as the engine serves it: the values with suspect ones missing, and which
@@ -107,18 +147,30 @@ class Health:
         return clean, suspect if suspect.any() else None
 
     def hold(
-        self, rows: np.ndarray, bad: np.ndarray, targets: np.ndarray, served: np.ndarray, now: np.ndarray, soft: np.ndarray
+        self,
+        rows: np.ndarray,
+        bad: np.ndarray,
+        targets: np.ndarray,
+        served: np.ndarray,
+        now: np.ndarray,
+        soft: np.ndarray,
+        skill: Callable[[], np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, Callable[..., np.ndarray]]:
-        """Serve the frames :meth:`judge` judged: suspect targets (``bad``, (B, T)), and every target
-        of a stream in an incident (a channel of it suspect, not for a spike), as held: their forecasts (``served``, (B, H,
-        T)) the value that arrived last; a suspect target's ``now`` too, except a key variable's
-        nowcast (``soft``: the soft sensor stands in for a broken analyser). Returns those, and how
+        """Serve the frames :meth:`judge` judged: suspect targets (``bad``, (B, T)) as held (their
+        forecasts ``served``, (B, H, T), the value that arrived last), and so every other target of a
+        stream in an incident at the steps where the served forecast's recent ``skill()`` over
+        holding (H, T) is below ``health.incident_skill``: where it is far better, a missing input
+        may cost it much and it still beats holding. A suspect target's ``now`` too, except a key
+        variable's nowcast (``soft``: the soft sensor stands in for a broken analyser). Returns those, and how
         to blank the suspect targets of anything the evaluator keeps, so that none of it is scored:
         ``unscored(a, part, panel)`` for a (B, H, ..., T) array (``part``: which of axis 2; a
         ``panel`` of the batch's rows)."""
         held = self.raw[rows].take(targets, axis=1)  # (B, T)
-        hold = bad | self._incident[:, None]
-        served = np.where(hold[:, None, :], held[:, None, :].astype(served.dtype), served)
+        hold = bad[:, None, :]
+        if self._incident.any():  # the skill is read only then
+            keep = skill() >= self.cfg.incident_skill if skill is not None else False  # NaN: not known yet
+            hold = hold | (self._incident[:, None, None] & ~np.asarray(keep))
+        served = np.where(hold, held[:, None, :].astype(served.dtype), served)
         now = np.where(bad & ~soft, held, now)
 
         def unscored(a: np.ndarray, part: int | None = None, panel: np.ndarray | slice = slice(None)) -> np.ndarray:
@@ -131,13 +183,28 @@ class Health:
 
         return served, now, unscored
 
+    def expected(self, rows: np.ndarray, ticks: np.ndarray, forecast: np.ndarray, targets: np.ndarray) -> None:
+        """Keep the forecast served for each row's next tick (B, T; step 1, before any hold) of the
+        ``targets`` (channel indices): what :meth:`impute` reads a suspect value as."""
+        self._fit(rows)
+        self.expect[rows[:, None], targets] = forecast
+        self.due[rows] = ticks[:, None] + 1
+
+    def impute(self, rows: np.ndarray, ticks: np.ndarray, values: np.ndarray, suspect: np.ndarray) -> np.ndarray:
+        """The values (B, C) as the forecasters read them: a suspect value of a target that was
+        forecast for this very tick is that forecast (the channel goes on as the process around it
+        moves, instead of falling silent in the inputs every other target leans on); any other
+        suspect value stays missing. Nothing imputed is learnt from or scored."""
+        expect = self.expect[rows]
+        ok = suspect & (self.due[rows] == ticks[:, None]) & np.isfinite(expect)
+        return np.where(ok, expect, values)
+
     def check(self, rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Judge the values (B, C) that arrived for ``rows`` (distinct; NaN: none arrived). Returns
         the values with suspect ones as missing, which channels are suspect (B, C), and which were
         just accepted at a new level (B, C), for the caller to re-centre."""
-        if len(rows) and rows.max() >= self.capacity:  # rows new to this engine: nothing known of them
-            self._grow(max(int(rows.max()) + 1, 2 * self.capacity))
-        v = SimpleNamespace(**{name: getattr(self, name)[rows] for name in (*self._FLOATS, *self._INTS)})
+        self._fit(rows)
+        v = SimpleNamespace(**{name: getattr(self, name)[rows] for name in (*self.FLOATS, *self.INTS)})
         x, fresh = values, np.isfinite(values)
         was = v.state != HEALTHY
         with np.errstate(invalid="ignore"):
@@ -146,7 +213,7 @@ class Health:
         suspect = v.state != HEALTHY
         self._learn(v, x, fresh & ~suspect, moved & ~was, accept)
         v.raw = np.where(fresh, x, v.raw)
-        for name in (*self._FLOATS, *self._INTS):
+        for name in (*self.FLOATS, *self.INTS):
             getattr(self, name)[rows] = getattr(v, name)
         return np.where(suspect, np.nan, x), suspect, accept
 
@@ -229,21 +296,3 @@ class Health:
     def suspects(self) -> np.ndarray:
         """Per channel, the streams in which it is suspect now (C,)."""
         return (self.state != HEALTHY).sum(axis=0)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every array (the checkpoint's ``health``)."""
-        return {name: getattr(self, name).copy() for name in (*self._FLOATS, *self._INTS)}
-
-    def load_state(self, st: dict | None, capacity: int) -> None:
-        """Go on from :meth:`state_dict`; where there is none or it does not fit (an older
-        checkpoint), every channel starts afresh, unjudged until it has shown ``warmup`` values."""
-        names = (*self._FLOATS, *self._INTS)
-        rows = np.shape(st["raw"])[0] if st is not None and "raw" in st else -1
-        if st is not None and all(n in st and np.shape(st[n]) == (rows, self.channels) for n in names):
-            for n in names:
-                setattr(self, n, np.array(st[n], dtype=np.float64 if n in self._FLOATS else np.int64))
-        else:
-            for n in names:
-                setattr(self, n, getattr(self, n)[:0])
-        if capacity > self.capacity:
-            self._grow(capacity)

@@ -4,6 +4,7 @@ engine does with a suspect channel (missing for the others, its own forecast hel
 from __future__ import annotations
 
 import numpy as np
+import torch
 from conftest import sine_frames, small_settings
 
 from streamrnn import checkpoint, config, gaps
@@ -143,7 +144,8 @@ def test_a_channel_that_never_moved_or_has_shown_too_little_is_not_judged():
 
 def test_the_engine_reads_a_suspect_channel_as_missing_and_serves_its_target_as_held():
     """Channel a (an input and a target) breaks: its forecast is the value it holds, the others are
-    forecast as if it were missing, and the message says so."""
+    forecast as if it were missing (the untrained model is persistence: as if it were anything), and
+    the message says so."""
     settings = small_settings(health={"warmup": 32})
     clean, broken, missing = (Engine(settings) for _ in range(3))
     frames = sine_frames(300)
@@ -160,6 +162,33 @@ def test_the_engine_reads_a_suspect_channel_as_missing_and_serves_its_target_as_
     assert broken.health.counts["range"] == 1 and list(broken.health.suspects()) == [1, 0, 0, 0]
     ring = broken.rings[0]
     assert np.isnan(ring.last(50)[1][:, 0]).all()  # the trainer never learns from it
+
+
+def test_a_suspect_target_is_read_as_the_forecast_served_for_its_tick_and_nothing_else_is():
+    h = Health(3, CFG)
+    rows = np.array([0])
+    h.expected(rows, np.array([10]), np.array([[1.5, 2.5]]), np.array([0, 1]))  # channels 0 and 1 are targets
+    values = np.full((1, 3), np.nan)  # as judged: suspect values missing
+    suspect = np.array([[True, False, True]])  # 1 missing but not suspect; 2 suspect but no target
+    np.testing.assert_array_equal(h.impute(rows, np.array([11]), values, suspect), [[1.5, np.nan, np.nan]])
+    assert np.isnan(h.impute(rows, np.array([12]), values, suspect)).all()  # forecast for another tick: missing
+
+
+def test_the_engine_reads_a_suspect_target_as_its_own_forecast_and_never_learns_or_scores_it():
+    settings = small_settings(health={"warmup": 32})
+    engine = Engine(settings)
+    torch.nn.init.normal_(engine.model.fc2.bias, std=0.3)  # a model that forecasts changes: no longer persistence
+    for i, (s, ts, v) in enumerate(sine_frames(300)):
+        if i >= 250:
+            v = v.copy()
+            v[0] = -500.0
+        row = engine.bank.rows.get(s)
+        expect = None if row is None else engine.health.expect[row, 0]
+        fc = engine.step([Frame(s, ts, v)])
+        if i >= 251:  # suspect: read as its forecast, which moves on as the model says
+            assert fc.suspect == [("a",)] and engine.bank.held[row, 0] == expect, i
+            assert expect != engine.health.last[row, 0]
+    assert np.isnan(engine.rings[0].last(50)[1][:, 0]).all()
 
 
 def test_health_is_checkpointed_and_an_older_checkpoint_starts_it_afresh():
@@ -208,6 +237,30 @@ def test_while_a_sensor_of_a_stream_is_broken_every_target_of_that_stream_is_hel
             assert (fc.values[0] == held.astype(np.float32)).all() or np.isnan(held).any(), i
         else:
             assert not broken.health._incident.any(), i  # before, and once it is over: the gate's forecast
+
+
+def test_in_an_incident_the_other_targets_are_held_only_where_the_served_forecast_is_not_far_better_than_holding():
+    """Two streams, two targets (channels 0 and 1), three steps; stream 0's channel 2 (no target)
+    is out of range: its targets are held at the steps where the served forecast's skill is below
+    ``incident_skill`` or unknown, and stream 1 is untouched; a suspect target is held whatever its skill."""
+    h = Health(3, CFG)
+    rows = np.array([0, 1])
+    for x in wave(200)[:, None] * [1.0, 2.0, 3.0]:
+        h.judge(rows, np.stack([x, x + 0.1]), np.zeros((2, 3)))
+    values = np.array([[0.2, 0.4, 40.0], [0.2, 0.4, 0.6]])
+    for _ in range(CFG.accept_moving + 1):  # an out-of-range level starts an incident once it is no new operating point
+        _, suspect = h.judge(rows, values, np.zeros((2, 3)))
+    assert h._incident.tolist() == [True, False] and suspect[:, 2].tolist() == [True, False]
+    served = np.full((2, 3, 2), 9.0, np.float32)
+    skill = np.array([[0.1, 0.9], [0.6, np.nan], [0.5, 0.49]])  # (H, T)
+    bad = suspect[:, :2]
+    out, _, _ = h.hold(rows, bad, np.array([0, 1]), served, np.zeros((2, 2)), np.zeros((2, 2), bool), lambda: skill)
+    held = np.array([0.2, 0.4], np.float32)
+    np.testing.assert_array_equal(out[0], np.where(skill >= CFG.incident_skill, 9.0, held))
+    assert (out[1] == 9.0).all()
+    bad[0, 0] = True  # target 0 itself suspect: held at every step
+    out, _, _ = h.hold(rows, bad, np.array([0, 1]), served, np.zeros((2, 2)), np.zeros((2, 2), bool), lambda: skill)
+    assert (out[0, :, 0] == held[0]).all() and out[0, 0, 1] == 9.0
 
 
 def test_a_spike_is_read_as_missing_and_its_target_held_for_that_frame_without_holding_the_stream():
