@@ -10,8 +10,11 @@ u16 | topic | payload``. Kinds: ``M`` a message as it arrived, ``C`` a tick clos
 clock (topic: the stream, payload: the last tick as i64). A record torn by a crash fails its
 length or CRC: it and the rest of its segment are ignored (it was never acknowledged).
 
-A segment (``<first seq>.log``) starts at each checkpoint and is deleted once the oldest
-checkpoint kept covers all of its records.
+A segment (``<first seq>.log``, a bound below the numbers it holds) starts at a checkpoint and is
+deleted once the oldest checkpoint kept covers all of its records. However long the disk is full,
+the folder holds a bounded number of files: a write that fails is retried in the same segment, cut
+back to its last whole record, and a checkpoint that starts while the one before has not been
+written (nothing pruned since) starts no new segment, nor does one that finds the segment empty.
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ class Journal:
         self._queue: list[tuple] = []  # (kind, seq, arrival, topic, payload, token), or ("rotate" | "prune", seq)
         self._cv = threading.Condition()
         self._file = None
+        self._rotated = False  # a segment started for a checkpoint not yet written (nothing pruned since)
         self._closing = False
         self._idle = True
         self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
@@ -177,7 +181,7 @@ class Journal:
                 self._sync(start, data, tokens)
                 start, data, tokens = 0, [], []
                 try:
-                    (self._open if item[0] == "rotate" else self._prune)(item[1])
+                    (self._rotate if item[0] == "rotate" else self._prune)(item[1])
                 except OSError as e:  # the next batch opens a segment of its own
                     self.counts["errors"] += 1
                     self._abandon()
@@ -207,11 +211,16 @@ class Journal:
                 assert self._file is not None
                 good = self._file.tell()
                 try:
-                    self._file.write(b"".join(data))
-                    self._file.flush()
+                    out = memoryview(b"".join(data))
+                    while out:  # unbuffered: what a full disk refused is not left behind in a buffer
+                        out = out[self._file.write(out) :]
                     os.fdatasync(self._file.fileno())
                 except OSError:
-                    self._file.truncate(good)  # no torn record in front of the next batch
+                    try:  # no torn record in front of the next batch, which retries this segment
+                        self._file.seek(good)
+                        self._file.truncate(good)
+                    except OSError:
+                        self._abandon()  # what it holds past ``good`` is unknown: the next batch starts another
                     raise
                 self.counts["records"] += len(data)
                 self.counts["bytes"] += sum(map(len, data))
@@ -219,7 +228,6 @@ class Journal:
                 self.sync_seconds.append(time.perf_counter() - t0)
             except OSError as e:
                 self.counts["errors"] += 1
-                self._abandon()
                 self._errors.log(
                     log,
                     logging.ERROR,
@@ -238,12 +246,18 @@ class Journal:
                     log, logging.ERROR, "ack", "acknowledging journaled messages failed", exc_info=True, error=f"{type(e).__name__}: {e}"
                 )
 
+    def _rotate(self, first: int) -> None:
+        if self._file is not None and (self._rotated or self._file.tell() == 0):
+            return  # the checkpoint before was never written, or nothing came since: this segment goes on
+        self._open(first)
+        self._rotated = True
+
     def _open(self, first: int) -> None:
         self._abandon()
         path = self.folder / f"{first:020d}.log"
         # a new segment is named by the first number it will hold, above all that was replayed:
         # whatever a file of that name holds is the torn tail of a crash, never acknowledged
-        self._file = open(path, "wb")
+        self._file = open(path, "wb", buffering=0)
         fsync_dir(self.folder)
 
     def _abandon(self) -> None:
@@ -255,6 +269,7 @@ class Journal:
             self._file = None
 
     def _prune(self, covered: int) -> None:
+        self._rotated = False  # a checkpoint was written
         segs = segments(self.folder)
         current = self._file.name if self._file is not None else None
         for (_, path), (nxt, _) in zip(segs, segs[1:]):

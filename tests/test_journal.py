@@ -39,6 +39,7 @@ def test_rotation_and_pruning_keep_what_the_oldest_checkpoint_needs(tmp_path):
         while j.seq < cut:
             j.append(journal.MESSAGE, 0.0, "t", b"x")
         j.rotate()
+        j.prune(0)  # its checkpoint written (the oldest kept covers nothing yet)
     j.append(journal.MESSAGE, 0.0, "t", b"x")
     j.flush(5.0)
     assert [first for first, _ in journal.segments(tmp_path)] == [1, 101, 201, 301]
@@ -113,3 +114,24 @@ def test_a_disk_that_keeps_failing_is_logged_at_a_bounded_rate_and_counted_in_fu
     assert j.close(5.0)
     said = [r for r in caplog.records if r.getMessage().startswith("journal write failed")]
     assert j.counts["errors"] >= 400 and 1 <= len(said) <= 5  # 5 a minute
+    assert len(list(disk.iterdir())) == 1  # every failed batch retried the one segment
+
+
+def test_checkpoints_that_are_never_written_start_no_segment_after_the_first(tmp_path):
+    """A full disk fails every checkpoint, each of which rotated the journal: the folder must not
+    grow by a segment a checkpoint for as long as the outage lasts."""
+    j = Journal(tmp_path, lambda tokens: None)
+    for _ in range(50):
+        j.append(journal.MESSAGE, 0.0, "t", b"x")
+        j.rotate()  # a checkpoint started, never written: no prune follows
+    j.rotate()  # and one with nothing since
+    j.flush(5.0)
+    assert [first for first, _ in journal.segments(tmp_path)] == [1, 2]
+    j.prune(1)  # at last one written, covering record 1
+    for _ in range(3):
+        j.append(journal.MESSAGE, 0.0, "t", b"x")
+        j.rotate()
+        j.prune(1)
+    j.close(5.0)
+    assert [first for first, _ in journal.segments(tmp_path)] == [2, 52, 53, 54]
+    assert [r.seq for r in journal.replay(tmp_path, after=1)] == list(range(2, 54))
