@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from streamrnn.atomic import write_with
-from streamrnn.config import Settings
+from streamrnn.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ class CorruptCheckpoint(ValueError):
     """A checkpoint file that is truncated, altered or not a checkpoint at all."""
 
 
-class CheckpointMismatch(ValueError):
-    """A sound checkpoint made for another model or feature set: refused, never half-loaded."""
+class CheckpointMismatch(ConfigError):
+    """A sound checkpoint made for another model or feature set: refused, never half-loaded. A
+    configuration error (exit status 2): restarting with the same configuration cannot help."""
 
 
 def encode(state: dict) -> bytes:

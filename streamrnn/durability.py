@@ -144,11 +144,7 @@ class Durability:
             self._limiter.log(log, logging.ERROR, "checkpoint", "checkpoint failed", exc_info=not isinstance(e, OSError), **where)
             return
         seconds = time.perf_counter() - t0
-        m = self.metrics
-        m.checkpoints.labels("written").inc()
-        m.checkpoint_seconds.observe(seconds)
-        m.checkpoint_bytes.set(size)
-        m.checkpoint_last.set(time.time())
+        self.metrics.checkpoint_written(seconds, size)
         oldest = self.store.oldest()
         if oldest is not None:
             self.journal.prune(oldest)

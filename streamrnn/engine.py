@@ -29,6 +29,7 @@ from streamrnn.health import Health
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
 from streamrnn.ring import Rings
 from streamrnn.snapshot import RetrainResult, Snapshot, Verdict
+from streamrnn.soundness import unsound
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +349,10 @@ class Engine:
     def load_state(self, st: dict, now: float | None = None) -> None:
         """Go on from ``state()``. The caller checked that it fits this engine's layout
         (:func:`checkpoint.layout`); a part of the wrong shape still raises before anything changes.
-        With ``now`` (the daemon's wall clock), idleness counts from there: downtime is not silence."""
+        With ``now`` (the daemon's wall clock), idleness counts from there: downtime is not silence;
+        an unsound state (:mod:`streamrnn.soundness`) raises ValueError, as one misshapen."""
+        if (why := unsound(st, self.settings.frames.max_abs)) is not None:
+            raise ValueError(f"state not sound: {why}")
         model = StreamRNN(ModelSpec(**st["spec"]))
         model.load_state_dict({k: torch.as_tensor(v) for k, v in st["weights"].items()})
         self.bank.check(st["bank"])

@@ -52,6 +52,7 @@ class FleetLink(Connection):
         self.me = member_name(settings.mqtt.instance)
         super().__init__(settings.mqtt, f"streamrnn-{self.me}")
         self.shards, self.templates, self.inbox = settings.shards, templates, inbox
+        self.max_abs = settings.frames.max_abs  # a partition's checkpoint holding more is unsound
         self.ack_wait = max(60.0, 3 * settings.checkpoint.every)  # acknowledged at checkpoints: never delivered again meanwhile
         self.status_subject = subject(self.cfg.status_topic.format(instance=self.cfg.instance))
         self.error: Exception | None = None  # what stopped the link for good (the stream made for other settings)
@@ -65,7 +66,8 @@ class FleetLink(Connection):
         self._saving: dict[int, asyncio.Lock] = {}
         self._js = self._leases = None  # once joined: JetStream, the leases
         self.checkpoints: PartitionStore | None = None  # once joined
-        self.champion = ChampionStore(inbox, settings.trainer.enabled, self._complaints)  # with the trainer's lease, where trainer.enabled
+        # the champion, and the trainer's lease where trainer.enabled
+        self.champion = ChampionStore(inbox, settings.trainer.enabled, self._complaints, self.counts)
 
     # -- what the engine thread asks ------------------------------------------------------------
     def close_intake(self) -> None:
@@ -113,7 +115,7 @@ class FleetLink(Connection):
                 quick = nc.jetstream(timeout=min(5.0, self.shards.lease / 3))  # a lease round never outlives a lease
                 self._leases = Leases(await quick.key_value(jetstream.BUCKET), self.me)
                 store = await self._js.object_store(jetstream.STATE)
-                self.checkpoints = PartitionStore(store, self._leases, self.counts, self._complaints)
+                self.checkpoints = PartitionStore(store, self._leases, self.counts, self._complaints, self.max_abs)
                 self.champion.bind(store, self._leases)
                 return True
             except ConfigError as e:  # for good: the daemon stops, saying why

@@ -153,7 +153,8 @@ class Metrics:
         )
         self.checkpoint_bytes = Gauge("checkpoint_size_bytes", "Size of the last checkpoint written", **r)
         self.checkpoint_last = Gauge("checkpoint_last_success_timestamp_seconds", "Unix time of the last checkpoint written", **r)
-        self.checkpoints_skipped = Counter("checkpoints_skipped", "Unsound checkpoint files skipped at start (truncated or altered)", **r)
+        self.checkpoints_skipped = Counter("checkpoints_skipped", "Checkpoints refused at start or claim (torn, altered, unsound)", **r)
+        self.champions_refused = Counter("champions_refused", "Stored champions a shard could not read (no version, no checkpoint)", **r)
         self.replayed = Counter("journal_replayed_records", "Journal records replayed at start, after the checkpoint restored", **r)
         self.journal_records = Counter("journal_records", "Records written to the journal", **r)
         self.journal_errors = Counter(
@@ -195,7 +196,14 @@ class Metrics:
         """Which of a part's counts feeds which counter."""
         drop, reset = self.dropped.labels, self.stream_resets.labels
         return {
-            "link": {"queue_full": drop("queue_full"), "reconnects": self.reconnects, "status_reasserted": self.status_reasserted},
+            "link": {
+                "queue_full": drop("queue_full"),
+                "reconnects": self.reconnects,
+                "status_reasserted": self.status_reasserted,
+                "checkpoints_failed": self.checkpoints.labels("failed"),  # a shard's partitions (written: checkpoint_written)
+                "checkpoints_unusable": self.checkpoints_skipped,
+                "champions_refused": self.champions_refused,
+            },
             "assembler": {
                 "late": drop("late"),
                 "overflow": drop("overflow"),
@@ -238,6 +246,15 @@ class Metrics:
         self.subscribed.set(1 if link.subscribed else 0)
         self.pending.set(link.pending)
         self.carry("link", link.counts)
+
+    def checkpoint_written(self, seconds: float | None, size: int) -> None:
+        """A checkpoint written (the daemon's file, or a shard's partition in the object store):
+        ``seconds`` to encode and write it (None: not timed), its size."""
+        self.checkpoints.labels("written").inc()
+        if seconds is not None:
+            self.checkpoint_seconds.observe(seconds)
+        self.checkpoint_bytes.set(size)
+        self.checkpoint_last.set(time.time())
 
     def observe_journal(self, journal: Journal) -> None:
         """The journal's counts and its syncs' durations since the last call."""

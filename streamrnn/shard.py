@@ -228,6 +228,9 @@ class Shard(Service):
         m.carry("engine", self._carried["engine"])
         m.streams.set(sum(len(part.engine.streams) for part in self.parts.values()))
         m.observe_link(self.link, self.inbox.qsize())
+        stored = self.link.checkpoints
+        while stored is not None and stored.written:  # the partitions' checkpoints, as the daemon's file
+            m.checkpoint_written(*stored.written.popleft())
         self.held.set(len(self.parts))
 
     def _count(self, p: int, part: Partition) -> None:

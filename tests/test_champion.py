@@ -2,6 +2,7 @@
 what it stores; when the trainer dies another shard takes its lease and trains on. Real
 nats-server and shard processes on loopback."""
 
+import asyncio
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from conftest import DaemonProcess, write_config
 from test_daemon import a_model, drain, publish_rows, sim_rows
 
-from streamrnn import config
+from streamrnn import checkpoint, config, fleetstore, jetstream, model
 from streamrnn.champion import Champion, merged, serve, unfit
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
@@ -73,6 +74,91 @@ def test_one_shard_trains_every_shard_serves_its_champion_and_another_trains_whe
     assert codes == [0], other.log()[-3000:]
     for s in shards:
         assert "Traceback" not in s.log() and "champion refused" not in s.log(), s.log()[-3000:]
+
+
+def store(url: str, data: bytes, description: str) -> None:
+    """Put an object as the fleet's champion, as a broken or foreign writer might."""
+
+    async def go() -> None:
+        import nats
+        from nats.js.api import ObjectMeta
+
+        nc = await nats.connect(url)
+        try:
+            objects = await nc.jetstream().object_store(jetstream.STATE)
+            await objects.put(fleetstore.NAME, data, meta=ObjectMeta(name=fleetstore.NAME, description=description))
+        finally:
+            await nc.close()
+
+    asyncio.run(go())
+
+
+def trainer_lease(url: str) -> tuple[bytes, int] | None:
+    """The KV entry ``owner.trainer``: (value, revision), None where none is."""
+
+    async def go():
+        import nats
+
+        nc = await nats.connect(url)
+        try:
+            kv = await nc.jetstream().key_value(jetstream.BUCKET)
+            entry = await kv.get(f"owner.{fleetstore.TRAINER}")
+            return entry.value, entry.revision
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def test_a_bad_champion_costs_one_refusal_never_the_trainers_lease_nor_a_good_champion_after_it(tmp_path) -> None:
+    """Issue 39: a champion whose description is no number, then one labelled v1000105 that is no
+    checkpoint, then a good v106: the trainer keeps renewing its lease through both bad ones, each is
+    refused once, and v106 is served. The shard's partition checkpoints count as the daemon's do."""
+    server = NatsServer(tmp_path / "nats").start().ready()
+    rows = sim_rows(streams=4, steps=120)
+    model_path = tmp_path / "model.pt"
+    a_model(model_path, rows)
+    cfg = write_config(
+        tmp_path / "d.toml",
+        trainer={"min_frames": 100000},  # trains (it takes the trainer's lease) but never retrains here
+        checkpoint={"every": 1.0},
+        shards={"partitions": 4, "lease": LEASE},
+    )
+    shard = DaemonProcess(tmp_path, server.url, config=cfg, model=model_path, instance="s0").launch()
+    pub = Publisher(server.mqtt_url, "t-sensors")
+    try:
+        shard.ready(60)
+        publish_rows(pub, rows, rate=100.0)
+        until(lambda: shard.sample("streamrnn_checkpoints_total", outcome="written") > 0, 30, [shard])
+        assert shard.sample("streamrnn_checkpoint_size_bytes") > 0
+        assert shard.sample("streamrnn_checkpoint_last_success_timestamp_seconds") > 0
+        until(lambda: trainer_lease(server.url) is not None, 30, [shard])
+        value, _ = trainer_lease(server.url)
+        assert value.startswith(b"s0")
+
+        refused = lambda: shard.log().count("stored champion unusable")
+        store(server.url, b"garbage", "not a version")
+        until(lambda: refused() == 1, 10, [shard])
+        store(server.url, b"garbage", "1000105")
+        until(lambda: refused() == 2, 10, [shard])
+        for _ in range(3):  # three leases on: still ours, renewed each round
+            time.sleep(LEASE)
+            held = trainer_lease(server.url)
+            assert held is not None and held[0] == value, shard.log()[-3000:]
+        assert refused() == 2 and shard.sample("streamrnn_champions_refused_total") == 2  # each once, not each round
+
+        weights = {k: v.numpy() for k, v in model.load(model_path)[0].state_dict().items()}
+        good = Champion(106, weights).state(config.load(None))
+        store(server.url, checkpoint.encode(good), "106")
+        until(lambda: shard.sample("streamrnn_model_version") == 106, 30, [shard])
+    finally:
+        pub.close()
+        code = shard.terminate(30)
+        server.stop()
+    assert code == 0, shard.log()[-3000:]
+    assert "Traceback" not in shard.log() and "lease round failed" not in shard.log(), shard.log()[-3000:]
 
 
 def frames(stream: str, n: int, channels: int, t0: float = 1000.0) -> list[Frame]:

@@ -25,6 +25,11 @@ def test_systemd_unit_verifies(tmp_path):
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "DynamicUser=yes" in unit and "StateDirectory=streamrnn" in unit
     assert "CapabilityBoundingSet=\n" in unit and "NoNewPrivileges=yes" in unit and "ProtectSystem=strict" in unit
     assert "LoadCredential=" in unit and "/etc/streamrnn/streamrnn.toml" in unit and "Restart=on-failure" in unit
+    # a configuration error is not restarted into a loop: its exit status is the one the unit prevents
+    bad_config = tmp_path / "typo.toml"
+    bad_config.write_text("[streams]\nmax_stream = 10\n")
+    r = subprocess.run([sys.executable, "-m", "streamrnn", "run", "--config", str(bad_config)], capture_output=True, text=True, timeout=60)
+    assert "streams.max_stream" in r.stderr and f"RestartPreventExitStatus={r.returncode}\n" in unit
     # as installed by the README, but with this test's streamrnn: verify checks the command exists
     exe = Path(sys.executable).with_name("streamrnn")
     (tmp_path / "streamrnn.service").write_text(unit.replace("/opt/streamrnn/bin/streamrnn", str(exe)))
@@ -81,6 +86,7 @@ def test_kubernetes_manifests_build_and_validate(overlay, tmp_path):
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] in {m["name"] for m in c["volumeMounts"]}
     assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"  # a configuration error's reason in kubectl describe
     if overlay == "overlays/gpu":
         assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and {"name": "STREAMRNN_DEVICE", "value": "cuda"} in c["env"]
 

@@ -5,6 +5,7 @@ server killed; every (stream, tick) forecast, each equal to a daemon that never 
 import asyncio
 import threading
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -133,6 +134,48 @@ def test_a_partition_checkpointed_and_loaded_closes_the_same_frames_as_one_that_
     second.load(checkpoint.decode(checkpoint.encode(first.state())), first.seq)
     got += frames(second, msgs[moved_at:])
     assert got == want and any(s == "a" and ts == t0 + 5 * period for s, ts, _ in want)
+
+
+def test_a_partition_checkpoint_whose_state_is_not_sound_is_refused_and_jetstream_replayed(tmp_path) -> None:
+    """Issue 39: a partition checkpoint with a good checksum and NaN hidden states, in a real object
+    store, is refused at the claim as one torn is (JetStream replays all it kept); a sound one loads."""
+    from streamrnn.fleetstore import PartitionStore
+    from streamrnn.tools.natsd import NatsServer
+
+    settings = config.load(None, trainer={"enabled": False})
+    period, t0, topic = settings.features.period, 1.7e9, settings.mqtt.sensor_topic
+    model = build(ModelSpec.from_settings(settings), seed=1)
+    part = Partition(0, settings, model, 0, Metrics(CollectorRegistry()), RateLimited(5, 60.0))
+    for k in range(20):
+        for j, c in enumerate(settings.channels[:4]):
+            seq = 4 * k + j + 1
+            payload = b'{"ts": %.3f, "value": %.3f}' % (t0 + k * period, 1.0 + 0.1 * k)
+            part.take(Delivery(topic.format(stream="a", feature=c), payload, t0 + k, seq, 1, 0, partition=0, seq=seq))
+    sound = part.state()
+    poisoned = checkpoint.decode(checkpoint.encode(sound))
+    poisoned["engine"]["bank"]["hidden"][...] = np.nan
+    server = NatsServer(tmp_path / "nats").start().ready()
+
+    async def load(state: dict) -> tuple[dict | None, int, Counter]:
+        import nats
+
+        nc = await nats.connect(server.url)
+        try:
+            store = await nc.jetstream().create_object_store(jetstream.STATE)
+            await store.put("partition-0", checkpoint.encode(state))
+            counts: Counter = Counter()
+            got, seq = await PartitionStore(store, None, counts, RateLimited(5, 60.0), settings.frames.max_abs).load(0)
+            return got, seq, counts
+        finally:
+            await nc.close()
+
+    try:
+        got, seq, counts = asyncio.run(load(poisoned))
+        assert (got, seq) == (None, 0) and counts["checkpoints_unusable"] == 1
+        got, seq, counts = asyncio.run(load(sound))
+        assert seq == part.seq == 80 and got is not None and not counts
+    finally:
+        server.stop()
 
 
 @pytest.fixture
