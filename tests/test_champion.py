@@ -132,7 +132,7 @@ def test_a_bad_champion_costs_one_refusal_never_the_trainers_lease_nor_a_good_ch
         shard.ready(60)
         publish_rows(pub, rows, rate=100.0)
         until(lambda: shard.sample("streamrnn_checkpoints_total", outcome="written") > 0, 30, [shard])
-        assert shard.sample("streamrnn_checkpoint_size_bytes") > 0
+        assert shard.sample("streamrnn_checkpoint_size_bytes") > 0 and shard.sample("streamrnn_checkpoint_duration_seconds_count") > 0
         assert shard.sample("streamrnn_checkpoint_last_success_timestamp_seconds") > 0
         until(lambda: trainer_lease(server.url) is not None, 30, [shard])
         value, _ = trainer_lease(server.url)
