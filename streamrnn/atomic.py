@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 
 def write_with(path: str | Path, fill: Callable[[BinaryIO], None]) -> int:
@@ -27,6 +28,25 @@ def write_with(path: str | Path, fill: Callable[[BinaryIO], None]) -> int:
         raise
     fsync_dir(path.parent)
     return size
+
+
+@contextmanager
+def replacing(path: str | Path) -> Iterator[TextIO]:
+    """A text file written beside ``path`` in the block, renamed over it once the block ends; gone,
+    and ``path`` as it was, if the block raises (Ctrl-C included). For output written as it comes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

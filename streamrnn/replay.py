@@ -12,6 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TextIO
 import numpy as np
 
 from streamrnn import model
-from streamrnn.atomic import write_text
+from streamrnn.atomic import replacing, write_text
 from streamrnn.config import Settings
 from streamrnn.engine import Engine
 from streamrnn.evaluator import finite_or_none
@@ -41,10 +42,14 @@ class Table:
 
 
 def _time(cell: str) -> float:
+    """Unix seconds or an ISO 8601 time; NaN for a cell that is neither."""
     try:
         return float(cell)
     except ValueError:
-        dt = datetime.fromisoformat(cell.strip())
+        try:
+            dt = datetime.fromisoformat(cell.strip())
+        except ValueError:
+            return math.nan
         return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
@@ -70,7 +75,8 @@ def read_table(
     header = [h.strip() for h in rows[0]]
     numbered = [(n, r) for n, r in enumerate(rows[1:], start=2) if r]
     body = [r for _, r in numbered]
-    if time_column == "":
+    guessed = time_column == ""  # the first column, taken for the time: checked that it is one
+    if guessed:
         time_column = header[0]
     for name in (time_column, stream_column):
         if name is not None and name not in header:
@@ -78,6 +84,8 @@ def read_table(
     cols, values, dropped = _numeric(header, numbered, {time_column, stream_column})
     streams = [r[header.index(stream_column)] for r in body] if stream_column else ["stream"] * len(body)
     ts = _times(body, header, time_column, streams, period)
+    if time_column is not None:
+        _check_times(path, numbered, ts, streams, header.index(time_column), time_column, guessed)
     if not period:
         diffs = np.diff(np.unique(ts))
         if not len(diffs):
@@ -130,6 +138,26 @@ def _times(body: list[list[str]], header: list[str], time_column: str | None, st
     return ts
 
 
+def _check_times(
+    path: str | Path, numbered: list[tuple[int, list[str]]], ts: np.ndarray, streams: list[str], at: int, name: str, guessed: bool
+) -> None:
+    """Raise ValueError where the time column is no time: a cell that is not one, or (the first
+    column, taken for the time) one that goes back within a stream."""
+    hint = "name the time column with --time-column NAME, or give --time-column none --period SECONDS for rows a period apart"
+    what = f"{path}: column {name!r}" + (" (the first, taken for the time)" if guessed else "")
+    bad = np.flatnonzero(~np.isfinite(ts))
+    if len(bad):
+        n, row = numbered[bad[0]]
+        raise ValueError(f"{what} is not a time: row {n} has {row[at]!r}; {hint}")
+    if guessed:
+        last: dict[str, float] = {}
+        for (n, _), t, s in zip(numbered, ts, streams):
+            if t < last.get(s, -math.inf):
+                where = f" in stream {s!r}" if len(set(streams)) > 1 else ""
+                raise ValueError(f"{what} does not look like a time: row {n} goes back from {last[s]:g} to {t:g}{where}; {hint}")
+            last[s] = t
+
+
 def _sample_and_hold(column: np.ndarray, streams: list[str]) -> None:
     """A value equal to its stream's last one is no new measurement: missing, in place."""
     last: dict[str, float] = {}
@@ -163,34 +191,36 @@ def replay(
     to ``out`` and hand each to ``on_forecast``; return the report. ``save_model``: where to write the
     final serving model."""
     engine = Engine(settings, start, version)
-    sink = open(out, "w", newline="") if out else None
-    writer = csv.writer(sink) if sink else None
-    if writer:
-        writer.writerow(["stream", "ts", "target", "step", "value", "lower", "upper"])
+    t0 = time.perf_counter()
+    with replacing(out) if out else nullcontext() as sink:  # all of it, or the file as it was (Ctrl-C)
+        writer = csv.writer(sink) if sink else None
+        if writer:
+            writer.writerow(["stream", "ts", "target", "step", "value", "lower", "upper"])
+        _run(engine, table, writer, progress, on_forecast)
+    if save_model:
+        model.save(save_model, engine.model, engine.version)
+    return report(engine, time.perf_counter() - t0)
+
+
+def _run(engine: Engine, table: Table, writer, progress: bool, on_forecast: Callable[[Forecast], None] | None) -> None:
+    """Every frame of ``table`` through ``engine``, retraining in line; each forecast written and handed on."""
     start, last_draw, total = time.perf_counter(), 0.0, len(table.ts)
-    try:
-        for done, frames in _ticks(table, engine.channels):
-            for fc in engine.step(frames):
-                if writer:
-                    _write(writer, fc)
-                if on_forecast:
-                    on_forecast(fc)
-            if engine.retrain_due:
-                engine.retrain()
-            elif engine.linear_due:
-                engine.refit_linear()
-            if progress and time.perf_counter() - last_draw > 0.2:
-                _progress(done, total, start, sys.stderr)
-                last_draw = time.perf_counter()
-    finally:
-        if sink:
-            sink.close()
+    for done, frames in _ticks(table, engine.channels):
+        for fc in engine.step(frames):
+            if writer:
+                _write(writer, fc)
+            if on_forecast:
+                on_forecast(fc)
+        if engine.retrain_due:
+            engine.retrain()
+        elif engine.linear_due:
+            engine.refit_linear()
+        if progress and time.perf_counter() - last_draw > 0.2:
+            _progress(done, total, start, sys.stderr)
+            last_draw = time.perf_counter()
     if progress:
         _progress(total, total, start, sys.stderr)
         sys.stderr.write("\n")
-    if save_model:
-        model.save(save_model, engine.model, engine.version)
-    return report(engine, time.perf_counter() - start)
 
 
 def _ticks(table: Table, channels: tuple[str, ...]) -> Iterator[tuple[int, list[Frame]]]:

@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -192,3 +196,41 @@ def test_a_replay_repeats_bit_for_bit_beside_a_cpu_bound_load(tmp_path):
             p.wait()
     assert sum(json.loads(idle_report.read_text())["retrains"].values()) >= 2  # it did retrain
     assert idle.read_bytes() == busy.read_bytes()
+
+
+def test_a_file_without_a_time_column_is_refused_naming_the_column_and_the_way_out(tmp_path, capsys):
+    """Issue 40: a flow in the first column was taken for unix time, a stream id there failed
+    with 'Invalid isoformat string'. Either is refused, naming the column and --time-column none."""
+    flows = tmp_path / "flows.csv"
+    flows.write_text("feed,level,temp\n" + "".join(f"{18 + 0.3 * ((-1) ** i)},{1 + 0.01 * i},{300 + i % 3}\n" for i in range(300)))
+    ids = tmp_path / "ids.csv"
+    ids.write_text("stream,level\n" + "".join(f"reactor-01,{1 + 0.01 * i}\n" for i in range(300)))
+    for path, said in ((flows, "does not look like a time: row 3 goes back"), (ids, "is not a time: row 2 has 'reactor-01'")):
+        assert cli.main(["replay", str(path), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert f"column '{path.read_text().split(',')[0]}' (the first, taken for the time) {said}" in err, err
+        assert "--time-column none --period SECONDS" in err
+    assert cli.main(["replay", str(flows), "--time-column", "none", "--period", "60", "--quiet"]) == 0  # the way out
+
+
+def test_ctrl_c_during_a_replay_says_one_line_exits_130_and_leaves_no_partial_output(tmp_path):
+    data, out = tmp_path / "sim.csv", tmp_path / "forecasts.csv"
+    assert cli.main(["simulate", "--csv", str(data), "--steps", "3000", "--streams", "2", "--seed", "1"]) == 0
+    out.write_text("the run before\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamrnn", "replay", str(data), "--stream-column", "stream", "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".forecasts.csv.*.tmp")):  # it is writing
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130 and err.strip() == "streamrnn replay: interrupted", err
+    assert out.read_text() == "the run before\n" and not list(tmp_path.glob(".forecasts.csv.*"))
