@@ -306,6 +306,9 @@ class MqttSettings(_Section):
             raise ValueError("tls_cert and tls_key go together")
         if self.password is not None and self.password_file is not None:
             raise ValueError("give password or password_file, not both")
+        if (self.password is not None or self.password_file is not None) and not self.username:
+            given = "password_file" if self.password_file is not None else "password"
+            raise ValueError(f"{given} set without username: MQTT sends a password only with a user name, so it would be ignored")
         return self
 
     def secret(self) -> str | None:

@@ -95,6 +95,18 @@ def test_the_example_file_loads_and_names_every_section():
             for key in field.annotation.model_fields:
                 assert re.search(rf"^(# )?{key} = ", body, re.M), f"{name}.{key}"
     assert s.mqtt.sensor_topic == "plant/{stream}/sensors/{feature}"
+    # every value set is its default, but where its line says otherwise (issue 40: 4 targets of 14)
+    default = config.load(None)
+    for name in config.Settings.model_fields:
+        mine, theirs = getattr(s, name), getattr(default, name)
+        if not isinstance(mine, config.BaseModel):
+            assert mine == theirs, name
+            continue
+        body = text.split(f"[{name}]", 1)[1].split("\n[", 1)[0]
+        for key in type(mine).model_fields:
+            if getattr(mine, key) != getattr(theirs, key):
+                line = re.search(rf"^{key} = .*$", body, re.M).group(0)
+                assert "default:" in line, f"{name}.{key} is not its default and its line does not say so: {line}"
 
 
 @pytest.mark.parametrize(
@@ -142,6 +154,7 @@ def test_environment_values_are_read_as_their_fields_types_and_nothing_looser(mo
         "TRAINER__INTERVAL": "30",
         "STREAMS__ALLOW": '["reactor-*"]',
         "CHECKPOINT__DIR": "/var/lib/x",
+        "MQTT__USERNAME": "streamrnn",
         "MQTT__PASSWORD": "12345",
     }.items():
         monkeypatch.setenv(f"STREAMRNN_{key}", value)
@@ -205,6 +218,25 @@ def test_credentials_in_the_broker_url_are_refused_where_they_would_be_shown_and
     assert cli.main(["run", "--broker", url]) == 2
     out = capsys.readouterr()
     assert SECRET not in out.out + out.err and out.err.count("credentials do not go in the URL") == 2
+
+
+def test_a_password_without_a_username_is_refused_at_start_not_ignored(tmp_path):
+    """Issue 40: MQTT sends a password only with a user name; a password file alone was silently unused."""
+    secret = tmp_path / "password"
+    secret.write_text(SECRET + "\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(None, mqtt={"password_file": str(secret)})
+    assert "mqtt: password_file set without username" in str(e.value) and SECRET not in str(e.value)
+    assert config.load(None, mqtt={"password_file": str(secret), "username": "streamrnn"}).mqtt.secret() == SECRET
+
+
+def test_a_broker_that_refuses_the_simulator_is_named_in_its_one_line(capsys):
+    from streamrnn.tools.processes import free_port
+
+    url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
+    assert cli.main(["simulate", "--broker", url, "--duration", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"streamrnn simulate: no MQTT connection to {url}: Connection refused", err
 
 
 def test_stream_allow_patterns_are_globs_and_must_be_patterns():

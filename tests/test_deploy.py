@@ -3,6 +3,8 @@ Kubernetes schemas (kubernetes-validate), and the daemon's own configuration loa
 
 from __future__ import annotations
 
+import getpass
+import re
 import shutil
 import subprocess
 import sys
@@ -139,3 +141,25 @@ def test_the_fleet_overlay_runs_shards_on_a_nats_cluster_they_reach(tmp_path):
     ports = {p["name"]: p["port"] for p in client["spec"]["ports"]}
     assert settings.mqtt.url == f"nats://{client['metadata']['name']}:{ports['client']}"
     assert settings.shards.partitions >= shards["spec"]["replicas"]
+
+
+def test_the_example_broker_configuration_starts_mosquitto_without_a_deprecation_note(tmp_path):
+    """Issue 40: message_size_limit made mosquitto 2 say to replace it with max_packet_size."""
+    from streamrnn.tools.broker import mosquitto_binary
+    from streamrnn.tools.processes import free_port, wait_port
+
+    binary = mosquitto_binary()
+    if binary is None:
+        pytest.fail("mosquitto is not installed: apt-get install mosquitto (CI installs it)")
+    port = free_port()
+    conf = (DEPLOY / "mosquitto.conf").read_text()
+    conf = re.sub(r"^listener 1883 127\.0\.0\.1.*$", f"listener {port} 127.0.0.1", conf, flags=re.M)
+    conf = re.sub(r"^persistence_location .*$", f"persistence_location {tmp_path}/", conf, flags=re.M)
+    (tmp_path / "mosquitto.conf").write_text(conf + f"user {getpass.getuser()}\n")  # as root it would drop to a user that cannot write here
+    proc = subprocess.Popen([binary, "-c", str(tmp_path / "mosquitto.conf")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_port(port, 10.0, proc)
+    finally:
+        proc.terminate()
+        said = proc.communicate(timeout=10)[0]
+    assert "recommended to replace" not in said and "Error" not in said, said

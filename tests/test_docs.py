@@ -50,3 +50,25 @@ def test_anchor_rule() -> None:
     page = ROOT / "docs" / "durability.md"
     assert "durability-checkpoints-the-journal-restarts" in anchors(page)
     assert "measured-durability" in anchors(page)
+
+
+def test_the_metric_table_names_every_metric_exported_and_every_reason() -> None:
+    """Issue 40: the table had lost three metrics and three drop reasons. Checked against the code."""
+    from prometheus_client import CollectorRegistry
+
+    from streamrnn.health import REASONS
+    from streamrnn.metrics import DROP_REASONS, Metrics
+
+    registry = CollectorRegistry()
+    Metrics(registry, ("a",), 2, stream_cap=1)
+    suffix = {"counter": "_total", "info": "_info"}
+    exported = {f.name.removeprefix("streamrnn_") + suffix.get(f.type, "") for f in registry.collect() if f.name.startswith("streamrnn_")}
+    table = (ROOT / "docs" / "observability.md").read_text().split("| metric | type | what |", 1)[1].split("\n\n", 1)[0]
+    rows = [row.split("|") for row in table.splitlines()[1:]]
+    documented = {re.sub(r"\{.*?\}", "", name) for row in rows for name in re.findall(r"`([^`]+)`", row[1])}
+    assert exported == documented, f"not in the table: {sorted(exported - documented)}; not exported: {sorted(documented - exported)}"
+    said = {row[1]: row[3] for row in rows}
+    dropped = re.search(r"by reason \(([^:)]*)", next(w for k, w in said.items() if "messages_dropped_total" in k)).group(1)
+    assert set(dropped.replace(" ", "").split(",")) == set(DROP_REASONS)
+    spells = re.search(r"by reason \(([^:)]*)", next(w for k, w in said.items() if "suspect_spells_total" in k)).group(1)
+    assert set(spells.replace(" ", "").split(",")) == set(REASONS[1:])

@@ -42,7 +42,10 @@ def _open(
         done.set()
 
     c.on_connect = on_connect
-    c.connect(host, port, keepalive=30)
+    try:
+        c.connect(host, port, keepalive=30)
+    except OSError as e:  # refused, unreachable, no such host: say where it tried
+        raise ConnectionError(f"no MQTT connection to {url}: {e.strerror or e}") from e
     c.loop_start()
     if not done.wait(timeout) or result[0].is_failure:
         c.loop_stop()
