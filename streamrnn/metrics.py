@@ -53,6 +53,7 @@ class Metrics:
         self.frames_late = Counter("frames_late", "Frames that came after a later frame of their stream had been stepped", **r)
         self.frames_missing = Counter("frames_with_missing_values", "Closed frames with at least one feature missing", **r)
         self.streams = Gauge("streams_active", "Streams with a hidden state", **r)
+        self.quiet = Gauge("streams_quiet", "Streams held that sent no frame for over 10 periods (evicted at streams.idle_timeout)", **r)
         self.stream_resets = Counter(
             "streams_reset",
             "Streams dropped and started afresh: displaced (a probationer, at streams.max_streams) or "
@@ -217,7 +218,7 @@ class Metrics:
             "health": {reason: self.suspect_spells.labels(reason) for reason in health.REASONS[1:]},
         }[source]
 
-    def observe_engine(self, engine: Engine, ring_size: int) -> dict[str, float | None]:
+    def observe_engine(self, engine: Engine, ring_size: int, quiet_after: float = float("inf")) -> dict[str, float | None]:
         """The engine's live scores, gate, streams and rings, as of its last scoring pass (never
         scoring early: that would move the bands); returns each target's live skill, the mean over
         its steps, as the forecast messages carry it."""
@@ -225,6 +226,8 @@ class Metrics:
         self.set_quality(scores)
         self.set_gate(engine.gate_weights()[0][1])
         self.streams.set(len(engine.streams))
+        rows = list(engine.bank.rows.values())
+        self.quiet.set(int((time.time() - engine.bank.last_seen[rows] > quiet_after).sum()) if rows else 0)
         held = engine.ring_frames()
         self.ring_frames.set(sum(held))
         self.ring_fill.set(sum(held) / (len(held) * ring_size) if held else 0.0)

@@ -588,3 +588,24 @@ def test_a_verdict_is_caught_up_over_turns_and_no_retrain_starts_until_its_model
     assert turns == 7 and d.engine.version == 1 and not d.engine.adopting
     d.turn(0)
     assert started == [1]  # the next retrain starts from the model now served
+
+
+def test_the_simulators_publisher_says_when_it_lost_the_broker_and_when_it_is_back(mosquitto, caplog):
+    """Issue 40: after a broker restart the simulator stayed disconnected for 103 s and said nothing."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="streamrnn.mqtt.clients")
+    pub = Publisher(mosquitto.url, "t-sim")
+    try:
+        mosquitto.stop()
+        deadline = time.monotonic() + 10
+        while "lost" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        mosquitto.start()
+        pub.wait_connected(30)  # paho's backoff, capped at mqtt.reconnect_max, not its 2 minutes
+        deadline = time.monotonic() + 10
+        while "reconnected" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        pub.close()
+    assert f"broker {mosquitto.url} lost" in caplog.text and f"broker {mosquitto.url} reconnected after" in caplog.text, caplog.text

@@ -59,3 +59,25 @@ def test_per_stream_series_are_off_by_default_and_capped():
     assert shown() == {"s1": 1.0, "s2": 2.0}
     m.set_streams({"s2": 4.0, "s3": 5.0})  # s1 left: its series goes, s3 takes the free place
     assert shown() == {"s2": 4.0, "s3": 5.0}
+
+
+def test_streams_that_sent_nothing_for_ten_periods_are_counted_quiet():
+    """Issue 40: no alert could say that some reactors fell silent while others send."""
+    import time
+
+    from streamrnn import config
+    from streamrnn.engine import Engine
+    from streamrnn.frames import Frame
+
+    settings = config.load(None, trainer={"enabled": False})
+    engine = Engine(settings)
+    period, now = settings.features.period, time.time()
+    values = np.ones(len(engine.channels))
+    engine.step([Frame("quiet", 1000.0, values)], now=now - 11 * period)  # heard last eleven periods ago
+    engine.step([Frame("alive", 1000.0, values)], now=now)
+    reg = CollectorRegistry()
+    m = Metrics(reg, engine.spec.targets, engine.spec.horizon)
+    m.observe_engine(engine, settings.ring.size, quiet_after=10 * period)
+    assert families(reg)["streamrnn_streams_quiet"].samples[0].value == 1
+    m.observe_engine(engine, settings.ring.size, quiet_after=12 * period)
+    assert families(reg)["streamrnn_streams_quiet"].samples[0].value == 0

@@ -4,6 +4,7 @@ options as the daemon's link."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -16,6 +17,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from streamrnn.config import MqttSettings
 from streamrnn.mqtt.connection import nodelay, queued, secure, wait_sent
 from streamrnn.transport import Delivery
+
+log = logging.getLogger(__name__)
 
 
 def _open(
@@ -30,7 +33,9 @@ def _open(
     credentials and TLS from ``cfg`` where given."""
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean, protocol=paho.MQTTv311)
     c.suppress_exceptions = True
-    host, port = secure(c, (cfg or MqttSettings()).model_copy(update={"url": url}))
+    settings = (cfg or MqttSettings()).model_copy(update={"url": url})
+    host, port = secure(c, settings)
+    c.reconnect_delay_set(settings.reconnect_min, settings.reconnect_max)  # not paho's 2 minutes
     c.on_socket_open = nodelay
     if setup:
         setup(c)
@@ -60,9 +65,23 @@ class Publisher:
     def __init__(
         self, url: str, client_id: str, qos: int = 1, window: int = 1000, timeout: float = 10.0, cfg: MqttSettings | None = None
     ) -> None:
-        self.qos, self.window = qos, window
+        self.qos, self.window, self.url = qos, window, url
         self._open: deque[paho.MQTTMessageInfo] = deque()
         self.client = _open(url, client_id, timeout, lambda c: c.max_inflight_messages_set(min(window, 65000)), cfg=cfg)
+        self._lost: float | None = None  # when the connection was lost (monotonic)
+        self.client.on_disconnect, self.client.on_connect = self._on_disconnect, self._on_connect
+
+    def _on_disconnect(self, client: paho.Client, userdata: object, flags: object, rc: paho.ReasonCode, props: object) -> None:
+        if rc.is_failure:  # not our own disconnect(): paho reconnects with backoff
+            self._lost = time.monotonic()
+            log.warning("broker %s lost (%s): reconnecting", self.url, rc)
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: object, rc: paho.ReasonCode, props: object) -> None:
+        if rc.is_failure:
+            log.warning("broker %s refused the connection (%s): trying again", self.url, rc)
+        elif self._lost is not None:
+            log.warning("broker %s reconnected after %.1f s", self.url, time.monotonic() - self._lost)
+            self._lost = None
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         while len(self._open) >= self.window:
