@@ -55,7 +55,7 @@ class Cycle:
         if snap.lookback:
             self.metrics.linear_fits.labels("fitted" if verdict.linear is not None else "failed").inc()
         if result.outcome == "linear":  # the linear contender alone
-            log.debug("linear contender fitted", extra={"seconds": round(seconds, 2), "linear": verdict.report.linear})
+            log.debug("linear refit done", extra={"seconds": round(seconds, 2), "linear": verdict.report.linear})
             return False
         self.metrics.set_retrain(verdict, seconds, result.outcome)
         log.info("retrain done", extra=said(verdict, result.outcome, seconds, model_version=result.version))

@@ -284,7 +284,7 @@ class Engine:
             log.warning("retrain failed: %s", verdict.report.error)
         else:
             errors = (verdict.challenger_error, verdict.champion_error, verdict.persistence_error)
-            log.info("retrain %s: holdout error %.4g (champion %.4g, persistence %.4g), version %d", verdict.outcome, *errors, self.version)
+            log.info("retrain %s: holdout error %.4g (champion %.4g, persistence %.4g), version %d", verdict.outcome, *errors, version)
         self.counts[f"retrain_{verdict.outcome}"] += 1
         self.retrains += 1
         self.results.append(result)

@@ -178,7 +178,9 @@ class Retrainer:
             return
         try:
             _background(p.pid, self.settings.priority)
-            log.info("retrain started", extra={"pid": p.pid, "streams": len(work[0].streams), "frames": work[0].frames, "seed": work[-1]})
+            # the recurrent weights' retrain at info; the linear contender's refit alone, routine, at debug
+            level, what = (logging.INFO, "retrain started") if work[0].recurrent else (logging.DEBUG, "linear refit started")
+            log.log(level, what, extra={"pid": p.pid, "streams": len(work[0].streams), "frames": work[0].frames, "seed": work[-1]})
             _send(parent, work)
             job.verdict = parent.recv()
         except Exception as e:  # it died or was killed (EOF, a broken pipe), or sent what does not unpickle

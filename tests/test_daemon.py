@@ -278,6 +278,13 @@ def test_a_long_retrain_does_not_stop_forecasts_and_promotion_is_never_undone(mo
     assert d.sample("streamrnn_linear_fits_total", outcome="fitted") >= 2 and d.sample("streamrnn_linear_fits_total", outcome="failed") == 0
     shares = [d.sample("streamrnn_gate_weight_ratio", regime="calm", contender=c) for c in ("persistence", "recurrent", "linear")]
     assert abs(sum(shares) - 1.0) < 1e-6, shares
+    # one vocabulary (issue 40): a retrain of the recurrent weights starts and ends at info, the
+    # linear contender's refits alone say nothing there; the promoted line names the version served
+    assert log.count('msg="retrain started"') == len(done) == 1 and "linear refit" not in log, log
+    promoted = re.search(r"retrain promoted: .*, version (\d+)", log)
+    served = re.search(r'msg="model served" model_version=(\d+)', log)
+    assert promoted and served and promoted.group(1) == served.group(1) == "1", log
+    assert d.terminate() == 0 and "level=warning" not in d.log().split("msg=stopping", 1)[1], d.log()[-2000:]  # a normal stop
 
 
 def hostile(rng: random.Random, n: int) -> list[tuple[str, bytes, str]]:

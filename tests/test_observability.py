@@ -98,6 +98,15 @@ class Prometheus:
         self.log.close()
 
 
+def test_no_dashboard_query_averages_errors_of_targets_in_different_units():
+    """Issue 40: 'MSE against persistence' averaged raw MSEs over targets, so the target of the
+    largest unit decided it. An error is divided by persistence's, per target, before any average."""
+    for title, expr in dashboard_queries():
+        for metric in re.findall(r"streamrnn_(?:forecast|persistence)_(?:mse|mae)\b", expr):
+            ratio = r"streamrnn_forecast_m[sa]e\{[^}]*\}\s*/\s*streamrnn_persistence_m[sa]e\{"
+            assert re.search(ratio, expr), f"{title}: {metric} aggregated in its own units: {expr}"
+
+
 def test_promtool_checks_the_shipped_config_and_rules():
     promtool = binary("promtool")
     for args in (

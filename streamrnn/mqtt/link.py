@@ -204,7 +204,7 @@ class Link:
             self.counts["disconnects"] += 1
             self._complaints.log(
                 log,
-                logging.WARNING,
+                logging.WARNING if rc.is_failure else logging.INFO,  # our own disconnect, at shutdown: no warning
                 "disconnected",
                 "disconnected",
                 broker=self.cfg.url,
