@@ -187,7 +187,9 @@ class Daemon(Service):
 
     def _gauges(self) -> None:
         m, e = self.metrics, self.engine
-        self.skill = m.observe_engine(e, self.settings.ring.size, quiet_after=10 * self.settings.features.period)
+        self.skill = m.observe_engines([e], self.settings.ring.size, quiet_after=10 * self.settings.features.period)
+        m.carry("engine", e.counts)
+        m.carry("health", e.health.counts)
         m.observe_link(self.link, self.inbox.qsize())
         self.intake.say(e.counts)
         if self.durability is not None and self.durability.journal is not None:

@@ -297,19 +297,24 @@ class Evaluator:
         at a moment that depends on when it looked, and the forecasts would differ from replay's."""
         if flush:
             self.flush()
-        s = self.live if live else self.total
-        with np.errstate(invalid="ignore", divide="ignore"):
-            n = s["n"]
-            out = {
-                "n": n.copy(),
-                "mse": s["se"] / n,
-                "mae": s["ae"] / n,
-                "persistence_mse": s["se_p"] / n,
-                "persistence_mae": s["ae_p"] / n,
-                "coverage": s["hit"] / s["n_band"],
-            }
-            out["skill"] = 1.0 - s["se"] / s["se_p"]
-        return out
+        return scored(self.live if live else self.total)
+
+
+def scored(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The scores of running totals (:data:`_TOTALS`, each (H, targets)): of one evaluator, or
+    of several summed (a shard's partitions, scored as one engine's streams would be)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = s["n"]
+        out = {
+            "n": n.copy(),
+            "mse": s["se"] / n,
+            "mae": s["ae"] / n,
+            "persistence_mse": s["se_p"] / n,
+            "persistence_mae": s["ae_p"] / n,
+            "coverage": s["hit"] / s["n_band"],
+        }
+        out["skill"] = 1.0 - s["se"] / s["se_p"]
+    return out
 
 
 def finite_or_none(x: float) -> float | None:

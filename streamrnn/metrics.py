@@ -20,6 +20,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from streamrnn import gate, health
+from streamrnn.evaluator import scored
 from streamrnn.payload import REASONS
 
 if TYPE_CHECKING:  # types only: the metrics import nothing of what reports into them
@@ -218,27 +219,32 @@ class Metrics:
             "health": {reason: self.suspect_spells.labels(reason) for reason in health.REASONS[1:]},
         }[source]
 
-    def observe_engine(self, engine: Engine, ring_size: int, quiet_after: float = float("inf")) -> dict[str, float | None]:
-        """The engine's live scores, gate, streams and rings, as of its last scoring pass (never
-        scoring early: that would move the bands); returns each target's live skill, the mean over
-        its steps, as the forecast messages carry it."""
-        scores = engine.scores(live=True, flush=False)
+    def observe_engines(self, engines: list[Engine], ring_size: int, quiet_after: float = float("inf")) -> dict[str, float | None]:
+        """The engines' live scores (pooled: the streams of a shard's partitions count as one
+        engine's would), gate, streams and rings, as of their last scoring pass (never scoring
+        early: that would move the bands); one path for a daemon's one engine and a shard's many.
+        Returns each target's live skill, the mean over its steps, as the forecast messages carry it.
+        Their counts are the caller's to carry (a shard's partitions move, with their counts)."""
+        if not engines:  # a shard that holds no partition
+            for gauge in (self.streams, self.quiet, self.ring_frames, self.ring_fill):
+                gauge.set(0)
+            return {}
+        first = engines[0]
+        scores = scored({k: sum(e.evaluator.live[k] for e in engines) for k in first.evaluator.live})
         self.set_quality(scores)
-        self.set_gate(engine.gate_weights()[0][1])
-        self.streams.set(len(engine.streams))
-        rows = list(engine.bank.rows.values())
-        self.quiet.set(int((time.time() - engine.bank.last_seen[rows] > quiet_after).sum()) if rows else 0)
-        held = engine.ring_frames()
+        self.set_gate(np.mean([e.gate_weights()[0][1] for e in engines], axis=0))
+        self.streams.set(sum(len(e.streams) for e in engines))
+        now = time.time()
+        self.quiet.set(sum(int((now - e.bank.last_seen[list(e.bank.rows.values())] > quiet_after).sum()) for e in engines if e.bank.rows))
+        held = [n for e in engines for n in e.ring_frames()]
         self.ring_frames.set(sum(held))
         self.ring_fill.set(sum(held) / (len(held) * ring_size) if held else 0.0)
         if self.stream_last is not None:
-            self.set_streams({name: engine.last_ts(name) for name in engine.streams})
-        self.carry("engine", engine.counts)
-        self.carry("health", engine.health.counts)
-        for name, n in zip(engine.channels, engine.health.suspects()):
+            self.set_streams({name: e.last_ts(name) for e in engines for name in e.streams})
+        for name, n in zip(first.channels, sum(e.health.suspects() for e in engines)):
             self.suspect.labels(name).set(int(n))
         skill = {}
-        for name, col in zip(engine.spec.targets, scores["skill"].T):
+        for name, col in zip(first.spec.targets, scores["skill"].T):
             col = col[np.isfinite(col)]
             skill[name] = round(float(col.mean()), 4) if len(col) else None
         return skill

@@ -63,7 +63,7 @@ class Shard(Service):
         self.parts: dict[int, Partition] = {}
         self.stepped = 0  # frames stepped since the start
         self.skill: dict[str, float | None] = {}
-        self._carried: dict[str, Counter[str]] = {"assembler": Counter(), "engine": Counter()}
+        self._carried: dict[str, Counter[str]] = {"assembler": Counter(), "engine": Counter(), "health": Counter()}
         self._seen: dict[tuple[int, str], Counter[str]] = {}
         if s.checkpoint.dir is not None:
             log.warning("checkpoint.dir is not used on nats://: partitions are checkpointed in JetStream's object store")
@@ -170,8 +170,8 @@ class Shard(Service):
             part.behind = item.waiting > 0
             champion.serve(part.engine, self.champion, loaded=item.state is not None)
             self.parts[p] = part
-            self._seen[(p, "assembler")] = Counter(part.assembler.counts)
-            self._seen[(p, "engine")] = Counter(part.engine.counts)
+            for source, counts in sources(part):
+                self._seen[(p, source)] = Counter(counts)
             self.moves.labels("claimed").inc()
             # what a partition is made of (its engine, model, rings) lives as long as it is held:
             # out of the collector's sight, a full collection no longer walks it (and stalls serving)
@@ -224,9 +224,10 @@ class Shard(Service):
         m = self.metrics
         for p, part in self.parts.items():
             self._count(p, part)
-        m.carry("assembler", self._carried["assembler"])
-        m.carry("engine", self._carried["engine"])
-        m.streams.set(sum(len(part.engine.streams) for part in self.parts.values()))
+        for source, counts in self._carried.items():
+            m.carry(source, counts)
+        engines, s = [part.engine for part in self.parts.values()], self.settings  # as a daemon's, pooled
+        self.skill = m.observe_engines(engines, s.ring.size, 10 * s.features.period)
         m.observe_link(self.link, self.inbox.qsize())
         stored = self.link.checkpoints
         while stored is not None and stored.written:  # the partitions' checkpoints, as the daemon's file
@@ -234,8 +235,13 @@ class Shard(Service):
         self.held.set(len(self.parts))
 
     def _count(self, p: int, part: Partition) -> None:
-        for source, counts in (("assembler", part.assembler.counts), ("engine", part.engine.counts)):
+        for source, counts in sources(part):
             grown(counts, self._seen.setdefault((p, source), Counter()), self._carried[source])
+
+
+def sources(part: Partition) -> list[tuple[str, Counter[str]]]:
+    """The counts a partition keeps, by the metrics' name for each (:meth:`Metrics.carry`)."""
+    return [("assembler", part.assembler.counts), ("engine", part.engine.counts), ("health", part.engine.health.counts)]
 
 
 def grown(counts: Counter[str], seen: Counter[str], into: Counter[str]) -> None:

@@ -65,6 +65,34 @@ def test_sensors_over_mqtt_through_jetstream_give_each_stream_and_tick_one_forec
             np.testing.assert_allclose(_num(have["values"] + [have["now"]]), _num(body["values"] + [body["now"]]), rtol=2e-6)
 
 
+def test_a_shard_reports_skill_and_its_gauges_as_a_daemon_does(nats_server, tmp_path) -> None:
+    """Issue 40: a shard's messages had "skill": null for every target, its skill gauges NaN and its
+    ring gauges 0, as only the daemon fed them from its engine. Now one path feeds both."""
+    rows = sim_rows(streams=2, steps=120)
+    model_path = tmp_path / "model.pt"
+    a_model(model_path, rows)
+    cfg = write_config(tmp_path / "d.toml", trainer={"enabled": False})
+    d = DaemonProcess(tmp_path, nats_server.url, config=cfg, model=model_path, instance="js").launch()
+    try:
+        d.ready(60)
+        sub = Subscriber(nats_server.mqtt_url, "t-forecasts", ["plant/+/forecast"])
+        pub = Publisher(nats_server.mqtt_url, "t-sensors")
+        publish_rows(pub, rows, rate=30.0)  # 4 s: the gauges are fed once a second meanwhile
+        pub.close()
+        got = collect(sub, len(rows), timeout=90)
+        sub.close()
+        time.sleep(1.5)
+        skill = d.sample("streamrnn_forecast_skill_ratio", target="reactor_temp", horizon="1")
+        assert np.isfinite(skill), "the shard's skill gauge is not fed"
+        assert d.sample("streamrnn_ring_frames") == len(rows) and d.sample("streamrnn_streams_active") == 2
+        assert 0 < d.sample("streamrnn_ring_fill_ratio") <= 1
+    finally:
+        code = d.terminate(30)
+    assert code == 0, d.log()[-3000:]
+    late = [m for m in got if m["ts"] >= max(m["ts"] for m in got) - 20 * P]  # scored by then
+    assert any(t["skill"] is not None for m in late for t in m["targets"].values()), late[-1]
+
+
 def test_kill_9_loses_no_frame_the_restart_takes_what_jetstream_kept(nats_server, tmp_path) -> None:
     """The daemon killed twice mid-stream and started again: it takes its partitions back from
     their checkpoints, JetStream delivers what came after them, and every (stream, tick) gets its

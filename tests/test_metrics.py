@@ -77,7 +77,33 @@ def test_streams_that_sent_nothing_for_ten_periods_are_counted_quiet():
     engine.step([Frame("alive", 1000.0, values)], now=now)
     reg = CollectorRegistry()
     m = Metrics(reg, engine.spec.targets, engine.spec.horizon)
-    m.observe_engine(engine, settings.ring.size, quiet_after=10 * period)
+    m.observe_engines([engine], settings.ring.size, quiet_after=10 * period)
     assert families(reg)["streamrnn_streams_quiet"].samples[0].value == 1
-    m.observe_engine(engine, settings.ring.size, quiet_after=12 * period)
+    m.observe_engines([engine], settings.ring.size, quiet_after=12 * period)
     assert families(reg)["streamrnn_streams_quiet"].samples[0].value == 0
+
+
+def test_the_engines_of_a_shard_report_as_one_engine_their_totals_pooled():
+    """Issue 40: one path for a daemon's engine and a shard's partitions; the live scores are of
+    the errors summed over the partitions, as one engine holding every stream would sum them."""
+    from conftest import sine_frames, small_settings
+
+    from streamrnn.engine import Engine
+    from streamrnn.evaluator import scored
+    from streamrnn.frames import Frame
+
+    settings = small_settings()
+    engines = [Engine(settings), Engine(settings)]
+    for i, (s, ts, v) in enumerate(sine_frames(300, streams=2)):
+        engines[i % 2].step([Frame(s, ts, v)])
+    reg = CollectorRegistry()
+    m = Metrics(reg, engines[0].spec.targets, engines[0].spec.horizon)
+    skill = m.observe_engines(engines, settings.ring.size)
+    fams = families(reg)
+    assert fams["streamrnn_streams_active"].samples[0].value == 2
+    assert fams["streamrnn_ring_frames"].samples[0].value == sum(n for e in engines for n in e.ring_frames()) == 600
+    pooled = scored({k: engines[0].evaluator.live[k] + engines[1].evaluator.live[k] for k in engines[0].evaluator.live})
+    target = engines[0].spec.targets[0]
+    got = {s.labels["horizon"]: s.value for s in fams["streamrnn_forecast_mse"].samples if s.labels["target"] == target}
+    np.testing.assert_allclose([got[str(k + 1)] for k in range(engines[0].spec.horizon)], pooled["mse"][:, 0])
+    assert skill[target] is not None and np.isclose(skill[target], np.nanmean(pooled["skill"][:, 0]), atol=1e-4)
