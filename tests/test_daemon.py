@@ -280,7 +280,10 @@ def test_a_long_retrain_does_not_stop_forecasts_and_promotion_is_never_undone(mo
     assert abs(sum(shares) - 1.0) < 1e-6, shares
     # one vocabulary (issue 40): a retrain of the recurrent weights starts and ends at info, the
     # linear contender's refits alone say nothing there; the promoted line names the version served
-    assert log.count('msg="retrain started"') == len(done) == 1 and "linear refit" not in log, log
+    running = d.sample("streamrnn_retrain_running")  # the next retrain may be under way (while the rings fill)
+    now = d.log()
+    started, ended = now.count('msg="retrain started"'), now.count('msg="retrain done"')
+    assert started in (ended, ended + running) and "linear refit" not in now, now
     promoted = re.search(r"retrain promoted: .*, version (\d+)", log)
     served = re.search(r'msg="model served" model_version=(\d+)', log)
     assert promoted and served and promoted.group(1) == served.group(1) == "1", log
