@@ -26,13 +26,15 @@ envelope takes it in, and the caller re-centres the channel. A transmitter that 
 where it failed; a process at a new operating point goes on moving. Only values that arrived enter
 any judgement, so health, like every forecast, depends on nothing that had not arrived.
 
-What the engine does with it: a suspect value is read as missing (the model's mask, the linear
-contender's sample-and-hold, the ring the trainer learns from, the evaluator's truth), and a suspect
-target's forecast is its held value, persistence, until the channel is healthy again. While a
-channel of a stream is suspect (an incident; not for a spike, nor for the first ``accept_moving``
-frames of a level out of range that may yet prove a new operating point), every target of that
-stream is held: the model and the linear contender were fitted with the channel there, and a target
-that leans on it is forecast worse than its held value while it is missing (docs/model.md).
+What the engine does with it: a suspect value is missing for the ring the trainer learns from and
+for the evaluator's truth; the model and the linear contender read it as the forecast served for it
+at the frame before where it is a target (:meth:`impute`), else as missing; and a suspect target's
+forecast is its held value, persistence, until the channel is healthy again. While a channel of a
+stream is suspect (an incident; not for a spike, nor for the first ``accept_moving`` frames of a
+level out of range that may yet prove a new operating point), the stream's other targets are held
+at the steps where the served forecast is not far better than holding (:meth:`hold`): the model and
+the linear contender were fitted with the channel there, and a target that leans on it is forecast
+worse than its held value while it is missing (docs/model.md).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Stats:
         "fast",  # recent |change| between values that arrived
         "trend",  # recent change, signed: a ramp moves one way, noise both
         "rate",  # the share of frames with a value of the channel
-        "expect",  # the forecast served for the next frame's value (targets), and the tick it is for:
+        "expect",  # the forecast served for the next frame's value (targets); its tick is ``due``
     )  # fmt: skip
     INTS = ("due", "seen", "run", "longest", "state", "calm", "steady", "alive", "gap", "frames", "age")
     _OPTIONAL = ("expect", "due")  # a checkpoint from before them goes on without
