@@ -3,12 +3,14 @@ gateway that floods one stream (a loop, a replay gone wrong, a hostile client) w
 of its messages in front of everyone's.
 
 In the transport's thread, before the inbox, each stream's recent message rate is kept (a count
-fading with a time constant of a second). While the inbox is backed up (more than ``backlog``
-messages wait), a message of a stream sending more than ``share`` times the median rate of the
-streams heard lately is refused (reason ``rate``), counted and acknowledged: the backlog in front
-of the other streams stays about ``backlog`` messages however hard one stream floods. Nothing is
-refused while the engine keeps up, however fast the streams send (a simulation run faster than
-its period, a gateway catching up), nor when every stream bursts alike. What costs one message
+fading with a time constant of a second), and all streams' together. While the inbox is backed up
+(more than ``backlog`` messages wait), a message of a stream that sends a quarter or more of all
+messages and more than ``SHARE`` times the median rate of the streams heard more than once lately
+is refused (reason ``rate``), counted and acknowledged: the backlog in front of the other streams
+stays about ``backlog`` messages however hard one stream floods. Nothing is refused while the
+engine keeps up, however fast the streams send (a simulation run faster than its period, a
+gateway catching up), nor when every stream bursts alike, nor when a flood of ids heard once each
+(refused downstream, by ``streams.allow`` or the cap) makes the median small. What costs one message
 here is a split of its topic and a little arithmetic; the median is taken again twice a second.
 """
 
@@ -35,6 +37,7 @@ class Throttle:
             fixed = {i: x for i, x in enumerate(levels) if x not in ("{stream}", "{feature}")}
             self._shapes.append((len(levels), levels.index("{stream}"), fixed, weight))
         self._rates: OrderedDict[str, list[float]] = OrderedDict()  # stream -> [count fading, when]
+        self._all = [0.0, 0.0]  # every stream's messages: [count fading, when]
         self.median, self._next = math.inf, -math.inf  # nothing refused before a median is taken
 
     def stream(self, topic: str) -> tuple[str, float] | None:
@@ -60,14 +63,16 @@ class Throttle:
             rate = self._rates[stream] = [0.0, now]
         else:
             self._rates.move_to_end(stream)
-        rate[0] = rate[0] * math.exp((rate[1] - now) / TAU) + weight
-        rate[1] = now
+        for r in (rate, self._all):
+            r[0] = r[0] * math.exp((r[1] - now) / TAU) + weight
+            r[1] = now
         if now >= self._next:
             self._median(now)
-        return stream if waiting > self.backlog and rate[0] > SHARE * self.median else None
+        runaway = rate[0] > SHARE * self.median and 4 * rate[0] >= self._all[0]
+        return stream if waiting > self.backlog and runaway else None
 
     def _median(self, now: float) -> None:
-        """The median rate of the streams heard in the last few time constants."""
-        recent = sorted(c * math.exp((t - now) / TAU) for c, t in self._rates.values() if now - t < 5 * TAU)
+        """The median rate of the streams heard more than once in the last few time constants."""
+        recent = sorted(c * math.exp((t - now) / TAU) for c, t in self._rates.values() if now - t < 5 * TAU and c > 1.5)
         self.median = recent[(len(recent) - 1) // 2] if len(recent) > 1 else math.inf  # one stream alone is no runaway
         self._next = now + _EVERY

@@ -53,3 +53,17 @@ def test_the_streams_kept_are_bounded():
     for i in range(10_000):
         t.allow(SENSOR.format(stream=f"id-{i}", feature="x"), i * 1e-4, 0)
     assert len(t._rates) == 50
+
+
+def test_a_flood_of_ids_heard_once_each_throttles_none_of_the_good_streams():
+    """The fuzz and the stream-id flood: thousands of streams heard once would make the median
+    tiny, and every good stream 'far above' it; only streams heard more than once make it."""
+    t = Throttle({SENSOR: 1.0}, streams=10_000, backlog=256)
+    refused = 0
+    for k in range(5_000):  # 2 s: a phantom id every 0.4 ms, two good streams at 14 messages a second
+        now = 100.0 + k * 4e-4
+        refused += t.allow(SENSOR.format(stream=f"phantom-{k}", feature="x"), now, 10_000) is not None
+        if k % 178 == 0:
+            for good in ("good-1", "good-2"):
+                refused += t.allow(SENSOR.format(stream=good, feature="level"), now, 10_000) is not None
+    assert refused == 0
