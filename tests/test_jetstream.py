@@ -172,3 +172,57 @@ def test_the_server_stopped_and_started_again_loses_no_frame(nats_server, tmp_pa
     missing = {(s, ts) for ts, s, _ in rows} - {(m["stream"], m["ts"]) for m in got}
     assert len(missing) <= 2 * 2 * 2, f"{len(missing)} forecasts not received, e.g. {sorted(missing)[:5]}"
     assert reconnects >= 2
+
+
+def test_a_shard_refuses_a_partition_checkpoint_whose_state_is_not_sound_and_replays(nats_server, tmp_path) -> None:
+    """Issue 39: a partition checkpoint with a good checksum and NaN hidden states was served: every
+    forecast of its streams null until a newer champion came. A shard refuses it at the claim and
+    replays what JetStream kept."""
+    import asyncio
+
+    from streamrnn import checkpoint, jetstream
+
+    rows = sim_rows(streams=2, steps=80)
+    model_path = tmp_path / "model.pt"
+    a_model(model_path, rows)
+    cfg = write_config(tmp_path / "d.toml", trainer={"enabled": False}, checkpoint={"every": 1.0})
+    first = DaemonProcess(tmp_path, nats_server.url, config=cfg, model=model_path, instance="js").launch()
+    sub = Subscriber(nats_server.mqtt_url, "t-forecasts", ["plant/+/forecast"])
+    pub = Publisher(nats_server.mqtt_url, "t-sensors")
+    try:
+        first.ready(60)
+        publish_rows(pub, rows[:100], rate=50.0)
+        collect(sub, 100, timeout=60)
+        assert first.terminate(30) == 0  # its partitions' last checkpoints stored
+
+        async def poison() -> int:
+            import nats
+
+            nc = await nats.connect(nats_server.url)
+            try:
+                store = await nc.jetstream().object_store(jetstream.STATE)
+                poisoned = 0
+                for info in await store.list():
+                    if info.name.startswith("partition-"):
+                        state = checkpoint.decode((await store.get(info.name)).data)
+                        if state["engine"]["bank"]["names"]:
+                            state["engine"]["bank"]["hidden"][...] = np.nan
+                            await store.put(info.name, checkpoint.encode(state))  # a good checksum over a bad state
+                            poisoned += 1
+                return poisoned
+            finally:
+                await nc.close()
+
+        assert asyncio.run(poison()) >= 1
+        d = DaemonProcess(tmp_path, nats_server.url, config=cfg, model=model_path, instance="js").launch()
+        d.ready(60)
+        publish_rows(pub, rows[100:], rate=50.0)
+        got = [m for m in drain(sub, quiet=4.0) if m["ts"] > max(ts for ts, _, _ in rows[:100])]
+        assert got and d.sample("streamrnn_checkpoints_skipped_total") >= 1
+        assert "partition checkpoint unusable" in d.log() and "bank.hidden is not finite" in d.log()
+        values = [_num(t["values"]) for m in got for t in m["targets"].values()]
+        assert np.mean([np.isfinite(v).all() for v in values]) > 0.9  # served from NaN states, every one was null
+        assert d.terminate(30) == 0
+    finally:
+        pub.close()
+        sub.close()
