@@ -21,7 +21,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from streamrnn import __version__, forecast, journal
-from streamrnn.config import ConfigError, Settings
+from streamrnn.config import ConfigError, MqttSettings, Settings
 from streamrnn.cycle import Cycle
 from streamrnn.durability import Durability
 from streamrnn.engine import Engine
@@ -33,7 +33,6 @@ from streamrnn.model import StreamRNN
 from streamrnn.mqtt import Link
 from streamrnn.payload import subscription
 from streamrnn.service import Service, take
-from streamrnn.throttle import Throttle
 from streamrnn.transport import Delivery, Transport
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class Daemon(Service):
         m = s.mqtt
         self.inbox: queue.Queue[Delivery] = queue.Queue(m.queue_size)
         subs = [subscription(m.sensor_topic)] + ([subscription(m.frame_topic)] if m.frame_topic else [])
-        self.link = _transport(settings, subs, self.inbox)
+        self.link = _transport(m, subs, self.inbox)
         self.cycle = Cycle(s, self.engine, self.metrics) if s.trainer.enabled else None
         self._rejects = RateLimited(burst=5, per=60.0)
         self.intake = Intake(s, self.engine.channels, self.engine.forget, self.metrics, self._rejects)
@@ -219,18 +218,9 @@ def _metrics(settings: Settings, engine: Engine, registry: CollectorRegistry) ->
     return metrics
 
 
-def _throttle(s: Settings) -> Throttle:
-    """A runaway stream's messages refused while the inbox is backed up (throttle.py)."""
-    weights = {s.mqtt.sensor_topic: 1.0} | ({s.mqtt.frame_topic: float(len(s.channels))} if s.mqtt.frame_topic else {})
-    return Throttle(weights, 2 * s.streams.max_streams, backlog=min(256, s.mqtt.queue_size // 4))
-
-
-def _transport(settings: Settings, subscriptions: list[str], inbox: queue.Queue[Delivery]) -> Transport:
-    """The transport for ``mqtt.url``'s scheme, not started."""
-    cfg = settings.mqtt
+def _transport(cfg: MqttSettings, subscriptions: list[str], inbox: queue.Queue[Delivery]) -> Transport:
+    """The transport for ``cfg.url``'s scheme, not started."""
     scheme = cfg.url.split("://", 1)[0].lower()
     if scheme in ("mqtt", "mqtts", "tcp", "ssl"):
-        link = Link(cfg, subscriptions, inbox)
-        link.throttle = _throttle(settings)
-        return link
+        return Link(cfg, subscriptions, inbox)
     raise ConfigError(f"mqtt.url: no transport for {scheme}:// (mqtt://, mqtts://; nats:// runs a shard)")

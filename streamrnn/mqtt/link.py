@@ -25,7 +25,6 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from streamrnn.config import MqttSettings
 from streamrnn.logs import RateLimited
 from streamrnn.mqtt.connection import nodelay, queued, secure, wait_sent
-from streamrnn.throttle import Throttle
 from streamrnn.transport import Delivery
 
 log = logging.getLogger("streamrnn.mqtt")
@@ -36,10 +35,9 @@ class Link:
 
     def __init__(self, cfg: MqttSettings, subscriptions: list[str], inbox: queue.Queue[Delivery], block: float = 1.0) -> None:
         self.cfg, self.subscriptions, self.inbox, self.block = cfg, subscriptions, inbox, block
-        self.throttle: Throttle | None = None  # set: a runaway stream's messages are refused before the inbox
         self.status_topic = cfg.status_topic.format(instance=cfg.instance)
         self.client_id = cfg.client_id or f"streamrnn-{cfg.instance}"
-        self.counts: Counter[str] = Counter()  # queue_full, rate, connects, reconnects, disconnects, status_reasserted, publish_<reason>
+        self.counts: Counter[str] = Counter()  # queue_full, connects, reconnects, disconnects, status_reasserted, publish_<reason>
         self._complaints = RateLimited(burst=5, per=60.0)  # each repeating complaint, per kind
         self.connected = self.subscribed = False
         self._intake = True
@@ -225,10 +223,6 @@ class Link:
         if topic == self.status_topic:
             self._status(client, msg)
             return
-        if self.throttle is not None and (runaway := self.throttle.allow(topic, time.monotonic(), self.inbox.qsize())):
-            self.counts["rate"] += 1
-            self._complaints.log(log, logging.WARNING, "rate", "stream throttled: it floods the inbox", stream=runaway[:200])
-            return client.ack(msg.mid, msg.qos) if msg.qos else None
         m = Delivery(topic, msg.payload, time.time(), msg.mid, msg.qos, self._session, bool(msg.retain))
         try:
             self.inbox.put(m, timeout=self.block)
