@@ -45,6 +45,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from streamrnn.channelstats import Stats
 from streamrnn.config import HealthSettings
 
 REASONS = ("healthy", "range", "frozen", "noisy", "spike", "silent")
@@ -52,77 +53,6 @@ HEALTHY, RANGE, FROZEN, NOISY, SPIKE, SILENT = range(len(REASONS))
 _SILENT = 8  # values a channel is expected to have sent, missing in a row: it went silent
 _FAST = 1.0 - 0.5 ** (1.0 / 8)  # the recent changes' average: a half-life of 8 values
 _FLOOR = 8.0  # the envelope's width counts as at least this many typical changes
-
-
-class Stats:
-    """Per bank row and channel, the statistics health keeps (one array each, rows x channels):
-    their growth with the bank, a freed row, and their checkpoint form."""
-
-    FLOATS = (
-        "raw",  # the last value that arrived, healthy or not: the held value served
-        "last",  # the last healthy value
-        "low", "high", "mean",  # the healthy envelope, fading, and its centre
-        "change",  # typical |change| between healthy values
-        "fast",  # recent |change| between values that arrived
-        "trend",  # recent change, signed: a ramp moves one way, noise both
-        "rate",  # the share of frames with a value of the channel
-        "expect",  # the forecast served for the next frame's value (targets); its tick is ``due``
-    )  # fmt: skip
-    INTS = ("due", "seen", "run", "longest", "state", "calm", "steady", "alive", "gap", "frames", "age")
-    _OPTIONAL = ("expect", "due")  # a checkpoint from before them goes on without
-
-    def __init__(self, channels: int) -> None:
-        self.channels = channels
-        for name in self.FLOATS:
-            setattr(self, name, np.zeros((0, channels)))
-        for name in self.INTS:
-            setattr(self, name, np.zeros((0, channels), np.int64))
-
-    @property
-    def capacity(self) -> int:
-        return len(self.raw)
-
-    def _grow(self, capacity: int) -> None:
-        extra = capacity - self.capacity
-        for name in self.FLOATS:
-            setattr(self, name, np.concatenate([getattr(self, name), np.full((extra, self.channels), np.nan)]))
-        for name in self.INTS:
-            setattr(self, name, np.concatenate([getattr(self, name), np.zeros((extra, self.channels), np.int64)]))
-
-    def _fit(self, rows: np.ndarray) -> None:
-        if len(rows) and rows.max() >= self.capacity:  # rows new to this engine: nothing known of them
-            self._grow(max(int(rows.max()) + 1, 2 * self.capacity))
-
-    def reset(self, row: int) -> None:
-        """A stream's row was freed: nothing known of its channels."""
-        if row >= self.capacity:
-            return
-        for name in self.FLOATS:
-            getattr(self, name)[row] = np.nan
-        for name in self.INTS:
-            getattr(self, name)[row] = 0
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every array (the checkpoint's ``health``)."""
-        return {name: getattr(self, name).copy() for name in (*self.FLOATS, *self.INTS)}
-
-    def load_state(self, st: dict | None, capacity: int) -> None:
-        """Go on from :meth:`state_dict`; where there is none or it does not fit (an older
-        checkpoint), every channel starts afresh, unjudged until it has shown ``warmup`` values."""
-        names = (*self.FLOATS, *self.INTS)
-        rows = np.shape(st["raw"])[0] if st is not None and "raw" in st else -1
-        fits = st is not None and all(np.shape(st[n]) == (rows, self.channels) for n in names if n in st)
-        if fits and all(n in st for n in names if n not in self._OPTIONAL):
-            for n in names:
-                kind = np.float64 if n in self.FLOATS else np.int64
-                setattr(
-                    self, n, np.array(st[n], kind) if n in st else np.full((rows, self.channels), np.nan if kind is np.float64 else 0, kind)
-                )
-        else:
-            for n in names:
-                setattr(self, n, getattr(self, n)[:0])
-        if capacity > self.capacity:
-            self._grow(capacity)
 
 
 class Health(Stats):
@@ -206,7 +136,7 @@ class Health(Stats):
         the values with suspect ones as missing, which channels are suspect (B, C), and which were
         just accepted at a new level (B, C), for the caller to re-centre."""
         self._fit(rows)
-        v = SimpleNamespace(**{name: getattr(self, name)[rows] for name in (*self.FLOATS, *self.INTS)})
+        v = self._gather(rows)
         x, fresh = values, np.isfinite(values)
         was = v.state != HEALTHY
         with np.errstate(invalid="ignore"):
@@ -215,8 +145,7 @@ class Health(Stats):
         suspect = v.state != HEALTHY
         self._learn(v, x, fresh & ~suspect, moved & ~was, accept)
         v.raw = np.where(fresh, x, v.raw)
-        for name in (*self.FLOATS, *self.INTS):
-            getattr(self, name)[rows] = getattr(v, name)
+        self._put(rows, v)
         return np.where(suspect, np.nan, x), suspect, accept
 
     def _judge(self, v: SimpleNamespace, x: np.ndarray, fresh: np.ndarray, was: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -252,7 +181,10 @@ class Health(Stats):
         v.rate = np.where(np.isnan(v.rate), fresh, v.rate + np.maximum(self._slow, 1.0 / v.frames) * (fresh - v.rate))
         v.gap = np.where(fresh, 0, v.gap + 1)
         silent = judged & (v.gap * v.rate >= _SILENT)
-        reasons = np.select([outside, frozen, spike, noisy, silent], [RANGE, FROZEN, SPIKE, NOISY, SILENT], HEALTHY)
+        # the first reason that holds, in this order (np.select's order, without its cost)
+        reasons = np.where(
+            outside, RANGE, np.where(frozen, FROZEN, np.where(spike, SPIKE, np.where(noisy, NOISY, np.where(silent, SILENT, HEALTHY))))
+        )
         return reasons, outside, step, moved
 
     def _move(

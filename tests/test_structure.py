@@ -58,6 +58,7 @@ LAYERS = [
         "payload",
         "forecast",
         "soundness",
+        "channelstats",
     },
     {"faults", "config", "model", "simulator", "snapshot", "transport", "ownership", "lease"},
     {"frames", "bank", "health", "bands", "evidence", "evaluator", "contenders", "trainer", "checkpoint", "journal"},
