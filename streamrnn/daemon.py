@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import queue
 import time
 
 import numpy as np
@@ -26,13 +25,14 @@ from streamrnn.cycle import Cycle
 from streamrnn.durability import Durability
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
+from streamrnn.inbox import FairInbox
 from streamrnn.intake import Intake
 from streamrnn.logs import RateLimited
 from streamrnn.metrics import Metrics
 from streamrnn.model import StreamRNN
 from streamrnn.mqtt import Link
-from streamrnn.payload import subscription
-from streamrnn.service import Service, take
+from streamrnn.payload import stream_key, subscription
+from streamrnn.service import BATCH, Service
 from streamrnn.transport import Delivery, Transport
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,11 @@ class Daemon(Service):
         self.engine = Engine(settings, model, version)
         super().__init__(settings, _metrics(s, self.engine, registry or CollectorRegistry()))
         m = s.mqtt
-        self.inbox: queue.Queue[Delivery] = queue.Queue(m.queue_size)
-        subs = [subscription(m.sensor_topic)] + ([subscription(m.frame_topic)] if m.frame_topic else [])
+        templates = [m.sensor_topic] + ([m.frame_topic] if m.frame_topic else [])
+        self.inbox = FairInbox(m.queue_size, stream_key(templates))  # round-robin over the streams
+        subs = [subscription(t) for t in templates]
         self.link = _transport(m, subs, self.inbox)
+        self._per_stream = 2 * len(s.channels)  # messages of a stream a turn takes: a frame's sensors, twice
         self.cycle = Cycle(s, self.engine, self.metrics) if s.trainer.enabled else None
         self._rejects = RateLimited(burst=5, per=60.0)
         self.intake = Intake(s, self.engine.channels, self.engine.forget, self.metrics, self._rejects)
@@ -58,7 +60,6 @@ class Daemon(Service):
         self.durability = Durability(s, self.metrics, self.link.ack, self._rejects) if s.checkpoint.dir is not None else None
         self.forecast_topic = m.forecast_topic
         self.skill: dict[str, float | None] = {}
-        self._carry: list[Delivery] = []  # taken from the inbox, not yet ingested (a turn served early)
 
     # -- lifecycle ------------------------------------------------------------------------
     def run(self) -> int:
@@ -94,7 +95,7 @@ class Daemon(Service):
         if self.http:
             self.http.beat(False)  # unready at once: no new traffic, please
         self.link.close_intake()
-        while (self._carry or not self.inbox.empty()) and time.monotonic() < deadline:
+        while not self.inbox.empty() and time.monotonic() < deadline:
             self.turn(0.0)  # what was received
         if self.cycle:
             self.cycle.close()
@@ -119,11 +120,20 @@ class Daemon(Service):
     # -- the loop -------------------------------------------------------------------------
     def turn(self, wait: float) -> int:
         """One pass: take what arrived, assemble, step, publish, then housekeeping. Returns messages taken."""
-        msgs, self._carry = self._carry or take(self.inbox, wait), []
+        msgs = self.inbox.take(BATCH, self._per_stream, wait)
         frames: list[Frame] = []
         closed: list[float] = []  # when each frame closed (perf_counter)
         log_ = self.durability.journal if self.durability is not None else None
+        # a stream steps one frame a turn: the rest of its messages wait at the head of its queue,
+        # so that a stream sending far faster than its period costs each turn one step, not a
+        # hundred, while every other stream is served (a backlog of many streams still goes in
+        # batches of one frame each)
+        stepped: set[str] = set()
+        back: list[Delivery] = []
         for i, msg in enumerate(msgs):
+            if stepped and self.inbox.key(msg.topic) in stepped:
+                back.append(msg)
+                continue
             got = self.intake.ingest(msg, msg.arrival)
             if got is not None and log_ is not None:
                 log_.append(journal.MESSAGE, msg.arrival, msg.topic, msg.payload, msg)  # acknowledged once on disk
@@ -132,27 +142,31 @@ class Daemon(Service):
             if got:
                 frames += got
                 closed += [time.perf_counter()] * len(got)
+                stepped.update(f.stream for f in got)
             if closed and time.perf_counter() - closed[0] > _SERVE_AFTER:
-                self._carry, msgs = msgs[i + 1 :], msgs[: i + 1]  # serve what closed; the rest next turn
+                back += msgs[i + 1 :]  # serve what closed; the rest next turn, the streams in turn again
                 break
-        # silence is measured on the arrival clock: with messages still waiting (carried to the
-        # next turn, or a backlog in the inbox) we only know it up to the last one taken, and a
-        # stream whose next reading sits in that backlog has not gone quiet
+        self.inbox.requeue(back)
+        taken = len(msgs) - len(back)
+        # silence is measured on the arrival clock: with messages still waiting in the inbox we
+        # only know it up to the earliest of them, and a stream whose next reading sits in that
+        # backlog has not gone quiet
         wall = time.time()
-        if msgs and (self._carry or not self.inbox.empty()):
-            wall = msgs[-1].arrival
+        waiting = self.inbox.oldest()
+        if waiting is not None:
+            wall = min(wall, waiting)
         for stream, last in self.assembler.due(wall):
             if log_ is not None:
                 log_.close_tick(stream, last, wall)
             got = self.assembler.close(stream, last)
             frames += got
             closed += [time.perf_counter()] * len(got)
-        if msgs:
-            self.metrics.received.inc(len(msgs))
+        if taken:
+            self.metrics.received.inc(taken)
         if frames:
             self._serve(frames, closed)
         self._housekeeping()
-        return len(msgs)
+        return taken
 
     def _serve(self, frames: list[Frame], closed: list[float] | None = None) -> None:
         """Step the frames, publish their forecasts; ``closed`` says when each frame closed
@@ -190,6 +204,10 @@ class Daemon(Service):
         m.carry("engine", e.counts)
         m.carry("health", e.health.counts)
         m.observe_link(self.link, self.inbox.qsize())
+        if shed := self.inbox.take_shed():
+            m.dropped.labels("rate").inc(shed.total())
+            top = ", ".join(f"{stream[:64]} {n}" for stream, n in shed.most_common(3))
+            self._rejects.log(log, logging.WARNING, "rate", "streams shed: each held far more of the full inbox than its share", shed=top)
         self.intake.say(e.counts)
         if self.durability is not None and self.durability.journal is not None:
             m.observe_journal(self.durability.journal)
@@ -218,7 +236,7 @@ def _metrics(settings: Settings, engine: Engine, registry: CollectorRegistry) ->
     return metrics
 
 
-def _transport(cfg: MqttSettings, subscriptions: list[str], inbox: queue.Queue[Delivery]) -> Transport:
+def _transport(cfg: MqttSettings, subscriptions: list[str], inbox: FairInbox) -> Transport:
     """The transport for ``cfg.url``'s scheme, not started."""
     scheme = cfg.url.split("://", 1)[0].lower()
     if scheme in ("mqtt", "mqtts", "tcp", "ssl"):

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # types only: the metrics import nothing of what reports into
 _LATENCY = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 disable_created_metrics()  # no *_created series: a start time per counter is what process_start_time_seconds says once
 
-DROP_REASONS = (*REASONS, "retained", "capacity", "overflow", "late", "queue_full", "refused", "internal")
+DROP_REASONS = (*REASONS, "retained", "capacity", "overflow", "late", "queue_full", "rate", "refused", "internal")
 PUBLISH_FAILURES = ("queue_full", "no_connection")
 OUTCOMES = ("promoted", "rejected", "failed")
 

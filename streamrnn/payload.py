@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -52,6 +53,24 @@ def _template(tpl: str) -> re.Pattern[str]:
 def subscription(tpl: str) -> str:
     """The MQTT filter a topic template subscribes to: each placeholder level becomes ``+``."""
     return "/".join("+" if level in ("{stream}", "{feature}") else level for level in tpl.split("/"))
+
+
+def stream_key(templates: list[str]) -> Callable[[str], str]:
+    """The stream a topic names, by the ``{stream}`` level of the template with as many levels, and
+    without checking it (cheap enough for the network thread; the parser judges the topic later):
+    what the inbox serves in turn. Topics that fit no template share one key, ``""``."""
+    at = {}
+    for tpl in templates:
+        levels = tpl.split("/")
+        if "{stream}" in levels:
+            at.setdefault(len(levels), levels.index("{stream}"))
+
+    def key(topic: str) -> str:
+        levels = topic.split("/")
+        i = at.get(len(levels))
+        return levels[i] if i is not None else ""
+
+    return key
 
 
 class Parser:

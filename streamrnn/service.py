@@ -21,7 +21,7 @@ from streamrnn.transport import Delivery
 
 log = logging.getLogger(__name__)
 
-_BATCH = 10_000  # messages taken per turn at most: bounds the time between two wall-clock checks
+BATCH = 10_000  # messages taken per turn at most: bounds the time between two wall-clock checks
 _EVERY = 1.0  # seconds between slow passes (skill, gauges)
 
 
@@ -102,13 +102,13 @@ def stop_on_signals(stopping: threading.Event) -> None:
 
 
 def take(inbox: queue.Queue[Delivery], wait: float) -> list[Delivery]:
-    """What waits in the inbox, up to _BATCH messages; waiting ``wait`` seconds for the first."""
+    """What waits in the inbox, up to BATCH messages; waiting ``wait`` seconds for the first."""
     try:
         out = [inbox.get(timeout=wait) if wait > 0 else inbox.get_nowait()]
     except queue.Empty:
         return []
     try:
-        while len(out) < _BATCH:
+        while len(out) < BATCH:
             out.append(inbox.get_nowait())
     except queue.Empty:
         pass  # drained

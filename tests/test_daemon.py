@@ -497,10 +497,9 @@ def test_a_stream_whose_next_reading_waits_in_a_backlog_is_not_closed_as_silent(
     """Silence is judged on the arrival clock: a turn that leaves messages behind (here a batch cap
     of 3) must not close a stream by wall clock while its next reading is among them."""
     from streamrnn import daemon as daemon_module
-    from streamrnn import service
     from streamrnn.mqtt import Delivery
 
-    monkeypatch.setattr(service, "_BATCH", 3)
+    monkeypatch.setattr(daemon_module, "BATCH", 3)
     settings = config.load(
         None, mqtt={"url": "mqtt://127.0.0.1:1", "instance": "backlog"}, trainer={"enabled": False}, frames={"idle_close": 0.2}
     )

@@ -61,7 +61,7 @@ LAYERS = [
         "channelstats",
     },
     {"faults", "config", "model", "simulator", "snapshot", "transport", "ownership", "lease"},
-    {"frames", "bank", "health", "bands", "evidence", "evaluator", "contenders", "trainer", "checkpoint", "journal"},
+    {"frames", "bank", "health", "bands", "evidence", "evaluator", "contenders", "trainer", "checkpoint", "journal", "inbox"},
     {"judge"},
     {"engine", "adoption", "retrainer"},
     {"mqtt", "jetstream", "natsconn", "consumer", "fleetstore", "fleet", "metrics", "endpoint", "httpd"},

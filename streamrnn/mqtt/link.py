@@ -23,17 +23,19 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from streamrnn.config import MqttSettings
+from streamrnn.inbox import FairInbox
 from streamrnn.logs import RateLimited
 from streamrnn.mqtt.connection import nodelay, queued, secure, wait_sent
 from streamrnn.transport import Delivery
 
 log = logging.getLogger("streamrnn.mqtt")
+_REFUSED = {MQTTErrorCode.MQTT_ERR_QUEUE_SIZE: "queue_full", MQTTErrorCode.MQTT_ERR_NO_CONN: "no_connection"}  # publish refusals
 
 
 class Link:
     """One broker connection for the daemon; thread-safe where the engine thread calls it."""
 
-    def __init__(self, cfg: MqttSettings, subscriptions: list[str], inbox: queue.Queue[Delivery], block: float = 1.0) -> None:
+    def __init__(self, cfg: MqttSettings, subscriptions: list[str], inbox: FairInbox, block: float = 1.0) -> None:
         self.cfg, self.subscriptions, self.inbox, self.block = cfg, subscriptions, inbox, block
         self.status_topic = cfg.status_topic.format(instance=cfg.instance)
         self.client_id = cfg.client_id or f"streamrnn-{cfg.instance}"
@@ -118,13 +120,7 @@ class Link:
                 taken.append(info)
                 reasons.append(None)
                 continue
-            reason = (
-                "queue_full"
-                if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
-                else "no_connection"
-                if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
-                else paho.error_string(info.rc)
-            )
+            reason = _REFUSED.get(info.rc) or paho.error_string(info.rc)
             self.counts[f"publish_{reason}"] += 1
             reasons.append(reason)
         with self._lock:
@@ -225,11 +221,12 @@ class Link:
             return
         m = Delivery(topic, msg.payload, time.time(), msg.mid, msg.qos, self._session, bool(msg.retain))
         try:
-            self.inbox.put(m, timeout=self.block)
+            shed = self.inbox.put(m, timeout=self.block)
         except queue.Full:
             self.counts["queue_full"] += 1
-            if msg.qos:
-                client.ack(msg.mid, msg.qos)
+            shed = m
+        if shed is not None and shed.qos:  # dropped: the inbox full, or a runaway's newest shed for it
+            client.ack(shed.mid, shed.qos)
 
     def _status(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
         """A message on our own status topic: say ``online`` again if it says otherwise while we serve."""
