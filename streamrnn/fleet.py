@@ -61,6 +61,7 @@ class FleetLink(Connection):
         self._renewed: dict[int, float] = {}  # ... and when the request that last renewed it was sent (monotonic)
         self._fence = min(0.75, 1 - 0.6 / settings.shards.lease) * settings.shards.lease  # see _taking: < a lease less a fetch's 0.5 s
         self._releasing: set[int] = set()
+        self.assigned = 0  # partitions the members we saw last assign us
         self._handing = 0  # hand-backs under way
         self._feeds: dict[int, PartitionFeed] = {}
         self._saving: dict[int, asyncio.Lock] = {}
@@ -140,6 +141,7 @@ class FleetLink(Connection):
         if not self._intake:
             return
         mine = ownership.owned(self.me, self.shards.partitions, members)
+        self.assigned = len(mine)
         for p in sorted(self._claims.keys() - mine - self._releasing):
             await self._release(p)
         for p in sorted(mine - self._claims.keys()):

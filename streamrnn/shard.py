@@ -58,6 +58,7 @@ class Shard(Service):
         self.metrics.nominal.set(s.evaluator.coverage)
         r = dict(registry=self.metrics.registry, namespace="streamrnn")
         self.held = Gauge("partitions_held", "Partitions this shard serves", **r)
+        self.assigned = Gauge("partitions_assigned", "Partitions the live members assign this shard: what partitions_held moves to", **r)
         self.moves = Counted("partition_moves", "Partitions claimed, released or lost (a claim lapsed)", ["how"], **r)
         self._rejects = RateLimited(burst=5, per=60.0)
         self.parts: dict[int, Partition] = {}
@@ -233,6 +234,7 @@ class Shard(Service):
         while stored is not None and stored.written:  # the partitions' checkpoints, as the daemon's file
             m.checkpoint_written(*stored.written.popleft())
         self.held.set(len(self.parts))
+        self.assigned.set(self.link.assigned)
 
     def _count(self, p: int, part: Partition) -> None:
         for source, counts in sources(part):
