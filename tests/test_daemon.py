@@ -10,6 +10,7 @@ import random
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 
@@ -38,10 +39,18 @@ def sim_rows(streams: int, steps: int, seed: int = 0) -> list[tuple[float, str, 
 
 
 def publish_rows(
-    pub: Publisher, rows, rng: random.Random | None = None, spill: float = 0.0, rate: float | None = None, features=simulator.FEATURES
+    pub: Publisher,
+    rows,
+    rng: random.Random | None = None,
+    spill: float = 0.0,
+    rate: float | None = None,
+    features=simulator.FEATURES,
+    last: threading.Event | None = None,
 ) -> None:
     """Each finite value on its own sensor topic, tick by tick; with ``rng`` the order within a tick is
-    shuffled and a ``spill`` share of each tick is sent with the next one (out of order)."""
+    shuffled and a ``spill`` share of each tick is sent with the next one (out of order). With
+    ``last``, the last tick waits for it: a test's events happen while the stream still runs, however
+    slow a busy machine makes them."""
     by_tick = defaultdict(list)
     for ts, stream, values in rows:
         for j, v in enumerate(values):
@@ -49,7 +58,10 @@ def publish_rows(
                 by_tick[ts].append((SENSOR.format(stream=stream, feature=features[j]), json.dumps({"ts": ts, "value": float(v)}).encode()))
     held: list = []
     start = time.monotonic()
-    for i, ts in enumerate(sorted(by_tick)):
+    ticks = sorted(by_tick)
+    for i, ts in enumerate(ticks):
+        if last is not None and i == len(ticks) - 1:
+            last.wait()
         batch = by_tick[ts]
         if rng is not None:  # a share of this tick goes out with the next one, mixed into it
             rng.shuffle(batch)
