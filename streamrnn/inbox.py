@@ -17,7 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 
 from streamrnn.transport import Delivery
@@ -35,8 +35,9 @@ class FairInbox:
         self._turns: deque[str] = deque()  # those streams, in the order they are served
         self._size = 0
         self.shed: Counter[str] = Counter()  # messages shed, by stream, until the daemon reads them
-        self._heard: dict[str, float] = {}  # stream -> when a message of it last came (monotonic)
-        self._pruned = 0.0
+        # stream -> when a message of it last came (monotonic), the longest heard first; at most
+        # maxsize of them (a flood of ids, each heard once, holds no more than the inbox would)
+        self._heard: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
         self._taken = threading.Condition(self._lock)  # there is room
         self._put = threading.Condition(self._lock)  # there is a message
@@ -53,7 +54,7 @@ class FairInbox:
         acknowledge and count; raises :class:`queue.Full` if no room came within ``timeout``."""
         k = self.key(item.topic)
         with self._lock:
-            self._heard[k] = now = time.monotonic()
+            self._hear(k, now := time.monotonic())
             shed = None
             if self._size >= self.maxsize:
                 shed = self._shed(k, item, now)
@@ -77,10 +78,15 @@ class FairInbox:
             self._put.notify()
             return shed
 
+    def _hear(self, k: str, now: float) -> None:
+        heard = self._heard
+        heard[k] = now
+        heard.move_to_end(k)
+        while len(heard) > self.maxsize or now - next(iter(heard.values())) >= _HEARD:
+            heard.popitem(last=False)
+
     def _shed(self, k: str, item: Delivery, now: float) -> Delivery | None:
         """Full: what to refuse so that ``item`` (of stream ``k``) fits, if anything."""
-        if now - self._pruned > 1.0:
-            self._heard, self._pruned = {s: t for s, t in self._heard.items() if now - t < _HEARD}, now
         limit = self.share * self._size / max(len(self._heard), len(self._queues))
         if len(self._queues.get(k, ())) + 1 > limit:
             return item  # its stream holds more than its share already

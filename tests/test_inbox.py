@@ -82,6 +82,14 @@ def test_a_runaway_alone_in_a_full_inbox_is_shed_while_a_single_stream_never_is(
         alone.put(msg("only", 10), timeout=0.05)
 
 
+def test_a_flood_of_stream_ids_heard_once_each_is_remembered_no_more_than_the_inbox_holds():
+    inbox = FairInbox(10, key)
+    for n in range(1000):
+        inbox.put(msg(f"id-{n}"))
+        inbox.get_nowait()
+    assert len(inbox._heard) == 10 and "id-999" in inbox._heard  # the streams heard last, a bounded memory
+
+
 def test_a_full_inbox_with_every_stream_within_its_share_waits_for_room():
     inbox = FairInbox(4, key)
     for s in "abcd":
