@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -107,3 +108,50 @@ def test_the_engines_of_a_shard_report_as_one_engine_their_totals_pooled():
     got = {s.labels["horizon"]: s.value for s in fams["streamrnn_forecast_mse"].samples if s.labels["target"] == target}
     np.testing.assert_allclose([got[str(k + 1)] for k in range(engines[0].spec.horizon)], pooled["mse"][:, 0])
     assert skill[target] is not None and np.isclose(skill[target], np.nanmean(pooled["skill"][:, 0]), atol=1e-4)
+
+
+def test_a_fleet_and_one_daemon_on_the_same_frames_report_the_same_gauges():
+    """Issue 40: the gauges of a shard whose partitions hold the streams agree with those of one
+    daemon's engine holding them all, on the same frames: streams, rings and suspect sensors
+    exactly; the live scores within what each partition's own gate and bands move them (each
+    partition draws those from its own streams' errors)."""
+    from conftest import sine_frames, small_settings
+
+    from streamrnn.engine import Engine
+    from streamrnn.frames import Frame
+    from streamrnn.model import ModelSpec, build
+
+    settings = small_settings()
+    model = build(ModelSpec.from_settings(settings), seed=1)
+    with torch.no_grad():  # forecasts that depend on its states (an untrained head is persistence)
+        torch.manual_seed(1)
+        model.fc2.weight.normal_(0.0, 0.3)
+    daemon, fleet = Engine(settings, model), [Engine(settings, model), Engine(settings, model)]
+    for s, ts, v in sine_frames(400, streams=4):
+        v = v.copy()
+        if s == "s1" and ts / settings.features.period >= 300:
+            v[0] = 1e3  # a broken sensor, suspect in both to the end
+        daemon.step([Frame(s, ts, v)])
+        fleet[int(s[1:]) % 2].step([Frame(s, ts, v)])
+    reports = []
+    for engines in ([daemon], fleet):
+        reg = CollectorRegistry()
+        m = Metrics(reg, daemon.spec.targets, daemon.spec.horizon)
+        reports.append((m.observe_engines(engines, settings.ring.size), families(reg)))
+    (one, d), (pooled, f) = reports
+    for name in ("streamrnn_streams_active", "streamrnn_ring_frames", "streamrnn_ring_fill_ratio", "streamrnn_streams_quiet"):
+        assert d[name].samples[0].value == f[name].samples[0].value, name
+    suspect = lambda fams: {s.labels["feature"]: s.value for s in fams["streamrnn_channels_suspect"].samples}
+    assert suspect(d) == suspect(f) and suspect(d)["a"] == 1
+    # the live scores fade per scoring pass, so a partition's weigh its own streams' passes: close,
+    # not equal; the skill and coverage further by each partition's own gate and bands
+    for name, close in (
+        ("streamrnn_persistence_mse", lambda a, b: abs(a - b) <= 0.02 * abs(a)),
+        ("streamrnn_forecast_skill_ratio", lambda a, b: abs(a - b) <= 0.05),
+        ("streamrnn_interval_coverage_ratio", lambda a, b: abs(a - b) <= 0.05),
+    ):
+        a = {(s.labels["target"], s.labels["horizon"]): s.value for s in d[name].samples}
+        b = {(s.labels["target"], s.labels["horizon"]): s.value for s in f[name].samples}
+        assert a.keys() == b.keys() and all(np.isfinite(v) and close(v, b[k]) for k, v in a.items()), (name, a, b)
+    assert one.keys() == pooled.keys() and all(abs(one[t] - pooled[t]) <= 0.02 for t in one), (one, pooled)
+    assert any(abs(v) > 0.01 for v in one.values())  # skill of a forecast of its own, not persistence's 0
