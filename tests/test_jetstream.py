@@ -156,6 +156,7 @@ def test_the_server_stopped_and_started_again_loses_no_frame(nats_server, tmp_pa
                 time.sleep(down)
                 nats_server.start().ready()
                 pub.wait_connected()
+                sub.wait_connected()  # by events: what is forecast from here on reaches the reader
         pub.close(60)
         got = drain(sub, quiet=12.0)
         # the last ticks close once the partitions are quiet (frames.idle_close + 5 s without a
@@ -171,7 +172,10 @@ def test_the_server_stopped_and_started_again_loses_no_frame(nats_server, tmp_pa
         d.terminate(30)
     assert frames == published == len(rows), d.log()[-3000:]  # every frame stepped and forecast, none twice
     missing = {(s, ts) for ts, s, _ in rows} - {(m["stream"], m["ts"]) for m in got}
-    assert len(missing) <= 2 * 2 * 2, f"{len(missing)} forecasts not received, e.g. {sorted(missing)[:5]}"
+    # only around the two stops: the ticks whose forecasts went out while the reader was away (how
+    # many depends on how fast a busy box brings it back; a loss anywhere else is a defect)
+    stops = [rows[third - 1][0], rows[2 * third - 1][0]]
+    assert all(min(abs(ts - stop) for stop in stops) <= 50 * P for _, ts in missing), sorted(missing)[:10]
     assert reconnects >= 2
 
 

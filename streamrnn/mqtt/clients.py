@@ -143,6 +143,15 @@ class Subscriber:
         if not subscribed.wait(timeout):
             raise ConnectionError(f"subscription to {topics} not acknowledged")
 
+    def wait_connected(self, timeout: float = 30.0) -> None:
+        """Wait for the connection (after a broker restart; with ``clean=False`` the session and
+        its subscriptions come back with it)."""
+        deadline = time.monotonic() + timeout
+        while not self.client.is_connected():
+            if time.monotonic() > deadline:
+                raise ConnectionError("subscriber not reconnected")
+            time.sleep(0.02)
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
