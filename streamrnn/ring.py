@@ -1,8 +1,6 @@
 """Per-stream ring buffer of the last N frames, in arrays allocated once: constant memory at any uptime.
 
-An engine's rings are rows of two blocks (values and timestamps, one row per bank row), so that a
-tick's frames are appended in one array assignment, not one per stream; a ring is a view of its
-row. A missing value is stored as NaN, so the mask is ``isfinite(values)``: one source of truth.
+A missing value is stored as NaN, so the mask is ``isfinite(values)``: one source of truth.
 """
 
 from __future__ import annotations
@@ -11,14 +9,13 @@ import numpy as np
 
 
 class Ring:
-    """The last ``size`` frames of one stream: values (size, channels) float32 and ts (size,) float64
-    (its own arrays, or views of a :class:`Rings` block's row)."""
+    """The last ``size`` frames of one stream: values (size, channels) float32 and ts (size,) float64."""
 
     __slots__ = ("values", "ts", "count", "size")
 
-    def __init__(self, size: int, channels: int, values: np.ndarray | None = None, ts: np.ndarray | None = None) -> None:
-        self.values = np.full((size, channels), np.nan, dtype=np.float32) if values is None else values
-        self.ts = np.full(size, np.nan, dtype=np.float64) if ts is None else ts
+    def __init__(self, size: int, channels: int) -> None:
+        self.values = np.full((size, channels), np.nan, dtype=np.float32)
+        self.ts = np.full(size, np.nan, dtype=np.float64)
         self.count = 0  # frames ever appended
         self.size = size
 
@@ -59,28 +56,10 @@ class Rings(dict[int, Ring]):
         super().__init__()
         self.size, self.channels = size, channels
         self.ticks: dict[int, int] = {}
-        self._values = np.full((0, size, channels), np.nan, dtype=np.float32)  # (rows, size, channels)
-        self._ts = np.full((0, size), np.nan)
-
-    def _room(self, row: int) -> None:
-        """Blocks with a row for ``row``: grown by half (a copy, once per growth), each ring
-        pointed at its row of the new blocks."""
-        have = len(self._values)
-        if row < have:
-            return
-        rows = max(row + 1, have + have // 2, 16)
-        values = np.full((rows, self.size, self.channels), np.nan, dtype=np.float32)
-        ts = np.full((rows, self.size), np.nan)
-        values[:have], ts[:have] = self._values, self._ts
-        self._values, self._ts = values, ts
-        for r, ring in self.items():
-            ring.values, ring.ts = values[r], ts[r]
 
     def open(self, row: int) -> None:
         """A new stream's ring, empty."""
-        self._room(row)
-        self._values[row], self._ts[row] = np.nan, np.nan
-        self[row] = Ring(self.size, self.channels, self._values[row], self._ts[row])
+        self[row] = Ring(self.size, self.channels)
 
     def late(self, row: int, tick: int) -> bool:
         """A frame for ``tick`` is late: the stream stepped it, or a later one, already."""
@@ -95,19 +74,9 @@ class Rings(dict[int, Ring]):
         return True
 
     def take_all(self, rows: list[int], ticks: list[int], stamps: list[float], values: np.ndarray) -> None:
-        """:meth:`take` for each of a batch's frames (``values`` (B, C)): where the rows are
-        distinct, rings and none is late (as the engine steps them), in one assignment per block."""
-        rings = [self[row] for row in rows]
-        if len(set(rows)) < len(rows) or any(self.late(row, tick) for row, tick in zip(rows, ticks)):
-            for row, tick, ts, v in zip(rows, ticks, stamps, values):
-                self.take(row, tick, ts, v)
-            return
-        at = np.array([ring.count for ring in rings], dtype=np.int64) % self.size
-        self._values[rows, at] = values
-        self._ts[rows, at] = stamps
-        for ring in rings:
-            ring.count += 1
-        self.ticks.update(zip(rows, ticks))
+        """:meth:`take` for each of a batch's frames (``values`` (B, C))."""
+        for row, tick, ts, v in zip(rows, ticks, stamps, values):
+            self.take(row, tick, ts, v)
 
     def drop(self, row: int) -> None:
         del self[row]
@@ -139,7 +108,6 @@ class Rings(dict[int, Ring]):
         self.check(st)
         self.clear()
         for row, r in st["rings"].items():
-            self.open(int(row))
-            ring = self[int(row)]
+            ring = self[int(row)] = Ring(self.size, self.channels)
             ring.values[:], ring.ts[:], ring.count = r["values"], r["ts"], int(r["count"])
         self.ticks = {int(k): int(v) for k, v in st["last_tick"].items()}
