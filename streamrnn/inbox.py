@@ -4,10 +4,10 @@ One queue per stream, taken round-robin: a stream that sends a thousand messages
 one delays that one by one turn of the round, not by the thousand (a FIFO made every stream wait
 behind a runaway's seconds of backlog). Nothing is refused while there is room: a broker's redelivery
 after a restart, or a gateway catching up, waits its turn and is served whole. Only when the inbox is
-full does a stream holding more than ``share`` times the mean of the streams waiting lose its newest
-message (refused at the door, or the newest it holds dropped to let another stream's in; the mean
-is over the streams heard in the last minute, so a runaway alone in the inbox is still one of many): the
-network thread never blocks behind a runaway, so the other streams' messages keep coming in. When
+full does a stream holding more than ``share`` times its share (the inbox over the streams heard in
+the last minute, so that a runaway alone in the inbox is still one of many) lose its newest message,
+refused at the door, or the newest it holds dropped to let another stream's in: the network thread
+never blocks behind a runaway, so the other streams' messages keep coming in. When
 the inbox is full and no stream holds more than its share, ``put`` waits as :class:`queue.Queue`'s
 does (the broker holds the rest) and raises :class:`queue.Full` after ``timeout``.
 """
