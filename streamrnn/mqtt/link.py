@@ -225,8 +225,8 @@ class Link:
         except queue.Full:
             self.counts["queue_full"] += 1
             shed = m
-        if shed is not None and shed.qos:  # dropped: the inbox full, or a runaway's newest shed for it
-            client.ack(shed.mid, shed.qos)
+        if shed is not None:  # dropped: the inbox full, or a runaway's newest shed for it (maybe of a session before)
+            self.ack(shed)
 
     def _status(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
         """A message on our own status topic: say ``online`` again if it says otherwise while we serve."""
