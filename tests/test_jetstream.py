@@ -148,10 +148,17 @@ def test_the_server_stopped_and_started_again_loses_no_frame(nats_server, tmp_pa
     sub = Subscriber(nats_server.mqtt_url, "t-forecasts-persistent", ["plant/+/forecast"], clean=False)
     pub = Publisher(nats_server.mqtt_url, "t-sensors")
     try:
+        sent = 0
         for part, down in ((rows[:third], 1.0), (rows[third : 2 * third], 0.5), (rows[2 * third :], None)):
             publish_rows(pub, part, rate=100)
             pub.flush()
+            sent += len(part)
             if down is not None:
+                # by events: the server goes down once the daemon has stepped what came (but each
+                # stream's last tick, still open), not while a busy box still works through it
+                until = time.monotonic() + 120
+                while d.sample("streamrnn_frames_closed_total") < sent - 2 and time.monotonic() < until:
+                    time.sleep(0.2)
                 nats_server.stop()
                 time.sleep(down)
                 nats_server.start().ready()
@@ -172,10 +179,8 @@ def test_the_server_stopped_and_started_again_loses_no_frame(nats_server, tmp_pa
         d.terminate(30)
     assert frames == published == len(rows), d.log()[-3000:]  # every frame stepped and forecast, none twice
     missing = {(s, ts) for ts, s, _ in rows} - {(m["stream"], m["ts"]) for m in got}
-    # only around the two stops: the ticks whose forecasts went out while the reader was away (how
-    # many depends on how fast a busy box brings it back; a loss anywhere else is a defect)
-    stops = [rows[third - 1][0], rows[2 * third - 1][0]]
-    assert all(min(abs(ts - stop) for stop in stops) <= 50 * P for _, ts in missing), sorted(missing)[:10]
+    # only around the two stops: the ticks closed while the reader was away, a few of each stream
+    assert len(missing) <= 2 * 2 * 2, f"{len(missing)} forecasts not received, e.g. {sorted(missing)[:5]}"
     assert reconnects >= 2
 
 
