@@ -26,8 +26,8 @@ _HEARD = 60.0  # seconds a stream counts among those the inbox serves after its 
 
 
 class FairInbox:
-    """A bounded queue of deliveries, round-robin over ``key(topic)`` (the stream); the methods of
-    :class:`queue.Queue` that the daemon and its link call, and which stream a refusal fell on."""
+    """A bounded queue of deliveries, round-robin over ``key(topic)`` (the stream): the link puts,
+    the daemon's turn takes (and puts back what it did not use); which stream a refusal fell on."""
 
     def __init__(self, maxsize: int, key: Callable[[str], str], share: float = 2.0) -> None:
         self.maxsize, self.key, self.share = maxsize, key, share
@@ -101,33 +101,6 @@ class FairInbox:
             self._turns.remove(fattest)
         return shed
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Delivery:
-        """The next stream's oldest message; raises :class:`queue.Empty` as :class:`queue.Queue` does."""
-        with self._lock:
-            if not block:
-                if not self._size:
-                    raise queue.Empty
-            elif timeout is None:
-                while not self._size:
-                    self._put.wait()
-            else:
-                end = time.monotonic() + timeout
-                while not self._size:
-                    left = end - time.monotonic()
-                    if left <= 0:
-                        raise queue.Empty
-                    self._put.wait(left)
-            k = self._turns.popleft()
-            q = self._queues[k]
-            item = q.popleft()
-            if q:
-                self._turns.append(k)
-            else:
-                del self._queues[k]
-            self._size -= 1
-            self._taken.notify()
-            return item
-
     def take(self, n: int, per_stream: int, wait: float) -> list[Delivery]:
         """Up to ``n`` messages, the streams in turn, at most ``per_stream`` of each (a runaway's
         backlog waits for the next take, behind every other stream's), waiting up to ``wait``
@@ -175,9 +148,6 @@ class FairInbox:
         with self._lock:
             shed, self.shed = self.shed, Counter()
             return shed
-
-    def get_nowait(self) -> Delivery:
-        return self.get(block=False)
 
     def oldest(self) -> float | None:
         """The earliest arrival still waiting (None: none waits): everything that arrived before

@@ -28,10 +28,7 @@ def msg(stream: str, n: int = 0, arrival: float = 0.0) -> Delivery:
 
 
 def drain(inbox: FairInbox) -> list[Delivery]:
-    out = []
-    while not inbox.empty():
-        out.append(inbox.get_nowait())
-    return out
+    return inbox.take(inbox.qsize(), inbox.qsize(), 0) if inbox.qsize() else []
 
 
 def test_the_stream_key_is_the_stream_level_of_either_template():
@@ -86,7 +83,7 @@ def test_a_flood_of_stream_ids_heard_once_each_is_remembered_no_more_than_the_in
     inbox = FairInbox(10, key)
     for n in range(1000):
         inbox.put(msg(f"id-{n}"))
-        inbox.get_nowait()
+        inbox.take(1, 1, 0)
     assert len(inbox._heard) == 10 and "id-999" in inbox._heard  # the streams heard last, a bounded memory
 
 
@@ -98,18 +95,17 @@ def test_a_full_inbox_with_every_stream_within_its_share_waits_for_room():
     with pytest.raises(queue.Full):
         inbox.put(msg("e"), timeout=0.2)
     assert time.monotonic() - t0 >= 0.19
-    threading.Timer(0.2, inbox.get).start()
+    threading.Timer(0.2, lambda: inbox.take(1, 1, 0)).start()
     assert inbox.put(msg("e"), timeout=5) is None  # in, once the engine took one
     assert sorted(key(m.topic) for m in drain(inbox)) == ["b", "c", "d", "e"]
 
 
-def test_get_waits_for_a_message_and_the_oldest_arrival_is_known():
+def test_a_take_waits_for_a_message_and_the_oldest_arrival_is_known():
     inbox = FairInbox(10, key)
-    with pytest.raises(queue.Empty):
-        inbox.get(timeout=0.05)
+    assert inbox.take(10, 10, 0.05) == []
     assert inbox.oldest() is None
     threading.Timer(0.1, lambda: inbox.put(msg("a", arrival=5.0))).start()
-    assert inbox.get(timeout=5).arrival == 5.0
+    assert [m.arrival for m in inbox.take(10, 10, 5)] == [5.0]
     inbox.put(msg("a", arrival=3.0))
     inbox.put(msg("a", arrival=4.0))
     inbox.put(msg("b", arrival=2.0))

@@ -58,6 +58,14 @@ def _open(
     return c
 
 
+def _wait_connected(client: paho.Client, who: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not client.is_connected():
+        if time.monotonic() > deadline:
+            raise ConnectionError(f"{who} not reconnected")
+        time.sleep(0.02)
+
+
 class Publisher:
     """A plain publishing client for tools (the simulator, tests, benchmarks): a bounded window of
     unacknowledged messages, every result checked."""
@@ -103,11 +111,7 @@ class Publisher:
     def wait_connected(self, timeout: float = 30.0) -> None:
         """Wait for the connection (after a broker restart): what is published while disconnected
         is queued and may be sent after what is published once reconnected, out of order."""
-        deadline = time.monotonic() + timeout
-        while not self.client.is_connected():
-            if time.monotonic() > deadline:
-                raise ConnectionError("publisher not reconnected")
-            time.sleep(0.02)
+        _wait_connected(self.client, "publisher", timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         self.flush(timeout)
@@ -146,11 +150,7 @@ class Subscriber:
     def wait_connected(self, timeout: float = 30.0) -> None:
         """Wait for the connection (after a broker restart; with ``clean=False`` the session and
         its subscriptions come back with it)."""
-        deadline = time.monotonic() + timeout
-        while not self.client.is_connected():
-            if time.monotonic() > deadline:
-                raise ConnectionError("subscriber not reconnected")
-            time.sleep(0.02)
+        _wait_connected(self.client, "subscriber", timeout)
 
     def close(self) -> None:
         self.client.disconnect()
