@@ -182,6 +182,7 @@ class GateSettings(_Section):
         description="scored forecasts' worth (one in k at step k, whose errors overlap) a target and step needs "
         "before the gate moves it off the recurrent model",
     )
+    trust: bool = Field(True, description="draw each stream's forecast to its held value where its own errors say a move does not pay")
 
 
 class HealthSettings(_Section):

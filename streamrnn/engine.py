@@ -48,10 +48,8 @@ class Engine:
         self._ti, self._key = np.asarray(self.spec.target_index), np.asarray(self.spec.target_only)
         self._std_t = self._target_std()
         self.bank = HiddenBank(self.model, len(self.channels), settings.streams.max_streams, settings.streams.idle_timeout)
-        ev = settings.evaluator
-        self.evaluator = Evaluator(
-            len(self._ti), self.spec.horizon, ev.coverage, ev.residuals, ev.live_window, contenders=3, gate_memory=settings.gate.memory
-        )
+        ev, gate = settings.evaluator, settings.gate
+        self.evaluator = Evaluator(len(self._ti), self.spec.horizon, ev.coverage, ev.residuals, ev.live_window, 3, gate.memory, gate.trust)
         self.contenders = Contenders(settings, len(self.channels), self._ti, self.spec.horizon, self.evaluator)
         self.rings = Rings(settings.ring.size, len(self.channels))
         self.health = Health(len(self.channels), settings.health)
@@ -127,8 +125,8 @@ class Engine:
         now = np.where(soft, out[:, 0], base)
         recurrent, linear = out[:, 1:], self.contenders.linear_forecast(r, held, base, stamps)
         panel = self.evaluator.panel(r, t)  # the forecasts whose contenders the gate will score
-        # before the linear contender's first fit, the gate weighs the other two
-        served, mixed = self.contenders.serve(base, recurrent, linear, panel)
+        gated, mixed = self.contenders.serve(base, recurrent, linear, panel)  # before the linear's first fit, of the other two
+        served = self.evaluator.trust.draw(r, base, gated)  # each stream's own errors draw it toward the held value
         contenders = (recurrent[panel], np.float32(np.nan) if linear is None else linear[panel], mixed)
         self.health.expected(r, t, served[:, 0], self._ti)
         if suspect is not None:  # a suspect target is served as held, and nothing of it is scored
@@ -136,7 +134,7 @@ class Engine:
             served, now, unscored = self.health.hold(r, suspect.take(self._ti, axis=1), self._ti, served, now, soft, skill)
         band = self.evaluator.bands(served)  # (B, H, 3, T): prediction, lower, upper
         kept = (band, contenders) if suspect is None else (unscored(band, 0), tuple(unscored(c, 0, panel) for c in contenders))
-        self.evaluator.record(r, t, kept[0], base, kept[1], panel)
+        self.evaluator.record(r, t, kept[0], base, kept[1], panel, gated)
         self.frames_seen += len(rows)
         return Forecasts(
             [f.stream for f in frames],

@@ -15,15 +15,16 @@ does a stream's reset.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from streamrnn import migrations
 from streamrnn.bands import Bands
 from streamrnn.evidence import Evidence
+from streamrnn.scores import scored
+from streamrnn.trust import Trust
 
 _TOTALS = ("n", "se", "se_p", "ae", "ae_p", "n_band", "hit")
-_ARRAYS = ("tick", "fc", "base", "ctick", "cfc")  # kept in a checkpoint, with the bands' rings
+_ARRAYS = ("tick", "fc", "base", "move", "ctick", "cfc")  # kept in a checkpoint, with the bands' rings
 _MOMENT_ROWS = (
     64  # streams whose contenders' forecasts are kept for the gate (a panel), and scored forecasts per pass that feed it, at most
 )
@@ -42,10 +43,12 @@ class Evaluator:
         live_window: int = 1000,
         contenders: int = 0,
         gate_memory: int = 500,
+        trust: bool = True,
     ) -> None:
         """``contenders``: forecasts besides the served one and persistence that ``record`` keeps
         and scoring compares (the gate's); ``gate_memory``: the scored forecasts per (step, target)
-        after which one weighs 1/e in their error moments."""
+        after which one weighs 1/e in their error moments; ``trust``: whether each stream's own errors
+        draw its forecasts toward the held value (:class:`Trust`, folded as each truth arrives)."""
         self.targets, self.horizon, self.coverage = targets, horizon, coverage
         self.contenders = contenders
         h, t = horizon, targets
@@ -60,6 +63,7 @@ class Evaluator:
         self._tick = np.zeros((0, self._slots), dtype=np.int64)
         self._fc = np.zeros((0, self._slots, h, 2, t), dtype=np.float32)  # prediction, half-width
         self._base = np.zeros((0, self._slots, t), dtype=np.float32)
+        self._move = np.zeros((0, self._slots, h, t), dtype=np.float32)  # the gate's forecast less base, for the trust
         self._ctick = np.zeros((0, self._slots), dtype=np.int64)
         self._cfc = np.zeros((0, self._slots, h, contenders, t), dtype=np.float32)
         self._epoch = 4 * self._slots  # ticks between two turns of the panel
@@ -78,6 +82,7 @@ class Evaluator:
         self._ks = np.arange(1, h + 1)
         # The errors of persistence, the contenders and their combination, as the gate weighs them.
         self.evidence = Evidence(h, t, gate_memory)
+        self.trust = Trust(h, t, trust)
 
     # -- per-stream pending forecasts -------------------------------------------------------
     def _ensure(self, row: int) -> None:
@@ -90,7 +95,7 @@ class Evaluator:
             out[:had] = a
             return out
 
-        self._tick, self._fc, self._base = grow(self._tick), grow(self._fc), grow(self._base)
+        self._tick, self._fc, self._base, self._move = grow(self._tick), grow(self._fc), grow(self._base), grow(self._move)
         self._ctick, self._cfc = grow(self._ctick), grow(self._cfc)
         self._tick[had:] = self._ctick[had:] = -1  # no forecast: a slot is read only where its tick is the one wanted
 
@@ -101,6 +106,7 @@ class Evaluator:
         self.flush()
         self._ensure(row)
         self._tick[row] = self._ctick[row] = -1
+        self.trust.reset(row)
 
     def panel(self, rows: np.ndarray, ticks: np.ndarray) -> np.ndarray | slice:
         """Which of a batch's forecasts (``rows``, ``ticks`` as ``record`` takes them) keep their
@@ -114,7 +120,10 @@ class Evaluator:
 
     def score(self, rows: np.ndarray, ticks: np.ndarray, truth: np.ndarray) -> None:
         """Score what was forecast for ``ticks`` against ``truth`` (B, targets), NaN where not
-        observed; ``rows`` (B,) distinct. Queued, and scored with the next few steps' in one pass."""
+        observed; ``rows`` (B,) distinct. Queued, and scored with the next few steps' in one pass;
+        the trust takes them now, so that a stream's factors do not depend on when a pass came."""
+        if self.trust.enabled:
+            self._trust(rows, ticks, truth)
         self._queue.append((rows, ticks, truth))
         self._queued += len(rows)
         self._due = min(self._due, int(ticks.min()) + LAG)
@@ -171,6 +180,19 @@ class Evaluator:
         self._live += got
         self.conformal.add(ae, ok, n)
 
+    def _trust(self, rows: np.ndarray, ticks: np.ndarray, truth: np.ndarray) -> None:
+        """Fold into the trust the moves of the forecasts these truths score, and the truths'."""
+        made = ticks[:, None] - self._ks  # (B, H)
+        slots = made % self._slots
+        valid = (self._tick[rows[:, None], slots] == made) & (made >= 0)
+        if not valid.any():
+            return
+        at = rows[:, None] * self._slots + slots
+        move = self._move.reshape(-1, self.targets).take(at * self.horizon + self._ks - 1, axis=0)  # (B, H, T)
+        change = truth.astype(np.float32)[:, None, :] - self._base.reshape(-1, self.targets).take(at, axis=0)
+        ok = valid[..., None] & np.isfinite(move) & np.isfinite(change)
+        self.trust.fold(rows, np.nan_to_num(move), np.nan_to_num(change), ok)
+
     def _contenders(
         self, rows: np.ndarray, slots: np.ndarray, made: np.ndarray, truth: np.ndarray, err_p: np.ndarray, ok: np.ndarray
     ) -> None:
@@ -202,10 +224,12 @@ class Evaluator:
         base: np.ndarray,
         contenders: tuple[np.ndarray, ...] = (),
         panel: np.ndarray | slice = slice(None),
+        gated: np.ndarray | None = None,
     ) -> None:
         """Keep forecasts made at ``ticks``: ``band`` (B, H, 3, targets) as ``bands`` draws it, base
-        (B, targets) = persistence, and the contenders' forecasts (P, H, targets) each at the
-        forecasts ``panel`` names (:meth:`panel`); ``rows`` (B,) distinct."""
+        (B, targets) = persistence, the contenders' forecasts (P, H, targets) each at the forecasts
+        ``panel`` names (:meth:`panel`), and the gate's before the trust drew them in (``gated``, (B,
+        H, targets); NaN: not scored); ``rows`` (B,) distinct."""
         if ticks.max() > self._due:
             self.flush()  # a slot about to be reused may hold a forecast a queued truth scores
         s = ticks % self._slots
@@ -215,6 +239,8 @@ class Evaluator:
         np.subtract(band[:, :, 2], band[:, :, 0], out=fc[:, :, 1])  # the half-width
         self._fc[rows, s] = fc
         self._base[rows, s] = base
+        if self.trust.enabled:  # the moves of the forecasts scored (not a suspect target's: its prediction is NaN)
+            self._move[rows, s] = np.nan if gated is None else np.where(np.isnan(band[:, :, 0]), np.nan, gated - base[:, None, :])
         if contenders:
             r, s = rows[panel], s[panel]
             self._ctick[r, s] = ticks[panel]
@@ -232,35 +258,18 @@ class Evaluator:
         out["res"], out["res_n"] = self.conformal.res.copy(), self.conformal.res_n.copy()
         out["bands"] = self.conformal.state()
         out["gate"] = self.evidence.state()
+        out["trust"] = self.trust.state()
         return out
 
     def load_state(self, st: dict) -> None:
         """Go on from ``state()``; raises ValueError if it was made for other targets, steps or residuals."""
-        if "fc" not in st:  # written before the prediction and its band were kept side by side
-            st = {**st, "fc": np.stack([st["pred"], st["hi"] - st["pred"]], axis=3)}
-        elif st["fc"].ndim == 5 and st["fc"].shape[3] == 3:  # prediction, lower and upper band
-            st = {**st, "fc": np.stack([st["fc"][:, :, :, 0], st["fc"][:, :, :, 2] - st["fc"][:, :, :, 0]], axis=3)}
-        k, fc = self.contenders, st["fc"]
-        if "cfc" not in st:  # written before the contenders' forecasts had slots of their own: after the band's, if at all
-            beside = fc.ndim == 5 and fc.shape[3] == 2 + k
-            st = {
-                **st,
-                "fc": fc[:, :, :, :2],
-                "ctick": st["tick"].copy() if beside else np.full_like(st["tick"], -1),
-                "cfc": fc[:, :, :, 2:] if beside else np.full((*fc.shape[:3], k, fc.shape[4]), np.nan, np.float32),
-            }
-        elif st["cfc"].ndim == 5 and st["cfc"].shape[3] != k:  # kept other contenders: theirs are not known
-            st = {
-                **st,
-                "ctick": np.full_like(st["ctick"], -1),
-                "cfc": np.full((*st["cfc"].shape[:3], k, st["cfc"].shape[4]), np.nan, np.float32),
-            }
+        st = migrations.evaluator(st, self.contenders)
         for name in _ARRAYS:
             have, got = getattr(self, f"_{name}").shape, st[name].shape
             if got[2:] != have[2:]:
                 raise ValueError(f"evaluator state {name} has shape {got}, this evaluator wants {have}")
         self.conformal.load_state(st["res"], st["res_n"], st.get("bands"))
-        self._tick, self._fc, self._base = self._reslot(st["tick"], st["fc"], st["base"])
+        self._tick, self._fc, self._base, self._move = self._reslot(st["tick"], st["fc"], st["base"], st["move"])
         self._ctick, self._cfc = self._reslot(st["ctick"], st["cfc"])
         self._queue = [tuple(np.asarray(a) for a in entry) for entry in st.get("queue", [])]  # older checkpoints flushed it first
         self._queued = sum(len(rows) for rows, _, _ in self._queue)
@@ -268,6 +277,7 @@ class Evaluator:
         self._total[:] = [st["total"][k] for k in _TOTALS]
         self._live[:] = [st["live"][k] for k in _TOTALS]
         self.evidence.load_state(st.get("gate", {}))  # older checkpoints: the gate starts afresh
+        self.trust.load_state(st.get("trust"))  # older checkpoints: the trust starts afresh
 
     def _reslot(self, tick: np.ndarray, *kept: np.ndarray) -> list[np.ndarray]:
         """Pending forecasts saved with any number of slots (their ticks, and what is kept of them
@@ -298,25 +308,3 @@ class Evaluator:
         if flush:
             self.flush()
         return scored(self.live if live else self.total)
-
-
-def scored(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The scores of running totals (:data:`_TOTALS`, each (H, targets)): of one evaluator, or
-    of several summed (a shard's partitions, scored as one engine's streams would be)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        n = s["n"]
-        out = {
-            "n": n.copy(),
-            "mse": s["se"] / n,
-            "mae": s["ae"] / n,
-            "persistence_mse": s["se_p"] / n,
-            "persistence_mae": s["ae_p"] / n,
-            "coverage": s["hit"] / s["n_band"],
-        }
-        out["skill"] = 1.0 - s["se"] / s["se_p"]
-    return out
-
-
-def finite_or_none(x: float) -> float | None:
-    """JSON has no NaN: unknown numbers become null."""
-    return float(x) if math.isfinite(x) else None

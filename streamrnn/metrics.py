@@ -20,8 +20,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from streamrnn import gate, health
-from streamrnn.evaluator import scored
 from streamrnn.payload import REASONS
+from streamrnn.scores import scored
 
 if TYPE_CHECKING:  # types only: the metrics import nothing of what reports into them
     from streamrnn.engine import Engine

@@ -24,9 +24,9 @@ from streamrnn import model
 from streamrnn.atomic import replacing, write_text
 from streamrnn.config import Settings
 from streamrnn.engine import Engine
-from streamrnn.evaluator import finite_or_none
 from streamrnn.forecast import Forecast
 from streamrnn.frames import Frame
+from streamrnn.scores import finite_or_none
 
 
 @dataclass

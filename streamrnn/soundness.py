@@ -2,7 +2,7 @@
 that what was written is sound (a bug, a foreign writer, a bit flipped before the checksum).
 
 Checked before any of it is loaded (a daemon's checkpoint, a partition's, whatever their source):
-the weights, the hidden states and the evaluator's running totals are finite; every value a stream
+the weights, the hidden states, the evaluator's running totals and its trust's moments are finite; every value a stream
 held, its running means, its ring and what health knows of it are missing (NaN) or a reading the
 daemon could have taken (finite, within ``frames.max_abs``). A state that is not is refused whole,
 as an unsound file is: the caller falls back to the one before, or starts afresh.
@@ -37,6 +37,8 @@ def _finite(st: dict) -> Iterator[tuple[str, np.ndarray]]:
     for part in ("total", "live"):
         for k, v in st["evaluator"][part].items():
             yield f"evaluator.{part}.{k}", v
+    if "trust" in st["evaluator"]:
+        yield "evaluator.trust", st["evaluator"]["trust"]["moments"]
 
 
 def _readings(st: dict) -> Iterator[tuple[str, np.ndarray]]:

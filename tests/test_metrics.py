@@ -90,8 +90,8 @@ def test_the_engines_of_a_shard_report_as_one_engine_their_totals_pooled():
     from conftest import sine_frames, small_settings
 
     from streamrnn.engine import Engine
-    from streamrnn.evaluator import scored
     from streamrnn.frames import Frame
+    from streamrnn.scores import scored
 
     settings = small_settings()
     engines = [Engine(settings), Engine(settings)]
