@@ -9,6 +9,13 @@ from streamrnn.trust import Trust
 H, T = 4, 2
 
 
+def _opened(streams: int) -> tuple[Evaluator, np.ndarray]:
+    ev, rows = Evaluator(T, H), np.arange(streams)
+    for r in rows:
+        ev.reset(int(r))
+    return ev, rows
+
+
 def _run(ev: Evaluator, truths: np.ndarray, moves: np.ndarray, rows: np.ndarray, held: float = 0.0) -> np.ndarray:
     """Step ``rows`` through ``truths`` (ticks, B, T), each forecast moving ``moves`` (B, H, T) from
     ``held``; returns the served forecasts the trust drew at each tick (ticks, B, H, T)."""
@@ -25,10 +32,7 @@ def _run(ev: Evaluator, truths: np.ndarray, moves: np.ndarray, rows: np.ndarray,
 
 
 def test_a_stream_whose_moves_go_the_wrong_way_is_drawn_to_its_held_value_and_another_is_left_alone():
-    ev = Evaluator(T, H)
-    rows = np.array([0, 1])
-    for r in rows:
-        ev.reset(int(r))
+    ev, rows = _opened(2)
     rng = np.random.default_rng(0)
     ticks = 400
     moves = np.array([np.full((H, T), 1.0), np.full((H, T), 1.0)], np.float32)
@@ -49,9 +53,7 @@ def test_a_stream_whose_moves_go_the_wrong_way_is_drawn_to_its_held_value_and_an
 def test_a_drawn_stream_still_sees_whether_its_moves_would_pay_again():
     """The moments are of the gate's forecast before it was drawn in: a stream drawn to its held
     value goes back to its forecast once the truth follows the moves again."""
-    ev = Evaluator(T, H)
-    rows = np.array([0])
-    ev.reset(0)
+    ev, rows = _opened(1)
     moves = np.full((1, H, T), 1.0, np.float32)
     truths = np.concatenate([np.zeros((300, 1, T)), np.ones((600, 1, T))]).astype(np.float32)
     served = _run(ev, truths, moves, rows)
@@ -62,9 +64,7 @@ def test_a_drawn_stream_still_sees_whether_its_moves_would_pay_again():
 def test_only_scored_truths_move_the_trust_and_a_suspect_target_teaches_nothing():
     """A forecast whose prediction was blanked (a suspect target, unscored) and a truth that did not
     arrive fold nothing; nothing is drawn from a forecast not yet due."""
-    ev = Evaluator(T, H)
-    rows = np.array([0])
-    ev.reset(0)
+    ev, rows = _opened(1)
     base = np.zeros((1, T), np.float32)
     gated = np.ones((1, H, T), np.float32)
     for tick in range(200):
@@ -78,10 +78,7 @@ def test_only_scored_truths_move_the_trust_and_a_suspect_target_teaches_nothing(
 
 
 def test_the_trust_is_kept_in_a_checkpoint_and_an_older_one_starts_it_afresh():
-    ev = Evaluator(T, H)
-    rows = np.array([0, 1])
-    for r in rows:
-        ev.reset(int(r))
+    ev, rows = _opened(2)
     rng = np.random.default_rng(1)
     _run(ev, rng.normal(0, 0.3, (200, 2, T)).astype(np.float32), np.ones((2, H, T), np.float32), rows)
     st = ev.state()
