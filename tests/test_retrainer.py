@@ -179,7 +179,7 @@ def test_adopting_a_verdict_is_as_if_its_model_had_served_since_the_snapshot():
     """Each stream goes on from the verdict's state at the snapshot, stepped over the frames that came
     after it exactly as serving steps them (held values and running means as they were then); a
     stream new since the snapshot is warmed from blank over its recent frames."""
-    engine = fed()
+    engine = fed(gate={"trust": False})  # the model as if it had served: not the trust, which kept the old one's moves
     snap = engine.snapshot()
     verdict = judge.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
     assert verdict.serve == "challenger"
@@ -224,7 +224,7 @@ def test_adopting_on_a_budget_serves_the_old_model_until_the_new_one_is_level_th
     Turns, in rounds: s0 and s1 are 3 frames behind at the verdict, 6 in all. Budget 2: s0 2 frames;
     one more frame each arrives (s0 2 behind, s1 4); s0 2, s1 2, s1 2 (the round's end); a new
     round finds none behind: level, swapped. Budget 1: a frame a turn, 1 + 7 of them, then none."""
-    engine = fed()
+    engine = fed(gate={"trust": False})  # the model as if it had served: not the trust, which kept the old one's moves
     snap = engine.snapshot()
     verdict = judge.retrain(snap, engine.spec, engine.state_dict(), engine.settings.trainer, seed=1)
     frames = sine_frames(310, streams=2)
