@@ -141,12 +141,9 @@ class Evaluator:
     def _score(self, rows: np.ndarray, ticks: np.ndarray, truth: np.ndarray) -> None:
         """One pass over a batch of truths in time order (a row may come more than once): its cost
         is per call, not per frame. Errors in float32, as the forecasts were kept; sums in float64."""
-        made = ticks[:, None] - self._ks  # (B, H): ticks at which a forecast for these was made
-        slots = made % self._slots
-        valid = (self._tick[rows[:, None], slots] == made) & (made >= 0)  # -1: an empty slot
+        made, slots, valid, at = self._pending(rows, ticks)
         if not valid.any():
             return
-        at = rows[:, None] * self._slots + slots  # (B, H): flat (row, slot)
         fc = self._fc.reshape(-1, *self._fc.shape[3:]).take(at * self.horizon + self._ks - 1, axis=0)  # (B, H, 2 + contenders, T)
         truth = truth.astype(np.float32)[:, None, :]
         err = fc[:, :, 0] - truth  # NaN where either is missing
@@ -180,14 +177,18 @@ class Evaluator:
         self._live += got
         self.conformal.add(ae, ok, n)
 
+    def _pending(self, rows: np.ndarray, ticks: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Where the forecasts these truths score are kept: the ticks they were made at (B, H), their
+        slots, which slots hold them (-1: an empty slot), and the flat (row, slot) of each."""
+        made = ticks[:, None] - self._ks
+        slots = made % self._slots
+        return made, slots, (self._tick[rows[:, None], slots] == made) & (made >= 0), rows[:, None] * self._slots + slots
+
     def _trust(self, rows: np.ndarray, ticks: np.ndarray, truth: np.ndarray) -> None:
         """Fold into the trust the moves of the forecasts these truths score, and the truths'."""
-        made = ticks[:, None] - self._ks  # (B, H)
-        slots = made % self._slots
-        valid = (self._tick[rows[:, None], slots] == made) & (made >= 0)
+        _, _, valid, at = self._pending(rows, ticks)
         if not valid.any():
             return
-        at = rows[:, None] * self._slots + slots
         move = self._move.reshape(-1, self.targets).take(at * self.horizon + self._ks - 1, axis=0)  # (B, H, T)
         change = truth.astype(np.float32)[:, None, :] - self._base.reshape(-1, self.targets).take(at, axis=0)
         ok = valid[..., None] & np.isfinite(move) & np.isfinite(change)
