@@ -15,6 +15,11 @@ A NATS server with its MQTT listener maps the MQTT topic ``plant/r1/sensors/leve
   the fleet's champion (``champion``; :mod:`streamrnn.fleetstore`);
 - per partition, the durable consumer ``streamrnn-p<p>``, made afresh by the shard that takes the
   partition, from the message after its checkpoint.
+
+The sensor stream also keeps each partition's clock ticks (``streamrnn.partition.{p}.clock``, no
+payload): a shard that finds a partition quiet stores one, and closes the ticks of silent streams
+only as the tick comes back through the consumer, in order, by JetStream's time of storing it. So
+every close is in the stream, and whoever replays it closes the very same ticks.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ FORECASTS = "STREAMRNN_FORECASTS"
 BUCKET = "streamrnn-fleet"
 STATE = "streamrnn-state"
 PREFIX = "streamrnn.partition"
+CLOCK = "clock"  # the topic of a partition's clock tick, as :func:`where` reads its subject
+
+
+def clock(partition: int) -> str:
+    """The subject of ``partition``'s clock ticks, stored as it comes (no subject transform)."""
+    return f"{PREFIX}.{partition}.{CLOCK}"
 
 
 def subject(topic: str) -> str:
@@ -106,7 +117,8 @@ async def _sensors(js: JetStreamContext, templates: list[str], cfg: ShardSetting
     import nats
     from nats.js.api import DiscardPolicy, StorageType, StreamConfig, SubjectTransform
 
-    subjects, source, destination = partitioned(templates, cfg.partitions)
+    sensors, source, destination = partitioned(templates, cfg.partitions)
+    subjects = [*sensors, clock("*")]
     try:
         info = await js.stream_info(STREAM)
     except nats.js.errors.NotFoundError:
@@ -115,8 +127,13 @@ async def _sensors(js: JetStreamContext, templates: list[str], cfg: ShardSetting
         await js.add_stream(StreamConfig(name=STREAM, subjects=subjects, subject_transform=transform, num_replicas=replicas, **kept))
         log.info("stream made", extra={"stream": STREAM, "subjects": subjects, "partitions": cfg.partitions, "replicas": replicas})
         return
-    t = info.config.subject_transform
-    if t is None or t.dest != destination or sorted(info.config.subjects or []) != sorted(subjects):
+    t, had = info.config.subject_transform, sorted(info.config.subjects or [])
+    if t is not None and t.dest == destination and had == sorted(sensors):  # made before the clock ticks
+        info.config.subjects = subjects
+        await js.update_stream(info.config)
+        log.info("stream given the partitions' clock ticks", extra={"stream": STREAM, "subjects": subjects})
+        return
+    if t is None or t.dest != destination or had != sorted(subjects):
         made = f"subjects {info.config.subjects}, stored as {t.dest if t else 'they came'}"
         raise ConfigError(
             f"shards.partitions / mqtt topics: the JetStream stream {STREAM} was made for {made}, not {subjects} "

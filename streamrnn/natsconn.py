@@ -76,10 +76,14 @@ class Connection:
         """Hand the messages to the connection's thread (taken while disconnected, too: the client
         buffers them until it reconnects); None for each, as a taken MQTT publish."""
         batch = [(subject(t), p) for t, p in messages]
+        self.send(batch)
+        return [None] * len(batch)
+
+    def send(self, batch: list[tuple[str, bytes]]) -> None:
+        """Hand (subject, payload) pairs to JetStream from any thread, as :meth:`publish_many` does."""
         with self._lock:
             self._unsent += len(batch)
         self.soon(self._publish(batch))
-        return [None] * len(batch)
 
     def soon(self, coro) -> None:
         """Run ``coro`` on the connection's loop (from any thread)."""
@@ -102,7 +106,11 @@ class Connection:
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._main())
-        finally:
+        finally:  # as asyncio.run ends: what is still pending (an object-store read, say) is cancelled, not destroyed
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
 
     async def _main(self) -> None:

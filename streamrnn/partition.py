@@ -10,7 +10,7 @@ import math
 import time
 from collections import OrderedDict
 
-from streamrnn import __version__
+from streamrnn import __version__, jetstream
 from streamrnn.checkpoint import check_layout, layout
 from streamrnn.config import Settings
 from streamrnn.engine import Engine
@@ -38,31 +38,36 @@ class Partition:
         self.saved_at = time.monotonic() - settings.checkpoint.every * number / settings.shards.partitions
         self.arrival = time.time()  # when the last message taken reached JetStream
         self.behind = False  # more of its messages wait in JetStream: a replay, whose ticks close by event time only
+        self.asked = math.nan  # the arrival after which a clock tick was last asked for
 
     def take(self, msg: Delivery) -> list[Frame]:
         """The frames the message closed (none for one refused or taken before), and those of the
         streams silent for ``frames.idle_close`` by the clock of the messages: JetStream's time
         of storing each, so a replay closes the very same ticks, and a transport that stalls
-        (a leader being elected) makes no stream silent."""
+        (a leader being elected) makes no stream silent. A clock tick (:meth:`quiet`) is a
+        message with no readings: only that time."""
         if msg.seq <= self.seq:
             return []
         self.seq, self.arrival, self.behind = msg.seq, msg.arrival, msg.behind
-        frames = self.intake.ingest(msg, msg.arrival) or []
+        frames = [] if msg.topic == jetstream.CLOCK else self.intake.ingest(msg, msg.arrival) or []
         for stream, tick in self.assembler.due(msg.arrival):
             frames += self.assembler.close(stream, tick)
         return frames
 
-    def quiet(self, now: float, drained: float) -> list[Frame]:
-        """The frames of streams silent while their whole partition is: after ``_QUIET`` more
-        seconds without any message, and while JetStream says nothing waits for it (``drained``:
-        when it last said so, after the last message taken and within ``_FRESH`` seconds: a feed
-        cut off by a server's failure hears nothing, and a stall is not quiet), the wall clock
-        (less them) closes what waits."""
-        if self.behind or now - self.arrival < self.settings.frames.idle_close + _QUIET:
-            return []
-        if not self.arrival < drained or now - drained > _FRESH:
-            return []
-        return [f for stream, tick in self.assembler.due(now - _QUIET) for f in self.assembler.close(stream, tick)]
+    def quiet(self, now: float, drained: float) -> bool:
+        """Whether to store a clock tick in the partition's stream (:mod:`streamrnn.jetstream`),
+        whose coming back closes what waits: readings are in hand, and nothing arrived for
+        ``frames.idle_close`` + ``_QUIET`` seconds while JetStream says nothing waits
+        (``drained``: when it last said so, after the last message taken and within ``_FRESH``
+        seconds: a feed cut off by a server's failure hears nothing, and a stall is not quiet).
+        Once per silence. The wall clock only asks: the close is made by the tick, where it
+        stands among the readings, so a replay makes it again."""
+        if self.behind or self.asked == self.arrival or not self.assembler.holding:
+            return False
+        if now - self.arrival < self.settings.frames.idle_close + _QUIET or not self.arrival < drained or now - drained > _FRESH:
+            return False
+        self.asked = self.arrival
+        return True
 
     def state(self) -> dict:
         """The checkpoint: copies, so that another thread may encode it while the engine steps on.

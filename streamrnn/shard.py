@@ -129,9 +129,8 @@ class Shard(Service):
                 self._control(item)
         now = time.time()
         for p, part in self.parts.items():
-            got = part.quiet(now, self.link.drained(p))
-            frames[p] += got
-            closed[p] += [time.perf_counter()] * len(got)
+            if part.quiet(now, self.link.drained(p)):
+                self.link.clock(p)
         if taken:
             self.metrics.received.inc(taken)
         self._serve(frames, closed)

@@ -12,7 +12,7 @@ from conftest import DaemonProcess, write_config
 from test_daemon import P, _num, a_model, collect, drain, publish_rows, sim_rows
 from test_durability import reference
 
-from streamrnn import config
+from streamrnn import config, jetstream
 from streamrnn.jetstream import subject, topic
 from streamrnn.mqtt import Publisher, Subscriber
 from streamrnn.tools.natsd import NatsServer
@@ -33,6 +33,42 @@ def test_topics_map_to_subjects_as_the_nats_mqtt_listener_maps_them(mqtt, nats) 
     assert subject(mqtt) == nats
     if "+" not in mqtt and "#" not in mqtt:
         assert topic(nats) == mqtt
+
+
+def test_a_sensor_stream_made_before_the_clock_ticks_is_given_them_and_one_of_other_partitions_refused(nats_server) -> None:
+    """A fleet upgraded in place goes on with the stream its older shards made (the clock ticks'
+    subject added, the readings kept); a stream made for another partition count is refused."""
+    import asyncio
+
+    import nats
+    from nats.js.api import StreamConfig, SubjectTransform
+
+    cfg = config.load(None).shards
+    templates = [config.load(None).mqtt.sensor_topic]
+    sensors, source, destination = jetstream.partitioned(templates, cfg.partitions)
+
+    async def go() -> tuple[list[str], int, str]:
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            transform = SubjectTransform(src=source, dest=destination)
+            await js.add_stream(StreamConfig(name=jetstream.STREAM, subjects=sensors, subject_transform=transform))
+            await js.publish("plant.r1.sensors.level", b"1")
+            await jetstream.prepare(nc, templates, "plant/{stream}/forecast", cfg)
+            await js.publish(jetstream.clock(3), b"")
+            info = await js.stream_info(jetstream.STREAM)
+            refused = ""
+            try:
+                await jetstream.prepare(nc, templates, "plant/{stream}/forecast", cfg.model_copy(update={"partitions": 5}))
+            except config.ConfigError as e:
+                refused = str(e)
+            return info.config.subjects, info.state.messages, refused
+        finally:
+            await nc.close()
+
+    subjects, messages, refused = asyncio.run(go())
+    assert sorted(subjects) == sorted([*sensors, jetstream.clock("*")]) and messages == 2
+    assert "was made for" in refused
 
 
 def test_sensors_over_mqtt_through_jetstream_give_each_stream_and_tick_one_forecast_as_replay(nats_server, tmp_path) -> None:
