@@ -82,11 +82,6 @@ class FleetLink(Connection):
         """When JetStream last said that nothing waits for the partition (0: not yet)."""
         return self._feeds[partition].drained if partition in self._feeds else 0.0
 
-    def clock(self, partition: int) -> None:
-        """Store a clock tick in the partition's stream (:mod:`streamrnn.jetstream`), again until
-        JetStream acknowledges it."""
-        self.send([(jetstream.clock(partition), b"")])
-
     def save(self, partition: int, state: dict, seq: int) -> None:
         """Store the partition's checkpoint (``state`` after message ``seq``); acknowledge what it holds."""
         self.soon(self._save(partition, state, seq))

@@ -256,11 +256,6 @@ class Assembler:
             else:
                 self._forget_at = min(self._forget_at, st.wall + self.forget_after)
 
-    @property
-    def holding(self) -> bool:
-        """Whether any stream has readings in hand, waiting for their tick to close."""
-        return bool(self._open)
-
     def close(self, stream: str, last: int) -> list[Frame]:
         """Close the stream's ticks up to ``last`` (as :meth:`due` named them)."""
         st = self.streams.get(stream)

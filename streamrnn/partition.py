@@ -62,12 +62,12 @@ class Partition:
         seconds: a feed cut off by a server's failure hears nothing, and a stall is not quiet).
         Once per silence. The wall clock only asks: the close is made by the tick, where it
         stands among the readings, so a replay makes it again."""
-        if self.behind or self.asked == self.arrival or not self.assembler.holding:
+        if self.behind or self.asked == self.arrival or now - self.arrival < self.settings.frames.idle_close + _QUIET:
             return False
-        if now - self.arrival < self.settings.frames.idle_close + _QUIET or not self.arrival < drained or now - drained > _FRESH:
+        if not self.arrival < drained or now - drained > _FRESH:
             return False
-        self.asked = self.arrival
-        return True
+        self.asked = self.arrival  # asked, or nothing to ask for, until the next message
+        return any(st.pending for st in self.assembler.streams.values())
 
     def state(self) -> dict:
         """The checkpoint: copies, so that another thread may encode it while the engine steps on.

@@ -26,7 +26,7 @@ import torch
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as Counted
 
-from streamrnn import __version__, champion, forecast, ownership
+from streamrnn import __version__, champion, forecast, jetstream, ownership
 from streamrnn.champion import Champion, FleetTrainer
 from streamrnn.config import Settings
 from streamrnn.fleet import Control, FleetLink
@@ -116,7 +116,7 @@ class Shard(Service):
         taken = 0
         for item in items:
             if isinstance(item, Delivery):
-                taken += 1
+                taken += item.topic != jetstream.CLOCK  # a clock tick is no sensor message
                 part = self.parts.get(item.partition)
                 if part is not None:  # else released: its next owner takes it from the checkpoint on
                     got = part.take(item)
@@ -129,8 +129,8 @@ class Shard(Service):
                 self._control(item)
         now = time.time()
         for p, part in self.parts.items():
-            if part.quiet(now, self.link.drained(p)):
-                self.link.clock(p)
+            if part.quiet(now, self.link.drained(p)):  # a clock tick closes what waits as it comes back
+                self.link.send([(jetstream.clock(p), b"")])
         if taken:
             self.metrics.received.inc(taken)
         self._serve(frames, closed)
