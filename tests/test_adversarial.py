@@ -371,3 +371,20 @@ def test_after_every_attack_memory_is_back_and_no_traceback_reached_the_log(stac
         f"\nadversarial: dropped {dropped}, streams reset {resets}, RSS {stack.rss0 / 1e6:.0f} -> "
         f"{rss / 1e6:.0f} MB, log {len(log.splitlines())} lines in {minutes:.1f} min, {stack.figures}"
     )
+
+
+def test_a_connection_reset_is_a_warning_in_the_log_not_an_error(caplog):
+    """A takeover of the client id, under load, reaches paho as a reset socket, which paho logs as
+    an error: the link reports the loss itself (a warning, and a reconnect), so paho's line is one."""
+    import logging
+
+    import streamrnn.mqtt.connection  # noqa: F401  (its filter on paho's logger)
+
+    with caplog.at_level(logging.DEBUG, logger="paho"):
+        logging.getLogger("paho").error("failed to receive on socket: %s", ConnectionResetError(104, "Connection reset by peer"))
+        logging.getLogger("paho").error("Client is not connected")
+        logging.getLogger("paho").error("failed to decode a packet")
+    assert [(r.levelname, r.getMessage()[:27]) for r in caplog.records] == [
+        ("WARNING", "failed to receive on socket"),
+        ("ERROR", "failed to decode a packet"),
+    ]

@@ -228,7 +228,7 @@ def test_ctrl_c_during_a_replay_says_one_line_exits_130_and_leaves_no_partial_ou
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        err = proc.communicate(timeout=60)[1]
+        err = proc.communicate(timeout=300)[1]  # seconds; minutes only on a box loaded far beyond its cores
     finally:
         proc.kill()
         proc.wait()

@@ -15,10 +15,17 @@ from streamrnn.config import ConfigError, MqttSettings, broker_address
 
 
 class _Benign(logging.Filter):
-    """paho 2.2 logs its own loop noticing a disconnect we asked for as an error."""
+    """paho 2.2 logs as errors its own loop noticing a disconnect we asked for (dropped), and a
+    connection lost, which is no error of ours: the link says it at warning (``disconnected``, with
+    paho's reason) and reconnects, so paho's line stays, as a warning."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Client is not connected")
+        said = record.getMessage()
+        if said.startswith("Client is not connected"):
+            return False
+        if said.startswith("failed to receive on socket") and record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 logging.getLogger("paho").addFilter(_Benign())
