@@ -12,7 +12,8 @@ A process engineer's checks, each relative to what that stream's channel has sho
   repeating itself, and moves no run on);
 - a spike: a move of more than ``spike`` typical changes away from both the last healthy value and
   the value before; the next value ends it (back near the old level: it was a spike; near the new
-  one: a step, confirmed, and taken from there);
+  one: a step, confirmed, and taken from there: the caller moves the channel's running mean by the
+  step, so the model reads a new level as it reads the old one, not as a deviation);
 - noisy: recent changes (a fast average) ``noisy`` times the channel's typical change: a loose
   connection, interference;
 - silent: no value for as long as eight of its values were due (by the share of frames it sends
@@ -69,10 +70,15 @@ class Health(Stats):
     def judge(self, rows: np.ndarray, values: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`check` as the engine serves it: the values with suspect ones missing, and which
         are suspect (None where none is); a value accepted at a new level becomes its channel's
-        running mean in ``centre`` (the bank's, rows x channels), so the model reads it as familiar."""
-        clean, suspect, level = self.check(rows, values)
+        running mean in ``centre`` (the bank's, rows x channels), so the model reads it as familiar,
+        and a confirmed step moves the mean with it: one sensor's sudden step is as likely a
+        recalibration or a bias as a process that moved, and the other targets, reading its
+        deviation from the mean, would follow it at once."""
+        clean, suspect, level, step = self.check(rows, values)
         if level.any():
             centre[rows] = np.where(level, values, centre[rows])
+        if step.any():
+            centre[rows] += step
         # a spike, or a level out of range that may yet prove a new operating point, starts no incident
         state, young = self.state[rows], self.age[rows] < self.cfg.accept_moving
         self._incident = (suspect & (state != SPIKE) & ~((state == RANGE) & young)).any(axis=1)
@@ -131,22 +137,26 @@ class Health(Stats):
         ok = suspect & (self.due[rows] == ticks[:, None]) & np.isfinite(expect)
         return np.where(ok, expect, values)
 
-    def check(self, rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def check(self, rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Judge the values (B, C) that arrived for ``rows`` (distinct; NaN: none arrived). Returns
-        the values with suspect ones as missing, which channels are suspect (B, C), and which were
-        just accepted at a new level (B, C), for the caller to re-centre."""
+        the values with suspect ones as missing, which channels are suspect (B, C), which were just
+        accepted at a new level (B, C), for the caller to re-centre, and the steps just confirmed
+        (B, C; 0 where none): a spike that the next value showed to be a step, by how far the level
+        moved from the last healthy value before it."""
         self._fit(rows)
         v = self._gather(rows)
         x, fresh = values, np.isfinite(values)
         was = v.state != HEALTHY
+        spiked, before, peak = v.state == SPIKE, v.last.copy(), v.raw.copy()
         with np.errstate(invalid="ignore"):
             reason, outside, step, moved = self._judge(v, x, fresh, was)
             accept = self._move(v, reason, outside, step, fresh, was)
+            confirmed = spiked & fresh & (v.state == HEALTHY) & (np.abs(x - peak) < np.abs(x - before))
         suspect = v.state != HEALTHY
         self._learn(v, x, fresh & ~suspect, moved & ~was, accept)
         v.raw = np.where(fresh, x, v.raw)
         self._put(rows, v)
-        return np.where(suspect, np.nan, x), suspect, accept
+        return np.where(suspect, np.nan, x), suspect, accept, np.where(confirmed, x - before, 0.0)
 
     def _judge(self, v: SimpleNamespace, x: np.ndarray, fresh: np.ndarray, was: np.ndarray) -> tuple[np.ndarray, ...]:
         """What is wrong with each value, if anything: the reason (B, C), out of range, the step

@@ -28,7 +28,7 @@ def judged(values: np.ndarray, cfg: config.HealthSettings = CFG) -> tuple[np.nda
     h.reset(0)
     states, clean = np.zeros(len(values), int), np.zeros(len(values))
     for i, x in enumerate(values):
-        c, _, _ = h.check(np.array([0]), np.array([[x]]))
+        c, _, _, _ = h.check(np.array([0]), np.array([[x]]))
         states[i], clean[i] = h.state[0, 0], c[0, 0]
     return states, clean, h
 
@@ -58,6 +58,27 @@ def test_a_spike_that_the_next_values_show_to_be_a_broken_loop_is_out_of_range_f
     states, _, h = judged(x)
     assert states[500] == SPIKE and (states[501:600] == RANGE).all()
     assert h.counts == {"spike": 1, "range": 1}
+
+
+def test_a_confirmed_step_moves_the_channel_s_running_mean_by_the_step_and_a_spike_moves_nothing():
+    """The model reads each channel as its deviation from a running mean: a step of one sensor,
+    alone (a bias, a recalibration, or the process), is read as a new level, not as a deviation
+    every other target would follow at once; a spike that comes back moves nothing."""
+    h = Health(2, CFG)
+    rows, centre = np.array([0]), np.zeros((1, 2))
+    x = wave(600)
+    for v in x[:500]:
+        h.judge(rows, np.array([[v, v]]), centre)
+    assert (centre == 0).all()
+    last = x[499]
+    _, suspect = h.judge(rows, np.array([[last + 3.0, x[500]]]), centre)  # a move of 60 typical changes: a spike, or a step
+    assert suspect[0].tolist() == [True, False] and (centre == 0).all()
+    h.judge(rows, np.array([[x[501] + 3.0, x[501]]]), centre)  # it stays there: a step, confirmed
+    assert centre[0, 0] == np.float64(x[501] + 3.0 - last) and centre[0, 1] == 0
+    centre[:] = 0
+    h.judge(rows, np.array([[x[502] + 3.0 + 3.0, x[502]]]), centre)  # a spike from the new level ...
+    h.judge(rows, np.array([[x[503] + 3.0, x[503]]]), centre)  # ... and back: nothing moves
+    assert (centre == 0).all()
 
 
 def test_a_frozen_value_is_suspect_after_twice_the_longest_healthy_run_and_healthy_once_it_moves():
