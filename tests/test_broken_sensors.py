@@ -31,8 +31,8 @@ def sim(tmp_path_factory) -> tuple[replay.Table, config.Settings, dict]:
 # Open (issue 38), measured on this replay: a level shift or a drift too small to be out of range is
 # taken as the process; the linear contender, which learnt that this controlled temperature returns
 # to its set point, forecasts the return, and the trust draws it in only part of the way in 200
-# frames (bias: 5.68 against persistence's 4.83 and a bound of 5.04; drift: 14.46 against 13.16
-# and 13.36).
+# frames (bias: 5.68 against persistence's 4.83 and a bound of 5.04, and the coolant's outlet
+# temperature beside it 0.085 against a bound of 0.079; drift: 14.46 against 13.16 and 13.36).
 UNDETECTED = {"bias", "drift"}
 # Open: two lookbacks after the fault the channel's forecasts are still about 2x the fault-free
 # run's: the linear contender the gate serves learnt from the ring without the spell's examples
