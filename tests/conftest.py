@@ -36,6 +36,19 @@ def _clean_env(monkeypatch):
     torch.manual_seed(0)
 
 
+def interruptible(*args, **kw) -> subprocess.Popen:
+    """``subprocess.Popen`` of a command a test will Ctrl-C (SIGINT), as a user would in a
+    terminal: with SIGINT at its default however the suite was started (a shell's background job
+    ignores it, and a child inherits that; a handler is reset to the default at exec)."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(*args, **kw)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def small_settings(**over) -> config.Settings:
     """A small, fast configuration: 3 inputs, one of them also a target, plus a key variable."""
     base = {

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import interruptible
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def test_the_demo_in_an_80_column_terminal_never_wraps_and_its_charts_move(tmp_p
     the banner stays on every screen, and the charts change as forecasts arrive."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 80, 0, 0))
-    demo = subprocess.Popen(
+    demo = interruptible(
         [sys.executable, "-m", "streamrnn", "demo", "--streams", "2", "--rate", "10"],
         stdin=slave,
         stdout=slave,

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import DATA
+from conftest import DATA, interruptible
 
 from streamrnn import cli, replay, simulator
 
@@ -217,7 +217,7 @@ def test_ctrl_c_during_a_replay_says_one_line_exits_130_and_leaves_no_partial_ou
     data, out = tmp_path / "sim.csv", tmp_path / "forecasts.csv"
     assert cli.main(["simulate", "--csv", str(data), "--steps", "3000", "--streams", "2", "--seed", "1"]) == 0
     out.write_text("the run before\n")
-    proc = subprocess.Popen(
+    proc = interruptible(
         [sys.executable, "-m", "streamrnn", "replay", str(data), "--stream-column", "stream", "--out", str(out)],
         stderr=subprocess.PIPE,
         text=True,
