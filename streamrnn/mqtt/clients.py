@@ -15,7 +15,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from streamrnn.config import MqttSettings
-from streamrnn.mqtt.connection import nodelay, queued, secure, wait_sent
+from streamrnn.mqtt.connection import nodelay, queued, secure
 from streamrnn.transport import Delivery
 
 log = logging.getLogger(__name__)
@@ -102,21 +102,39 @@ class Publisher:
         while self._open and self._open[0].is_published():
             self._open.popleft()
 
-    def flush(self, timeout: float = 30.0) -> None:
-        """Wait until the broker acknowledged everything published so far."""
-        deadline = time.monotonic() + timeout
-        while self._open:
-            wait_sent(self._open.popleft(), deadline)
+    def flush(self, timeout: float = 30.0, while_connected: bool = False) -> int:
+        """Wait until the broker acknowledged everything published so far, at most ``timeout``
+        seconds; with ``while_connected``, no longer than the connection lasts (paho sends again
+        what is open after a reconnect, so a plain flush waits a broker restart out). Returns how
+        many are left unacknowledged."""
+        deadline, refused = time.monotonic() + timeout, 0
+        while self._open and time.monotonic() < deadline:
+            if while_connected and not self.client.is_connected():
+                break
+            try:
+                self._open[0].wait_for_publish(min(0.2, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):  # refused or not queued: it never will be sent
+                self._open.popleft()
+                refused += 1
+                continue
+            if self._open[0].is_published():
+                self._open.popleft()
+        left = refused + len(self._open)
+        self._open.clear()
+        return left
 
     def wait_connected(self, timeout: float = 30.0) -> None:
         """Wait for the connection (after a broker restart): what is published while disconnected
         is queued and may be sent after what is published once reconnected, out of order."""
         _wait_connected(self.client, "publisher", timeout)
 
-    def close(self, timeout: float = 30.0) -> None:
-        self.flush(timeout)
+    def close(self, timeout: float = 30.0, while_connected: bool = False) -> int:
+        """Flush (as :meth:`flush`), disconnect and stop the network thread. Returns how many
+        messages the broker never acknowledged."""
+        left = self.flush(timeout, while_connected)
         self.client.disconnect()
         self.client.loop_stop()
+        return left
 
 
 class Subscriber:

@@ -54,9 +54,9 @@ def publish(
             sent += len(batch)
             step += 1
             stop.wait(max(0.0, start + step / rate - time.monotonic()))
-    finally:
-        pub.close()
-    print(f"published {sent} messages, {step} frames per stream", flush=True)
+    finally:  # stopped by a signal, it waits for acknowledgements only while the broker is there
+        lost = pub.close(while_connected=stop.is_set())
+    print(f"published {sent} messages, {step} frames per stream" + (f", {lost} not acknowledged" if lost else ""), flush=True)
     return 0
 
 
