@@ -214,9 +214,11 @@ def test_a_runaway_stream_flooding_the_daemon_delays_no_other_and_only_it_is_she
             f"frame close to publish p99 {p99(h1, h2) * 1e3:g} ms (calm {p99(h0, h1) * 1e3:g} ms)"
         )
         print(figures)
-        # forecast every tick (0.2 s), give or take a busy box; a FIFO kept them 1-2 s behind the flood
+        # forecast every tick (0.2 s), give or take a busy box; a FIFO kept them 1-2 s behind the flood,
+        # and its p99 was 0.5 s on an idle box (on a box shared with two CPU-bound processes the
+        # fair inbox's p99 was 0.1 s: the flood's parsing takes the CPU, it does not queue the frames)
         assert worst < 1.0, figures
-        assert p99(h1, h2) <= max(0.05, 4 * p99(h0, h1)), figures
+        assert p99(h1, h2) <= max(0.25, 4 * p99(h0, h1)), figures
         assert shed > 0, figures
         named = [line for line in daemon.log().splitlines() if "streams shed" in line]
         assert named and all("reactor-runaway" in line for line in named), named[:3]
