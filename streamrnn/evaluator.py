@@ -192,7 +192,7 @@ class Evaluator:
         move = self._move.reshape(-1, self.targets).take(at * self.horizon + self._ks - 1, axis=0)  # (B, H, T)
         change = truth.astype(np.float32)[:, None, :] - self._base.reshape(-1, self.targets).take(at, axis=0)
         ok = valid[..., None] & np.isfinite(move) & np.isfinite(change)
-        self.trust.fold(rows, np.nan_to_num(move), np.nan_to_num(change), ok)
+        self.trust.fold(rows, move, change, ok)
 
     def _contenders(
         self, rows: np.ndarray, slots: np.ndarray, made: np.ndarray, truth: np.ndarray, err_p: np.ndarray, ok: np.ndarray

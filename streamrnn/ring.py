@@ -74,9 +74,11 @@ class Rings(dict[int, Ring]):
         return True
 
     def take_all(self, rows: list[int], ticks: list[int], stamps: list[float], values: np.ndarray) -> None:
-        """:meth:`take` for each of a batch's frames (``values`` (B, C))."""
+        """Keep a batch's frames (``values`` (B, C)) of distinct streams, none of them late (the
+        caller asked :meth:`late`)."""
         for row, tick, ts, v in zip(rows, ticks, stamps, values):
-            self.take(row, tick, ts, v)
+            self.ticks[row] = tick
+            self[row].append(ts, v)
 
     def drop(self, row: int) -> None:
         del self[row]

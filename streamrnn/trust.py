@@ -38,36 +38,41 @@ class Trust:
         halflife = MEMORY + PER_STEP * np.arange(1, horizon + 1)
         self._alpha = (1.0 - 0.5 ** (1.0 / halflife))[:, None]  # (H, 1)
         self.moments = np.zeros((0, _MOMENTS, horizon, targets))
+        self._k = np.ones((0, horizon, targets))  # the factors, drawn from the moments as they are folded
 
     def _fit(self, rows: int) -> None:
         if rows > len(self.moments):
             grown = np.zeros((max(rows, 2 * len(self.moments)), *self.moments.shape[1:]))
             grown[: len(self.moments)] = self.moments
             self.moments = grown
+            k = np.ones((len(grown), *self._k.shape[1:]))
+            k[: len(self._k)] = self._k
+            self._k = k
 
     def reset(self, row: int) -> None:
         """A stream's row was opened or freed: nothing known of its errors."""
         self._fit(row + 1)
         self.moments[row] = 0.0
+        self._k[row] = 1.0
 
     def fold(self, rows: np.ndarray, move: np.ndarray, change: np.ndarray, ok: np.ndarray) -> None:
         """Fold one frame of each of ``rows`` (distinct): the moves (B, H, T) of the forecasts its
-        truth scores, the truth's change from the same held values, where both are known (``ok``)."""
+        truth scores, the truth's change from the same held values, where both are known (``ok``;
+        elsewhere they may be anything, NaN included)."""
         self._fit(int(rows.max()) + 1 if len(rows) else 0)
-        m = self.moments[rows]  # (B, 3, H, T)
-        x = np.stack([change * move, move * move, np.ones_like(move)], axis=1)
-        np.copyto(m, m + self._alpha * (x - m), where=ok[:, None])
-        self.moments[rows] = m
+        moved = []
+        with np.errstate(invalid="ignore", over="ignore"):  # in cells that are not ok, and not kept
+            for i, x in enumerate((change * move, move * move, 1.0)):  # a moment at a time: a third of the memory
+                now = self.moments[rows, i]  # (B, H, T)
+                moved.append(np.where(ok, now + self._alpha * (x - now), now))
+                self.moments[rows, i] = moved[-1]
+        self._k[rows] = _factor(*moved)
 
     def factor(self, rows: np.ndarray) -> np.ndarray:
         """The share of the served forecast's move to keep, per row, step and target (B, H, T): 1
         until a stream has a half-life of evidence at that step."""
         self._fit(int(rows.max()) + 1 if len(rows) else 0)
-        m = self.moments[rows]
-        cross, square, weight = m[:, 0], m[:, 1], m[:, 2]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            k = np.clip(cross / square, 0.0, 1.0)
-        return np.where((weight >= _ENOUGH) & (square > 0) & np.isfinite(k), k, 1.0)
+        return self._k[rows]
 
     def draw(self, rows: np.ndarray, held: np.ndarray, served: np.ndarray) -> np.ndarray:
         """The served forecasts (B, H, T) drawn toward the held values (B, T) as far as each
@@ -86,3 +91,11 @@ class Trust:
         m = None if kept is None else kept.get("moments")
         ok = m is not None and m.ndim == 4 and m.shape[1:] == self.moments.shape[1:]
         self.moments = np.array(m, np.float64) if ok else np.zeros((0, *self.moments.shape[1:]))
+        self._k = _factor(*self.moments.transpose(1, 0, 2, 3))
+
+
+def _factor(cross: np.ndarray, square: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The factors (B, H, T) from the moments, each (B, H, T)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        k = np.clip(cross / square, 0.0, 1.0)
+    return np.where((weight >= _ENOUGH) & (square > 0) & np.isfinite(k), k, 1.0)
