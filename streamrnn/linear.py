@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamrnn import gaps, readout
+from streamrnn import readout
 
 _PENALTIES = np.logspace(-4, 2, 13)  # times the mean eigenvalue of the Gram matrix
 CALENDAR = 4  # calendar features: the first harmonics of the day and of the week
@@ -111,7 +111,9 @@ class OnlineRidge:
         ``streams[i]``, of ``counts[i]`` it ever sent (ring order, NaN where missing), ``ts[i]``
         their times. Of more new examples than ``max_examples``, as many evenly spread over them;
         all in time order, so the recent ones the penalty is chosen on are the newest. Returns how
-        many were learnt; none across a spell (:func:`gaps.spells`), a missing truth as forecast."""
+        many were learnt. A missing value is read as held (a suspect spell too: leaving out the
+        examples that touch one cost more, the rare ones around a set-point step first), a
+        missing truth as forecast (no pull)."""
         h, lb = self.horizon, self.lookback
         chosen: list[tuple[float, int, int]] = []  # (time, stream, frame) of each new example
         helds = []
@@ -121,7 +123,6 @@ class OnlineRidge:
             done = self.absorbed.get(name, 0)
             start = max(done, first) if done <= count else first  # a stream restarted since: afresh
             frames = np.arange(start - first, n - h)
-            frames = frames[~gaps.spells(v, lb, h)[frames]]
             chosen.extend(zip(stamps[frames].tolist(), [s] * len(frames), frames.tolist()))
             helds.append(forward_fill(v))
             self.absorbed[name] = max(start, count - h)

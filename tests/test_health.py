@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from conftest import sine_frames, small_settings
 
-from streamrnn import checkpoint, config, gaps
+from streamrnn import checkpoint, config
 from streamrnn.engine import Engine
 from streamrnn.forecast import document
 from streamrnn.frames import Frame
@@ -228,17 +228,6 @@ def test_health_is_checkpointed_and_an_older_checkpoint_starts_it_afresh():
     older = Engine(settings)
     older.load_state(state)
     assert (older.health.state == HEALTHY).all() and older.health.capacity >= older.bank.capacity
-
-
-def test_learners_leave_out_examples_across_a_spell_but_not_across_a_sampled_channel_or_a_short_gap():
-    values = np.ones((100, 3))
-    values[:, 2] = np.nan
-    values[::30, 2] = 1.0  # a lab value: measured rarely, never a spell
-    values[10:13, 0] = np.nan  # a short gap
-    assert not gaps.spells(values, lookback=4, horizon=2).any()
-    values[40 : 40 + gaps.SPELL, 1] = np.nan  # a suspect spell kept as missing
-    touched = np.flatnonzero(gaps.spells(values, lookback=4, horizon=2))
-    np.testing.assert_array_equal(touched, np.arange(40 - 2, 40 + gaps.SPELL + 4 - 1))  # windows i-3..i+2 that reach 40..47
 
 
 def test_while_a_sensor_of_a_stream_is_broken_every_target_of_that_stream_is_held_and_no_other_stream_s():
