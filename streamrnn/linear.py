@@ -111,9 +111,8 @@ class OnlineRidge:
         ``streams[i]``, of ``counts[i]`` it ever sent (ring order, NaN where missing), ``ts[i]``
         their times. Of more new examples than ``max_examples``, as many evenly spread over them;
         all in time order, so the recent ones the penalty is chosen on are the newest. Returns how
-        many were learnt. A missing value is read as held (a suspect spell too: leaving out the
-        examples that touch one cost more, the rare ones around a set-point step first), a
-        missing truth as forecast (no pull)."""
+        many were learnt; a missing value read as held (a suspect spell too: docs/model.md says
+        why), a missing truth as forecast (no pull)."""
         h, lb = self.horizon, self.lookback
         chosen: list[tuple[float, int, int]] = []  # (time, stream, frame) of each new example
         helds = []

@@ -52,7 +52,6 @@ LAYERS = [
         "ring",
         "windows",
         "readout",
-        "gaps",
         "linear",
         "gate",
         "trust",
