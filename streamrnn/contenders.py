@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from streamrnn import gate
+from streamrnn import gate, ridgeform
 from streamrnn.config import Settings
 from streamrnn.evaluator import Evaluator
 from streamrnn.linear import OnlineRidge, calendar, forward_fill
@@ -93,7 +93,7 @@ class Contenders:
         """Serve a retrain's linear contender from the next step; why not, where it does not fit
         these channels, targets and horizon, or is not finite (the one before stays)."""
         try:
-            ridge = OnlineRidge.from_state(state)
+            ridge = ridgeform.from_state(state)
             lin = self.settings.linear
             want = (self.channels, tuple(self.targets), self.horizon, lin.lookback, lin.calendar)
             got = (ridge.channels, tuple(ridge.targets.tolist()), ridge.horizon, ridge.lookback, ridge.calendar)
@@ -123,7 +123,7 @@ class Contenders:
         serves what this run would)."""
         d = self._drawn
         return {
-            "linear": self.linear.state() if self.linear is not None else None,
+            "linear": ridgeform.state(self.linear) if self.linear is not None else None,
             "windows": self._windows.state() if self._windows is not None else None,
             "gate": None if d is None else {"mixed": d.mixed, "served": d.served, "limit": d.limit},
         }

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from streamrnn import judge
+from streamrnn import judge, ridgeform
 from streamrnn.adoption import Adoption, checked
 from streamrnn.bank import HiddenBank, StreamCapError
 from streamrnn.config import Settings
@@ -217,7 +217,7 @@ class Engine:
             counts,
             self.bank.held[rows],
             self.bank.centre[rows],
-            linear=self.contenders.linear.state() if self.contenders.linear is not None else None,
+            linear=ridgeform.state(self.contenders.linear) if self.contenders.linear is not None else None,
             lookback=lin.lookback if lin.enabled else 0,
             calendar=lin.calendar,
             max_examples=lin.max_examples,

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from streamrnn import examples, ridgeform
 from streamrnn.config import TrainerSettings
 from streamrnn.linear import OnlineRidge
 from streamrnn.model import ModelSpec, StreamRNN, build
@@ -68,12 +69,12 @@ def fit_linear(snapshot: Snapshot, spec: ModelSpec) -> tuple[dict | None, dict]:
                 len(spec.channels), list(spec.target_index), spec.horizon, snapshot.lookback, mean, std, calendar=snapshot.calendar
             )
         else:
-            ridge = OnlineRidge.from_state(snapshot.linear)
-        examples = ridge.learn_frames(snapshot.streams, snapshot.values, snapshot.ts, snapshot.counts, snapshot.max_examples)
+            ridge = ridgeform.from_state(snapshot.linear)
+        learnt = examples.learn_frames(ridge, snapshot.streams, snapshot.values, snapshot.ts, snapshot.counts, snapshot.max_examples)
         if not np.isfinite(ridge.weights).all():
             raise FloatingPointError("non-finite weights")
-        return ridge.state(), {
-            "examples": examples,
+        return ridgeform.state(ridge), {
+            "examples": learnt,
             "learnt": ridge.learnt,
             "penalty": ridge.penalty,
             "seconds": round(time.perf_counter() - start, 3),

@@ -24,7 +24,6 @@ from streamrnn import readout
 _PENALTIES = np.logspace(-4, 2, 13)  # times the mean eigenvalue of the Gram matrix
 CALENDAR = 4  # calendar features: the first harmonics of the day and of the week
 _CYCLES = np.array([86400.0, 7 * 86400.0])  # a day and a week, in seconds
-_CHUNK = 2048  # examples formed at once when learning from frames
 
 
 class OnlineRidge:
@@ -58,15 +57,15 @@ class OnlineRidge:
         self.refit = refit
         f, o = self.features, self.outputs
         self.gram, self.cross, self.count = np.zeros((f, f)), np.zeros((f, o)), 0.0  # the older examples, faded
-        self._held: list[tuple[np.ndarray, np.ndarray]] = []  # the recent ones, for the penalty
+        self.newest: list[tuple[np.ndarray, np.ndarray]] = []  # the recent ones, for the penalty
         self.weights = np.zeros((f, o))  # untrained: no change, i.e. persistence
         self.factors: tuple[np.ndarray, ...] | None = (
             None  # the weights' output directions as drawn where they are solved; () to serve them whole
         )
         self.learnt = 0
         self.penalty = float("nan")
-        self.absorbed: dict[str, int] = {}  # per stream, the frames whose examples were learnt (learn_frames)
-        self.solves = 0  # by learn_frames
+        self.absorbed: dict[str, int] = {}  # per stream, the frames whose examples were learnt (streamrnn.examples)
+        self.solves = 0  # by streamrnn.examples
 
     # -- features and targets -----------------------------------------------------------------
     def encode(self, window: np.ndarray, ts: np.ndarray | float | None = None) -> np.ndarray:
@@ -90,7 +89,7 @@ class OnlineRidge:
     def learn(self, x: np.ndarray, y: np.ndarray) -> None:
         """One complete example (features, changes); an unseen change counts as no change. Solved
         every ``refit`` examples for :meth:`predict` (the protocol's online family)."""
-        self._held.append((x, np.nan_to_num(y, nan=0.0)))
+        self.newest.append((x, np.nan_to_num(y, nan=0.0)))
         self.learnt += 1
         if self.learnt % self.refit == 0:
             self._absorb()
@@ -100,54 +99,17 @@ class OnlineRidge:
         """Complete examples (n, features), (n, outputs), oldest first, without solving: the
         retrainer's way, in chunks, then one :meth:`solve`."""
         y = np.nan_to_num(y, nan=0.0)
-        self._held.extend(zip(x, y))
+        self.newest.extend(zip(x, y))
         self.learnt += len(x)
         self._absorb()
-        self._held = [(a.copy(), b.copy()) for a, b in self._held]  # not views that keep the chunk
-
-    def learn_frames(self, streams: list[str], values: list[np.ndarray], ts: list[np.ndarray], counts: list[int], max_examples: int) -> int:
-        """Learn the examples of the streams' frames that are complete and not learnt before, then
-        solve (choosing the penalty). ``values[i]`` (n, channels) are the last n frames of
-        ``streams[i]``, of ``counts[i]`` it ever sent (ring order, NaN where missing), ``ts[i]``
-        their times. Of more new examples than ``max_examples``, as many evenly spread over them;
-        all in time order, so the recent ones the penalty is chosen on are the newest. Returns how
-        many were learnt; a missing value read as held (a suspect spell too: docs/model.md says
-        why), a missing truth as forecast (no pull)."""
-        h, lb = self.horizon, self.lookback
-        chosen: list[tuple[float, int, int]] = []  # (time, stream, frame) of each new example
-        helds = []
-        for s, (name, v, stamps, count) in enumerate(zip(streams, values, ts, counts)):
-            n = len(v)
-            first = count - n  # the global number of the snapshot's first frame
-            done = self.absorbed.get(name, 0)
-            start = max(done, first) if done <= count else first  # a stream restarted since: afresh
-            frames = np.arange(start - first, n - h)
-            chosen.extend(zip(stamps[frames].tolist(), [s] * len(frames), frames.tolist()))
-            helds.append(forward_fill(v))
-            self.absorbed[name] = max(start, count - h)
-        for gone in set(self.absorbed) - set(streams):
-            del self.absorbed[gone]
-        if len(chosen) > max_examples:
-            chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, max_examples).round().astype(int)]
-        chosen.sort()
-        for at in range(0, len(chosen), _CHUNK):
-            part = chosen[at : at + _CHUNK]
-            windows = np.stack([_window(helds[s], i, lb) for _, s, i in part])
-            after = np.stack([values[s][i + 1 : i + 1 + h] for _, s, i in part])  # NaN where no truth came
-            now = np.stack([helds[s][i] for _, s, i in part])
-            x, y = self.encode(windows, np.array([t for t, _, _ in part])), self.changes(now, after)
-            self.learn_many(x, np.where(np.isnan(y), self.predict(x).reshape(len(x), -1), y))  # no truth: no pull
-        if chosen:
-            self.solve(choose=self.solves % 8 == 0 or self.solves & (self.solves - 1) == 0)  # at solves 0, 1, 2, 4, then every 8th
-            self.solves += 1
-        return len(chosen)
+        self.newest = [(a.copy(), b.copy()) for a, b in self.newest]  # not views that keep the chunk
 
     def _absorb(self) -> None:
         """Move the examples older than the recent ones into the forgetting sums, in one product."""
-        n = len(self._held) - self.recent
+        n = len(self.newest) - self.recent
         if n <= 0:
             return
-        old, self._held = self._held[:n], self._held[n:]
+        old, self.newest = self.newest[:n], self.newest[n:]
         x = np.stack([a for a, _ in old])
         y = np.stack([b for _, b in old])
         w = self.decay ** np.arange(n - 1, -1, -1)  # the newest weighs 1
@@ -160,10 +122,10 @@ class OnlineRidge:
         """New weights from every example. ``choose``: first pick the penalty under which the
         older examples forecast the recent ones best (else the last one); ``directions``: draw the
         output directions it is served in (:meth:`serving`) now, else when first served."""
-        if self.count < 2 or not self._held:
+        if self.count < 2 or not self.newest:
             return
-        rx = np.stack([x for x, _ in self._held])
-        ry = np.stack([y for _, y in self._held])
+        rx = np.stack([x for x, _ in self.newest])
+        ry = np.stack([y for _, y in self.newest])
         if choose or self.penalty != self.penalty:  # never chosen yet: now
             self.penalty = self._choose(rx, ry)
         gram = self.gram + rx.T @ rx
@@ -173,7 +135,7 @@ class OnlineRidge:
             self.weights = np.linalg.solve(gram, self.cross + rx.T @ ry)
         except np.linalg.LinAlgError:
             return  # singular even so: the weights served stay
-        self.factors = (readout.directions(self) or ()) if directions else None  # here (the trainer's process), not where it is served
+        self.factors = (self._directions() or ()) if directions else None  # here (the trainer's process), not where it is served
 
     def _choose(self, rx: np.ndarray, ry: np.ndarray) -> float:
         """The penalty of the grid under which the older examples forecast the recent ones (rx, ry)
@@ -202,79 +164,22 @@ class OnlineRidge:
                 return float(_PENALTIES[i])
             i = best
 
-    # -- moving and serving ----------------------------------------------------------------------
-    def state(self) -> dict:
-        """Plain arrays and numbers: what crosses to the trainer and back, and into checkpoints."""
-        held = self._held
-        f, o = self.features, self.outputs
-        return {
-            "shape": np.array([self.channels, self.horizon, self.lookback, self.refit]),
-            "targets": self.targets.copy(),
-            "calendar": self.calendar,
-            "mean": self.mean.copy(),
-            "std": self.std.copy(),
-            "decay": self.decay,
-            "recent": self.recent,
-            "gram": self.gram.copy(),
-            "cross": self.cross.copy(),
-            "count": self.count,
-            "weights": self.weights.copy(),
-            "held_x": np.stack([a for a, _ in held]) if held else np.zeros((0, f)),
-            "held_y": np.stack([b for _, b in held]) if held else np.zeros((0, o)),
-            "learnt": self.learnt,
-            "penalty": self.penalty,
-            "absorbed": dict(self.absorbed),
-            "solves": self.solves,
-            "factors": None if self.factors is None else [a.copy() for a in self.factors],  # [] to serve whole
-        }
-
-    @classmethod
-    def from_state(cls, st: dict) -> OnlineRidge:
-        """The ridge :meth:`state` describes; raises ValueError where its parts do not fit together."""
-        channels, horizon, lookback, refit = (int(v) for v in st["shape"])
-        r = cls(
-            channels,
-            [int(t) for t in st["targets"]],
-            horizon,
-            lookback,
-            st["mean"],
-            st["std"],
-            refit=refit,
-            recent=int(st["recent"]),
-            calendar=bool(st.get("calendar", False)),
-        )
-        f, o = r.features, r.outputs
-        shapes = {"gram": (f, f), "cross": (f, o), "weights": (f, o)}
-        for name, want in shapes.items():
-            if np.shape(st[name]) != want:
-                raise ValueError(f"linear state {name} has shape {np.shape(st[name])}, wants {want}")
-        if np.shape(st["held_x"])[1:] != (f,) or np.shape(st["held_y"])[1:] != (o,) or len(st["held_x"]) != len(st["held_y"]):
-            raise ValueError("linear state's recent examples do not fit its features and outputs")
-        if not all(np.isfinite(st[name]).all() for name in ("gram", "cross", "weights", "mean", "std")):
-            raise ValueError("linear state is not finite")
-        r.decay, r.count, r.learnt, r.penalty = float(st["decay"]), float(st["count"]), int(st["learnt"]), float(st["penalty"])
-        r.gram, r.cross, r.weights = np.array(st["gram"], float), np.array(st["cross"], float), np.array(st["weights"], float)
-        r._held = list(zip(np.asarray(st["held_x"], float), np.asarray(st["held_y"], float)))
-        r.absorbed = {str(k): int(v) for k, v in st["absorbed"].items()}
-        r.solves = int(st["solves"])
-        factors = st.get("factors")  # older states: drawn when first served
-        if factors is not None and len(factors) == 0:
-            r.factors = ()
-        elif factors is not None and len(factors) == 2:
-            left, right = (np.asarray(a, float) for a in factors)
-            if (
-                left.ndim == right.ndim == 2
-                and left.shape[0] == right.shape[1] == o
-                and left.shape[1] == right.shape[0]
-                and np.isfinite(left).all()
-                and np.isfinite(right).all()
-            ):
-                r.factors = (left, right)
-        return r
-
+    # -- serving ------------------------------------------------------------------------------
     def serving(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
         """The weights as the engine serves them (:func:`streamrnn.readout.serving`)."""
-        return readout.serving(self)
+        factors = self.factors if self.factors is not None else self._directions() or ()
+        scale = np.tile(self.std[self.targets], self.horizon)  # outputs are (step, target), target fastest
+        return readout.serving(self.weights, factors, self.lookback, self.channels, scale, self.calendar)
+
+    def _directions(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The output directions to serve through (:func:`streamrnn.readout.directions`), from the
+        examples learnt, the bias served whole."""
+        f = self.features - 1
+        gram = self.gram[:f, :f]
+        if self.newest:
+            x = np.stack([a[:f] for a, _ in self.newest])
+            gram = gram + x.T @ x
+        return readout.directions(self.weights[:f], gram)
 
     def normalise(self, held: np.ndarray) -> np.ndarray:
         """Held values (..., channels) on this ridge's scale, 0 (the mean) where never seen."""
@@ -310,11 +215,3 @@ def forward_fill(values: np.ndarray) -> np.ndarray:
     out = np.take_along_axis(values, last, axis=0)
     out[~seen & ~np.isfinite(out)] = np.nan
     return out
-
-
-def _window(held: np.ndarray, i: int, lookback: int) -> np.ndarray:
-    """Rows i - lookback + 1 .. i of ``held``, the first row repeated before the start."""
-    lo = i - lookback + 1
-    if lo >= 0:
-        return held[lo : i + 1]
-    return np.concatenate([np.repeat(held[:1], -lo, axis=0), held[: i + 1]])

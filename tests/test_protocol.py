@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamrnn import protocol, readout
+from streamrnn import examples, protocol, readout, ridgeform
 from streamrnn.linear import OnlineRidge
 
 
@@ -40,7 +40,7 @@ def test_it_is_served_in_the_few_output_directions_its_forecasts_move_in_and_for
     values = ar_process(3000)
     ts = 600.0 * np.arange(3000)  # ten-minute rows: the calendar features move
     r = OnlineRidge(3, [0, 1, 2], 12, 24, values[:600].mean(axis=0), values[:600].std(axis=0), calendar=True)
-    r.learn_frames(["s"], [values], [ts], [3000], 4096)
+    examples.learn_frames(r, ["s"], [values], [ts], [3000], 4096)
     w_in, w_out, bias, w_when = r.serving()
     assert w_out is not None and w_in.shape[1] == w_out.shape[0] < r.outputs // 2  # 36 outputs: steps of three targets move together
     assert w_when is not None and w_when.shape == (linear.CALENDAR, r.outputs) and np.abs(w_when).max() > 0
@@ -138,15 +138,15 @@ def test_the_linear_contender_learns_each_frame_once_across_snapshots_and_a_rest
     x = ar_process(400)
     ts = np.arange(400.0)
     r = OnlineRidge(3, [0, 2], 4, 8, np.zeros(3), np.ones(3))
-    assert r.learn_frames(["s"], [x[:300]], [ts[:300]], [300], 10_000) == 296  # every frame whose 4 labels arrived
-    assert r.learn_frames(["s"], [x[:300]], [ts[:300]], [300], 10_000) == 0  # the same snapshot again: nothing new
-    assert r.learn_frames(["s"], [x[50:350]], [ts[50:350]], [350], 10_000) == 50  # the ring moved on by 50
-    assert r.learn_frames(["s"], [x[:40]], [ts[:40]], [40], 10_000) == 36  # restarted: its count went back
-    assert r.learn_frames(["s", "t"], [x[:200], x[:200]], [ts[:200], ts[:200]], [200, 200], 64) == 64  # at most max_examples
+    assert examples.learn_frames(r, ["s"], [x[:300]], [ts[:300]], [300], 10_000) == 296  # every frame whose 4 labels arrived
+    assert examples.learn_frames(r, ["s"], [x[:300]], [ts[:300]], [300], 10_000) == 0  # the same snapshot again: nothing new
+    assert examples.learn_frames(r, ["s"], [x[50:350]], [ts[50:350]], [350], 10_000) == 50  # the ring moved on by 50
+    assert examples.learn_frames(r, ["s"], [x[:40]], [ts[:40]], [40], 10_000) == 36  # restarted: its count went back
+    assert examples.learn_frames(r, ["s", "t"], [x[:200], x[:200]], [ts[:200], ts[:200]], [200, 200], 64) == 64  # at most max_examples
     assert set(r.absorbed) == {"s", "t"} and r.learnt > 0
-    again = OnlineRidge.from_state(r.state())
+    again = ridgeform.from_state(ridgeform.state(r))
     np.testing.assert_array_equal(again.forecast(x[-8:]), r.forecast(x[-8:]))
-    assert again.learn_frames(["t"], [x[:200]], [ts[:200]], [200], 10_000) == 0 and set(again.absorbed) == {"t"}  # 's' gone
+    assert examples.learn_frames(again, ["t"], [x[:200]], [ts[:200]], [200], 10_000) == 0 and set(again.absorbed) == {"t"}  # 's' gone
 
 
 def test_the_time_of_day_forecasts_what_a_short_window_cannot_see_coming():
@@ -162,7 +162,7 @@ def test_the_time_of_day_forecasts_what_a_short_window_cannot_see_coming():
     errors = {}
     for with_calendar in (False, True):
         r = OnlineRidge(2, [0], 12, 12, values[:1000].mean(axis=0), values[:1000].std(axis=0), calendar=with_calendar)
-        r.learn_frames(["s"], [values[:6000]], [ts[:6000]], [6000], 8192)
+        examples.learn_frames(r, ["s"], [values[:6000]], [ts[:6000]], [6000], 8192)
         at = np.arange(6000, n - 12)
         windows = np.stack([values[i - 11 : i + 1] for i in at])
         truth = np.stack([values[i + 1 : i + 13, :1] for i in at])

@@ -36,7 +36,7 @@ def _engine(settings: Settings):
     """An engine serving a linear contender beside its model, as after its first retrain (the
     trainer is off here), the contender fitted on simulated reactor frames as a retrain fits it:
     the cost of every step counts the contender's windows and the gate."""
-    from streamrnn import simulator
+    from streamrnn import examples, ridgeform, simulator
     from streamrnn.engine import Engine
     from streamrnn.linear import OnlineRidge
     from streamrnn.trainer import normalisation
@@ -53,8 +53,8 @@ def _engine(settings: Settings):
         *normalisation([values]),
         calendar=settings.linear.calendar,
     )
-    ridge.learn_frames(["s0"], [values], [np.arange(len(values), dtype=float)], [len(values)], settings.linear.max_examples)
-    assert engine.adopt_linear(ridge.state())
+    examples.learn_frames(ridge, ["s0"], [values], [np.arange(len(values), dtype=float)], [len(values)], settings.linear.max_examples)
+    assert engine.adopt_linear(ridgeform.state(ridge))
     return engine
 
 
