@@ -14,8 +14,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from streamrnn import trainer
-from streamrnn.bank import HiddenBank, catch_up
+from streamrnn.bank import HiddenBank, catch_up, warm
 from streamrnn.model import StreamRNN
 from streamrnn.ring import Ring
 from streamrnn.snapshot import Snapshot, Verdict
@@ -108,7 +107,7 @@ class Adoption:
         cold = [row for stream, row in bank.rows.items() if stream not in self.reached]
         if cold:
             recent = [self.rings[row].last(rewarm)[1] for row in cold]
-            hidden[:, :, torch.as_tensor(cold, device=hidden.device)] = trainer.warm(self.model, recent, rewarm)
+            hidden[:, :, torch.as_tensor(cold, device=hidden.device)] = warm(self.model, recent, rewarm)
         return hidden
 
 

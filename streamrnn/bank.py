@@ -143,6 +143,24 @@ def catch_up(
     return new, held_[:, -1], centre_[:, -1]
 
 
+@torch.inference_mode()
+def warm(model: StreamRNN, values: list[np.ndarray], frames: int) -> torch.Tensor:
+    """The recurrent state of ``model`` after the last ``frames`` of each stream's ``values``, from a
+    blank state. Streams run as batches of equal length. Returns the states in the order given."""
+    device = next(model.buffers()).device
+    out = model.init_hidden(len(values))
+    groups: dict[int, list[int]] = {}
+    for i, v in enumerate(values):
+        groups.setdefault(min(len(v), frames), []).append(i)
+    for n, idx in groups.items():
+        if n == 0:
+            continue
+        vals = np.stack([values[i][-n:] for i in idx])  # (B, T, C)
+        sel = torch.as_tensor(idx, device=device)
+        out[:, :, sel] = catch_up(model, out.index_select(2, sel), vals, None, None, model.spec.centre_alpha)[0]
+    return out
+
+
 def ewm_update(centre: np.ndarray, held: np.ndarray, fresh: np.ndarray, alpha: float) -> np.ndarray:
     """One step of the running mean: moves toward the values observed in this frame (``fresh``),
     starts at the first one, holds otherwise. ``held`` is the last observed value, NaN if never."""

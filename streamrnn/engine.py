@@ -3,8 +3,9 @@
 Per batch of closed frames: score the forecasts their values resolve, keep the frames in the rings,
 step the hidden states of those streams as one batch, turn the outputs into forecasts in engineering
 units with conformal bands, and keep them for scoring. Retraining is offered, not forced: the caller
-asks ``retrain_due`` and runs ``retrain()`` in line (replay), or takes a ``snapshot()``, has
-``judge.retrain`` run on it elsewhere, and ``adopt()``s the verdict between two steps (the daemon).
+asks ``retrain_due``, takes a ``snapshot()``, has a retrain run on it (:mod:`streamrnn.judge`: in
+line in a replay, in the retrainer's process in the daemon), and ``adopt()``s the verdict between two
+steps. The engine hands the snapshot out and takes the verdict in; it never trains.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from streamrnn import judge, ridgeform
+from streamrnn import ridgeform
 from streamrnn.adoption import Adoption, checked
 from streamrnn.bank import HiddenBank, StreamCapError
 from streamrnn.config import Settings
@@ -230,20 +231,6 @@ class Engine:
     def next_seed(self) -> int:
         """The seed of the next retrain: a function of how many came before, so replays repeat."""
         return self.settings.trainer.seed + self.retrains + 1
-
-    def retrain(self) -> RetrainResult:
-        """Snapshot, fit, judge and adopt in line: used by replay and tests, so it repeats exactly.
-        The fit's budget is counted in steps and epochs only: ``trainer.max_seconds``, a wall-clock
-        guard for the daemon, would make the result depend on how busy the machine was."""
-        snap = self.snapshot()
-        cfg = self.settings.trainer.model_copy(update={"max_seconds": math.inf})
-        verdict = judge.retrain(snap, self.spec, self.state_dict(), cfg, seed=self.next_seed())
-        return self.adopt(snap, verdict)
-
-    def refit_linear(self) -> RetrainResult:
-        """Fit the linear contender alone, in line (replay); the daemon has the retrainer do it."""
-        snap = self.snapshot(recurrent=False)
-        return self.adopt(snap, judge.retrain(snap, self.spec, {}, self.settings.trainer))
 
     def adopt(self, snap: Snapshot, verdict: Verdict, at_once: bool = True) -> RetrainResult:
         """Act on a retrain's verdict between two steps: swap the model it names in, or keep serving.

@@ -5,18 +5,21 @@ fallen behind persistence is replaced by persistence."""
 
 from __future__ import annotations
 
+import math
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from streamrnn import examples, ridgeform
+from streamrnn.bank import warm
 from streamrnn.config import TrainerSettings
 from streamrnn.linear import OnlineRidge
 from streamrnn.model import ModelSpec, StreamRNN, build
-from streamrnn.snapshot import Snapshot, TrainReport, Verdict
-from streamrnn.trainer import change_scale, normalisation, prepare, run_loss, train, warm
+from streamrnn.snapshot import RetrainResult, Snapshot, TrainReport, Verdict
+from streamrnn.trainer import change_scale, normalisation, prepare, run_loss, train
 
 
 def holdout_error(model: StreamRNN, snapshot: Snapshot, scale: np.ndarray) -> float:
@@ -33,6 +36,25 @@ def holdout_error(model: StreamRNN, snapshot: Snapshot, scale: np.ndarray) -> fl
         parts.append(p)
     ratio = model.dscale / torch.as_tensor(scale, dtype=torch.float32)
     return run_loss(model, parts, slice(1, None), ratio[1:])
+
+
+if TYPE_CHECKING:
+    from streamrnn.engine import Engine
+
+
+def in_line(engine: Engine) -> RetrainResult:
+    """Snapshot, fit, judge and adopt in line: replay's and the tests' way, so it repeats exactly.
+    The fit's budget is counted in steps and epochs only: ``trainer.max_seconds``, a wall-clock
+    guard for the daemon, would make the result depend on how busy the machine was."""
+    snap = engine.snapshot()
+    cfg = engine.settings.trainer.model_copy(update={"max_seconds": math.inf})
+    return engine.adopt(snap, retrain(snap, engine.spec, engine.state_dict(), cfg, seed=engine.next_seed()))
+
+
+def linear_in_line(engine: Engine) -> RetrainResult:
+    """Fit the linear contender alone, in line (replay); the daemon has the retrainer do it."""
+    snap = engine.snapshot(recurrent=False)
+    return engine.adopt(snap, retrain(snap, engine.spec, {}, engine.settings.trainer))
 
 
 def retrain(snapshot: Snapshot, spec: ModelSpec, champion: dict[str, Tensor], settings: TrainerSettings, seed: int = 0) -> Verdict:

@@ -20,7 +20,7 @@ from typing import TextIO
 
 import numpy as np
 
-from streamrnn import model
+from streamrnn import judge, model
 from streamrnn.atomic import replacing, write_text
 from streamrnn.config import Settings
 from streamrnn.engine import Engine
@@ -212,9 +212,9 @@ def _run(engine: Engine, table: Table, writer, progress: bool, on_forecast: Call
             if on_forecast:
                 on_forecast(fc)
         if engine.retrain_due:
-            engine.retrain()
+            judge.in_line(engine)
         elif engine.linear_due:
-            engine.refit_linear()
+            judge.linear_in_line(engine)
         if progress and time.perf_counter() - last_draw > 0.2:
             _progress(done, total, start, sys.stderr)
             last_draw = time.perf_counter()

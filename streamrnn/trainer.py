@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamrnn.bank import catch_up, centres, fill
+from streamrnn.bank import centres, fill
 from streamrnn.config import TrainerSettings
 from streamrnn.model import ModelSpec, StreamRNN
 from streamrnn.snapshot import Snapshot, TrainReport
@@ -278,21 +278,3 @@ def calibrate(model: StreamRNN, parts: list[dict[str, np.ndarray]]) -> np.ndarra
         den += (out**2).sum((0, 1))
     w = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
     return w.clamp(0.0, 1.0).numpy()
-
-
-@torch.inference_mode()
-def warm(model: StreamRNN, values: list[np.ndarray], frames: int) -> Tensor:
-    """The recurrent state of ``model`` after the last ``frames`` of each stream's ``values``, from a
-    blank state. Streams run as batches of equal length. Returns the states in the order given."""
-    device = next(model.buffers()).device
-    out = model.init_hidden(len(values))
-    groups: dict[int, list[int]] = {}
-    for i, v in enumerate(values):
-        groups.setdefault(min(len(v), frames), []).append(i)
-    for n, idx in groups.items():
-        if n == 0:
-            continue
-        vals = np.stack([values[i][-n:] for i in idx])  # (B, T, C)
-        sel = torch.as_tensor(idx, device=device)
-        out[:, :, sel] = catch_up(model, out.index_select(2, sel), vals, None, None, model.spec.centre_alpha)[0]
-    return out

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import sine_frames, small_settings
 
-from streamrnn import checkpoint
+from streamrnn import checkpoint, judge
 from streamrnn.checkpoint import CheckpointMismatch, CorruptCheckpoint, Store
 from streamrnn.engine import Engine
 from streamrnn.frames import Assembler, Frame
@@ -39,7 +39,7 @@ def test_an_engine_restored_from_a_checkpoint_goes_on_exactly_as_the_one_that_wr
     first, rest = frames[:1500], frames[1500:]
     a = Engine(settings)
     stepped(a, first)
-    assert a.retrain().outcome == "promoted" and a.version == 1  # a trained model, bands, scores
+    assert judge.in_line(a).outcome == "promoted" and a.version == 1  # a trained model, bands, scores
     stepped(a, first[-3:])  # late frames, counted
     state = checkpoint.decode(checkpoint.encode(a.state()))
     b = Engine(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from conftest import sine_frames, small_settings
 
-from streamrnn import gate
+from streamrnn import gate, judge
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
 
@@ -108,9 +108,9 @@ def gate_run(frames: list, settings) -> tuple[list, list]:
     for s, ts, v in frames:
         forecasts.append(engine.step([Frame(s, ts, v)]))
         if engine.linear_due:
-            engine.refit_linear()
+            judge.linear_in_line(engine)
         elif engine.retrain_due:
-            engine.retrain()
+            judge.in_line(engine)
         choices.append(engine.gate_weights()[0][1].copy())
     return forecasts, choices
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import sine_frames, small_settings
 
-from streamrnn import judge, trainer
+from streamrnn import bank, judge
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
 from streamrnn.retrainer import Retrainer, _recv, _send
@@ -210,7 +210,7 @@ def test_adopting_a_verdict_is_as_if_its_model_had_served_since_the_snapshot():
     recent = engine.rings[engine.bank.rows["s2"]].last()[1]
     torch.testing.assert_close(
         engine.bank.hidden[:, :, engine.bank.rows["s2"] : engine.bank.rows["s2"] + 1],
-        trainer.warm(engine.model, [recent], engine.settings.trainer.rewarm),
+        bank.warm(engine.model, [recent], engine.settings.trainer.rewarm),
     )
     nxt = [Frame(s, ts + 3.0, v) for s, ts, v in later[-2:]]
     np.testing.assert_allclose(engine.step(nxt).values, twin.step(nxt).values, rtol=1e-5, atol=1e-6)  # and so are the next forecasts
@@ -308,5 +308,5 @@ def test_a_verdict_that_does_not_fit_or_is_not_finite_is_a_failure_and_serving_i
     assert engine.streams == ["s0"]
     recent = engine.rings[engine.bank.rows["s0"]].last()[1]
     torch.testing.assert_close(
-        engine.bank.hidden[:, :, engine.bank.rows["s0"]][:, :, None], trainer.warm(engine.model, [recent], engine.settings.trainer.rewarm)
+        engine.bank.hidden[:, :, engine.bank.rows["s0"]][:, :, None], bank.warm(engine.model, [recent], engine.settings.trainer.rewarm)
     )

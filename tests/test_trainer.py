@@ -63,7 +63,7 @@ def test_nan_loss_leaves_the_serving_model_untouched(monkeypatch):
     engine = _fed_engine()
     before = engine.state_dict()
     monkeypatch.setattr(trainer, "masked_loss", lambda *a: torch.tensor(float("nan"), requires_grad=True))
-    result = engine.retrain()
+    result = judge.in_line(engine)
     assert result.outcome == "failed" and "non-finite" in result.report.error
     assert engine.version == 0 and engine.counts["retrain_failed"] == 1
     for k, v in engine.state_dict().items():
@@ -78,13 +78,13 @@ def test_an_exception_in_training_is_a_failed_report(monkeypatch):
         raise MemoryError("out of memory")
 
     monkeypatch.setattr(trainer, "prepare", boom)
-    result = engine.retrain()
+    result = judge.in_line(engine)
     assert result.outcome == "failed" and "MemoryError" in result.report.error and engine.version == 0
 
 
 def test_champion_challenger_promotes_a_better_model_and_rewarms():
     engine = _fed_engine()
-    result = engine.retrain()
+    result = judge.in_line(engine)
     assert result.outcome == "promoted", result
     assert result.challenger_error < result.champion_error and engine.version == 1
     # re-warmed: the hidden state is that of the new model after the recent frames, not zeros
@@ -95,7 +95,7 @@ def test_champion_challenger_promotes_a_better_model_and_rewarms():
 
 def test_a_worse_challenger_is_rejected_and_serving_unchanged():
     engine = _fed_engine()
-    engine.retrain()  # a decent champion
+    judge.in_line(engine)  # a decent champion
     champion = engine.state_dict()
     snap = engine.snapshot()
     bad = {k: v.clone() for k, v in champion.items()}
