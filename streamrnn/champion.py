@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from streamrnn import observe
 from streamrnn.adoption import unfit_weights
 from streamrnn.checkpoint import check_layout, layout
 from streamrnn.config import Settings
@@ -133,7 +134,7 @@ class FleetTrainer:
         return None
 
     def _verdict(self, snap: Snapshot, verdict, seconds: float, champion: Champion) -> Champion | None:
-        self.metrics.set_retrain(verdict, seconds, verdict.outcome)
+        observe.retrain(self.metrics, verdict, seconds, verdict.outcome)
         log.info("fleet retrain done", extra=said(verdict, verdict.outcome, seconds))
         if verdict.serve is None or verdict.state is None:
             return Champion(champion.version + 1, champion.weights, verdict.linear) if verdict.linear is not None else None

@@ -10,14 +10,21 @@ import contextvars
 import fnmatch
 import json
 import re
+import sys
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+if sys.version_info >= (3, 11):  # noqa: UP036 (requires-python is 3.10, where tomli stands in)
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from streamrnn import environment, plant
+from streamrnn import environment
 
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("streamrnn_toml", default=None)
 
@@ -62,12 +69,17 @@ class ModelSettings(_Section):
         return v
 
 
+# The built-in reactor's sensors (reactor.toml), as the simulator publishes them: what a configuration
+# that names no features serves.
+REACTOR = tomllib.loads(files("streamrnn").joinpath("reactor.toml").read_text(encoding="utf-8"))
+
+
 class FeatureSettings(_Section):
     """What is read, what is forecast, and on which grid."""
 
-    inputs: list[str] = Field(default_factory=lambda: list(plant.AUXILIARIES))
-    targets: list[str] = Field(default_factory=lambda: list(plant.FEATURES))
-    period: float = Field(plant.PERIOD, gt=0, description="seconds between two steps")
+    inputs: list[str] = Field(default_factory=lambda: list(REACTOR["auxiliaries"]))
+    targets: list[str] = Field(default_factory=lambda: [*REACTOR["auxiliaries"], REACTOR["key"]])
+    period: float = Field(float(REACTOR["period"]), gt=0, description="seconds between two steps")
     horizon: int = Field(10, ge=1, le=1000, description="forecast steps H")
 
     @field_validator("inputs", "targets")

@@ -12,8 +12,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from streamrnn import jetstream
+from streamrnn.delivery import Delivery
 from streamrnn.logs import RateLimited
-from streamrnn.transport import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
+from streamrnn import observe
 from streamrnn.config import Settings
 from streamrnn.engine import Engine
 from streamrnn.metrics import Metrics
@@ -57,7 +58,7 @@ class Cycle:
         if result.outcome == "linear":  # the linear contender alone
             log.debug("linear refit done", extra={"seconds": round(seconds, 2), "linear": verdict.report.linear})
             return False
-        self.metrics.set_retrain(verdict, seconds, result.outcome)
+        observe.retrain(self.metrics, verdict, seconds, result.outcome)
         log.info("retrain done", extra=said(verdict, result.outcome, seconds, model_version=result.version))
         return verdict.serve is not None and not self.engine.adopting
 

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
-from streamrnn import __version__, forecast, journal
+from streamrnn import __version__, forecast, journal, observe
 from streamrnn.config import ConfigError, MqttSettings, Settings
 from streamrnn.cycle import Cycle
+from streamrnn.delivery import Delivery
 from streamrnn.durability import Durability
 from streamrnn.engine import Engine
 from streamrnn.frames import Frame
@@ -33,7 +34,7 @@ from streamrnn.model import StreamRNN
 from streamrnn.mqtt import Link
 from streamrnn.payload import stream_key, subscription
 from streamrnn.service import BATCH, Service
-from streamrnn.transport import Delivery, Transport
+from streamrnn.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Daemon(Service):
         self._per_stream = 2 * len(s.channels)  # messages of a stream a turn takes: a frame's sensors, twice
         self.cycle = Cycle(s, self.engine, self.metrics) if s.trainer.enabled else None
         self._rejects = RateLimited(burst=5, per=60.0)
-        self.intake = Intake(s, self.engine.channels, self.engine.forget, self.metrics, self._rejects)
+        self.intake = Intake(s, self.engine.channels, self.engine.forget, self._rejects)
         self.assembler, self.parser = self.intake.assembler, self.intake.parser
         self.durability = Durability(s, self.metrics, self.link.ack, self._rejects) if s.checkpoint.dir is not None else None
         self.forecast_topic = m.forecast_topic
@@ -182,7 +183,7 @@ class Daemon(Service):
         topic = self.forecast_topic
         payloads = forecast.encode_all(forecasts, self.settings.features.period, self.skill)
         reasons = self.link.publish_many(zip([topic.format(stream=s) for s in forecasts.streams], payloads))
-        self.metrics.set_published(forecasts.streams, forecasts.ts, reasons, when, t0)
+        observe.published(self.metrics, forecasts.streams, forecasts.ts, reasons, when, t0)
 
     def _housekeeping(self) -> None:
         if self.cycle and self.cycle.turn(self.stopping.is_set()):
@@ -200,17 +201,19 @@ class Daemon(Service):
 
     def _gauges(self) -> None:
         m, e = self.metrics, self.engine
-        self.skill = m.observe_engines([e], self.settings.ring.size, quiet_after=10 * self.settings.features.period)
+        self.skill = observe.engines(m, [e], self.settings.ring.size, quiet_after=10 * self.settings.features.period)
         m.carry("engine", e.counts)
+        m.carry("intake", self.intake.refused)
+        m.carry("assembler", self.intake.assembler.counts)
         m.carry("health", e.health.counts)
-        m.observe_link(self.link, self.inbox.qsize())
+        observe.link(m, self.link, self.inbox.qsize())
         if shed := self.inbox.take_shed():
             m.dropped.labels("rate").inc(shed.total())
             top = ", ".join(f"{stream[:64]} {n}" for stream, n in shed.most_common(3))
             self._rejects.log(log, logging.WARNING, "rate", "streams shed: each held far more of the full inbox than its share", shed=top)
         self.intake.say(e.counts)
         if self.durability is not None and self.durability.journal is not None:
-            m.observe_journal(self.durability.journal)
+            observe.journal(m, self.durability.journal)
 
     def _served(self) -> None:
         """An adopted model serves from now on: say so, and checkpoint it so that it survives a crash."""

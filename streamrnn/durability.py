@@ -18,11 +18,11 @@ from pathlib import Path
 from streamrnn import __version__, journal
 from streamrnn.checkpoint import Store, check_layout, layout
 from streamrnn.config import ConfigError, Settings
+from streamrnn.delivery import Delivery
 from streamrnn.engine import Engine
 from streamrnn.frames import Assembler, Frame
 from streamrnn.logs import RateLimited
 from streamrnn.metrics import Metrics
-from streamrnn.transport import Delivery
 
 log = logging.getLogger(__name__)
 

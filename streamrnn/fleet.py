@@ -27,11 +27,11 @@ import time
 from streamrnn import jetstream, ownership
 from streamrnn.config import ConfigError, Settings
 from streamrnn.consumer import PartitionFeed
+from streamrnn.delivery import Delivery
 from streamrnn.fleetstore import ChampionStore, PartitionStore
 from streamrnn.jetstream import subject
 from streamrnn.lease import Leases
 from streamrnn.natsconn import Connection, put, until
-from streamrnn.transport import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import queue
 import time
 from collections import Counter, deque
 
-from streamrnn import checkpoint, jetstream, ownership
+from streamrnn import checkpoint, ownership
 from streamrnn.lease import Leases
 from streamrnn.logs import RateLimited
 from streamrnn.natsconn import put
@@ -32,6 +32,19 @@ log = logging.getLogger(__name__)
 
 NAME = "champion"  # its object in the object store
 TRAINER = "trainer"  # its lease: the KV key owner.trainer
+
+
+async def _load(store, partition: int) -> tuple[dict | None, int]:
+    """The partition's checkpoint from the object store and the sequence it holds messages up to;
+    (None, 0) if there is none. Raises CorruptCheckpoint (or KeyError, TypeError, ValueError) for one unusable."""
+    import nats
+
+    try:
+        got = await store.get(f"partition-{partition}")
+    except nats.js.errors.ObjectNotFoundError:
+        return None, 0
+    state = await asyncio.get_running_loop().run_in_executor(None, checkpoint.decode, got.data)
+    return state, int(state["seq"])
 
 
 class PartitionStore:
@@ -45,7 +58,7 @@ class PartitionStore:
         """The partition's checkpoint and the stream sequence it holds messages up to; one
         unusable (unsound: :mod:`streamrnn.soundness`) is said, and everything JetStream kept is replayed."""
         try:
-            state, seq = await jetstream.load(self.store, p)
+            state, seq = await _load(self.store, p)
             if state is not None and (why := unsound(state["engine"], self.max_abs)) is not None:
                 raise ValueError(f"state not sound: {why}")
             return state, seq

@@ -20,7 +20,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 
-from streamrnn.transport import Delivery
+from streamrnn.delivery import Delivery
 
 _HEARD = 60.0  # seconds a stream counts among those the inbox serves after its last message
 

@@ -1,6 +1,7 @@
 """The daemon's intake: broker deliveries in, closed frames out. Each message is parsed into
-readings and assembled into frames on the period grid; what is refused is counted by reason and
-said at a bounded rate, and a bug in handling one message costs that message, never the daemon."""
+readings and assembled into frames on the period grid; what is refused is counted by reason (in
+plain counts of its own, which the daemon carries into its metrics) and said at a bounded rate, and
+a bug in handling one message costs that message, never the daemon."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import logging
 from collections import Counter
 
 from streamrnn.config import Settings
+from streamrnn.delivery import Delivery
 from streamrnn.frames import Assembler, Frame
 from streamrnn.logs import RateLimited
-from streamrnn.metrics import Metrics
-from streamrnn.payload import Parser, Rejected
-from streamrnn.transport import Delivery
+from streamrnn.payload import REASONS, Parser, Rejected
 
 log = logging.getLogger(__name__)
+
+REFUSALS = (*REASONS, "retained", "internal")  # why a message is refused
 
 # counts of the assembler's and the engine's that are worth a (rate-limited) log line as they grow
 SAID = (
@@ -26,12 +28,14 @@ SAID = (
 
 
 class Intake:
-    """Parser and assembler of one daemon, with the counts and log lines of what they refuse."""
+    """Parser and assembler of one daemon, with the counts and log lines of what they refuse:
+    ``refused`` by reason (:data:`REFUSALS`), the assembler's ``counts``."""
 
-    def __init__(self, settings: Settings, channels: tuple[str, ...], forget, metrics: Metrics, limiter: RateLimited) -> None:
+    def __init__(self, settings: Settings, channels: tuple[str, ...], forget, limiter: RateLimited) -> None:
         """``forget(stream)``: the engine drops a stream's state (its clock restarted, or it was displaced)."""
         s, m = settings, settings.mqtt
-        self.settings, self.metrics, self.limiter = settings, metrics, limiter
+        self.settings, self.limiter = settings, limiter
+        self.refused: Counter[str] = Counter()
         self.parser = Parser(
             channels, m.sensor_topic, m.frame_topic, m.max_payload, s.frames.max_abs, s.frames.max_future, s.streams.allowed()
         )
@@ -70,13 +74,12 @@ class Intake:
         return None
 
     def refuse(self, reason: str, msg: Delivery, detail: str, exc_info: bool = False) -> None:
-        self.metrics.dropped.labels(reason).inc()
+        self.refused[reason] += 1
         level = logging.ERROR if exc_info else logging.WARNING
         self.limiter.log(log, level, reason, "message refused", exc_info=exc_info, reason=reason, detail=detail, topic=msg.topic[:200])
 
     def say(self, engine_counts: Counter[str]) -> None:
-        """Carry the assembler's counts into the metrics, and say what grew of those worth a line."""
-        self.metrics.carry("assembler", self.assembler.counts)
+        """Say what grew of the counts worth a line."""
         for source, key, what in SAID:
             total = (self.assembler.counts if source == "assembler" else engine_counts)[key]
             if total > self._said.get(key, 0):

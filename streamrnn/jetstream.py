@@ -28,7 +28,6 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from streamrnn import checkpoint
 from streamrnn.config import ConfigError, ShardSettings
 
 if TYPE_CHECKING:
@@ -139,21 +138,6 @@ async def _sensors(js: JetStreamContext, templates: list[str], cfg: ShardSetting
             f"shards.partitions / mqtt topics: the JetStream stream {STREAM} was made for {made}, not {subjects} "
             f"stored as {destination}; run every shard with the same settings, or delete the stream to start afresh"
         )
-
-
-async def load(store, partition: int) -> tuple[dict | None, int]:
-    """The partition's checkpoint from the object store and the sequence it holds messages up to;
-    (None, 0) if there is none. Raises CorruptCheckpoint (or KeyError, TypeError, ValueError) for one unusable."""
-    import asyncio
-
-    import nats
-
-    try:
-        got = await store.get(f"partition-{partition}")
-    except nats.js.errors.ObjectNotFoundError:
-        return None, 0
-    state = await asyncio.get_running_loop().run_in_executor(None, checkpoint.decode, got.data)
-    return state, int(state["seq"])
 
 
 async def consume(js: JetStreamContext, partition: int, after: int, ack_wait: float) -> tuple[JetStreamContext.PullSubscription, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections import Counter as PlainCounter
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
@@ -21,13 +20,6 @@ from prometheus_client.process_collector import ProcessCollector
 
 from streamrnn import gate, health
 from streamrnn.payload import REASONS
-from streamrnn.scores import scored
-
-if TYPE_CHECKING:  # types only: the metrics import nothing of what reports into them
-    from streamrnn.engine import Engine
-    from streamrnn.journal import Journal
-    from streamrnn.snapshot import Verdict
-    from streamrnn.transport import Transport
 
 _LATENCY = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 disable_created_metrics()  # no *_created series: a start time per counter is what process_start_time_seconds says once
@@ -213,48 +205,11 @@ class Metrics:
                 "resynced": reset("resynced"),
                 "stuck": self.stuck_closes,
             },
+            "intake": {reason: drop(reason) for reason in (*REASONS, "retained", "internal")},
             "engine": {"refused": drop("refused"), "late": self.frames_late},
             "journal": {"records": self.journal_records, "errors": self.journal_errors},
             "health": {reason: self.suspect_spells.labels(reason) for reason in health.REASONS[1:]},
         }[source]
-
-    def observe_engines(self, engines: list[Engine], ring_size: int, quiet_after: float = float("inf")) -> dict[str, float | None]:
-        """The engines' live scores (pooled: the streams of a shard's partitions count as one
-        engine's would), gate, streams and rings, as of their last scoring pass (never scoring
-        early: that would move the bands); one path for a daemon's one engine and a shard's many.
-        Returns each target's live skill, the mean over its steps, as the forecast messages carry it.
-        Their counts are the caller's to carry (a shard's partitions move, with their counts)."""
-        if not engines:  # a shard that holds no partition
-            for gauge in (self.streams, self.quiet, self.ring_frames, self.ring_fill):
-                gauge.set(0)
-            return {}
-        first = engines[0]
-        scores = scored({k: sum(e.evaluator.live[k] for e in engines) for k in first.evaluator.live})
-        self.set_quality(scores)
-        self.set_gate(np.mean([e.gate_weights()[0][1] for e in engines], axis=0))
-        self.streams.set(sum(len(e.streams) for e in engines))
-        now = time.time()
-        self.quiet.set(sum(int((now - e.bank.last_seen[list(e.bank.rows.values())] > quiet_after).sum()) for e in engines if e.bank.rows))
-        held = [n for e in engines for n in e.ring_frames()]
-        self.ring_frames.set(sum(held))
-        self.ring_fill.set(sum(held) / (len(held) * ring_size) if held else 0.0)
-        if self.stream_last is not None:
-            self.set_streams({name: e.last_ts(name) for e in engines for name in e.streams})
-        for name, n in zip(first.channels, sum(e.health.suspects() for e in engines)):
-            self.suspect.labels(name).set(int(n))
-        skill = {}
-        for name, col in zip(first.spec.targets, scores["skill"].T):
-            col = col[np.isfinite(col)]
-            skill[name] = round(float(col.mean()), 4) if len(col) else None
-        return skill
-
-    def observe_link(self, link: Transport, queued: int) -> None:
-        """The broker connection's state and counts, and the messages waiting for the engine."""
-        self.queue.set(queued)
-        self.connected.set(1 if link.connected else 0)
-        self.subscribed.set(1 if link.subscribed else 0)
-        self.pending.set(link.pending)
-        self.carry("link", link.counts)
 
     def checkpoint_written(self, seconds: float | None, size: int) -> None:
         """A checkpoint written (the daemon's file, or a shard's partition in the object store):
@@ -264,36 +219,6 @@ class Metrics:
             self.checkpoint_seconds.observe(seconds)
         self.checkpoint_bytes.set(size)
         self.checkpoint_last.set(time.time())
-
-    def observe_journal(self, journal: Journal) -> None:
-        """The journal's counts and its syncs' durations since the last call."""
-        self.carry("journal", journal.counts)
-        while journal.sync_seconds:
-            self.journal_sync.observe(journal.sync_seconds.popleft())
-
-    def set_published(self, streams: list[str], ts: list[float], reasons: list[str | None], closed: dict, default: float) -> None:
-        """Forecasts just handed to the broker's client: each counted, with its latency from when its
-        frame closed (``closed`` by (stream, ts), else ``default``; perf_counter), or its refusal."""
-        sent, published = time.perf_counter(), 0
-        for key, reason in zip(zip(streams, ts), reasons):
-            if reason is None:
-                published += 1
-                self.latency.observe(sent - closed.get(key, default))
-            else:
-                self.publish_failed.labels(reason).inc()
-        self.published.inc(published)
-
-    def set_retrain(self, verdict: Verdict, seconds: float, outcome: str) -> None:
-        """A retrain's verdict: its outcome and duration, and, where it fitted, its losses and the
-        held-out errors it was judged by."""
-        self.retrains.labels(outcome).inc()
-        self.retrain_seconds.observe(seconds)
-        self.retrain_running.set(0)
-        if verdict.outcome != "failed":
-            self.train_loss.set(verdict.report.train_loss)
-            self.val_loss.set(verdict.report.val_loss)
-            for model in ("challenger", "champion", "persistence"):
-                self.holdout_error.labels(model).set(getattr(verdict, f"{model}_error"))
 
     def set_gate(self, weights: np.ndarray) -> None:
         """Export the gate's weights (regimes, contenders, H, targets) as their means per contender."""

@@ -13,23 +13,22 @@ from collections import OrderedDict
 from streamrnn import __version__, jetstream
 from streamrnn.checkpoint import check_layout, layout
 from streamrnn.config import Settings
+from streamrnn.delivery import Delivery
 from streamrnn.engine import Engine
 from streamrnn.frames import Assembler, Frame
 from streamrnn.intake import Intake
 from streamrnn.logs import RateLimited
-from streamrnn.metrics import Metrics
 from streamrnn.model import StreamRNN
-from streamrnn.transport import Delivery
 
 _QUIET = 5.0  # seconds without any message that tell a quiet partition from a stalled transport (an election)
 _FRESH = 3.0  # seconds for which JetStream's word that nothing waits holds: a feed that stalls says nothing more
 
 
 class Partition:
-    def __init__(self, number: int, settings: Settings, model: StreamRNN, version: int, metrics: Metrics, limiter: RateLimited) -> None:
+    def __init__(self, number: int, settings: Settings, model: StreamRNN, version: int, limiter: RateLimited) -> None:
         self.number, self.settings = number, settings
         self.engine = Engine(settings, copy.deepcopy(model), version)
-        self.intake = Intake(settings, self.engine.channels, self.engine.forget, metrics, limiter)
+        self.intake = Intake(settings, self.engine.channels, self.engine.forget, limiter)
         self.assembler = self.intake.assembler
         self.seq = 0  # the stream sequence of the last message taken
         self.saved = 0  # ... and of the last checkpoint's

@@ -14,10 +14,10 @@ import time
 import torch
 
 from streamrnn.config import Settings
+from streamrnn.delivery import Delivery
 from streamrnn.endpoint import Endpoint
 from streamrnn.metrics import Metrics
 from streamrnn.notify import Notifier
-from streamrnn.transport import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,10 @@ import torch
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as Counted
 
-from streamrnn import __version__, champion, forecast, jetstream, ownership
+from streamrnn import __version__, champion, forecast, jetstream, observe, ownership
 from streamrnn.champion import Champion, FleetTrainer
 from streamrnn.config import Settings
+from streamrnn.delivery import Delivery
 from streamrnn.fleet import Control, FleetLink
 from streamrnn.frames import Frame
 from streamrnn.logs import RateLimited
@@ -36,7 +37,6 @@ from streamrnn.metrics import Metrics
 from streamrnn.model import ModelSpec, StreamRNN, build, resolve_device
 from streamrnn.partition import Partition
 from streamrnn.service import Service, take
-from streamrnn.transport import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Shard(Service):
         self.parts: dict[int, Partition] = {}
         self.stepped = 0  # frames stepped since the start
         self.skill: dict[str, float | None] = {}
-        self._carried: dict[str, Counter[str]] = {"assembler": Counter(), "engine": Counter(), "health": Counter()}
+        self._carried: dict[str, Counter[str]] = {"intake": Counter(), "assembler": Counter(), "engine": Counter(), "health": Counter()}
         self._seen: dict[tuple[int, str], Counter[str]] = {}
         if s.checkpoint.dir is not None:
             log.warning("checkpoint.dir is not used on nats://: partitions are checkpointed in JetStream's object store")
@@ -151,7 +151,7 @@ class Shard(Service):
             payloads = forecast.encode_all(forecasts, period, self.skill)
             reasons = self.link.publish_many(zip([topic.format(stream=s) for s in forecasts.streams], payloads))
             when = dict(zip([(f.stream, f.ts) for f in got], closed[p]))
-            self.metrics.set_published(forecasts.streams, forecasts.ts, reasons, when, t0)
+            observe.published(self.metrics, forecasts.streams, forecasts.ts, reasons, when, t0)
 
     def _control(self, item: Control) -> None:
         if isinstance(item, ownership.Crowned):  # stored by the trainer, maybe another shard
@@ -159,13 +159,13 @@ class Shard(Service):
             return None if new is None else self._crowned(new)
         p = item.partition
         if isinstance(item, ownership.Claimed):
-            part = Partition(p, self.settings, self.model, self.version, self.metrics, self._rejects)
+            part = Partition(p, self.settings, self.model, self.version, self._rejects)
             if item.state is not None:
                 try:
                     part.load(item.state, item.seq)
                 except (KeyError, TypeError, ValueError, RuntimeError) as e:  # another model or layout: the fleet is misconfigured
                     log.error("partition checkpoint refused: starting it afresh", extra={"partition": p, "error": str(e)})
-                    part = Partition(p, self.settings, self.model, self.version, self.metrics, self._rejects)
+                    part = Partition(p, self.settings, self.model, self.version, self._rejects)
                     part.seq = part.saved = item.seq
             part.behind = item.waiting > 0
             champion.serve(part.engine, self.champion, loaded=item.state is not None)
@@ -227,8 +227,8 @@ class Shard(Service):
         for source, counts in self._carried.items():
             m.carry(source, counts)
         engines, s = [part.engine for part in self.parts.values()], self.settings  # as a daemon's, pooled
-        self.skill = m.observe_engines(engines, s.ring.size, 10 * s.features.period)
-        m.observe_link(self.link, self.inbox.qsize())
+        self.skill = observe.engines(m, engines, s.ring.size, 10 * s.features.period)
+        observe.link(m, self.link, self.inbox.qsize())
         stored = self.link.checkpoints
         while stored is not None and stored.written:  # the partitions' checkpoints, as the daemon's file
             m.checkpoint_written(*stored.written.popleft())
@@ -242,7 +242,12 @@ class Shard(Service):
 
 def sources(part: Partition) -> list[tuple[str, Counter[str]]]:
     """The counts a partition keeps, by the metrics' name for each (:meth:`Metrics.carry`)."""
-    return [("assembler", part.assembler.counts), ("engine", part.engine.counts), ("health", part.engine.health.counts)]
+    return [
+        ("intake", part.intake.refused),
+        ("assembler", part.assembler.counts),
+        ("engine", part.engine.counts),
+        ("health", part.engine.health.counts),
+    ]
 
 
 def grown(counts: Counter[str], seen: Counter[str], into: Counter[str]) -> None:

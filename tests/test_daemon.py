@@ -509,7 +509,7 @@ def test_a_stream_whose_next_reading_waits_in_a_backlog_is_not_closed_as_silent(
     """Silence is judged on the arrival clock: a turn that leaves messages behind (here a batch cap
     of 3) must not close a stream by wall clock while its next reading is among them."""
     from streamrnn import daemon as daemon_module
-    from streamrnn.mqtt import Delivery
+    from streamrnn.delivery import Delivery
 
     monkeypatch.setattr(daemon_module, "BATCH", 3)
     settings = config.load(

@@ -10,20 +10,18 @@ from collections import Counter
 import numpy as np
 import pytest
 from conftest import DaemonProcess, write_config
-from prometheus_client import CollectorRegistry
 from test_daemon import _num, a_model, drain, publish_rows, sim_rows
 from test_durability import reference
 
 from streamrnn import checkpoint, config, forecast, jetstream, ownership
 from streamrnn.config import ConfigError
+from streamrnn.delivery import Delivery
 from streamrnn.jetstream import partitioned, where
 from streamrnn.logs import RateLimited
-from streamrnn.metrics import Metrics
 from streamrnn.model import ModelSpec, build
 from streamrnn.mqtt import Publisher, Subscriber
 from streamrnn.partition import Partition
 from streamrnn.tools.natsd import cluster
-from streamrnn.transport import Delivery
 
 PARTITIONS, LEASE = 8, 4.0
 
@@ -72,7 +70,7 @@ def test_a_quiet_partition_asks_for_a_clock_tick_only_while_jetstream_says_nothi
     stored after it is late for both."""
     settings = config.load(None, trainer={"enabled": False})
     model = build(ModelSpec.from_settings(settings), seed=1)
-    part = Partition(0, settings, model, 0, Metrics(CollectorRegistry()), RateLimited(5, 60.0))
+    part = Partition(0, settings, model, 0, RateLimited(5, 60.0))
     assert not part.quiet(1e10, drained=1e10 - 1.0)  # nothing in hand: nothing to ask for
     t0 = 1.7e9
     payload = b'{"ts": %.3f, "value": 1.0}' % t0
@@ -142,7 +140,7 @@ def test_a_partition_checkpointed_and_loaded_closes_the_same_frames_as_one_that_
         if k == 9:  # a's held-back reading, once a's silence has closed its tick 5
             send("a", 5, chans[2:], t0 + 9.5 * dt)
     model = build(ModelSpec.from_settings(settings), seed=1)
-    part = lambda: Partition(0, settings, model, 0, Metrics(CollectorRegistry()), RateLimited(5, 60.0))
+    part = lambda: Partition(0, settings, model, 0, RateLimited(5, 60.0))
     frames = lambda p, some: [(f.stream, f.ts, np.nan_to_num(f.values).tolist()) for m in some for f in p.take(m)]
     stayed = part()
     want = frames(stayed, msgs)
@@ -163,7 +161,7 @@ def test_a_partition_checkpoint_whose_state_is_not_sound_is_refused_and_jetstrea
     settings = config.load(None, trainer={"enabled": False})
     period, t0, topic = settings.features.period, 1.7e9, settings.mqtt.sensor_topic
     model = build(ModelSpec.from_settings(settings), seed=1)
-    part = Partition(0, settings, model, 0, Metrics(CollectorRegistry()), RateLimited(5, 60.0))
+    part = Partition(0, settings, model, 0, RateLimited(5, 60.0))
     for k in range(20):
         for j, c in enumerate(settings.channels[:4]):
             seq = 4 * k + j + 1
@@ -356,9 +354,7 @@ def replayed(settings, model, messages: list[Delivery]) -> dict:
             out[(fc.stream, fc.ts)] = forecast.document(fc, settings.features.period)
 
     for msg in messages:
-        p = parts.get(msg.partition) or parts.setdefault(
-            msg.partition, Partition(msg.partition, settings, model, 0, Metrics(CollectorRegistry()), RateLimited(5, 60.0))
-        )
+        p = parts.get(msg.partition) or parts.setdefault(msg.partition, Partition(msg.partition, settings, model, 0, RateLimited(5, 60.0)))
         step(p, p.take(msg))
     for p in parts.values():  # the last ticks, closed by the silence after them
         step(p, p.assembler.flush())

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamrnn import observe
 from streamrnn.metrics import Metrics
 
 
@@ -78,9 +79,9 @@ def test_streams_that_sent_nothing_for_ten_periods_are_counted_quiet():
     engine.step([Frame("alive", 1000.0, values)], now=now)
     reg = CollectorRegistry()
     m = Metrics(reg, engine.spec.targets, engine.spec.horizon)
-    m.observe_engines([engine], settings.ring.size, quiet_after=10 * period)
+    observe.engines(m, [engine], settings.ring.size, quiet_after=10 * period)
     assert families(reg)["streamrnn_streams_quiet"].samples[0].value == 1
-    m.observe_engines([engine], settings.ring.size, quiet_after=12 * period)
+    observe.engines(m, [engine], settings.ring.size, quiet_after=12 * period)
     assert families(reg)["streamrnn_streams_quiet"].samples[0].value == 0
 
 
@@ -99,7 +100,7 @@ def test_the_engines_of_a_shard_report_as_one_engine_their_totals_pooled():
         engines[i % 2].step([Frame(s, ts, v)])
     reg = CollectorRegistry()
     m = Metrics(reg, engines[0].spec.targets, engines[0].spec.horizon)
-    skill = m.observe_engines(engines, settings.ring.size)
+    skill = observe.engines(m, engines, settings.ring.size)
     fams = families(reg)
     assert fams["streamrnn_streams_active"].samples[0].value == 2
     assert fams["streamrnn_ring_frames"].samples[0].value == sum(n for e in engines for n in e.ring_frames()) == 600
@@ -137,7 +138,7 @@ def test_a_fleet_and_one_daemon_on_the_same_frames_report_the_same_gauges():
     for engines in ([daemon], fleet):
         reg = CollectorRegistry()
         m = Metrics(reg, daemon.spec.targets, daemon.spec.horizon)
-        reports.append((m.observe_engines(engines, settings.ring.size), families(reg)))
+        reports.append((observe.engines(m, engines, settings.ring.size), families(reg)))
     (one, d), (pooled, f) = reports
     for name in ("streamrnn_streams_active", "streamrnn_ring_frames", "streamrnn_ring_fill_ratio", "streamrnn_streams_quiet"):
         assert d[name].samples[0].value == f[name].samples[0].value, name

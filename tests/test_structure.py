@@ -16,8 +16,10 @@ MODULE, CLASS, FUNCTION = 300, 200, 50  # lines
 LONGER = {
     "cli": (353, "half of it is the parser, which declares every command and option"),
     "cli.parser": (155, "declares every command and option, one call each"),
-    "metrics.Metrics": (290, "its __init__ declares every metric; the rest is how the other parts report into them"),
-    "metrics": (321, "every metric the daemon and a shard export, declared once, and how the parts report into them"),
+    "metrics.Metrics": (
+        215,
+        "its __init__ declares every metric, one call each; the rest exports a value handed in (reading the parts: observe.py)",
+    ),
     "metrics.Metrics.__init__": (145, "declares every metric, one call each"),
     "engine": (405, "the one object every caller asks (see engine.Engine); the work is in bank, ring, evaluator, contenders, adoption"),
     "engine.Engine": (
@@ -35,17 +37,17 @@ LONGER = {
     "frames.Assembler": (204, "every bound on a stream (pending, probation, resync, stuck clocks) acts on the same per-stream maps"),
     "replay": (306, "a CSV read as a table (its times checked, each refusal naming its cell) and replayed through an engine"),
     "mqtt.link.Link": (218, "paho's callbacks (connect, subscribe, message, disconnect, status) share the session's state"),
-    "config": (552, "the settings model: one declared field per setting, each with its bounds and its meaning"),
+    "config": (564, "the settings model: one declared field per setting, each with its bounds and its meaning"),
 }
 
 # The layers, upstream first: a module imports from its own layer or those before it, never after.
 LAYERS = [
     {
         "atomic",
+        "delivery",
         "children",
         "environment",
         "logs",
-        "plant",
         "notify",
         "ring",
         "windows",
@@ -60,13 +62,13 @@ LAYERS = [
         "soundness",
         "channelstats",
     },
-    {"ridgeform", "faults", "config", "model", "simulator", "snapshot", "transport", "ownership", "lease"},
+    {"ridgeform", "faults", "config", "plant", "model", "simulator", "snapshot", "transport", "ownership", "lease"},
     {"frames", "bank", "health", "bands", "evidence", "evaluator", "contenders", "examples", "trainer", "checkpoint", "journal", "inbox"},
     {"adoption"},
     {"engine"},
     {"judge"},
     {"retrainer"},
-    {"mqtt", "jetstream", "natsconn", "consumer", "fleetstore", "fleet", "metrics", "endpoint", "httpd"},
+    {"mqtt", "jetstream", "natsconn", "consumer", "fleetstore", "fleet", "metrics", "observe", "endpoint", "httpd"},
     {"service", "daemon", "intake", "durability", "cycle", "champion", "replay", "plot", "protocol", "faultreport", "partition", "shard"},
     {"tools"},
     {"cli", "__main__"},

@@ -3,6 +3,5 @@ link (:mod:`.link`), and plain clients for the tools and tests (:mod:`.clients`)
 
 from streamrnn.mqtt.clients import Publisher, Subscriber
 from streamrnn.mqtt.link import Link
-from streamrnn.transport import Delivery
 
-__all__ = ["Delivery", "Link", "Publisher", "Subscriber"]
+__all__ = ["Link", "Publisher", "Subscriber"]

@@ -15,8 +15,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from streamrnn.config import MqttSettings
+from streamrnn.delivery import Delivery
 from streamrnn.mqtt.connection import nodelay, queued, secure
-from streamrnn.transport import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from streamrnn.config import MqttSettings
+from streamrnn.delivery import Delivery
 from streamrnn.inbox import FairInbox
 from streamrnn.logs import RateLimited
 from streamrnn.mqtt.connection import nodelay, queued, secure, wait_sent
-from streamrnn.transport import Delivery
 
 log = logging.getLogger("streamrnn.mqtt")
 _REFUSED = {MQTTErrorCode.MQTT_ERR_QUEUE_SIZE: "queue_full", MQTTErrorCode.MQTT_ERR_NO_CONN: "no_connection"}  # publish refusals
