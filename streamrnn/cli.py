@@ -9,7 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from streamrnn import __version__, config, faults, simulator
+from streamrnn import __version__, config
+from streamrnn.offline import faults, simulator
 from streamrnn.tools.bench import PARTS
 
 
@@ -63,8 +64,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from streamrnn import logs, model
-    from streamrnn.daemon import Daemon
+    from streamrnn import logs
+    from streamrnn.daemon.daemon import Daemon
+    from streamrnn.engine import model
 
     overrides: dict[str, dict[str, object]] = {}
     if args.broker:
@@ -79,12 +81,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.model:
         start, version = model.load(args.model)
     if settings.mqtt.url.lower().startswith("nats://"):  # a shard of a fleet on NATS JetStream
-        from streamrnn.shard import Shard as Daemon
+        from streamrnn.fleet.shard import Shard as Daemon
     return Daemon(settings, start, version).run()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streamrnn import model, plot, protocol, replay
+    from streamrnn.engine import model
+    from streamrnn.offline import plot, protocol, replay
 
     time_column = None if args.time_column == "none" else args.time_column
     table = replay.read_table(args.data, time_column, args.stream_column, args.period, _csv_list(args.sampled or ""))
@@ -92,7 +95,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"streamrnn replay: {args.data}: {why}", file=sys.stderr)
     settings = _replay_settings(args, table)
     if args.fault_report:
-        from streamrnn import faultreport
+        from streamrnn.offline import faultreport
 
         return faultreport.main(table, settings, args.inject, args.inject_seed, args.report)
     inject = faults.injector(args.inject, settings.channels, args.inject_seed)
@@ -124,7 +127,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _replay_settings(args: argparse.Namespace, table) -> config.Settings:
     """The replay's settings: the file's columns as inputs and targets, its period, the flags."""
-    from streamrnn import protocol
+    from streamrnn.offline import protocol
 
     inputs = _csv_list(args.inputs) if args.inputs else list(table.columns)
     targets = inputs if args.targets in (None, "all") else _csv_list(args.targets)
@@ -146,7 +149,7 @@ def _replay_settings(args: argparse.Namespace, table) -> config.Settings:
 
 def _said(args: argparse.Namespace, rep: dict, table, settings: config.Settings) -> bool:
     """Print the replay's tables; or, where nothing could be scored, say why instead (False)."""
-    from streamrnn import protocol, replay
+    from streamrnn.offline import protocol, replay
 
     if not sum(sum(t["n"]) for t in rep["targets"].values()):
         h, need = settings.features.horizon, settings.trainer.min_frames

@@ -24,9 +24,10 @@ from pathlib import Path
 import pytest
 from conftest import DaemonProcess, write_config
 
-from streamrnn import checkpoint, simulator
-from streamrnn.mqtt import Publisher, Subscriber
+from streamrnn.daemon import checkpoint
+from streamrnn.offline import simulator
 from streamrnn.tools.broker import Mosquitto, mosquitto_binary
+from streamrnn.transport.mqtt import Publisher, Subscriber
 
 pytestmark = pytest.mark.broker
 GOOD = ("reactor-01", "reactor-02")
@@ -378,7 +379,7 @@ def test_a_connection_reset_is_a_warning_in_the_log_not_an_error(caplog):
     an error: the link reports the loss itself (a warning, and a reconnect), so paho's line is one."""
     import logging
 
-    import streamrnn.mqtt.connection  # noqa: F401  (its filter on paho's logger)
+    import streamrnn.transport.mqtt.connection  # noqa: F401  (its filter on paho's logger)
 
     with caplog.at_level(logging.DEBUG, logger="paho"):
         logging.getLogger("paho").error("failed to receive on socket: %s", ConnectionResetError(104, "Connection reset by peer"))

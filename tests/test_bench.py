@@ -58,8 +58,8 @@ def test_bench_all_quick_measures_every_part_against_its_reference():
 
 
 def test_the_load_at_a_steady_rate_sends_each_streams_sensors_together_and_spreads_the_streams_over_each_tick(mosquitto):
-    from streamrnn.mqtt import Subscriber
     from streamrnn.tools.loadgen import T0, publish
+    from streamrnn.transport.mqtt import Subscriber
 
     streams, ticks, rate, channels = 4, 3, 5.0, ["a", "b", "c"]
     sub = Subscriber(mosquitto.url, "t-load", ["plant/+/sensors/+"])

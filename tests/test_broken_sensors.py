@@ -1,12 +1,13 @@
 """A fault on one channel never makes a forecast worse than holding the last value: per fault kind,
 a short replay of the simulator with the fault injected, scored per fault window against the
-fault-free run (:mod:`streamrnn.faultreport`), the issue's bounds asserted."""
+fault-free run (:mod:`streamrnn.offline.faultreport`), the issue's bounds asserted."""
 
 from __future__ import annotations
 
 import pytest
 
-from streamrnn import config, faultreport, faults, replay, simulator
+from streamrnn import config
+from streamrnn.offline import faultreport, faults, replay, simulator
 
 ROWS, ONSET = 1300, 700
 CHANNEL = "reactor_temp"  # an input of every other target: a fault there could drag them all

@@ -10,13 +10,17 @@ import pytest
 from conftest import DaemonProcess, write_config
 from test_daemon import a_model, drain, publish_rows, sim_rows
 
-from streamrnn import checkpoint, config, fleetstore, jetstream, model
-from streamrnn.champion import Champion, merged, serve, unfit
-from streamrnn.engine import Engine
-from streamrnn.frames import Frame
-from streamrnn.model import build
-from streamrnn.mqtt import Publisher, Subscriber
+from streamrnn import config
+from streamrnn.daemon import checkpoint
+from streamrnn.engine import model
+from streamrnn.engine.engine import Engine
+from streamrnn.engine.frame import Frame
+from streamrnn.engine.model import build
+from streamrnn.fleet import fleetstore
+from streamrnn.fleet.champion import Champion, merged, serve, unfit
 from streamrnn.tools.natsd import NatsServer
+from streamrnn.transport import jetstream
+from streamrnn.transport.mqtt import Publisher, Subscriber
 
 LEASE = 2.0
 

@@ -13,11 +13,13 @@ import pytest
 import torch
 from conftest import sine_frames, small_settings
 
-from streamrnn import checkpoint, judge
-from streamrnn.checkpoint import CheckpointMismatch, CorruptCheckpoint, Store
-from streamrnn.engine import Engine
-from streamrnn.frames import Assembler, Frame
-from streamrnn.payload import Reading
+from streamrnn.daemon import checkpoint
+from streamrnn.daemon.checkpoint import CheckpointMismatch, CorruptCheckpoint, Store
+from streamrnn.engine.engine import Engine
+from streamrnn.engine.frame import Frame
+from streamrnn.intake.frames import Assembler
+from streamrnn.intake.payload import Reading
+from streamrnn.learning import judge
 
 
 def stepped(engine: Engine, frames) -> list:

@@ -6,7 +6,8 @@ import csv
 
 import pytest
 
-from streamrnn import cli, plot, replay, simulator
+from streamrnn import cli
+from streamrnn.offline import plot, replay, simulator
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:

@@ -8,7 +8,7 @@ from streamrnn import cli, config
 
 
 def test_defaults_serve_the_simulator():
-    from streamrnn import simulator
+    from streamrnn.offline import simulator
 
     s = config.load()
     assert s.features.inputs == list(simulator.AUXILIARIES)

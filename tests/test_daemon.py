@@ -20,12 +20,15 @@ import pytest
 import torch
 from conftest import write_config
 
-from streamrnn import config, forecast, judge, simulator, trainer
-from streamrnn.engine import Engine
-from streamrnn.frames import Frame
-from streamrnn.model import ModelSpec, build, save
-from streamrnn.mqtt import Publisher, Subscriber
+from streamrnn import config
+from streamrnn.engine import forecast
+from streamrnn.engine.engine import Engine
+from streamrnn.engine.frame import Frame
+from streamrnn.engine.model import ModelSpec, build, save
+from streamrnn.learning import judge, trainer
+from streamrnn.offline import simulator
 from streamrnn.tools.broker import Mosquitto
+from streamrnn.transport.mqtt import Publisher, Subscriber
 
 pytestmark = pytest.mark.broker
 SENSOR = "plant/{stream}/sensors/{feature}"
@@ -267,7 +270,7 @@ def test_a_long_retrain_does_not_stop_forecasts_and_promotion_is_never_undone(mo
     log = d.log()
     done = [
         (_log_time(ts), float(x))
-        for ts, x in re.findall(r'ts=(\S+) level=info logger=streamrnn.cycle msg="retrain done" outcome=\w+ seconds=([\d.]+)', log)
+        for ts, x in re.findall(r'ts=(\S+) level=info logger=streamrnn.daemon.cycle msg="retrain done" outcome=\w+ seconds=([\d.]+)', log)
     ]
     assert done and 'msg="model served"' in log, log
     end, took = max(done, key=lambda d: d[1])  # the longest retrain: a fixed amount of work, seconds on any machine
@@ -364,7 +367,7 @@ def hostile(rng: random.Random, n: int) -> list[tuple[str, bytes, str]]:
 
 
 def test_hostile_payloads_are_counted_by_reason_and_the_daemon_keeps_forecasting(mosquitto, daemons, tmp_path):
-    from streamrnn.payload import Parser
+    from streamrnn.intake.payload import Parser
 
     cfg = write_config(tmp_path / "d.toml", trainer={"enabled": False})
     d = daemons(mosquitto.url, config=cfg)
@@ -470,7 +473,7 @@ def test_a_bug_in_handling_one_message_costs_that_message_only(mosquitto, monkey
     """In process, to plant the bug: the parser raises on one stream; the rest is served."""
     import threading
 
-    from streamrnn.daemon import Daemon
+    from streamrnn.daemon.daemon import Daemon
 
     settings = config.load(None, mqtt={"url": mosquitto.url, "instance": "inproc"}, trainer={"enabled": False})
     daemon = Daemon(settings)
@@ -508,7 +511,7 @@ def test_a_bug_in_handling_one_message_costs_that_message_only(mosquitto, monkey
 def test_a_stream_whose_next_reading_waits_in_a_backlog_is_not_closed_as_silent(monkeypatch):
     """Silence is judged on the arrival clock: a turn that leaves messages behind (here a batch cap
     of 3) must not close a stream by wall clock while its next reading is among them."""
-    from streamrnn import daemon as daemon_module
+    from streamrnn.daemon import daemon as daemon_module
     from streamrnn.delivery import Delivery
 
     monkeypatch.setattr(daemon_module, "BATCH", 3)
@@ -547,7 +550,7 @@ def test_the_engine_steps_on_the_torch_threads_configured(monkeypatch):
 
     import torch
 
-    from streamrnn.daemon import Daemon
+    from streamrnn.daemon.daemon import Daemon
 
     settings = config.load(None, threads=1, mqtt={"url": "mqtt://127.0.0.1:1", "instance": "threads"}, trainer={"enabled": False})
     daemon = Daemon(settings)
@@ -574,8 +577,8 @@ def test_a_verdict_is_caught_up_over_turns_and_no_retrain_starts_until_its_model
     next retrain start (from the new champion)."""
     from conftest import sine_frames
 
-    from streamrnn import cycle
-    from streamrnn import daemon as daemon_module
+    from streamrnn.daemon import cycle
+    from streamrnn.daemon import daemon as daemon_module
 
     monkeypatch.setattr(cycle, "CATCH_UP", 2)  # 2 frames a turn
     settings = config.load(
@@ -615,7 +618,7 @@ def test_the_simulators_publisher_says_when_it_lost_the_broker_and_when_it_is_ba
     """Issue 40: after a broker restart the simulator stayed disconnected for 103 s and said nothing."""
     import logging
 
-    caplog.set_level(logging.WARNING, logger="streamrnn.mqtt.clients")
+    caplog.set_level(logging.WARNING, logger="streamrnn.transport.mqtt.clients")
     pub = Publisher(mosquitto.url, "t-sim")
     try:
         mosquitto.stop()

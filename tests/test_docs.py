@@ -56,8 +56,8 @@ def test_the_metric_table_names_every_metric_exported_and_every_reason() -> None
     """Issue 40: the table had lost three metrics and three drop reasons. Checked against the code."""
     from prometheus_client import CollectorRegistry
 
-    from streamrnn.health import REASONS
-    from streamrnn.metrics import DROP_REASONS, Metrics
+    from streamrnn.daemon.metrics import DROP_REASONS, Metrics
+    from streamrnn.engine.health import REASONS
 
     registry = CollectorRegistry()
     Metrics(registry, ("a",), 2, stream_cap=1)

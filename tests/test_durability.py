@@ -14,11 +14,14 @@ import pytest
 from conftest import DaemonProcess, write_config
 from test_daemon import P, a_model, drain, publish_rows, sim_rows
 
-from streamrnn import checkpoint, config, forecast, simulator
-from streamrnn.checkpoint import Store, layout
-from streamrnn.engine import Engine
-from streamrnn.frames import Frame
-from streamrnn.mqtt import Publisher, Subscriber
+from streamrnn import config
+from streamrnn.daemon import checkpoint
+from streamrnn.daemon.checkpoint import Store, layout
+from streamrnn.engine import forecast
+from streamrnn.engine.engine import Engine
+from streamrnn.engine.frame import Frame
+from streamrnn.offline import simulator
+from streamrnn.transport.mqtt import Publisher, Subscriber
 
 pytestmark = pytest.mark.broker
 
@@ -119,8 +122,8 @@ if faults != [""]:
 
     import numpy as np
 
-    from streamrnn import judge
-    from streamrnn.snapshot import TrainReport, Verdict
+    from streamrnn.learning import judge
+    from streamrnn.engine.snapshot import TrainReport, Verdict
 
     def retrain(snapshot, spec, state, settings, seed):
         kind = faults[(seed - 1) % len(faults)]

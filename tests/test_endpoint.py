@@ -10,8 +10,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from streamrnn.endpoint import Endpoint
-from streamrnn.httpd import Pace
+from streamrnn.daemon.endpoint import Endpoint
+from streamrnn.daemon.httpd import Pace
 
 
 def get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
@@ -142,7 +142,7 @@ def _threads(pid: int) -> int:
 
 
 def test_clients_that_drop_or_idle_are_silent_bounded_and_never_lock_out_a_scrape(endpoint, capfd):
-    from streamrnn.endpoint import MAX_CONNECTIONS
+    from streamrnn.daemon.endpoint import MAX_CONNECTIONS
 
     ep, c = endpoint
     ep.beat(True)
@@ -176,7 +176,7 @@ def test_clients_that_drop_or_idle_are_silent_bounded_and_never_lock_out_a_scrap
 
 
 def test_an_idle_connection_is_closed_after_the_timeout(monkeypatch):
-    import streamrnn.endpoint as endpoint_module
+    import streamrnn.daemon.endpoint as endpoint_module
 
     ep = Endpoint(CollectorRegistry(), "127.0.0.1", 0)
     ep.start()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from conftest import small_settings
 
-from streamrnn.engine import Engine
-from streamrnn.frames import Frame
+from streamrnn.engine.engine import Engine
+from streamrnn.engine.frame import Frame
 
 
 def test_one_stream_far_ahead_in_event_time_does_not_evict_the_others_on_the_wall_clock():
@@ -43,7 +43,7 @@ def test_reading_the_live_scores_or_checkpointing_never_moves_the_bands():
     queued truths early (that redraws the bands at a moment replay would not)."""
     from conftest import sine_frames
 
-    from streamrnn import checkpoint
+    from streamrnn.daemon import checkpoint
 
     plain, watched = Engine(small_settings()), Engine(small_settings())
     frames = sine_frames(400, streams=2)

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 from conftest import sine_frames, small_settings
 
-from streamrnn.engine import Engine
-from streamrnn.evaluator import Evaluator
-from streamrnn.frames import Frame
+from streamrnn.engine.engine import Engine
+from streamrnn.engine.evaluator import Evaluator
+from streamrnn.engine.frame import Frame
 
 
 def test_a_forecast_is_scored_only_when_its_frame_arrives():

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from streamrnn import faults
+from streamrnn.offline import faults
 
 CHANNELS = ("x", "y")
 

@@ -13,15 +13,19 @@ from conftest import DaemonProcess, write_config
 from test_daemon import _num, a_model, drain, publish_rows, sim_rows
 from test_durability import reference
 
-from streamrnn import checkpoint, config, forecast, jetstream, ownership
+from streamrnn import config
 from streamrnn.config import ConfigError
+from streamrnn.daemon import checkpoint
 from streamrnn.delivery import Delivery
-from streamrnn.jetstream import partitioned, where
+from streamrnn.engine import forecast
+from streamrnn.engine.model import ModelSpec, build
+from streamrnn.fleet import ownership
+from streamrnn.fleet.partition import Partition
 from streamrnn.logs import RateLimited
-from streamrnn.model import ModelSpec, build
-from streamrnn.mqtt import Publisher, Subscriber
-from streamrnn.partition import Partition
 from streamrnn.tools.natsd import cluster
+from streamrnn.transport import jetstream
+from streamrnn.transport.jetstream import partitioned, where
+from streamrnn.transport.mqtt import Publisher, Subscriber
 
 PARTITIONS, LEASE = 8, 4.0
 
@@ -96,12 +100,12 @@ def test_a_claim_not_renewed_lately_fetches_nothing_until_it_is(monkeypatch) -> 
     fetches, before the claim can lapse and another shard take it; a renewal resumes them."""
     import queue
 
-    from streamrnn.fleet import FleetLink
+    from streamrnn.fleet.fleet import FleetLink
 
     settings = config.load(None, shards={"lease": 4.0}, mqtt={"url": "nats://127.0.0.1:1", "instance": "s0"})
     link = FleetLink(settings, [settings.mqtt.sensor_topic], queue.Queue())  # never started: its loop closed below
     now = [1000.0]
-    monkeypatch.setattr("streamrnn.fleet.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("streamrnn.fleet.fleet.time.monotonic", lambda: now[0])
     link._claims[3], link._renewed[3] = 7, 1000.0
     assert link._taking(3) is True and link._taking(4) is False  # held; never claimed
     now[0] += 2.9
@@ -155,7 +159,7 @@ def test_a_partition_checkpointed_and_loaded_closes_the_same_frames_as_one_that_
 def test_a_partition_checkpoint_whose_state_is_not_sound_is_refused_and_jetstream_replayed(tmp_path) -> None:
     """Issue 39: a partition checkpoint with a good checksum and NaN hidden states, in a real object
     store, is refused at the claim as one torn is (JetStream replays all it kept); a sound one loads."""
-    from streamrnn.fleetstore import PartitionStore
+    from streamrnn.fleet.fleetstore import PartitionStore
     from streamrnn.tools.natsd import NatsServer
 
     settings = config.load(None, trainer={"enabled": False})

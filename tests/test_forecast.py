@@ -4,8 +4,8 @@ import re
 import jsonschema
 import numpy as np
 
-from streamrnn import forecast
-from streamrnn.forecast import Forecast, Forecasts
+from streamrnn.engine import forecast
+from streamrnn.engine.forecast import Forecast, Forecasts
 
 
 def make(h=3, nan_band=False):

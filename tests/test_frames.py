@@ -3,8 +3,8 @@ import random
 import numpy as np
 import pytest
 
-from streamrnn.frames import Assembler
-from streamrnn.payload import Reading, Rejected
+from streamrnn.intake.frames import Assembler
+from streamrnn.intake.payload import Reading, Rejected
 
 P = 10.0
 T0 = 1767225600.0  # a tick

@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 from paho.mqtt.client import topic_matches_sub
 from test_daemon import drain, publish_rows, sim_rows
 
-from streamrnn import checkpoint, config, simulator
-from streamrnn.mqtt import Publisher, Subscriber
-from streamrnn.payload import STREAM_RE, Parser, Rejected
+from streamrnn import config
+from streamrnn.daemon import checkpoint
+from streamrnn.intake.payload import STREAM_RE, Parser, Rejected
+from streamrnn.offline import simulator
+from streamrnn.transport.mqtt import Publisher, Subscriber
 
 pytestmark = pytest.mark.broker
 SUBSCRIPTIONS = ("plant/+/sensors/+", "plant/+/frame")

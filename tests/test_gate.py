@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 from conftest import sine_frames, small_settings
 
-from streamrnn import gate, judge
-from streamrnn.engine import Engine
-from streamrnn.frames import Frame
+from streamrnn.engine import gate
+from streamrnn.engine.engine import Engine
+from streamrnn.engine.frame import Frame
+from streamrnn.learning import judge
 
 
 def moments_of(errors: np.ndarray) -> np.ndarray:

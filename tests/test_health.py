@@ -7,11 +7,12 @@ import numpy as np
 import torch
 from conftest import sine_frames, small_settings
 
-from streamrnn import checkpoint, config
-from streamrnn.engine import Engine
-from streamrnn.forecast import document
-from streamrnn.frames import Frame
-from streamrnn.health import FROZEN, HEALTHY, NOISY, RANGE, SILENT, SPIKE, Health
+from streamrnn import config
+from streamrnn.daemon import checkpoint
+from streamrnn.engine.engine import Engine
+from streamrnn.engine.forecast import document
+from streamrnn.engine.frame import Frame
+from streamrnn.engine.health import FROZEN, HEALTHY, NOISY, RANGE, SILENT, SPIKE, Health
 
 CFG = config.HealthSettings()
 

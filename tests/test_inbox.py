@@ -12,12 +12,12 @@ import time
 import pytest
 from conftest import DaemonProcess, write_config
 
-from streamrnn import simulator
 from streamrnn.delivery import Delivery
-from streamrnn.inbox import FairInbox
-from streamrnn.mqtt import Publisher, Subscriber
-from streamrnn.payload import stream_key
+from streamrnn.intake.payload import stream_key
+from streamrnn.offline import simulator
 from streamrnn.tools.broker import Mosquitto, mosquitto_binary
+from streamrnn.transport.inbox import FairInbox
+from streamrnn.transport.mqtt import Publisher, Subscriber
 
 SENSOR = "plant/{stream}/sensors/{feature}"
 key = stream_key([SENSOR, "plant/{stream}/frame"])

@@ -12,10 +12,11 @@ from conftest import DaemonProcess, write_config
 from test_daemon import P, _num, a_model, collect, drain, publish_rows, sim_rows
 from test_durability import reference
 
-from streamrnn import config, jetstream
-from streamrnn.jetstream import subject, topic
-from streamrnn.mqtt import Publisher, Subscriber
+from streamrnn import config
 from streamrnn.tools.natsd import NatsServer
+from streamrnn.transport import jetstream
+from streamrnn.transport.jetstream import subject, topic
+from streamrnn.transport.mqtt import Publisher, Subscriber
 
 
 @pytest.fixture
@@ -226,7 +227,8 @@ def test_a_shard_refuses_a_partition_checkpoint_whose_state_is_not_sound_and_rep
     replays what JetStream kept."""
     import asyncio
 
-    from streamrnn import checkpoint, jetstream
+    from streamrnn.daemon import checkpoint
+    from streamrnn.transport import jetstream
 
     rows = sim_rows(streams=2, steps=80)
     model_path = tmp_path / "model.pt"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import random
 
-from streamrnn import journal
-from streamrnn.journal import Journal
+from streamrnn.daemon import journal
+from streamrnn.daemon.journal import Journal
 
 
 def test_records_come_back_in_order_and_tokens_only_once_on_disk(tmp_path):

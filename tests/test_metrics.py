@@ -8,8 +8,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamrnn import observe
-from streamrnn.metrics import Metrics
+from streamrnn.daemon import observe
+from streamrnn.daemon.metrics import Metrics
 
 
 def families(reg: CollectorRegistry) -> dict:
@@ -68,8 +68,8 @@ def test_streams_that_sent_nothing_for_ten_periods_are_counted_quiet():
     import time
 
     from streamrnn import config
-    from streamrnn.engine import Engine
-    from streamrnn.frames import Frame
+    from streamrnn.engine.engine import Engine
+    from streamrnn.engine.frame import Frame
 
     settings = config.load(None, trainer={"enabled": False})
     engine = Engine(settings)
@@ -90,9 +90,9 @@ def test_the_engines_of_a_shard_report_as_one_engine_their_totals_pooled():
     the errors summed over the partitions, as one engine holding every stream would sum them."""
     from conftest import sine_frames, small_settings
 
-    from streamrnn.engine import Engine
-    from streamrnn.frames import Frame
-    from streamrnn.scores import scored
+    from streamrnn.engine.engine import Engine
+    from streamrnn.engine.frame import Frame
+    from streamrnn.engine.scores import scored
 
     settings = small_settings()
     engines = [Engine(settings), Engine(settings)]
@@ -118,9 +118,9 @@ def test_a_fleet_and_one_daemon_on_the_same_frames_report_the_same_gauges():
     partition draws those from its own streams' errors)."""
     from conftest import sine_frames, small_settings
 
-    from streamrnn.engine import Engine
-    from streamrnn.frames import Frame
-    from streamrnn.model import ModelSpec, build
+    from streamrnn.engine.engine import Engine
+    from streamrnn.engine.frame import Frame
+    from streamrnn.engine.model import ModelSpec, build
 
     settings = small_settings()
     model = build(ModelSpec.from_settings(settings), seed=1)

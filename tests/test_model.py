@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import sine_frames, small_settings
 
-from streamrnn import model as M
-from streamrnn.engine import Engine
-from streamrnn.frames import Frame
-from streamrnn.trainer import centres, fill
+from streamrnn.engine import model as M
+from streamrnn.engine.engine import Engine
+from streamrnn.engine.frame import Frame
+from streamrnn.learning.trainer import centres, fill
 
 KINDS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
 

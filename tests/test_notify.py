@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from streamrnn.notify import Notifier
+from streamrnn.daemon.notify import Notifier
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from streamrnn.payload import Parser, Rejected, subscription
+from streamrnn.intake.payload import Parser, Rejected, subscription
 
 CH = ["temp", "flow", "key"]
 
@@ -71,7 +71,7 @@ def test_subscription_filters():
 
 
 def test_a_known_topic_reads_the_same_and_the_memory_of_topics_is_bounded(monkeypatch):
-    from streamrnn import payload
+    from streamrnn.intake import payload
 
     monkeypatch.setattr(payload, "_KNOWN", 3)
     p = parser()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamrnn import examples, protocol, readout, ridgeform
-from streamrnn.linear import OnlineRidge
+from streamrnn.engine import readout, ridgeform
+from streamrnn.engine.linear import OnlineRidge
+from streamrnn.learning import examples
+from streamrnn.offline import protocol
 
 
 def ar_process(n: int = 2000, seed: int = 0) -> np.ndarray:
@@ -35,7 +37,7 @@ def test_untrained_it_forecasts_no_change():
 
 
 def test_it_is_served_in_the_few_output_directions_its_forecasts_move_in_and_forecasts_as_fitted():
-    from streamrnn import linear
+    from streamrnn.engine import linear
 
     values = ar_process(3000)
     ts = 600.0 * np.arange(3000)  # ten-minute rows: the calendar features move
@@ -58,7 +60,7 @@ def test_it_is_served_in_the_few_output_directions_its_forecasts_move_in_and_for
 
 
 def test_the_penalty_chosen_is_the_grid_s_best_on_the_recent_examples_from_any_start():
-    from streamrnn import linear
+    from streamrnn.engine import linear
 
     bests = set()
     for noise in (0.01, 1.0, 30.0):  # little noise wants a small penalty, much a large one
@@ -105,7 +107,8 @@ def test_scores_are_normalised_by_the_first_fifth_and_pooled_over_steps_and_vari
 def test_replay_reports_the_protocol_beside_persistence_and_the_linear_family(tmp_path, capsys):
     import json
 
-    from streamrnn import cli, simulator
+    from streamrnn import cli
+    from streamrnn.offline import simulator
 
     data, report = tmp_path / "sim.csv", tmp_path / "r.json"
     simulator.write_csv(data, 300, 1, seed=4)
@@ -152,7 +155,7 @@ def test_the_linear_contender_learns_each_frame_once_across_snapshots_and_a_rest
 def test_the_time_of_day_forecasts_what_a_short_window_cannot_see_coming():
     """A level that steps up and down at fixed hours (a day shift) under noise: from a two-hour
     window the next steps are a guess, from the time of day too they are known."""
-    from streamrnn import linear
+    from streamrnn.engine import linear
 
     rng = np.random.default_rng(3)
     n, ts = 8000, 600.0 * np.arange(8000)

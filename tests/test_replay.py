@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import DATA, interruptible
 
-from streamrnn import cli, replay, simulator
+from streamrnn import cli
+from streamrnn.offline import replay, simulator
 
 TEP_ANALYSERS = ",".join(f"XMEAS_{i}" for i in range(37, 42))
 

@@ -13,11 +13,12 @@ import pytest
 import torch
 from conftest import sine_frames, small_settings
 
-from streamrnn import bank, judge
-from streamrnn.engine import Engine
-from streamrnn.frames import Frame
-from streamrnn.retrainer import Retrainer, _recv, _send
-from streamrnn.snapshot import Snapshot, TrainReport, Verdict
+from streamrnn.engine import bank
+from streamrnn.engine.engine import Engine
+from streamrnn.engine.frame import Frame
+from streamrnn.engine.snapshot import Snapshot, TrainReport, Verdict
+from streamrnn.learning import judge
+from streamrnn.learning.retrainer import Retrainer, _recv, _send
 
 
 def fed(n=300, **over):
@@ -97,7 +98,7 @@ def test_a_snapshot_reaches_the_trainer_whole_in_a_few_buffers_however_many_stre
 
 @pytest.mark.parametrize("priority, policy, nice", [("idle", os.SCHED_IDLE, 0), ("low", os.SCHED_OTHER, 19), ("normal", os.SCHED_OTHER, 0)])
 def test_the_trainer_runs_at_the_priority_configured(priority, policy, nice):
-    from streamrnn.retrainer import _background
+    from streamrnn.learning.retrainer import _background
 
     child = subprocess.Popen(["sleep", "30"])
     try:

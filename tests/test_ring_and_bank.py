@@ -5,9 +5,9 @@ import tracemalloc
 import numpy as np
 from conftest import small_settings
 
-from streamrnn.engine import Engine
-from streamrnn.frames import Frame
-from streamrnn.ring import Ring
+from streamrnn.engine.engine import Engine
+from streamrnn.engine.frame import Frame
+from streamrnn.engine.ring import Ring
 
 
 def test_ring_keeps_the_last_n_in_order():
@@ -99,7 +99,7 @@ def test_hidden_state_is_never_part_of_a_graph():
 def test_held_values_and_means_over_a_run_of_frames_go_on_from_where_the_bank_was():
     """``fill`` and ``centres`` from the values held and means at some frame give what the bank holds
     after each later frame: what catching a state up over missed frames relies on."""
-    from streamrnn.bank import centres, fill
+    from streamrnn.engine.bank import centres, fill
 
     engine = Engine(small_settings())
     rng = np.random.default_rng(4)

@@ -12,8 +12,8 @@ from conftest import DaemonProcess, write_config
 from test_daemon import drain, publish_rows, sim_rows
 
 from streamrnn import config
-from streamrnn.mqtt import Publisher, Subscriber
 from streamrnn.tools.broker import Mosquitto
+from streamrnn.transport.mqtt import Publisher, Subscriber
 
 pytestmark = pytest.mark.broker
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

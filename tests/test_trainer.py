@@ -4,11 +4,11 @@ import numpy as np
 import torch
 from conftest import sine_frames, small_settings
 
-from streamrnn import judge, trainer
-from streamrnn.engine import Engine
-from streamrnn.frames import Frame
-from streamrnn.model import ModelSpec, build
-from streamrnn.snapshot import Snapshot, TrainReport
+from streamrnn.engine.engine import Engine
+from streamrnn.engine.frame import Frame
+from streamrnn.engine.model import ModelSpec, build
+from streamrnn.engine.snapshot import Snapshot, TrainReport
+from streamrnn.learning import judge, trainer
 
 
 def _snapshot(frames, holdout=0.15) -> Snapshot:
@@ -41,7 +41,8 @@ def test_a_target_seen_in_one_frame_of_twenty_still_trains():
 
 
 def test_trainer_learns_on_the_simulator():
-    from streamrnn import config, simulator
+    from streamrnn import config
+    from streamrnn.offline import simulator
 
     settings = config.load(None, device="cpu", model={"hidden_size": 32}, trainer={"max_epochs": 8, "max_seconds": 3600.0})
     spec = ModelSpec.from_settings(settings)

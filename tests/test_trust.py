@@ -3,8 +3,8 @@ did not pay, and leave it where they did; per stream, from scored errors only, k
 
 import numpy as np
 
-from streamrnn.evaluator import Evaluator
-from streamrnn.trust import Trust
+from streamrnn.engine.evaluator import Evaluator
+from streamrnn.engine.trust import Trust
 
 H, T = 4, 2
 

@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from streamrnn import simulator
 from streamrnn.config import Settings
-from streamrnn.mqtt import Publisher
+from streamrnn.offline import simulator
+from streamrnn.transport.mqtt import Publisher
 
 
 def publish(
@@ -32,7 +32,7 @@ def publish(
 ) -> int:
     """Publish ``rate`` frames a second of wall time (each one period apart in event time) until
     ``steps`` frames, ``duration`` seconds, or SIGTERM/SIGINT; 0. ``inject(stream, values)`` (a
-    :class:`streamrnn.faults.Injector`) breaks sensors on the way."""
+    :class:`streamrnn.offline.faults.Injector`) breaks sensors on the way."""
     tpl = settings.mqtt.sensor_topic
     pub = Publisher(broker, f"streamrnn-sim-{os.getpid()}", cfg=settings.mqtt)  # its credentials and TLS
     reactor = simulator.Reactor(streams, seed, key_every)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamrnn import children
+from streamrnn.daemon import children
 
 
 def free_port() -> int:
@@ -97,7 +97,7 @@ class DaemonProcess:
 
     def start(self, timeout: float = 60.0) -> DaemonProcess:
         """Start the process and wait for its retained status to say ``online``."""
-        from streamrnn.mqtt import Subscriber
+        from streamrnn.transport.mqtt import Subscriber
 
         status = Subscriber(
             self.url, f"t-status-{self.instance}-{time.monotonic_ns()}", [f"streamrnn/{self.instance}/status"], cfg=self.client

@@ -36,10 +36,12 @@ def _engine(settings: Settings):
     """An engine serving a linear contender beside its model, as after its first retrain (the
     trainer is off here), the contender fitted on simulated reactor frames as a retrain fits it:
     the cost of every step counts the contender's windows and the gate."""
-    from streamrnn import examples, ridgeform, simulator
-    from streamrnn.engine import Engine
-    from streamrnn.linear import OnlineRidge
-    from streamrnn.trainer import normalisation
+    from streamrnn.engine import ridgeform
+    from streamrnn.engine.engine import Engine
+    from streamrnn.engine.linear import OnlineRidge
+    from streamrnn.learning import examples
+    from streamrnn.learning.trainer import normalisation
+    from streamrnn.offline import simulator
 
     engine = Engine(settings)
     c = len(engine.channels)
@@ -62,7 +64,7 @@ def _warm(engine, streams: int) -> None:
     """Step ``streams`` until the engine serves as it will in steady service: every forecast step
     scored, and the bands and the gate's weights drawn from the errors (before its first draw the
     gate serves the recurrent model alone, a copy, which is cheaper than what follows)."""
-    from streamrnn.evaluator import LAG
+    from streamrnn.engine.evaluator import LAG
 
     ticks = 0
     while ticks < engine.spec.horizon + LAG + 2 or (not engine.gate_drawn and ticks < 1000):
@@ -84,7 +86,7 @@ def _median_us(fn, reps: int, sync: bool = False) -> float:
 
 def _engine_tick(engine, streams: int, ticks: int) -> list[float]:
     """Seconds per engine.step of ``streams`` frames, one tick after another."""
-    from streamrnn.frames import Frame
+    from streamrnn.engine.frame import Frame
 
     rng = np.random.default_rng(0)
     names = [f"s{i}" for i in range(streams)]

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamrnn import children
+from streamrnn.daemon import children
 from streamrnn.tools.bench.stack import Stack
 
 
@@ -52,7 +52,7 @@ class ForecastTap:
     """The forecasts the daemon publishes, each stamped with its arrival here."""
 
     def __init__(self, url: str) -> None:
-        from streamrnn.mqtt import Subscriber
+        from streamrnn.transport.mqtt import Subscriber
 
         self.sub = Subscriber(url, f"bench-forecasts-{os.getpid()}", ["plant/+/forecast"], qos=0)
 

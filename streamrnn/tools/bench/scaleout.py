@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamrnn import ownership
+from streamrnn.fleet import ownership
 from streamrnn.tools.bench.ingest import ForecastTap, run_load
 from streamrnn.tools.bench.latency import histogram_quantiles, round_trips
 from streamrnn.tools.bench.report import table

@@ -1,0 +1,7 @@
+"""MQTT I/O, the only package that imports paho (besides the bench's reference load): the daemon's
+link (:mod:`.link`), and plain clients for the tools and tests (:mod:`.clients`)."""
+
+from streamrnn.transport.mqtt.clients import Publisher, Subscriber
+from streamrnn.transport.mqtt.link import Link
+
+__all__ = ["Link", "Publisher", "Subscriber"]

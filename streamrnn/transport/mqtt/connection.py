@@ -1,0 +1,73 @@
+"""What every paho client of ours shares: TLS and credentials from the settings, no Nagle delay,
+and waiting for a QoS 1 publish to be acknowledged; paho's own noise kept out of the logs."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
+
+from streamrnn.config import ConfigError, MqttSettings, broker_address
+
+
+class _Benign(logging.Filter):
+    """paho 2.2 logs as errors its own loop noticing a disconnect we asked for (dropped), and a
+    connection lost, which is no error of ours: the link says it at warning (``disconnected``, with
+    paho's reason) and reconnects, so paho's line stays, as a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        said = record.getMessage()
+        if said.startswith("Client is not connected"):
+            return False
+        if said.startswith("failed to receive on socket") and record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("paho").addFilter(_Benign())
+log = logging.getLogger("streamrnn.transport.mqtt")
+
+
+def nodelay(client: paho.Client, userdata: object, sock: socket.socket) -> None:
+    """on_socket_open: no Nagle delay (a QoS 1 round trip otherwise waits on delayed ACKs)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError) as e:  # not a TCP socket (websockets, unix)
+        log.debug("TCP_NODELAY not set: %s", e)
+
+
+def queued(info: paho.MQTTMessageInfo, qos: int) -> paho.MQTTMessageInfo:
+    """paho keeps a QoS >= 1 message published while disconnected and sends it on reconnect, but
+    leaves rc at NO_CONN, which makes is_published() raise forever: mark it as the success it is."""
+    if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0:
+        info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+    return info
+
+
+def wait_sent(info: paho.MQTTMessageInfo, deadline: float) -> bool:
+    try:
+        info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+    except (RuntimeError, ValueError):  # refused or not queued
+        return False
+    return info.is_published()
+
+
+def secure(c: paho.Client, cfg: MqttSettings) -> tuple[str, int]:
+    """Set the client's credentials and, for mqtts://, TLS that verifies the broker against
+    ``tls_ca`` (else the system's CAs) and presents ``tls_cert`` if given. Returns (host, port)."""
+    host, port, tls = broker_address(cfg.url)
+    if cfg.username is not None:
+        c.username_pw_set(cfg.username, cfg.secret())
+    if tls:
+        try:
+            ctx = ssl.create_default_context(cafile=str(cfg.tls_ca) if cfg.tls_ca else None)
+            if cfg.tls_cert is not None:
+                ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"mqtt.tls_ca / tls_cert / tls_key: cannot be loaded: {e}") from None
+        c.tls_set_context(ctx)
+    return host, port
