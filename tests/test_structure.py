@@ -39,7 +39,6 @@ LONGER = {
     "intake.frames.Assembler": (204, "every bound on a stream (pending, probation, resync, stuck clocks) acts on the same per-stream maps"),
     "offline.replay": (307, "a CSV read as a table (its times checked, each refusal naming its cell) and replayed through an engine"),
     "transport.mqtt.link.Link": (218, "paho's callbacks (connect, subscribe, message, disconnect, status) share the session's state"),
-    "config": (564, "the settings model: one declared field per setting, each with its bounds and its meaning"),
 }
 
 # The parts, upstream first: a module imports from its own part or those before it, never after
