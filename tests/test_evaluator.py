@@ -75,7 +75,7 @@ def test_bands_cover_near_nominal_on_stationary_noise():
         ev.record(np.array([0]), np.array([t]), ev.bands(np.zeros((1, 1, 1))), np.zeros((1, 1)))
     cov = ev.scores()["coverage"][0, 0]
     assert 0.87 < cov < 0.93, cov
-    half = ev.half_width()
+    half = ev.conformal.half_width()
     assert np.isfinite(half).all()
     pred = rng.standard_normal((5, 1, 1))
     band = ev.bands(pred)
@@ -220,7 +220,7 @@ def test_past_64_streams_the_contenders_of_a_turning_panel_feed_the_gate():
     for tick in range(500):
         ev.score(rows, np.full(n, tick), x[tick])
         ahead = np.swapaxes(x[tick + 1 : tick + 1 + horizon], 0, 1)  # (B, H, T): what is coming
-        panel = ev.panel(rows, np.full(n, tick))
+        panel = ev.pending.panel(rows, np.full(n, tick))
         assert isinstance(panel, np.ndarray) and 0 < len(panel) <= 64
         seen.update(panel.tolist())
         linear, recurrent = ahead + 0.1 * rng.normal(size=ahead.shape), ahead + rng.normal(size=ahead.shape)
@@ -239,9 +239,9 @@ def test_up_to_64_streams_every_forecast_keeps_its_contenders():
     ev = Evaluator(targets=1, horizon=2, contenders=3)
     for row in range(64):
         ev.reset(row)
-    assert ev.panel(np.arange(64), np.zeros(64, int)) == slice(None)
+    assert ev.pending.panel(np.arange(64), np.zeros(64, int)) == slice(None)
     ev.reset(64)
-    assert len(ev.panel(np.arange(65), np.zeros(65, int))) < 65
+    assert len(ev.pending.panel(np.arange(65), np.zeros(65, int))) < 65
 
 
 def test_the_gate_is_drawn_again_as_its_first_errors_double_then_every_tenth_of_its_memory():

@@ -30,12 +30,6 @@ LONGER = {
         "serving, the retrain cadence, verdicts and the checkpoint form are one object's state: they share the "
         "streams' rows, and every caller (daemon, replay, tests, tools) asks one engine",
     ),
-    "engine.evaluator": (315, "the evaluator: pending forecasts per stream, scoring in batches, the checkpoint form"),
-    "engine.evaluator.Evaluator": (
-        278,
-        "scoring needs the pending forecasts, the queue and the totals together in one pass; the bands and "
-        "the gate's evidence are classes of their own",
-    ),
     "intake.frames.Assembler": (204, "every bound on a stream (pending, probation, resync, stuck clocks) acts on the same per-stream maps"),
     "offline.replay": (307, "a CSV read as a table (its times checked, each refusal naming its cell) and replayed through an engine"),
     "transport.mqtt.link.Link": (218, "paho's callbacks (connect, subscribe, message, disconnect, status) share the session's state"),

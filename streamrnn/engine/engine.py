@@ -125,7 +125,7 @@ class Engine:
         soft = self._key & ~np.isfinite(truth)  # key variables between their samples
         now = np.where(soft, out[:, 0], base)
         recurrent, linear = out[:, 1:], self.contenders.linear_forecast(r, held, base, stamps)
-        panel = self.evaluator.panel(r, t)  # the forecasts whose contenders the gate will score
+        panel = self.evaluator.pending.panel(r, t)  # the forecasts whose contenders the gate will score
         gated, mixed = self.contenders.serve(base, recurrent, linear, panel)  # before the linear's first fit, of the other two
         served = self.evaluator.trust.draw(r, base, gated)  # each stream's own errors draw it toward the held value
         contenders = (recurrent[panel], np.float32(np.nan) if linear is None else linear[panel], mixed)
