@@ -21,14 +21,10 @@ LONGER = {
         "its __init__ declares every metric, one call each; the rest exports a value handed in (reading the parts: observe.py)",
     ),
     "daemon.metrics.Metrics.__init__": (145, "declares every metric, one call each"),
-    "engine.engine": (
-        405,
-        "the one object every caller asks (see engine.Engine); the work is in bank, ring, evaluator, contenders, adoption",
-    ),
     "engine.engine.Engine": (
-        369,
-        "serving, the retrain cadence, verdicts and the checkpoint form are one object's state: they share the "
-        "streams' rows, and every caller (daemon, replay, tests, tools) asks one engine",
+        223,
+        "one concept, serving: a batch's step and the streams' rows coming, going and checkpointed, which every "
+        "part (bank, rings, evaluator, contenders, health) keeps by the same row; retraining's half is retraining.py",
     ),
     "intake.frames.Assembler": (204, "every bound on a stream (pending, probation, resync, stuck clocks) acts on the same per-stream maps"),
     "offline.replay": (307, "a CSV read as a table (its times checked, each refusal naming its cell) and replayed through an engine"),
