@@ -508,6 +508,59 @@ def test_a_bug_in_handling_one_message_costs_that_message_only(mosquitto, monkey
     assert not thread.is_alive()
 
 
+def test_a_turns_messages_are_acknowledged_together_with_one_wake_and_never_come_again(mosquitto):
+    """The engine thread acknowledges a turn's messages together (``Link.ack_many``): the broker has
+    every one acknowledged (the session resumed gets none of them again, and the one left
+    unacknowledged again), and paho's network thread is woken once for them all, not once each."""
+    from streamrnn.intake.payload import stream_key
+    from streamrnn.transport.inbox import FairInbox
+    from streamrnn.transport.mqtt.link import Link
+
+    cfg = config.load(None, mqtt={"url": mosquitto.url, "instance": "acks"}).mqtt
+
+    def link() -> tuple[Link, FairInbox]:
+        inbox = FairInbox(1000, stream_key([cfg.sensor_topic]))
+        lk = Link(cfg, ["plant/+/sensors/+"], inbox)
+        lk.start()
+        deadline = time.monotonic() + 20
+        while not lk.ready:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        return lk, inbox
+
+    def taken(inbox: FairInbox, n: int) -> list:
+        got, deadline = [], time.monotonic() + 20
+        while len(got) < n and time.monotonic() < deadline:
+            got += inbox.take(n - len(got), n, 0.2)
+        return got
+
+    first, inbox = link()
+    pub = Publisher(mosquitto.url, "t-acks")
+    for i in range(50):
+        pub.publish(f"plant/r{i % 5}/sensors/level", json.dumps({"ts": 1000.0 + i, "value": float(i)}).encode())
+    pub.flush()
+    got = taken(inbox, 50)
+    assert len(got) == 50 and all(m.qos == 1 for m in got)
+    wakes = []
+    w = first.client._sockpairW
+    send = w.send
+    first.client._sockpairW = type("Counted", (), {"send": lambda self, b: wakes.append(b) or send(b)})()
+    try:
+        first.ack_many(got[:-1])  # the last one left unacknowledged
+    finally:
+        first.client._sockpairW = w
+    assert len(wakes) == 1
+    time.sleep(1.0)  # the PUBACKs written by the network thread
+    first.stop(5.0)
+    again, inbox = link()  # the same client id, its session resumed
+    try:
+        back = taken(inbox, 50)
+        assert [m.payload for m in back] == [got[-1].payload]
+    finally:
+        again.stop(5.0)
+        pub.close()
+
+
 def test_a_stream_whose_next_reading_waits_in_a_backlog_is_not_closed_as_silent(monkeypatch):
     """Silence is judged on the arrival clock: a turn that leaves messages behind (here a batch cap
     of 3) must not close a stream by wall clock while its next reading is among them."""

@@ -60,7 +60,7 @@ class Daemon(Service):
         self._rejects = RateLimited(burst=5, per=60.0)
         self.intake = Intake(s, self.engine.channels, self.engine.forget, self._rejects)
         self.assembler, self.parser = self.intake.assembler, self.intake.parser
-        self.durability = Durability(s, self.metrics, self.link.ack, self._rejects) if s.checkpoint.dir is not None else None
+        self.durability = Durability(s, self.metrics, self.link.ack_many, self._rejects) if s.checkpoint.dir is not None else None
         self.forecast_topic = m.forecast_topic
         self.skill: dict[str, float | None] = {}
 
@@ -127,12 +127,12 @@ class Daemon(Service):
         frames: list[Frame] = []
         closed: list[float] = []  # when each frame closed (perf_counter)
         log_ = self.durability.journal if self.durability is not None else None
-        # a stream steps one frame a turn: the rest of its messages wait at the head of its queue,
-        # so that a stream sending far faster than its period costs each turn one step, not a
-        # hundred, while every other stream is served (a backlog of many streams still goes in
-        # batches of one frame each)
+        # a stream steps one frame a turn: the rest of its messages wait at the head of its queue, so
+        # that a stream sending far faster than its period costs each turn one step, not a hundred,
+        # while every other stream is served (a backlog of many streams still goes one frame each)
         stepped: set[str] = set()
         back: list[Delivery] = []
+        acks: list[Delivery] = []  # acknowledged together, after the loop
         for i, msg in enumerate(msgs):
             if stepped and self.inbox.key(msg.topic) in stepped:
                 back.append(msg)
@@ -141,7 +141,7 @@ class Daemon(Service):
             if got is not None and log_ is not None:
                 log_.append(journal.MESSAGE, msg.arrival, msg.topic, msg.payload, msg)  # acknowledged once on disk
             else:
-                self.link.ack(msg)
+                acks.append(msg)
             if got:
                 frames += got
                 closed += [time.perf_counter()] * len(got)
@@ -150,6 +150,7 @@ class Daemon(Service):
                 back += msgs[i + 1 :]  # serve what closed; the rest next turn, the streams in turn again
                 break
         self.inbox.requeue(back)
+        self.link.ack_many(acks)
         taken = len(msgs) - len(back)
         # silence is measured on the arrival clock: with messages still waiting in the inbox we
         # only know it up to the earliest of them, and a stream whose next reading sits in that

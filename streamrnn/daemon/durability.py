@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class Durability:
     """The checkpoint store and the journal of one daemon, and the thread that writes checkpoints."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, acknowledge: Callable[[Delivery], None], limiter: RateLimited) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, acknowledge: Callable[[list[Delivery]], None], limiter: RateLimited) -> None:
         c = settings.checkpoint
         assert c.dir is not None
         self.settings, self.metrics, self._ack, self._limiter = settings, metrics, acknowledge, limiter
@@ -94,8 +94,7 @@ class Durability:
 
     def _acknowledge(self, msgs: list[Delivery]) -> None:
         """The journal's thread: these messages are on disk now."""
-        for msg in msgs:
-            self._ack(msg)
+        self._ack(msgs)
 
     def due(self) -> bool:
         """A periodic checkpoint is due."""

@@ -23,6 +23,7 @@ import os
 import queue
 import socket
 import time
+from collections.abc import Iterable
 
 from streamrnn.config import ConfigError, Settings
 from streamrnn.delivery import Delivery
@@ -77,7 +78,9 @@ class FleetLink(Connection):
         self._intake = False
 
     def ack(self, msg: Delivery) -> None:
-        """Nothing to do per message: a partition's messages are acknowledged by its checkpoints."""
+        """Nothing to do per message, nor for many: a partition's messages are acknowledged by its checkpoints."""
+
+    def ack_many(self, msgs: Iterable[Delivery]) -> None: ...
 
     def drained(self, partition: int) -> float:
         """When JetStream last said that nothing waits for the partition (0: not yet)."""

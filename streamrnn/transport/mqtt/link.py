@@ -26,7 +26,7 @@ from streamrnn.config import MqttSettings
 from streamrnn.delivery import Delivery
 from streamrnn.logs import RateLimited
 from streamrnn.transport.inbox import FairInbox
-from streamrnn.transport.mqtt.connection import nodelay, queued, secure, wait_sent
+from streamrnn.transport.mqtt.connection import nodelay, pubacks, queued, secure, wait_sent
 
 log = logging.getLogger("streamrnn.transport.mqtt")
 _REFUSED = {MQTTErrorCode.MQTT_ERR_QUEUE_SIZE: "queue_full", MQTTErrorCode.MQTT_ERR_NO_CONN: "no_connection"}  # publish refusals
@@ -102,13 +102,15 @@ class Link:
 
     # -- engine thread --------------------------------------------------------------------
     def ack(self, msg: Delivery) -> None:
-        if msg.qos and msg.session == self._session and self.connected:
-            self.client.ack(msg.mid, msg.qos)
+        self.ack_many((msg,))
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> str | None:
-        """Hand a message to the client; None if taken (queued while disconnected counts as taken
-        at QoS >= 1), else the reason it was refused."""
-        return self.publish_many([(topic, payload)], retain)[0]
+    def ack_many(self, msgs: Iterable[Delivery]) -> None:
+        """Acknowledge messages of this session, paho's network thread woken once for them all (:func:`pubacks`)."""
+        mine = [m for m in msgs if m.qos and m.session == self._session] if self.connected else []
+        pubacks(self.client, [m.mid for m in mine if m.qos == 1])
+        for m in mine:
+            if m.qos > 1:  # QoS 2's exchange stays paho's
+                self.client.ack(m.mid, m.qos)
 
     def publish_many(self, messages: Iterable[tuple[str, bytes]], retain: bool = False) -> list[str | None]:
         """:meth:`publish` for a step's forecasts: one reason (or None) per message, in order; the
