@@ -561,6 +561,41 @@ def test_a_turns_messages_are_acknowledged_together_with_one_wake_and_never_come
         pub.close()
 
 
+def test_the_links_socket_is_read_in_large_pieces_and_pahos_small_reads_are_served_from_them():
+    """paho reads a packet in three ``recv`` calls (command, length, the rest); the link's socket
+    reads once and serves them, says what it holds (paho reads that before it waits in select),
+    and passes the end of the connection and everything else through."""
+    import socket
+
+    from streamrnn.transport.mqtt.connection import _Buffered
+
+    a, b = socket.socketpair()
+    calls: list[int] = []
+
+    class Counted:
+        def recv(self, n: int) -> bytes:
+            calls.append(n)
+            return a.recv(n)
+
+        def fileno(self) -> int:
+            return a.fileno()
+
+    try:
+        buf = _Buffered(Counted())
+        packets = bytes([0x30, 5]) + b"hello" + bytes([0x30, 3]) + b"abc"
+        b.sendall(packets)
+        time.sleep(0.1)
+        got = [buf.recv(1), buf.recv(1), buf.recv(5), buf.recv(1), buf.recv(1)]
+        assert buf.pending() == 3 and len(calls) == 1
+        got.append(buf.recv(10))  # more than is left: what is left
+        assert b"".join(got) == packets and buf.pending() == 0 and len(calls) == 1
+        assert buf.fileno() == a.fileno()
+        b.close()
+        assert buf.recv(1) == b"" and len(calls) == 2  # the end of the connection
+    finally:
+        a.close()
+
+
 def test_a_stream_whose_next_reading_waits_in_a_backlog_is_not_closed_as_silent(monkeypatch):
     """Silence is judged on the arrival clock: a turn that leaves messages behind (here a batch cap
     of 3) must not close a stream by wall clock while its next reading is among them."""

@@ -91,3 +91,40 @@ def pubacks(client: paho.Client, mids: list[int]) -> None:
         # full: a wake is pending anyway; closed: paho is reconnecting, and its new loop writes what is queued
         with contextlib.suppress(OSError):
             wake.send(b"\0")
+
+
+_READ = 65536  # bytes read from the socket at once
+
+
+class _Buffered:
+    """A connected socket read in large pieces, each small read served from the last: paho reads
+    each packet in three ``recv`` calls (the command byte, the length, the rest), a syscall each.
+    ``pending()`` says what is buffered, which paho reads before it waits in ``select`` (as it does
+    for TLS and websockets); everything else is the socket's."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock, self._data, self._at = sock, b"", 0
+
+    def recv(self, n: int) -> bytes:
+        if self._at >= len(self._data):
+            data = self._sock.recv(max(n, _READ))
+            if len(data) <= n:
+                return data
+            self._data, self._at = data, 0
+        out = self._data[self._at : self._at + n]
+        self._at += len(out)
+        return out
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._data) - self._at + inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+class Client(paho.Client):
+    """paho's client, its socket read in large pieces (:class:`_Buffered`)."""
+
+    def _create_socket(self):
+        return _Buffered(super()._create_socket())

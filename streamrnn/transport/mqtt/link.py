@@ -26,7 +26,7 @@ from streamrnn.config import MqttSettings
 from streamrnn.delivery import Delivery
 from streamrnn.logs import RateLimited
 from streamrnn.transport.inbox import FairInbox
-from streamrnn.transport.mqtt.connection import nodelay, pubacks, queued, secure, wait_sent
+from streamrnn.transport.mqtt.connection import Client, nodelay, pubacks, queued, secure, wait_sent
 
 log = logging.getLogger("streamrnn.transport.mqtt")
 _REFUSED = {MQTTErrorCode.MQTT_ERR_QUEUE_SIZE: "queue_full", MQTTErrorCode.MQTT_ERR_NO_CONN: "no_connection"}  # publish refusals
@@ -48,7 +48,7 @@ class Link:
         self._outstanding: deque[paho.MQTTMessageInfo] = deque(maxlen=cfg.out_queue)  # waited for at shutdown
         self._lock = threading.Lock()
 
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False, protocol=paho.MQTTv311, manual_ack=True)
+        c = Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False, protocol=paho.MQTTv311, manual_ack=True)
         c.suppress_exceptions = True  # a bug in a callback is logged by paho, never kills the loop
         c.enable_logger(logging.getLogger("paho"))
         self.host, self.port = secure(c, cfg)
