@@ -19,6 +19,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from streamrnn.engine import gate, health
+from streamrnn.intake.intake import REFUSALS
 from streamrnn.intake.payload import REASONS
 
 _LATENCY = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -205,7 +206,7 @@ class Metrics:
                 "resynced": reset("resynced"),
                 "stuck": self.stuck_closes,
             },
-            "intake": {reason: drop(reason) for reason in (*REASONS, "retained", "internal")},
+            "intake": {reason: drop(reason) for reason in REFUSALS},
             "engine": {"refused": drop("refused"), "late": self.frames_late},
             "journal": {"records": self.journal_records, "errors": self.journal_errors},
             "health": {reason: self.suspect_spells.labels(reason) for reason in health.REASONS[1:]},
