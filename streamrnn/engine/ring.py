@@ -65,14 +65,6 @@ class Rings(dict[int, Ring]):
         """A frame for ``tick`` is late: the stream stepped it, or a later one, already."""
         return tick <= self.ticks.get(row, -(2**62))
 
-    def take(self, row: int, tick: int, ts: float, values: np.ndarray) -> bool:
-        """Keep a stream's frame of ``tick``; False, keeping nothing, if it is not after the last."""
-        if self.late(row, tick):
-            return False
-        self.ticks[row] = tick
-        self[row].append(ts, values)
-        return True
-
     def take_all(self, rows: list[int], ticks: list[int], stamps: list[float], values: np.ndarray) -> None:
         """Keep a batch's frames (``values`` (B, C)) of distinct streams, none of them late (the
         caller asked :meth:`late`)."""
