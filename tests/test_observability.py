@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import write_config
 
-from streamrnn.daemon import children
+from streamrnn import children
 from streamrnn.tools.processes import free_port, wait_port
 
 pytestmark = pytest.mark.broker

@@ -35,7 +35,7 @@ LONGER = {
 # (docs/development.md draws them). The top level's modules are parts of their own; each package is
 # one part, its __init__ says what it is.
 PARTS = [
-    {"atomic", "environment", "logs", "delivery"},
+    {"atomic", "environment", "logs", "delivery", "children"},
     {"config"},
     {"engine"},
     {"learning"},

@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from streamrnn.daemon import children
+from streamrnn import children
 from streamrnn.logs import RateLimited
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from streamrnn.daemon import children
+from streamrnn import children
 from streamrnn.tools.processes import free_port, wait_port
 
 

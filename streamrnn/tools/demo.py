@@ -5,7 +5,7 @@ unless ``--broker`` names a real one; with ``--shards N``, a cluster of three NA
 loopback and N shards, the simulator and the view on the first server's MQTT listener). The view
 subscribes to the forecast and status topics and reads the retrain counts from the daemon's
 /metrics. Ctrl-C, SIGTERM (``timeout``, systemd) and SIGHUP (a closing terminal) stop everything,
-children by pid; a demo killed outright takes its children with it (:mod:`streamrnn.daemon.children`).
+children by pid; a demo killed outright takes its children with it (:mod:`streamrnn.children`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from streamrnn import config
-from streamrnn.daemon import children
+from streamrnn import children, config
 from streamrnn.engine import forecast
 from streamrnn.offline import simulator
 from streamrnn.tools import view

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from streamrnn.daemon import children
+from streamrnn import children
 from streamrnn.tools.processes import free_port, wait_port
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamrnn.daemon import children
+from streamrnn import children
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamrnn.daemon import children
+from streamrnn import children
 from streamrnn.tools.bench.stack import Stack
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from streamrnn.daemon import children
+from streamrnn import children
 from streamrnn.tools.bench.stack import Stack, phase
 
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from streamrnn.daemon import children
+from streamrnn import children
 from streamrnn.tools.broker import Mosquitto
 from streamrnn.tools.processes import DaemonProcess, wait_port
 
