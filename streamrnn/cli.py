@@ -300,12 +300,12 @@ def parser() -> argparse.ArgumentParser:
         "memory over a long run; scaleout: 1, 2 and 3 shards on NATS beside the MQTT daemon (the 'nats' extra)",
     )
     b.add_argument("--quick", action="store_true", help="a seconds-long smoke of each part (what CI runs)")
-    b.add_argument("--streams", type=POS_INT, help="simulated streams (default: 10; scaleout: 100, spread over the partitions)")
+    b.add_argument("--streams", type=POS_INT, help="simulated streams (default 10; latency: 1, 100, 1,000; scaleout: 100)")
     b.add_argument("--rate", type=POS_FLOAT, default=10.0, help="frames per second per stream")
     b.add_argument("--minutes", type=POS_FLOAT, default=30.0, help="soak: length of the run")
     b.add_argument("--warmup", type=POS_FLOAT, default=5.0, help="soak: minutes before memory must stay flat")
     b.add_argument("--clients", type=POS_INT, default=100, help="concurrent scrapers")
-    b.add_argument("--seconds", type=POS_FLOAT, default=10.0, help="length of each phase")
+    b.add_argument("--seconds", type=POS_FLOAT, help="length of each phase (default: 20 for latency, 10 for scrape and journal)")
     b.add_argument(
         "--messages",
         type=POS_FLOAT,

@@ -1,8 +1,9 @@
 """The daemon: wiring and lifecycle. MQTT message -> payload -> frame -> engine step -> forecast -> MQTT.
 
-One engine thread owns the engine and runs the loop below; paho's network thread only fills the
-inbox; the trainer runs in a child process and its verdict is adopted between two steps. SIGTERM, SIGHUP or
-SIGINT closes intake, finishes the frames in hand, publishes them, says ``offline`` and returns 0.
+One engine thread owns the engine and runs the loop below; the MQTT client runs in a process of its
+own, and a thread of the daemon's fills the inbox with what it parsed; the trainer runs in a child
+process and its verdict is adopted between two steps. SIGTERM, SIGHUP or SIGINT closes intake,
+finishes the frames in hand, publishes them, says ``offline`` and returns 0.
 
 With ``checkpoint.dir`` set, nothing acknowledged is lost (:mod:`streamrnn.daemon.durability`): a start
 restores the newest sound checkpoint, replays the journal after it, then takes what the broker kept
@@ -34,9 +35,8 @@ from streamrnn.engine.model import StreamRNN
 from streamrnn.intake.intake import Intake
 from streamrnn.intake.payload import stream_key, subscription
 from streamrnn.logs import RateLimited
-from streamrnn.transport.base import Transport
 from streamrnn.transport.inbox import FairInbox
-from streamrnn.transport.mqtt import Link
+from streamrnn.transport.mqtt.process import LinkProcess
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Daemon(Service):
         templates = [m.sensor_topic] + ([m.frame_topic] if m.frame_topic else [])
         self.inbox = FairInbox(m.queue_size, stream_key(templates))  # round-robin over the streams
         subs = [subscription(t) for t in templates]
-        self.link = _transport(m, subs, self.inbox)
+        self.link = _transport(m, subs, self.inbox, s.daemon.log_format)
         self._per_stream = 2 * len(s.channels)  # messages of a stream a turn takes: a frame's sensors, twice
         self.cycle = Cycle(s, self.engine, self.metrics) if s.trainer.enabled else None
         self._rejects = RateLimited(burst=5, per=60.0)
@@ -209,6 +209,7 @@ class Daemon(Service):
         m.carry("intake", self.intake.refused)
         m.carry("assembler", self.intake.assembler.counts)
         m.carry("health", e.health.counts)
+        self.link.check()
         observe.link(m, self.link, self.inbox.qsize())
         if shed := self.inbox.take_shed():
             m.dropped.labels("rate").inc(shed.total())
@@ -242,9 +243,9 @@ def _metrics(settings: Settings, engine: Engine, registry: CollectorRegistry) ->
     return metrics
 
 
-def _transport(cfg: MqttSettings, subscriptions: list[str], inbox: FairInbox) -> Transport:
+def _transport(cfg: MqttSettings, subscriptions: list[str], inbox: FairInbox, log_format: str) -> LinkProcess:
     """The transport for ``cfg.url``'s scheme, not started."""
     scheme = cfg.url.split("://", 1)[0].lower()
     if scheme in ("mqtt", "mqtts", "tcp", "ssl"):
-        return Link(cfg, subscriptions, inbox)
+        return LinkProcess(cfg, subscriptions, inbox, log_format=log_format)
     raise ConfigError(f"mqtt.url: no transport for {scheme}:// (mqtt://, mqtts://; nats:// runs a shard)")

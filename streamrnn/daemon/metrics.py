@@ -195,15 +195,14 @@ class Metrics:
                 "queue_full": drop("queue_full"),
                 "reconnects": self.reconnects,
                 "status_reasserted": self.status_reasserted,
+                **{f"publish_{r}": self.publish_failed.labels(r) for r in ("queue_full", "no_connection", "other")},  # the link process's
                 "checkpoints_failed": self.checkpoints.labels("failed"),  # a shard's partitions (written: checkpoint_written)
                 "checkpoints_unusable": self.checkpoints_skipped,
                 "champions_refused": self.champions_refused,
             },
             "assembler": {
-                "late": drop("late"),
-                "overflow": drop("overflow"),
-                "displaced": reset("displaced"),
-                "resynced": reset("resynced"),
+                **{r: drop(r) for r in ("late", "overflow")},
+                **{r: reset(r) for r in ("displaced", "resynced")},
                 "stuck": self.stuck_closes,
             },
             "intake": {reason: drop(reason) for reason in REFUSALS},

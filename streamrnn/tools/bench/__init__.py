@@ -17,20 +17,28 @@ PARTS = (*DEFAULT, "scrape", "journal", "soak", "scaleout")
 
 
 def _parts(
-    quick: bool, streams: int | None, rate: float, rounds: int, messages: float, clients: int, seconds: float, minutes: float, warmup: float
+    quick: bool,
+    streams: int | None,
+    rate: float,
+    rounds: int,
+    messages: float,
+    clients: int,
+    seconds: float | None,
+    minutes: float,
+    warmup: float,
 ) -> dict[str, tuple[Callable[[], dict], Callable[[dict], str]]]:
     """Per part, how to run it with these options (``quick``: the seconds-long smoke CI runs) and
     how to print it."""
     from streamrnn.tools.bench import durability, engine, ingest, latency, scaleout, scrape
 
     many = streams or (8 if quick else 100)  # scaleout: enough streams to spread over the partitions
-    streams = streams or 10
+    given, streams = streams, streams or 10
     return {
         "ingest": (lambda: ingest.ingest(streams, 30 if quick else 1000, 1 if quick else rounds), ingest.format_ingest),
         "latency": (
             lambda: latency.latency(
-                (1, 10) if quick else (1, 100, 1000),
-                3.0 if quick else 20.0,
+                (1, 10) if quick else (given,) if given else (1, 100, 1000),
+                seconds or (3.0 if quick else 20.0),
                 rounds=1 if quick else rounds,
                 min_ticks=8 if quick else 30,
                 rate_msgs=messages,
@@ -43,8 +51,8 @@ def _parts(
         ),
         "streams": (lambda: engine.streams((1, 10) if quick else (1, 10, 100, 1000, 10_000), 5 if quick else 20), engine.format_streams),
         "memory": (lambda: engine.memory((10,) if quick else (100, 1000, 5000), (256,) if quick else (256, 4096)), engine.format_memory),
-        "scrape": (lambda: scrape.scrape(streams, rate, clients, seconds, rounds), scrape.format_scrape),
-        "journal": (lambda: durability.journal(streams, rate, seconds, rounds), durability.format_journal),
+        "scrape": (lambda: scrape.scrape(streams, rate, clients, seconds or 10.0, rounds), scrape.format_scrape),
+        "journal": (lambda: durability.journal(streams, rate, seconds or 10.0, rounds), durability.format_journal),
         "soak": (lambda: durability.soak(minutes, warmup, streams, rate), durability.format_soak),
         "scaleout": (
             lambda: scaleout.scaleout(

@@ -9,6 +9,7 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
@@ -124,7 +125,21 @@ class _Buffered:
 
 
 class Client(paho.Client):
-    """paho's client, its socket read in large pieces (:class:`_Buffered`)."""
+    """paho's client, its socket read in large pieces (:class:`_Buffered`), and each read of it
+    parsed whole before paho waits again; ``after_read`` is called then (the link's process hands
+    over what it parsed: one piece per read, not one per message)."""
+
+    after_read: Callable[[], None] | None = None
 
     def _create_socket(self):
         return _Buffered(super()._create_socket())
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """paho's read, repeated while the socket holds what it read: paho's own parses one packet
+        and goes back to ``select`` for the next one although it is here."""
+        rc = super().loop_read(max_packets)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._sock.pending() > 0:
+            rc = super().loop_read(max_packets)
+        if self.after_read is not None:
+            self.after_read()
+        return rc
