@@ -62,6 +62,9 @@ def test_the_client_runs_apart_and_one_that_dies_is_started_again_with_nothing_l
         os.kill(first, signal.SIGKILL)
         _until(lambda: link._proc.poll() is not None)
         assert link.check() and link.restarts == 1 and link._proc.pid != first
+        metrics = Metrics(CollectorRegistry(), ["a"], 2)
+        metrics.carry("link", link.counts)
+        assert metrics.registry.get_sample_value("streamrnn_mqtt_client_restarts_total") == 1
         _until(lambda: link.ready, why="the new link process never connected")
         again = _taken(inbox, 10)
         assert sorted(m.payload for m in again) == sorted(m.payload for m in got[20:])  # the broker kept them

@@ -161,6 +161,7 @@ class Metrics:
         for outcome in ("written", "failed"):
             self.checkpoints.labels(outcome)
         self.endpoint_restarts = Counter("endpoint_restarts", "Restarts of the HTTP endpoint's process", **r)
+        self.client_restarts = Counter("mqtt_client_restarts", "Restarts of the MQTT client's process (one that died)", **r)
         self.build = Info("build", "Version, device, torch and model kind", **r)
         # opt-in, capped: the last frame time of each of the first stream_cap streams
         self.stream_cap = stream_cap
@@ -194,6 +195,7 @@ class Metrics:
             "link": {
                 "queue_full": drop("queue_full"),
                 "reconnects": self.reconnects,
+                "restarts": self.client_restarts,
                 "status_reasserted": self.status_reasserted,
                 **{f"publish_{r}": self.publish_failed.labels(r) for r in ("queue_full", "no_connection", "other")},  # the link process's
                 "checkpoints_failed": self.checkpoints.labels("failed"),  # a shard's partitions (written: checkpoint_written)

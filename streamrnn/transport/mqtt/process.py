@@ -52,7 +52,7 @@ class LinkProcess:
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._lock = threading.Lock()  # one writer at a time on the link
-        self._own: Counter[str] = Counter()  # counted here: queue_full
+        self._own: Counter[str] = Counter()  # counted here: queue_full, restarts
         self._before: Counter[str] = Counter()  # the counts of children that died
         self._child: Counter[str] = Counter()
         self._stopped = threading.Event()
@@ -133,6 +133,8 @@ class LinkProcess:
         self._child = Counter()
         self.connected = self.subscribed = False
         self.restarts += 1
+        self._own["restarts"] += 1
+        self.counts = self._before + self._child + self._own
         self._proc = None
         self._spawn()
         if self._started:
