@@ -35,7 +35,7 @@ class MqttSettings(Section):
     reconnect_min: float = Field(0.5, gt=0, description="seconds before the first reconnect attempt")
     reconnect_max: float = Field(30.0, gt=0, description="cap of the exponential, jittered reconnect backoff")
     max_payload: int = Field(65536, ge=64, description="bytes; larger payloads are refused")
-    queue_size: int = Field(100_000, ge=1, description="messages held between the network thread and the engine")
+    queue_size: int = Field(100_000, ge=1, description="messages held between the MQTT client and the engine")
     max_inflight: int = Field(1000, ge=1, le=65000, description="forecasts on the wire not yet acknowledged by the broker")
     out_queue: int = Field(
         50_000, ge=1, le=65000, description="forecasts held by the client, e.g. while disconnected (MQTT ids are 16 bits)"

@@ -41,7 +41,7 @@ class Metrics:
         # intake
         self.received = Counter("messages_received", "MQTT messages taken in", **r)
         self.dropped = Counter("messages_dropped", "Messages or readings dropped, by reason", ["reason"], **r)
-        self.queue = Gauge("queue_depth", "Messages waiting between the network thread and the engine", **r)
+        self.queue = Gauge("queue_depth", "Messages waiting between the MQTT client's process and the engine", **r)
         # frames and steps
         self.frames = Counter("frames_closed", "Frames closed and stepped", **r)
         self.frames_late = Counter("frames_late", "Frames that came after a later frame of their stream had been stepped", **r)
@@ -71,7 +71,7 @@ class Metrics:
         self.latency = Histogram(
             "forecast_latency_seconds", "Frame closed to its forecast handed to the MQTT client, per forecast", buckets=_LATENCY, **r
         )
-        self.published = Counter("forecasts_published", "Forecast messages published", **r)
+        self.published = Counter("forecasts_published", "Forecast messages handed to the MQTT client", **r)
         self.publish_failed = Counter("publish_failures", "Forecast messages the MQTT client refused, by reason", ["reason"], **r)
         self.pending = Gauge("publish_pending", "Published messages the broker has not acknowledged yet", **r)
         self.connected = Gauge("mqtt_connected", "1 while connected to the broker", **r)
@@ -100,10 +100,7 @@ class Metrics:
         # model and retraining
         self.retrains = Counter("retrains", "Retrains by outcome", ["outcome"], **r)
         self.retrain_seconds = Histogram(
-            "retrain_duration_seconds",
-            "Wall time of one retrain, snapshot to verdict",
-            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
-            **r,
+            "retrain_duration_seconds", "Wall time of a retrain, snapshot to verdict", buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600), **r
         )
         self.retrain_running = Gauge("retrain_running", "1 while a retrain runs in the trainer process", **r)
         self.version = Gauge("model_version", "Version of the serving model: 0 at start, +1 per model swapped in", **r)

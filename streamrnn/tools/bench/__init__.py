@@ -33,8 +33,9 @@ def _parts(
 
     many = streams or (8 if quick else 100)  # scaleout: enough streams to spread over the partitions
     given, streams = streams, streams or 10
+    burst = 30 if quick else max(2, 10_000 // streams)  # ticks: 140,000 sensor messages at any count of streams
     return {
-        "ingest": (lambda: ingest.ingest(streams, 30 if quick else max(2, 10_000 // streams), 1 if quick else rounds), ingest.format_ingest),
+        "ingest": (lambda: ingest.ingest(streams, burst, 1 if quick else rounds), ingest.format_ingest),
         "latency": (
             lambda: latency.latency(
                 (1, 10) if quick else (given,) if given else (1, 100, 1000),
