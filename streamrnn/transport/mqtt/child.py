@@ -107,7 +107,7 @@ def serve(conn: Connection, link: Link, handover: Handover, sender: Sender) -> N
     refused: Counter[str] = Counter()  # publish_<reason>: forecasts the client refused
 
     def state() -> tuple:
-        return link.connected, link.subscribed, link.pending, dict(link.counts + refused)
+        return link.connected, link.subscribed, link.pending, {**link.counts, **refused}  # a copy in one step: paho's thread adds keys
 
     while True:
         if conn.poll(TICK):

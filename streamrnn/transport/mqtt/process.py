@@ -44,7 +44,6 @@ class LinkProcess:
         self, cfg: MqttSettings, subscriptions: list[str], inbox: FairInbox, block: float = 1.0, log_format: str = "logfmt"
     ) -> None:
         self.cfg, self.subscriptions, self.inbox, self.block, self.log_format = cfg, subscriptions, inbox, block, log_format
-        self.counts: Counter[str] = Counter()  # the child's counts, those of children before it, and queue_full
         self.connected = self.subscribed = False
         self.restarts = 0
         self._pending = 0
@@ -52,12 +51,17 @@ class LinkProcess:
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._lock = threading.Lock()  # one writer at a time on the link
-        self._own: Counter[str] = Counter()  # counted here: queue_full, restarts
+        self._own = Counter(queue_full=0, restarts=0)  # counted here; its keys made now: counts() reads it from another thread
         self._before: Counter[str] = Counter()  # the counts of children that died
         self._child: Counter[str] = Counter()
         self._stopped = threading.Event()
         self._flushed = False
         self._errors = RateLimited(burst=5, per=60.0)
+
+    @property
+    def counts(self) -> Counter[str]:
+        """The child's counts, those of the children before it, and this side's (queue_full, restarts)."""
+        return self._before + self._child + self._own
 
     @property
     def ready(self) -> bool:
@@ -134,7 +138,6 @@ class LinkProcess:
         self.connected = self.subscribed = False
         self.restarts += 1
         self._own["restarts"] += 1
-        self.counts = self._before + self._child + self._own
         self._proc = None
         self._spawn()
         if self._started:
@@ -205,9 +208,7 @@ class LinkProcess:
                 refused.append(shed)
         if refused:
             self.ack_many(refused)
-            self.counts = self._before + self._child + self._own
 
     def _state(self, connected: bool, subscribed: bool, pending: int, counts: dict[str, int]) -> None:
         self._child = Counter(counts)
-        self.counts = self._before + self._child + self._own
         self.connected, self.subscribed, self._pending = connected, subscribed, pending
