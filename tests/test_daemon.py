@@ -511,7 +511,8 @@ def test_a_bug_in_handling_one_message_costs_that_message_only(mosquitto, monkey
 def test_a_turns_messages_are_acknowledged_together_with_one_wake_and_never_come_again(mosquitto):
     """The engine thread acknowledges a turn's messages together (``Link.ack_many``): the broker has
     every one acknowledged (the session resumed gets none of them again, and the one left
-    unacknowledged again), and paho's network thread is woken once for them all, not once each."""
+    unacknowledged again), and paho's network thread is woken once for them all and writes them in
+    one piece, not once each."""
     from streamrnn.intake.payload import stream_key
     from streamrnn.transport.inbox import FairInbox
     from streamrnn.transport.mqtt.link import Link
@@ -541,16 +542,24 @@ def test_a_turns_messages_are_acknowledged_together_with_one_wake_and_never_come
     pub.flush()
     got = taken(inbox, 50)
     assert len(got) == 50 and all(m.qos == 1 for m in got)
-    wakes = []
+    wakes, sent = [], []
     w = first.client._sockpairW
-    send = w.send
+    send, write = w.send, first.client._sock_send
     first.client._sockpairW = type("Counted", (), {"send": lambda self, b: wakes.append(b) or send(b)})()
+
+    def counted(data: bytes) -> int:
+        sent.append(bytes(data))
+        return write(data)
+
+    first.client._sock_send = counted
     try:
         first.ack_many(got[:-1])  # the last one left unacknowledged
     finally:
         first.client._sockpairW = w
     assert len(wakes) == 1
     time.sleep(1.0)  # the PUBACKs written by the network thread
+    assert [len(d) for d in sent if d[0] == 0x40] == [4 * 49]  # in one write
+    first.client._sock_send = write
     first.stop(5.0)
     again, inbox = link()  # the same client id, its session resumed
     try:
@@ -594,6 +603,89 @@ def test_the_links_socket_is_read_in_large_pieces_and_pahos_small_reads_are_serv
         assert buf.recv(1) == b"" and len(calls) == 2  # the end of the connection
     finally:
         a.close()
+
+
+def _publish_packet(topic: bytes, payload: bytes, mid: int, qos: int, retain: bool, dup: bool) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"") + payload
+    n, length = len(body), bytearray()
+    while True:
+        n, digit = n >> 7, n & 127
+        length.append(digit | (128 if n else 0))
+        if not n:
+            return bytes([0x30 | dup << 3 | qos << 1 | retain]) + bytes(length) + body
+
+
+def test_the_links_own_parse_of_a_reads_publishes_gives_what_pahos_gives_packet_by_packet():
+    """Where a read gave many PUBLISH packets, the link's client parses the QoS 0 and 1 ones itself
+    (``Client.on_publishes``, one call a read) and leaves the rest to paho: over random streams of
+    packets (QoS 0, 1, 2 with its PUBREL, a ping's answer between them, topics not UTF-8, empty
+    and long payloads, lengths of one to three bytes) cut into random reads, it hands over what
+    paho's own parse hands ``on_message``, in the same order."""
+    import random
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from streamrnn.transport.mqtt.connection import Client, _Buffered
+
+    class Reads:  # a socket that gives the stream in the reads it was cut into, then would block
+        def __init__(self, stream: bytes, cuts: list[int]) -> None:
+            self.pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+
+        def recv(self, n: int) -> bytes:
+            if not self.pieces:
+                raise BlockingIOError
+            piece = self.pieces.pop(0)
+            if len(piece) > n:
+                self.pieces.insert(0, piece[n:])
+            return piece[:n]
+
+        def send(self, data: bytes) -> int:  # paho's PUBREC and PUBCOMP for QoS 2
+            return len(data)
+
+        def close(self) -> None:
+            pass
+
+    rng = random.Random(42)
+    for trial in range(40):
+        packets, expected = [], []
+        for mid in range(1, rng.randint(2, 300)):
+            kind = rng.random()
+            if kind < 0.05:
+                packets.append(bytes([0xD0, 0]))  # PINGRESP
+                continue
+            qos = rng.choice([0, 1, 1, 1, 2])
+            topic = rng.choice([f"plant/r{mid % 7}/sensors/t{mid % 3}".encode(), b"plant/\xff\xfe/sensors/x", "plant/é/s".encode()])
+            payload = rng.randbytes(rng.choice([0, 3, 60, 200, 20000]))
+            retain = rng.random() < 0.1
+            packets.append(_publish_packet(topic, payload, mid, qos, retain, rng.random() < 0.1))
+            if qos == 2:
+                packets.append(bytes([0x62, 2]) + mid.to_bytes(2, "big"))  # PUBREL: paho then hands it over
+            expected.append((topic, payload, mid if qos else 0, qos, retain))
+        stream = b"".join(packets)
+        cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 6))))
+
+        got, fast = [], []
+
+        def on_message(client, userdata, msg) -> None:
+            got.append((msg._topic, msg.payload, msg.mid if msg.qos else 0, msg.qos, bool(msg.retain)))
+
+        c = Client(CallbackAPIVersion.VERSION2, client_id=f"parse-{trial}", protocol=paho.MQTTv311, manual_ack=True)
+        c.on_message = on_message
+        c.on_publishes = lambda rows: (fast.append(len(rows)), got.extend((t, p, m if q else 0, q, r) for t, p, m, q, r in rows))
+        c._sock = _Buffered(Reads(stream, cuts))
+        while c._sock._sock.pieces or c._sock.pending():
+            assert c.loop_read() == paho.MQTT_ERR_SUCCESS
+        assert got == expected, trial
+        if len(expected) > 20:
+            assert sum(fast) > len(expected) // 2, "the reads' PUBLISH packets were left to paho"
+
+    malformed = _publish_packet(b"", b"x", 1, 1, False, False)  # no topic
+    buf = _Buffered(Reads(bytes([0xD0, 0]) + malformed, []))
+    assert buf.recv(1) + buf.recv(1) == bytes([0xD0, 0])  # a ping's answer read, the rest buffered
+    assert buf.publishes() == [] and buf.pending() == len(malformed)  # left to paho, which refuses it
+    buf = _Buffered(Reads(bytes([0xD0, 0, 0x30, 0]), []))  # a PUBLISH of nothing, last in the read
+    assert buf.recv(2) == bytes([0xD0, 0]) and buf.publishes() == [] and buf.pending() == 2
 
 
 def test_a_stream_whose_next_reading_waits_in_a_backlog_is_not_closed_as_silent(monkeypatch):

@@ -113,7 +113,7 @@ def serve(conn: Connection, link: Link, handover: Handover, sender: Sender) -> N
         if conn.poll(TICK):
             kind, *said = marshal.loads(conn.recv_bytes())
             if kind == "ack":
-                link.ack_many([Delivery("", b"", 0.0, mid, qos, session) for mid, qos, session in said[0]])
+                link.acknowledge(said[0])
             elif kind == "pub":
                 refused.update(f"publish_{r}" for r in link.publish_many(said[0], said[1]) if r is not None)
             elif kind == "start":

@@ -78,23 +78,28 @@ def secure(c: paho.Client, cfg: MqttSettings) -> tuple[str, int]:
 
 
 def pubacks(client: paho.Client, mids: list[int]) -> None:
-    """Acknowledge QoS 1 messages (their ``mids``) together: each PUBACK queued as paho queues one,
-    and paho's network thread woken once for them all, where ``Client.ack`` wakes it once per
-    packet (a syscall and a thread switch each, a large share of both threads at thousands of
-    messages a second). It uses paho 2's outgoing queue and wake-up socket as
-    ``Client._packet_queue`` does (paho is pinned below 3, and
-    ``test_a_turns_messages_are_acknowledged_together...`` holds it to a real broker)."""
-    for mid in mids:
-        packet = _PUBACK.pack(paho.PUBACK, 2, mid)
-        client._out_packet.append({"command": paho.PUBACK, "mid": mid, "qos": 1, "pos": 0, "to_process": 4, "packet": packet, "info": None})
+    """Acknowledge QoS 1 messages (their ``mids``) together: their PUBACKs queued as one piece of
+    paho's outgoing queue (one ``send`` for them all, where paho sends each packet on its own), and
+    paho's network thread woken once for them, where ``Client.ack`` wakes it once per packet (a
+    syscall and a thread switch each, a large share of both threads at thousands of messages a
+    second). It uses paho 2's outgoing queue and wake-up socket as ``Client._packet_queue`` does
+    (paho is pinned below 3, and ``test_a_turns_messages_are_acknowledged_together...`` holds it
+    to a real broker)."""
+    if not mids:
+        return
+    packet = b"".join([_PUBACK.pack(paho.PUBACK, 2, mid) for mid in mids])
+    client._out_packet.append(
+        {"command": paho.PUBACK, "mid": mids[-1], "qos": 1, "pos": 0, "to_process": len(packet), "packet": packet, "info": None}
+    )
     wake = client._sockpairW
-    if mids and wake is not None:
+    if wake is not None:
         # full: a wake is pending anyway; closed: paho is reconnecting, and its new loop writes what is queued
         with contextlib.suppress(OSError):
             wake.send(b"\0")
 
 
 _READ = 65536  # bytes read from the socket at once
+Publish = tuple[bytes, bytes, int, int, bool]  # a PUBLISH as read: topic, payload, message id, QoS, retain
 
 
 class _Buffered:
@@ -120,6 +125,39 @@ class _Buffered:
         inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
         return len(self._data) - self._at + inner
 
+    def publishes(self) -> list[Publish]:
+        """The whole QoS 0 and 1 PUBLISH packets (MQTT 3.1.1) at the head of what is buffered,
+        taken: the parse of :meth:`paho.mqtt.client.Client._handle_publish` without a message
+        object, a callback and two locks per packet. It stops at anything else (another packet,
+        QoS 2, a packet not all here yet, one malformed), which is left to paho."""
+        data, at, end, out = self._data, self._at, len(self._data), []
+        while at < end:
+            head = data[at]
+            if head & 0xF0 != 0x30 or head & 0x06 > 2:  # not a PUBLISH, or QoS 2 (or 3, malformed)
+                break
+            size, shift, i = 0, 0, at + 1
+            while i < end and shift < 28:
+                size |= (data[i] & 127) << shift
+                shift += 7
+                i += 1
+                if data[i - 1] < 128:
+                    break
+            else:
+                break  # the length not all here yet (or longer than four bytes: paho says it is malformed)
+            stop = i + size
+            if stop > end or size < 2:
+                break
+            n = data[i] << 8 | data[i + 1]
+            qos = (head >> 1) & 3
+            body = i + 2 + n + 2 * qos
+            if n == 0 or body > stop:
+                break  # no topic, or one longer than the packet: malformed, paho's to refuse
+            mid = data[body - 2] << 8 | data[body - 1] if qos else 0
+            out.append((data[i + 2 : i + 2 + n], data[body:stop], mid, qos, bool(head & 1)))
+            at = stop
+        self._at = at
+        return out
+
     def __getattr__(self, name: str) -> object:
         return getattr(self._sock, name)
 
@@ -127,9 +165,12 @@ class _Buffered:
 class Client(paho.Client):
     """paho's client, its socket read in large pieces (:class:`_Buffered`), and each read of it
     parsed whole before paho waits again; ``after_read`` is called then (the link's process hands
-    over what it parsed: one piece per read, not one per message)."""
+    over what it parsed: one piece per read, not one per message). Where ``on_publishes`` is set,
+    the QoS 0 and 1 messages a read gave are parsed together (:meth:`_Buffered.publishes`) and
+    handed to it in one list, instead of one ``on_message`` call each."""
 
     after_read: Callable[[], None] | None = None
+    on_publishes: Callable[[list[Publish]], None] | None = None
 
     def _create_socket(self):
         return _Buffered(super()._create_socket())
@@ -139,6 +180,11 @@ class Client(paho.Client):
         and goes back to ``select`` for the next one although it is here."""
         rc = super().loop_read(max_packets)
         while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._sock.pending() > 0:
+            if self.on_publishes is not None and self._in_packet["command"] == 0 and (got := self._sock.publishes()):
+                with self._msgtime_mutex:
+                    self._last_bytes_received = paho.time_func()
+                self.on_publishes(got)
+                continue
             rc = super().loop_read(max_packets)
         if self.after_read is not None:
             self.after_read()

@@ -26,7 +26,7 @@ from streamrnn.config import MqttSettings
 from streamrnn.delivery import Delivery
 from streamrnn.logs import RateLimited
 from streamrnn.transport.inbox import FairInbox
-from streamrnn.transport.mqtt.connection import Client, nodelay, pubacks, queued, secure, wait_sent
+from streamrnn.transport.mqtt.connection import Client, Publish, nodelay, pubacks, queued, secure, wait_sent
 
 log = logging.getLogger("streamrnn.transport.mqtt")
 _REFUSED = {MQTTErrorCode.MQTT_ERR_QUEUE_SIZE: "queue_full", MQTTErrorCode.MQTT_ERR_NO_CONN: "no_connection"}  # publish refusals
@@ -38,6 +38,7 @@ class Link:
     def __init__(self, cfg: MqttSettings, subscriptions: list[str], inbox: FairInbox, block: float = 1.0, session: int = 0) -> None:
         self.cfg, self.subscriptions, self.inbox, self.block = cfg, subscriptions, inbox, block
         self.status_topic = cfg.status_topic.format(instance=cfg.instance)
+        self._status_topic = self.status_topic.encode()
         self.client_id = cfg.client_id or f"streamrnn-{cfg.instance}"
         self.counts: Counter[str] = Counter()  # queue_full, connects, reconnects, disconnects, status_reasserted
         self._complaints = RateLimited(burst=5, per=60.0)  # each repeating complaint, per kind
@@ -61,7 +62,8 @@ class Link:
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
-        c.on_message = self._on_message
+        c.on_message = self._on_message  # what paho parses itself: the first of each read, QoS 2
+        c.on_publishes = self._on_publishes
         self.client = c
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -105,12 +107,18 @@ class Link:
         self.ack_many((msg,))
 
     def ack_many(self, msgs: Iterable[Delivery]) -> None:
-        """Acknowledge messages of this session, paho's network thread woken once for them all (:func:`pubacks`)."""
-        mine = [m for m in msgs if m.qos and m.session == self._session] if self.connected else []
-        pubacks(self.client, [m.mid for m in mine if m.qos == 1])
-        for m in mine:
-            if m.qos > 1:  # QoS 2's exchange stays paho's
-                self.client.ack(m.mid, m.qos)
+        self.acknowledge([(m.mid, m.qos, m.session) for m in msgs])
+
+    def acknowledge(self, acks: list[tuple[int, int, int]]) -> None:
+        """Acknowledge messages by (message id, QoS, session), those of this session only, paho's
+        network thread woken once for them all (:func:`pubacks`)."""
+        if not self.connected:
+            return
+        now = self._session
+        pubacks(self.client, [mid for mid, qos, session in acks if qos == 1 and session == now])
+        for mid, qos, session in acks:
+            if qos > 1 and session == now:  # QoS 2's exchange stays paho's
+                self.client.ack(mid, qos)
 
     def publish_many(self, messages: Iterable[tuple[str, bytes]], retain: bool = False) -> list[str | None]:
         """Publish a step's forecasts: one reason it was refused (or None) per message, in order
@@ -210,38 +218,45 @@ class Link:
         client.reconnect_delay_set(lo, max(lo, self.cfg.reconnect_max * random.uniform(0.8, 1.0)))
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        # paho keeps the topic as it came (``topic`` decodes it, and raises where it is not UTF-8)
+        self._on_publishes([(msg._topic, msg.payload, msg.mid, msg.qos, bool(msg.retain))])
+
+    def _on_publishes(self, publishes: list[Publish]) -> None:
+        """What one read of the socket gave (:meth:`Client.on_publishes`), or one message paho parsed."""
         if not self._intake:
             return  # unacknowledged: redelivered to the next session
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            topic = "\ufffd"  # refused by the parser as an unknown topic
-        if topic == self.status_topic:
-            self._status(client, msg)
-            return
-        m = Delivery(topic, msg.payload, time.time(), msg.mid, msg.qos, self._session, bool(msg.retain))
-        try:
-            shed = self.inbox.put(m, timeout=self.block)
-        except queue.Full:
-            self.counts["queue_full"] += 1
-            shed = m
-        if shed is not None:  # dropped: the inbox full, or a runaway's newest shed for it (maybe of a session before)
-            self.ack(shed)
+        now, session, status = time.time(), self._session, self._status_topic
+        for topic, payload, mid, qos, retain in publishes:
+            if topic == status:
+                self._status(payload, mid, qos, retain)
+                continue
+            try:
+                name = topic.decode()
+            except UnicodeDecodeError:
+                name = "\ufffd"  # refused by the parser as an unknown topic
+            m = Delivery(name, payload, now, mid, qos, session, retain)
+            try:
+                shed = self.inbox.put(m, timeout=self.block)
+            except queue.Full:
+                self.counts["queue_full"] += 1
+                shed = m
+            if shed is not None:  # dropped: the inbox full, or a runaway's newest shed for it (maybe of a session before)
+                self.ack(shed)
 
-    def _status(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
+    def _status(self, payload: bytes, mid: int, qos: int, retain: bool) -> None:
         """A message on our own status topic: say ``online`` again if it says otherwise while we serve."""
-        if msg.qos:
-            client.ack(msg.mid, msg.qos)
+        if qos:
+            self.client.ack(mid, qos)
         # retained: the value replayed as we subscribed, which our "online" right after replaces
-        if msg.payload == b"online" or msg.retain or not self.subscribed or not self._intake:
+        if payload == b"online" or retain or not self.subscribed or not self._intake:
             return
         self.counts["status_reasserted"] += 1
-        client.publish(self.status_topic, b"online", qos=1, retain=True)
+        self.client.publish(self.status_topic, b"online", qos=1, retain=True)
         self._complaints.log(
             log,
             logging.WARNING,
             "status",
             "status topic overwritten by another client: online again",
             topic=self.status_topic,
-            payload=msg.payload[:32].decode("utf-8", "replace"),
+            payload=payload[:32].decode("utf-8", "replace"),
         )
