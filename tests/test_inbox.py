@@ -48,6 +48,23 @@ def test_streams_are_served_in_turn_each_in_its_own_order():
     assert [int(m.payload) for m in got if key(m.topic) == "flood"] == list(range(1000))
 
 
+def test_streams_a_turn_has_stepped_are_skipped_and_served_first_at_the_next_take():
+    """A turn steps each stream once: a take skips the streams it names (a behind daemon took
+    their backlog and put it back, message by message, most of its time at 10 streams), and they
+    keep their place, first at the next take; a take that skips every stream waiting gives none."""
+    inbox = FairInbox(10_000, key)
+    for n in range(3):
+        for s in ("a", "b", "c"):
+            inbox.put(msg(s, n))
+    got = inbox.take(100, 100, 0, skip={"a", "b"})
+    assert [(key(m.topic), int(m.payload)) for m in got] == [("c", 0), ("c", 1), ("c", 2)]
+    assert inbox.qsize() == 6 and inbox.take(100, 100, 0, skip={"a", "b"}) == []
+    for n in range(3, 5):
+        inbox.put(msg("c", n))
+    got = inbox.take(4, 2, 0)
+    assert [(key(m.topic), int(m.payload)) for m in got] == [("a", 0), ("b", 0), ("c", 3), ("a", 1)]
+
+
 def test_a_full_inbox_sheds_only_the_stream_over_its_share():
     inbox = FairInbox(10, key)
     for n in range(8):

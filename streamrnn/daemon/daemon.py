@@ -162,7 +162,7 @@ class Daemon(Service):
         acks: list[Delivery] = []  # acknowledged together, after the loop
         count, cut = 0, False
         while not cut and count < BATCH:
-            msgs = self.inbox.take(min(_CHUNK, BATCH - count), self._per_stream, 0 if count else wait)
+            msgs = self.inbox.take(min(_CHUNK, BATCH - count), self._per_stream, 0 if count else wait, stepped)
             if not msgs:
                 break
             count += len(msgs)

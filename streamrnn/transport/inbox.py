@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from streamrnn.delivery import Delivery
 
@@ -101,18 +101,23 @@ class FairInbox:
             self._turns.remove(fattest)
         return shed
 
-    def take(self, n: int, per_stream: int, wait: float) -> list[Delivery]:
+    def take(self, n: int, per_stream: int, wait: float, skip: Collection[str] = ()) -> list[Delivery]:
         """Up to ``n`` messages, the streams in turn, at most ``per_stream`` of each (a runaway's
         backlog waits for the next take, behind every other stream's), waiting up to ``wait``
-        seconds for the first."""
+        seconds for the first. Streams in ``skip`` (those a turn has stepped already) give none and
+        keep their place: they come first at the next take."""
         with self._lock:
             if not self._size and wait > 0:
                 self._put.wait(wait)
             out: list[Delivery] = []
             counts: dict[str, int] = {}
             done: list[str] = []  # streams that gave their share of this take, with more waiting
+            passed: list[str] = []  # streams skipped, in their order
             while self._turns and len(out) < n:
                 k = self._turns.popleft()
+                if k in skip:
+                    passed.append(k)
+                    continue
                 q = self._queues[k]
                 out.append(q.popleft())
                 counts[k] = counts.get(k, 0) + 1
@@ -122,6 +127,7 @@ class FairInbox:
                     done.append(k)
                 else:
                     self._turns.append(k)
+            self._turns.extendleft(reversed(passed))
             self._turns.extend(done)
             self._size -= len(out)
             if out:
