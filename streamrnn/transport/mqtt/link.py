@@ -151,16 +151,8 @@ class Link:
         if self.counts["connects"] > 1:
             self.counts["reconnects"] += 1
         resumed = bool(getattr(flags, "session_present", False))
-        self._complaints.log(
-            log,
-            logging.INFO,
-            "connected",
-            "connected",
-            broker=self.cfg.url,
-            client_id=self.client_id,
-            session_present=resumed,
-            connects=self.counts["connects"],
-        )
+        said = dict(broker=self.cfg.url, client_id=self.client_id, session_present=resumed, connects=self.counts["connects"])
+        self._complaints.log(log, logging.INFO, "connected", "connected", **said)
         # its own status too: anyone else's word there while it serves is said over (re-asserted)
         result, mid = client.subscribe([(t, self.cfg.qos) for t in self.subscriptions] + [(self.status_topic, 1)])
         if result == MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -252,11 +244,5 @@ class Link:
             return
         self.counts["status_reasserted"] += 1
         self.client.publish(self.status_topic, b"online", qos=1, retain=True)
-        self._complaints.log(
-            log,
-            logging.WARNING,
-            "status",
-            "status topic overwritten by another client: online again",
-            topic=self.status_topic,
-            payload=payload[:32].decode("utf-8", "replace"),
-        )
+        said = dict(topic=self.status_topic, payload=payload[:32].decode("utf-8", "replace"))
+        self._complaints.log(log, logging.WARNING, "status", "status topic overwritten by another client: online again", **said)
